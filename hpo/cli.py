@@ -1,0 +1,213 @@
+"""The ``hpo`` command: argument parsing only; every command is a thin call into the modules.
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad input (one line on stderr, nothing written),
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Heavy imports (NumPy, Optuna, SQLAlchemy)
+happen inside the commands so that ``hpo --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib import import_module
+
+EXIT_USAGE = 2
+EXIT_INT = 130
+EXIT_TERM = 143
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", metavar="URL",
+                   help="SQLAlchemy URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
+
+
+def _heartbeat_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heartbeat-interval", type=int, default=None, metavar="S",
+                   help="seconds between a running trial's heartbeats (default 10)")
+    p.add_argument("--grace-period", type=int, default=None, metavar="S",
+                   help="a trial silent this long is failed and retried (default 60)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpo",
+        description="Hyperparameter optimization on Optuna, after chapter 6 of "
+                    "'Deep Learning from Scratch'.",
+    )
+    parser.add_argument("--version", action="version", version="hpo 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="create or resume a study from a spec and run it",
+                       description="Create (or resume) the study of SPEC, run W local worker "
+                                   "processes until it holds N finished trials, print Best-N.")
+    p.add_argument("spec", metavar="SPEC",
+                   help="study spec file (TOML), e.g. studies/book-random.toml")
+    _storage_arg(p)
+    p.add_argument("--study", metavar="NAME", help="study name (default: the spec's name)")
+    p.add_argument("--n-trials", type=int, metavar="N", help="finished trials wanted in total")
+    p.add_argument("--workers", type=int, default=1, metavar="W", help="local worker processes")
+    p.add_argument("--seed", type=int, metavar="S", help="sampler/model seed (default: spec's)")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--top", type=int, default=10, metavar="K", help="Best-K to list (10)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _heartbeat_args(p)
+
+    p = sub.add_parser("worker", help="join an existing study and run trials",
+                       description="Join study NAME (its spec is stored in it) and run trials "
+                                   "until the study holds its budget of finished trials.")
+    p.add_argument("--study", required=True, metavar="NAME")
+    _storage_arg(p)
+    p.add_argument("--n-trials", type=int, metavar="N",
+                   help="finished trials wanted in the study in total (default: the spec's)")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    _heartbeat_args(p)
+
+    p = sub.add_parser("best", help="the book's Best-N listing of a study")
+    p.add_argument("study", metavar="NAME")
+    _storage_arg(p)
+    p.add_argument("--top", type=int, default=10, metavar="K")
+    p.add_argument("--max-gap", type=float, metavar="G",
+                   help="also rank the trials whose train-validation gap is below G")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("studies", help="list the studies in the storage")
+    _storage_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage (read-only)")
+    _storage_arg(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--allow-writes", action="store_true",
+                   help="let the dashboard create, rename, delete studies and write notes")
+    p.add_argument("--artifact-dir", metavar="DIR", help="serve trial artifacts from DIR")
+
+    p = sub.add_parser("test", help="evaluate a study's chosen trial on the test split, once",
+                       description="Retrain the chosen configuration (best by default) with its "
+                                   "seed on the training split and evaluate it on the test split "
+                                   "once; the result is stored in the study.")
+    p.add_argument("study", metavar="NAME")
+    _storage_arg(p)
+    p.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best)")
+    p.add_argument("--force", action="store_true", help="evaluate again although done before")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("confirm", help="retrain the top K configurations with fresh seeds",
+                       description="Retrain the top K trials' configurations with S fresh "
+                                   "initialisation seeds each (same train/validation split) and "
+                                   "rank them by mean validation accuracy with its standard "
+                                   "error; `hpo test` then uses the confirmed winner.")
+    p.add_argument("study", metavar="NAME")
+    _storage_arg(p)
+    p.add_argument("--top", type=int, default=5, metavar="K")
+    p.add_argument("--seeds", type=int, default=5, metavar="S")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("compare", help="compare samplers fairly across seeds",
+                       description="One study per (sampler, seed), named <spec>/<sampler>/seed<k>,"
+                                   " on the same data split; best-so-far plots and a table.")
+    p.add_argument("spec", metavar="SPEC")
+    _storage_arg(p)
+    p.add_argument("--samplers", default="narrowing,random,tpe", metavar="LIST",
+                   help="comma-separated sampler names (narrowing,random,tpe)")
+    p.add_argument("--n-trials", type=int, default=100, metavar="N")
+    p.add_argument("--seeds", type=int, default=5, metavar="K")
+    p.add_argument("--workers", type=int, default=1, metavar="W")
+    p.add_argument("--target", type=float, default=0.80, help="accuracy to reach (0.80)")
+    p.add_argument("--out", default="out/compare", metavar="DIR")
+    p.add_argument("--no-test", action="store_true", help="skip the test-set evaluation")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("report", help="figures and an HTML page for a study",
+                       description="The book's Best-20 learning-curve grid, accuracy against lr "
+                                   "and weight decay, a contour, narrowing stages; PNG + HTML, "
+                                   "and the same figures in optuna-dashboard.")
+    p.add_argument("study", metavar="NAME")
+    _storage_arg(p)
+    p.add_argument("--out", metavar="DIR", help="where the files go (out/report/<NAME>)")
+    p.add_argument("--top", type=int, default=20, metavar="K")
+    p.add_argument("--max-gap", type=float, metavar="G",
+                   help="mark trials whose train-validation gap is below G")
+    p.add_argument("--no-dashboard", action="store_true",
+                   help="do not publish the figures and note to optuna-dashboard")
+    p.add_argument("--artifact-dir", metavar="DIR",
+                   help="also upload each top trial's learning curve as a trial artifact")
+
+    p = sub.add_parser("proxy", help="Optuna's gRPC storage proxy in front of the database",
+                       description="Serve the storage to workers over gRPC (workers use "
+                                   "--storage grpc://HOST:PORT), so hundreds of workers share a "
+                                   "few database connections.")
+    _storage_arg(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=13000)
+    p.add_argument("--pool-size", type=int, default=4, metavar="N",
+                   help="database connections the proxy may hold (4)")
+
+    p = sub.add_parser("experiment", help="reproduce section 6.4: overfitting and its cures",
+                       description="Train the book's 784-100x6-10 net on 300 samples and plot "
+                                   "train vs test accuracy per epoch.")
+    p.add_argument("name", choices=["overfit", "weight-decay", "dropout"])
+    p.add_argument("--out", default="out", metavar="DIR", help="where the PNG goes (out/)")
+    p.add_argument("--epochs", type=int, metavar="N", help="override the book's epoch count")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default="mnist5k", help="mnist5k (default), mnist, digits")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX .gz files")
+    return parser
+
+
+# command -> (module, function); modules are imported only when their command runs
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("hpo.runner", "run"),
+    "worker": ("hpo.runner", "worker"),
+    "best": ("hpo.report", "best_cmd"),
+    "studies": ("hpo.report", "studies_cmd"),
+    "dashboard": ("hpo.dashboard", "serve"),
+    "test": ("hpo.evaluate", "evaluate_cmd"),
+    "confirm": ("hpo.evaluate", "confirm_cmd"),
+    "compare": ("hpo.compare", "compare_cmd"),
+    "report": ("hpo.figures", "report_cmd"),
+    "proxy": ("hpo.proxy", "serve"),
+    "experiment": ("hpo.experiment", "main"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    module, func = COMMANDS[args.command]
+    try:
+        from hpo.data import DataError
+        from hpo.spec import SpecError
+        from hpo.storage import StorageError
+
+        handler: Callable[[argparse.Namespace], int] = getattr(import_module(module), func)
+        return handler(args)
+    except (UsageError, SpecError, StorageError, DataError) as e:
+        print(f"hpo {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `hpo best ... | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt as e:
+        from hpo.runner import Terminated
+
+        if isinstance(e, Terminated):
+            print("hpo: terminated", file=sys.stderr)
+            return EXIT_TERM
+        print("hpo: interrupted", file=sys.stderr)
+        return EXIT_INT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""Sampler comparison across seeds: ``hpo compare``.
+
+Fairness rules:
+
+* one study per (sampler, seed), named ``<spec>/<sampler>/seed<k>``, all on the **same data
+  split** (the spec's ``data.seed``); seed k sets the sampler's seed and the trials' network seeds,
+  so trial n of every sampler at seed k starts from the same initial weights (common random
+  numbers: a difference between samplers is the samplers', not the initialisations');
+* the budget is exact (``runner.work``), reruns resume: finished studies are skipped, unfinished
+  ones completed;
+* what is compared is the best **validation** accuracy so far, with its spread over seeds (median
+  and interquartile range), and the **test** accuracy of each study's chosen trial, measured once
+  per study by :mod:`hpo.evaluate` (stored; a rerun reuses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+CHECKPOINTS = (10, 25, 50, 100, 200, 300, 500, 1000)
+NARROWING_DEFAULTS = {"stage_trials": 100, "keep_top": 10}
+
+
+@dataclass
+class StudyRun:
+    """One (sampler, seed) study, reduced to what the comparison needs."""
+
+    sampler: str
+    seed: int
+    name: str
+    best_so_far: list[float]  # best validation accuracy after trial i+1 (finished trials only)
+    elapsed: list[float]  # seconds from the first trial's start to each finished trial's end
+    test_acc: float | None = None
+    chosen_trial: int | None = None
+
+    def trials_to(self, target: float) -> int | None:
+        for i, v in enumerate(self.best_so_far):
+            if v >= target:
+                return i + 1
+        return None
+
+    def seconds_to(self, target: float) -> float | None:
+        n = self.trials_to(target)
+        return None if n is None else self.elapsed[n - 1]
+
+    def best_at(self, n: int) -> float:
+        return self.best_so_far[min(n, len(self.best_so_far)) - 1]
+
+
+@dataclass
+class Grid:
+    spec_name: str
+    samplers: list[str]
+    seeds: int
+    n_trials: int
+    target: float
+    runs: dict[str, list[StudyRun]] = field(default_factory=dict)
+
+
+def study_name(spec_name: str, sampler: str, seed: int) -> str:
+    return f"{spec_name}/{sampler}/seed{seed}"
+
+
+def variant(spec, sampler: str, seed: int, n_trials: int):
+    """The spec as run by ``sampler`` at ``seed``: same data, model and space."""
+    options = dict(spec.sampler_options) if spec.sampler == sampler else (
+        dict(NARROWING_DEFAULTS) if sampler == "narrowing" else {}
+    )
+    return spec.replace(sampler=sampler, sampler_options=options, seed=seed, n_trials=n_trials)
+
+
+def summarize_study(study: optuna.Study, sampler: str, seed: int) -> StudyRun:
+    """Best-so-far curve over finished trials in trial-number order, with elapsed seconds."""
+    trials = sorted(
+        (t for t in study.get_trials(deepcopy=False)
+         if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
+        key=lambda t: t.number,
+    )
+    best, curve, elapsed = -np.inf, [], []
+    t0 = min((t.datetime_start for t in trials if t.datetime_start), default=None)
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            best = max(best, float(t.value))
+        curve.append(float(best) if np.isfinite(best) else 0.0)
+        end = t.datetime_complete or t.datetime_start
+        elapsed.append((end - t0).total_seconds() if t0 and end else float("nan"))
+    # elapsed must be monotone for "seconds to target" (workers finish out of number order)
+    elapsed = list(np.maximum.accumulate(elapsed)) if elapsed else []
+    test = study.user_attrs.get("hpo:test")
+    return StudyRun(sampler, seed, study.study_name, curve, [float(x) for x in elapsed],
+                    test_acc=None if test is None else float(test["test_acc"]),
+                    chosen_trial=None if test is None else int(test["trial"]))
+
+
+def run_grid(spec, samplers: list[str], seeds: int, n_trials: int, *, url: str, workers: int,
+             target: float, evaluate_test: bool, progress: bool = True) -> Grid:
+    """Run (or resume) every (sampler, seed) study and evaluate each chosen trial on test."""
+    from hpo.evaluate import choose_trial, evaluate_on_test
+    from hpo.objective import Objective
+    from hpo.runner import (
+        _build_sampler_and_pruner,
+        _Progress,
+        count,
+        install_signal_handlers,
+        pin_blas_threads,
+        spawn_workers,
+        work,
+    )
+    from hpo.storage import create_or_load_study, get_storage
+
+    storage = get_storage(url, heartbeat=True, create_schema=True)
+    data = Objective(spec).data  # one data load for the whole grid: the split is shared
+    pin_blas_threads()
+    install_signal_handlers()
+    grid = Grid(spec.name, samplers, seeds, n_trials, target)
+    total = len(samplers) * seeds * n_trials
+    cells = [(s, k) for k in range(seeds) for s in samplers]  # seed-major: early partial views
+    studies: dict[tuple[str, int], optuna.Study] = {}
+    objectives: dict[tuple[str, int], Objective] = {}
+    for s, k in cells:
+        v = variant(spec, s, k, n_trials)
+        sampler, pruner = _build_sampler_and_pruner(v)
+        studies[s, k] = create_or_load_study(storage, v, study_name(spec.name, s, k),
+                                             sampler=sampler, pruner=pruner)
+        objectives[s, k] = Objective(v, data=data)  # seed k: the trials' network seeds
+    done0 = sum(min(count(st)[0], n_trials) for st in studies.values())
+    bar = _Progress(total, done0, enabled=progress)
+    finished_before = done0
+    try:
+        for s, k in cells:
+            study = studies[s, k]
+            base = finished_before - min(count(study)[0], n_trials)
+
+            def on_trial(st, t, base=base):
+                bar.update(base + min(count(st)[0], n_trials), None)
+
+            if count(study)[0] < n_trials:
+                if workers == 1:
+                    work(study, objectives[s, k], n_trials=n_trials, on_trial=on_trial)
+                else:
+                    procs = spawn_workers(workers, study.study_name, url, n_trials, None, None)
+                    while any(p.poll() is None for p in procs):
+                        time.sleep(0.5)
+                        on_trial(study, None)
+                    if any(p.returncode for p in procs):
+                        raise RuntimeError(f"a worker of {study.study_name} failed")
+            finished_before = base + min(count(study)[0], n_trials)
+            bar.update(finished_before, None)
+            if evaluate_test and "hpo:test" not in study.user_attrs:
+                evaluate_on_test(study, choose_trial(study))
+            grid.runs.setdefault(s, []).append(summarize_study(
+                optuna.load_study(study_name=study.study_name, storage=storage), s, k))
+    finally:
+        bar.close()
+    return grid
+
+
+# --- statistics -----------------------------------------------------------------------------
+
+
+def _q(values: list[float]) -> tuple[float, float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(np.median(a)), float(np.percentile(a, 25)), float(np.percentile(a, 75))
+
+
+def _fmt_q(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "-"
+    m, lo, hi = _q(values)
+    return f"{m:.{digits}f} [{lo:.{digits}f}–{hi:.{digits}f}]"
+
+
+def mean_ranks(grid: Grid) -> dict[str, float]:
+    """Mean rank of each sampler's final best validation accuracy across seeds (1 = best; ties
+    share the average rank)."""
+    from scipy.stats import rankdata
+
+    ranks: dict[str, list[float]] = {s: [] for s in grid.samplers}
+    for k in range(grid.seeds):
+        finals = [-_by_seed(grid, s, k).best_so_far[-1] for s in grid.samplers]
+        for s, r in zip(grid.samplers, rankdata(finals), strict=True):
+            ranks[s].append(float(r))
+    return {s: float(np.mean(r)) for s, r in ranks.items()}
+
+
+def _by_seed(grid: Grid, sampler: str, seed: int) -> StudyRun:
+    return next(r for r in grid.runs[sampler] if r.seed == seed)
+
+
+def mann_whitney(grid: Grid, reference: str = "narrowing") -> dict[str, float | None]:
+    """Two-sided Mann-Whitney U p-value of each sampler's final best against ``reference``."""
+    from scipy.stats import mannwhitneyu
+
+    if reference not in grid.runs:
+        return {s: None for s in grid.samplers}
+    ref = [r.best_so_far[-1] for r in grid.runs[reference]]
+    out: dict[str, float | None] = {}
+    for s in grid.samplers:
+        if s == reference:
+            out[s] = None
+            continue
+        vals = [r.best_so_far[-1] for r in grid.runs[s]]
+        if len(set(vals + ref)) == 1:
+            out[s] = 1.0
+        else:
+            out[s] = float(mannwhitneyu(vals, ref, alternative="two-sided").pvalue)
+    return out
+
+
+def table(grid: Grid) -> str:
+    """The Markdown summary table, one row per sampler."""
+    checkpoints = [c for c in CHECKPOINTS if c < grid.n_trials] + [grid.n_trials]
+    ranks = mean_ranks(grid)
+    pvals = mann_whitney(grid)
+    head = (["sampler"] + [f"best val @{c}" for c in checkpoints]
+            + [f"trials to {grid.target:.2f}", f"seconds to {grid.target:.2f}", "reached",
+               "mean rank", "U-test p vs narrowing", "test acc of chosen"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in grid.samplers:
+        runs = grid.runs[s]
+        cells = [s] + [_fmt_q([r.best_at(c) for r in runs]) for c in checkpoints]
+        hits = [r.trials_to(grid.target) for r in runs]
+        secs = [r.seconds_to(grid.target) for r in runs]
+        reached = sum(h is not None for h in hits)
+        # seeds that never reached the target count as "more than the budget": the median is
+        # reported only when at least half of the seeds reached it
+        cells.append(_median_or_more([h for h in hits], grid.n_trials, "{:.0f}"))
+        cells.append(_median_or_more([x for x in secs], None, "{:.1f}"))
+        cells.append(f"{reached}/{len(runs)}")
+        cells.append(f"{ranks[s]:.2f}")
+        p = pvals.get(s)
+        cells.append("—" if p is None else f"{p:.3f}")
+        tests = [r.test_acc for r in runs if r.test_acc is not None]
+        cells.append(_fmt_q(tests) if tests else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _median_or_more(values: list[float | None], cap: int | None, fmt: str) -> str:
+    n = len(values)
+    got = sorted(v for v in values if v is not None)
+    if len(got) * 2 < n or not got:
+        return f">{cap}" if cap is not None else "not reached"
+    padded = got + [float("inf")] * (n - len(got))
+    med = float(np.median(padded))
+    return fmt.format(med) if np.isfinite(med) else (f">{cap}" if cap else "not reached")
+
+
+# --- figure -----------------------------------------------------------------------------------
+
+
+def plot(grid: Grid, path: str) -> None:
+    """Best-so-far validation accuracy: median line and interquartile band per sampler, against
+    trial number (left) and against elapsed seconds (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=110)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    x = np.arange(1, grid.n_trials + 1)
+    t_max = max((r.elapsed[-1] for rs in grid.runs.values() for r in rs if r.elapsed), default=1)
+    t_grid = np.linspace(0, t_max, 300)
+    for i, s in enumerate(grid.samplers):
+        c = colors[i % len(colors)]
+        curves = np.array([_pad(r.best_so_far, grid.n_trials) for r in grid.runs[s]])
+        med, lo, hi = (np.percentile(curves, q, axis=0) for q in (50, 25, 75))
+        ax1.plot(x, med, color=c, label=f"{s} (n={len(curves)})")
+        ax1.fill_between(x, lo, hi, color=c, alpha=0.18, linewidth=0)
+        timed = np.array([_at_times(r, t_grid) for r in grid.runs[s]])
+        with warnings.catch_warnings():  # before every seed's first trial ended: all NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med, lo, hi = (np.nanpercentile(timed, q, axis=0) for q in (50, 25, 75))
+        ax2.plot(t_grid, med, color=c, label=s)
+        ax2.fill_between(t_grid, lo, hi, color=c, alpha=0.18, linewidth=0)
+    for ax in (ax1, ax2):
+        ax.axhline(grid.target, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylabel("best validation accuracy so far")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(0, 1)
+    ax1.set_xlabel("trial")
+    ax2.set_xlabel("seconds since the study's first trial (one worker)")
+    ax1.legend(loc="lower right")
+    fig.suptitle(f"{grid.spec_name}: median and IQR over {grid.seeds} seeds")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _pad(curve: list[float], n: int) -> list[float]:
+    return (curve + [curve[-1]] * (n - len(curve)))[:n] if curve else [0.0] * n
+
+
+def _at_times(run: StudyRun, t_grid: np.ndarray) -> np.ndarray:
+    """The best-so-far value at each time of ``t_grid`` (NaN before the first trial ended)."""
+    times = np.asarray(run.elapsed)
+    idx = np.searchsorted(times, t_grid, side="right") - 1
+    vals = np.asarray(run.best_so_far)
+    out = np.where(idx >= 0, vals[np.clip(idx, 0, None)], np.nan)
+    return out
+
+
+# --- command ----------------------------------------------------------------------------------
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"NumPy {np.__version__}, Optuna {optuna.__version__}")
+
+
+def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
+    os.makedirs(out, exist_ok=True)
+    paths = {"plot": os.path.join(out, "best_so_far.png"),
+             "table": os.path.join(out, "summary.md"),
+             "json": os.path.join(out, "summary.json")}
+    plot(grid, paths["plot"])
+    md = [
+        f"# {grid.spec_name}: {', '.join(grid.samplers)} — {grid.seeds} seeds × "
+        f"{grid.n_trials} trials",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine_line()}; date {time.strftime('%Y-%m-%d')}",
+        "",
+        "Best validation accuracy so far: median [interquartile range] over seeds. "
+        f"Trials/seconds to {grid.target:.2f}: median over seeds, counting seeds that never got "
+        "there as beyond the budget (shown as >N when fewer than half reached it). Mean rank: of "
+        "the final best across samplers within each seed (1 = best). U-test: two-sided "
+        "Mann–Whitney U of the final best against narrowing. Test acc: each study's best trial "
+        "retrained with its seed and evaluated once on the test split.",
+        "",
+        table(grid),
+        "",
+        "![best so far](best_so_far.png)",
+        "",
+    ]
+    with open(paths["table"], "w") as fh:
+        fh.write("\n".join(md))
+    raw = {s: [vars(r) for r in runs] for s, runs in grid.runs.items()}
+    with open(paths["json"], "w") as fh:
+        json.dump({"spec": grid.spec_name, "n_trials": grid.n_trials, "seeds": grid.seeds,
+                   "target": grid.target, "runs": raw}, fh)
+    return paths
+
+
+def compare_cmd(args: argparse.Namespace) -> int:
+    from hpo.cli import UsageError
+    from hpo.samplers import available_samplers
+    from hpo.spec import load_spec
+    from hpo.storage import resolve_url
+
+    spec = load_spec(args.spec)
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    usable = available_samplers()
+    for s in samplers:
+        if s not in usable:
+            raise UsageError(f"--samplers: {s!r} is not available here; choose from "
+                             f"{', '.join(usable)}")
+    if not samplers or len(set(samplers)) != len(samplers):
+        raise UsageError("--samplers must name distinct samplers, e.g. narrowing,random,tpe")
+    for flag, value, low in (("--n-trials", args.n_trials, 1), ("--seeds", args.seeds, 1),
+                             ("--workers", args.workers, 1)):
+        if value < low:
+            raise UsageError(f"{flag} must be >= {low}, got {value}")
+    if not 0 < args.target <= 1:
+        raise UsageError(f"--target must be in (0, 1], got {args.target}")
+    url = resolve_url(args.storage)
+    grid = run_grid(spec, samplers, args.seeds, args.n_trials, url=url, workers=args.workers,
+                    target=args.target, evaluate_test=not args.no_test, progress=not args.quiet)
+    command = (f"hpo compare {shlex.quote(args.spec)} --samplers {','.join(samplers)} "
+               f"--n-trials {args.n_trials} --seeds {args.seeds} --workers {args.workers} "
+               f"--target {args.target} --out {shlex.quote(args.out)}"
+               + (" --no-test" if args.no_test else ""))
+    paths = write_outputs(grid, args.out, command)
+    print(table(grid))
+    print(f"wrote {paths['plot']}, {paths['table']}, {paths['json']}", file=sys.stderr)
+    return 0

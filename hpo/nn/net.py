@@ -1,0 +1,133 @@
+"""A fully connected network, after the book's ``MultiLayerNet`` / ``MultiLayerNetExtend``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from hpo.nn.layers import Affine, BatchNorm, Dropout, Relu, SoftmaxWithLoss
+
+INITS = ("he", "xavier")
+DTYPES = (np.float32, np.float64)
+
+
+class MLP:
+    """Multi-layer perceptron: hidden layers ``Affine -> (BatchNorm) -> Relu -> (Dropout)``, then
+    a last ``Affine`` and ``SoftmaxWithLoss``.
+
+    ``sizes`` is ``[input, hidden..., output]``. Weights are drawn from ``rng`` with std
+    ``sqrt(2 / fan_in)`` (``init="he"``) or ``sqrt(1 / fan_in)`` (``"xavier"``), drawn in float64
+    and then cast, so float32 and float64 nets with the same seed start from the same weights
+    (rounded). Biases start at 0, BatchNorm's gamma at 1 and beta at 0. Dropout layers draw their
+    masks from the same ``rng``.
+
+    ``weight_decay`` is the book's L2 decay: ``loss`` adds ``weight_decay / 2 * sum(W**2)`` over
+    the weights only (not biases nor BatchNorm parameters), and ``gradient`` adds
+    ``weight_decay * W`` to each weight's gradient.
+
+    Everything runs in ``dtype`` (float32 by default); inputs are cast once on entry.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        *,
+        init: str = "he",
+        weight_decay: float = 0.0,
+        dropout: float = 0.0,
+        batchnorm: bool = False,
+        dtype: type | np.dtype = np.float32,
+        rng: np.random.Generator,
+    ) -> None:
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError(f"sizes must be [input, hidden..., output] of positive ints: {sizes}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; allowed: {', '.join(map(repr, INITS))}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+
+        self.sizes = sizes
+        self.init = init
+        self.weight_decay = float(weight_decay)
+        self.dropout = float(dropout)
+        self.batchnorm = bool(batchnorm)
+
+        gain = 2.0 if init == "he" else 1.0
+        self.params: dict[str, np.ndarray] = {}
+        self.layers: dict[str, object] = {}
+        # (param name, layer, key in layer.grads, is a weight) for collecting gradients
+        self._slots: list[tuple[str, object, str, bool]] = []
+        n_affine = len(sizes) - 1
+        for i in range(1, n_affine + 1):
+            fan_in, fan_out = sizes[i - 1], sizes[i]
+            W = (np.sqrt(gain / fan_in) * rng.standard_normal((fan_in, fan_out))).astype(self.dtype)
+            b = np.zeros(fan_out, dtype=self.dtype)
+            affine = Affine(W, b)
+            self.layers[f"Affine{i}"] = affine
+            self.params[f"W{i}"], self.params[f"b{i}"] = W, b
+            self._slots += [(f"W{i}", affine, "W", True), (f"b{i}", affine, "b", False)]
+            if i == n_affine:
+                break
+            if batchnorm:
+                gamma = np.ones(fan_out, dtype=self.dtype)
+                beta = np.zeros(fan_out, dtype=self.dtype)
+                bn = BatchNorm(gamma, beta)
+                self.layers[f"BatchNorm{i}"] = bn
+                self.params[f"gamma{i}"], self.params[f"beta{i}"] = gamma, beta
+                self._slots += [(f"gamma{i}", bn, "gamma", False), (f"beta{i}", bn, "beta", False)]
+            self.layers[f"Relu{i}"] = Relu(inplace=True)
+            if dropout > 0:
+                self.layers[f"Dropout{i}"] = Dropout(dropout, rng)
+        self.layers["Affine1"].need_dx = False  # its input is the data: nobody needs dx
+        self.last_layer = SoftmaxWithLoss()
+        self._forward_order = list(self.layers.values())
+        self._backward_order = self._forward_order[::-1]
+        self._weights = [self.params[f"W{i}"] for i in range(1, n_affine + 1)]
+
+    def predict(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        """Scores (before softmax), shape ``(batch, output)``."""
+        x = np.asarray(x, dtype=self.dtype)
+        for layer in self._forward_order:
+            x = layer.forward(x, train)
+        return x
+
+    def loss(self, x: np.ndarray, t: np.ndarray, train: bool = True) -> float:
+        """Mean cross-entropy plus ``weight_decay / 2 * sum(W**2)`` over the weights."""
+        loss = self.last_layer.forward(self.predict(x, train), t)
+        if self.weight_decay:
+            loss += 0.5 * self.weight_decay * sum(float(np.vdot(W, W)) for W in self._weights)
+        return loss
+
+    def gradient(self, x: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
+        """Backprop gradients of ``loss(x, t, train=True)``, keyed like ``params``."""
+        self.last_layer.forward(self.predict(x, train=True), t)
+        dout = self.last_layer.backward(1.0)
+        for layer in self._backward_order:
+            dout = layer.backward(dout)  # Affine1 returns None, last in the loop
+        grads = {}
+        wd = self.weight_decay
+        for name, layer, key, is_weight in self._slots:
+            g = layer.grads[key]
+            if is_weight and wd:
+                g += wd * layer.params[key]
+            grads[name] = g
+        return grads
+
+    def accuracy(self, x: np.ndarray, t: np.ndarray, batch_size: int | None = None) -> float:
+        """Fraction of rows whose top score is the label (test mode), ``batch_size`` rows a pass."""
+        n = len(x)
+        if n == 0:
+            raise ValueError("accuracy of an empty set")
+        step = n if batch_size is None else int(batch_size)
+        correct = 0
+        for i in range(0, n, step):
+            scores = self.predict(x[i : i + step], train=False)
+            correct += int(np.count_nonzero(scores.argmax(axis=1) == t[i : i + step]))
+        return correct / n

@@ -1,0 +1,216 @@
+"""Spec + data -> an Optuna objective: suggest, train, report, record attributes.
+
+Each trial trains the spec's MLP with the trial's suggestions on the training split and returns
+the final validation accuracy. It records, as user attributes, ``train_acc`` (final),
+``train_acc_curve`` and ``val_acc_curve`` (per epoch), ``model_seed`` (so ``hpo test`` and
+``hpo confirm`` can retrain the very same network) and, when training blew up, ``diverged``.
+
+Design decisions:
+
+* **Reporting only with a pruner.** Each ``trial.report`` is a storage round trip; 50 of them per
+  trial cost more than training on SQLite. With ``pruner = none`` nothing is reported; with a
+  pruner, only the epochs at which that pruner can act (:func:`report_steps`).
+* **A diverging run is a COMPLETE trial** with the (chance-level) accuracy it reached and
+  ``diverged = true``. Marking it FAIL would hide the region from the samplers (TPE and the
+  narrowing sampler only learn from COMPLETE trials) and they would keep sampling there; as a
+  low-scoring COMPLETE trial it teaches them to stay away. It never crashes a worker.
+* **The test split is never read here**: only :func:`hpo.data.load_search` is called.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+
+from hpo.data import SearchData, load_search
+from hpo.nn import MLP, TrainResult, make_optimizer, train
+from hpo.spec import ModelSpec, Param, Spec
+
+
+def suggest(trial: optuna.Trial, space: tuple[Param, ...]) -> dict[str, Any]:
+    """Ask the trial for every parameter of the search space."""
+    out: dict[str, Any] = {}
+    for p in space:
+        if p.type == "float":
+            out[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            out[p.name] = trial.suggest_int(p.name, p.low, p.high, log=p.log, step=p.step or 1)
+        else:
+            out[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+    return out
+
+
+@dataclass(frozen=True)
+class Config:
+    """One fully specified training run: the spec's model with a trial's params applied."""
+
+    sizes: tuple[int, ...]
+    init: str
+    batchnorm: bool
+    dropout: float
+    optimizer: str
+    lr: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    sampling: str
+    dtype: str
+
+
+def make_config(
+    model: ModelSpec, params: dict[str, Any], n_features: int, n_classes: int
+) -> Config:
+    width = params.get("hidden_width")
+    n_layers = params.get("hidden_layers")
+    hidden = list(model.hidden)
+    if n_layers is not None:
+        hidden = [width or (hidden[0] if hidden else 100)] * int(n_layers)
+    if width is not None:
+        hidden = [int(width)] * len(hidden)
+    return Config(
+        sizes=(n_features, *hidden, n_classes),
+        init=params.get("init", model.init),
+        batchnorm=bool(params.get("batchnorm", model.batchnorm)),
+        dropout=float(params.get("dropout", model.dropout)),
+        optimizer=params.get("optimizer", model.optimizer),
+        lr=float(params.get("lr", model.lr)),
+        weight_decay=float(params.get("weight_decay", model.weight_decay)),
+        epochs=model.epochs,
+        batch_size=int(params.get("batch_size", model.batch_size)),
+        sampling=model.sampling,
+        dtype=model.dtype,
+    )
+
+
+def model_seed(spec_seed: int, trial_number: int) -> int:
+    """The network's seed for a trial: fixed by (spec seed, trial number), like the sampler's
+    draws, so a study's results do not depend on which worker ran which trial."""
+    return int(np.random.SeedSequence([spec_seed, trial_number, 0x6E6E]).generate_state(1)[0])
+
+
+def fit(config: Config, data: SearchData, seed: int, callback=None) -> tuple[MLP, TrainResult]:
+    """Train one network of ``config`` with ``seed`` on the training split, measuring the
+    validation split after each epoch. The same (config, data, seed) gives the same network, bit
+    for bit: that is how ``hpo test`` and ``hpo confirm`` retrain a trial's model."""
+    rng = np.random.default_rng(seed)
+    net = MLP(
+        list(config.sizes),
+        init=config.init,
+        weight_decay=config.weight_decay,
+        dropout=config.dropout,
+        batchnorm=config.batchnorm,
+        dtype=np.dtype(config.dtype).type,
+        rng=rng,
+    )
+    opt = make_optimizer(config.optimizer, config.lr)
+    result = train(
+        net, opt, data.x_train, data.t_train, data.x_val, data.t_val,
+        epochs=config.epochs, batch_size=config.batch_size, rng=rng, sampling=config.sampling,
+        callback=callback,
+    )
+    return net, result
+
+
+def report_steps(pruner: str, options: dict[str, Any], epochs: int) -> frozenset[int]:
+    """The epochs at which ``pruner`` can act: only those are reported to the storage.
+
+    median: every ``interval_steps`` epochs after ``n_warmup_steps``;
+    successive-halving / hyperband: the rungs ``min_resource * reduction_factor**k``.
+    """
+    if pruner == "none":
+        return frozenset()
+    if pruner == "median":
+        warmup = int(options.get("n_warmup_steps", 5))
+        every = int(options.get("interval_steps", 5))
+        return frozenset(e for e in range(1, epochs + 1) if e >= max(warmup, 1)
+                         and (e - max(warmup, 1)) % every == 0)
+    rf = int(options.get("reduction_factor", 3))
+    lo = options.get("min_resource", 5)
+    lo = 5 if lo == "auto" else int(lo)
+    steps, r = set(), lo
+    while r < epochs:
+        steps.add(r)
+        r *= rf
+    return frozenset(steps)
+
+
+class Objective:
+    """The objective every trial runs. Build once per worker; the data is loaded once."""
+
+    def __init__(self, spec: Spec, data: SearchData | None = None) -> None:
+        self.spec = spec
+        self.data = data if data is not None else load_search(
+            spec.data.dataset,
+            train_size=spec.data.train_size,
+            validation_rate=spec.data.validation_rate,
+            seed=spec.data.seed,
+            data_dir=spec.data.data_dir,
+        )
+        self.steps = report_steps(spec.pruner, spec.pruner_options, spec.model.epochs)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = suggest(trial, self.spec.search)
+        config = make_config(self.spec.model, params, self.data.n_features, self.data.n_classes)
+        seed = model_seed(self.spec.seed, trial.number)
+        callback = self._pruning_callback(trial) if self.steps else None
+        try:
+            _, result = fit(config, self.data, seed, callback=callback)
+        except optuna.TrialPruned:
+            trial.set_user_attr("model_seed", seed)
+            raise
+        val = float(result.val_acc)
+        attrs: dict[str, Any] = {
+            "train_acc": float(result.train_acc),
+            "train_acc_curve": [round(float(a), 6) for a in result.train_acc_curve],
+            "val_acc_curve": [round(float(a), 6) for a in result.val_acc_curve],
+            "model_seed": seed,
+        }
+        if result.diverged or not math.isfinite(val):
+            attrs["diverged"] = True
+            val = val if math.isfinite(val) else 0.0
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return val
+
+    def _pruning_callback(self, trial: optuna.Trial):
+        steps = self.steps
+
+        def on_epoch(epoch: int, train_acc: float, val_acc: float) -> None:
+            if epoch in steps:
+                trial.report(float(val_acc), epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch} (val acc {val_acc:.3f})")
+
+        return on_epoch
+
+
+def make_pruner(name: str, options: dict[str, Any], epochs: int) -> optuna.pruners.BasePruner:
+    """Pruner by name; unknown options raise ValueError naming the allowed ones."""
+    import inspect
+
+    classes = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
+    }
+    if name not in classes:
+        raise ValueError(f"unknown pruner {name!r}; allowed: {', '.join(classes)}")
+    cls = classes[name]
+    allowed = [p for p in inspect.signature(cls).parameters if p != "self"]
+    bad = [k for k in options if k not in allowed]
+    if bad:
+        raise ValueError(f"pruner {name!r} has no option {bad[0]!r}; allowed: "
+                         f"{', '.join(allowed) or 'none'}")
+    defaults: dict[str, Any] = {}
+    if name == "median":
+        defaults = {"n_startup_trials": 5, "n_warmup_steps": 5, "interval_steps": 5}
+    elif name == "hyperband":
+        defaults = {"min_resource": 5, "max_resource": epochs}
+    elif name == "successive-halving":
+        defaults = {"min_resource": 5}
+    return cls(**{**defaults, **options})

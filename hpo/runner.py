@@ -1,0 +1,410 @@
+"""run / worker: the trial loop, processes, BLAS thread pinning, signals, stop conditions.
+
+The budget is *exact*: a study of N trials ends with exactly N finished (COMPLETE or PRUNED)
+trials however many workers share it and whichever of them die. Optuna's ``MaxTrialsCallback``
+can overshoot by one per extra worker, so each worker runs this loop instead:
+
+1. fail stale trials (heartbeat on), count finished and in-flight (RUNNING/WAITING) trials;
+2. done when finished >= N; if finished + in-flight >= N, the in-flight trials may fill the quota:
+   wait and look again (they may still die and free their slot);
+3. otherwise run one trial with ``study.optimize(n_trials=1)`` (heartbeats work there, not with
+   ask/tell). Two workers can pass step 2 at the same instant, so the trial *claims* its slot
+   first: if N trials that are finished or in flight already precede it (trial numbers are handed
+   out atomically by the storage), it is surplus and ends FAIL with ``hpo:surplus`` before
+   sampling anything; the budget counts it nowhere.
+
+SIGTERM and Ctrl-C: the running trial is marked FAIL by Optuna (its loop catches
+KeyboardInterrupt), nothing is left RUNNING, and the process exits 143 / 130.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.trial import TrialState
+
+from hpo.storage import mask_url
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+IN_FLIGHT = (TrialState.RUNNING, TrialState.WAITING)
+BLAS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that Optuna fails the running trial cleanly."""
+
+
+class Surplus(Exception):
+    """This trial would exceed the study's budget: it ends FAIL and is not counted."""
+
+
+def pin_blas_threads() -> None:
+    """One BLAS thread per worker process: two workers with two OpenBLAS threads each on two
+    cores run several times slower."""
+    os.environ.update(BLAS_ENV)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+class _StopState:
+    """Where the process is when a signal comes. Inside the objective the signal raises at once
+    (Optuna fails the trial and re-raises); anywhere else, e.g. in the middle of a storage write,
+    raising could leave a trial RUNNING, so the signal is only noted and the loop stops at its
+    next safe point (:func:`check_stop`)."""
+
+    signum: int | None = None
+    in_objective: bool = False
+
+
+_STOP = _StopState()
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGINT stop the worker cleanly (see :class:`_StopState`)."""
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        _STOP.signum = signum
+        if _STOP.in_objective:
+            _STOP.in_objective = False
+            raise _interrupt(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def check_stop() -> None:
+    """Raise the pending SIGTERM/SIGINT, if any: call only at safe points."""
+    if _STOP.signum is not None:
+        raise _interrupt(_STOP.signum)
+
+
+def count(study: optuna.Study) -> tuple[int, int]:
+    """(finished, in flight) trials of the study."""
+    trials = study.get_trials(deepcopy=False, states=FINISHED + IN_FLIGHT)
+    done = sum(t.state in FINISHED for t in trials)
+    return done, len(trials) - done
+
+
+@dataclass
+class WorkerResult:
+    trials_run: int
+    finished: int
+    stopped_by: str  # "budget", "timeout", "n_trials"
+
+
+def _claim(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> None:
+    ahead = sum(
+        1 for t in study.get_trials(deepcopy=False, states=FINISHED + IN_FLIGHT)
+        if t.number < trial.number
+    )
+    if ahead >= n_trials:
+        trial.storage.set_trial_system_attr(trial._trial_id, "hpo:surplus", True)
+        raise Surplus(f"trial {trial.number} is beyond the budget of {n_trials}")
+
+
+def work(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    n_trials: int,
+    timeout: float | None = None,
+    max_runs: int | None = None,
+    poll: float = 0.5,
+    max_outage: float = 300.0,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> WorkerResult:
+    """Run trials of ``study`` until it holds ``n_trials`` finished trials (or ``timeout`` seconds
+    pass, or this worker ran ``max_runs`` trials).
+
+    Connection-level storage errors (a database restart, a dropped proxy) are retried with
+    backoff for up to ``max_outage`` seconds; a trial whose ``tell`` was lost stays RUNNING until
+    its heartbeat goes stale, then is failed and re-run with the same params."""
+    heartbeat = is_heartbeat_enabled(study._storage)
+    start = time.monotonic()
+    runs = 0
+
+    def claimed(trial: optuna.Trial) -> float:
+        _claim(study, trial, n_trials)
+        check_stop()  # a signal during ask: this trial fails now, inside Optuna's handler
+        _STOP.in_objective = True
+        try:
+            return objective(trial)
+        finally:
+            _STOP.in_objective = False
+
+    callbacks = [on_trial] if on_trial else None
+    outage: float | None = None  # when the current run of storage errors began
+    delay = 0.5
+    while True:
+        check_stop()
+        try:
+            if heartbeat:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            done, in_flight = count(study)
+            outage, delay = None, 0.5
+            if done >= n_trials:
+                return WorkerResult(runs, done, "budget")
+            if timeout is not None and time.monotonic() - start >= timeout:
+                return WorkerResult(runs, done, "timeout")
+            if max_runs is not None and runs >= max_runs:
+                return WorkerResult(runs, done, "n_trials")
+            if done + in_flight >= n_trials:
+                time.sleep(poll)
+                continue
+            runs += 1
+            study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
+                           gc_after_trial=False)
+        except Exception as e:  # noqa: BLE001 - filtered just below
+            if not is_transient(e):
+                raise
+            now = time.monotonic()
+            outage = outage or now
+            if now - outage > max_outage:
+                raise
+            print(f"hpo worker: storage unavailable ({type(root_cause(e)).__name__}); "
+                  f"retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The innermost exception of a chain (Optuna masks database errors in ``tell``)."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = e.__cause__ or e.__context__
+        if nxt is None:
+            break
+        e = nxt
+    return e
+
+
+def is_transient(e: BaseException) -> bool:
+    """True when the exception chain holds a connection-level database error: the server went
+    away or restarted. Optuna 5 surfaces these as ``UnboundLocalError``/``AssertionError`` from
+    ``tell``, so the whole ``__cause__``/``__context__`` chain is searched."""
+    import sqlalchemy.exc
+
+    transient: tuple[type[BaseException], ...] = (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        optuna.exceptions.StorageInternalError,
+        ConnectionError,
+    )
+    try:
+        import grpc
+
+        transient += (grpc.RpcError,)
+    except ImportError:  # pragma: no cover
+        pass
+    seen = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, transient):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def spawn_workers(
+    n: int, study_name: str, url: str, n_trials: int, timeout: float | None, log_dir: str | None
+) -> list[subprocess.Popen]:
+    """Start ``n`` ``hpo worker`` processes on an existing study, one BLAS thread each."""
+    env = {**os.environ, **BLAS_ENV, "HPO_STORAGE": url}
+    procs = []
+    for i in range(n):
+        cmd = [sys.executable, "-m", "hpo", "worker", "--study", study_name,
+               "--n-trials", str(n_trials), "--quiet"]
+        if timeout:
+            cmd += ["--timeout", str(timeout)]
+        out = open(os.path.join(log_dir, f"worker-{i}.log"), "w") if log_dir else subprocess.DEVNULL
+        procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
+    return procs
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def _build_sampler_and_pruner(spec):
+    from hpo.objective import make_pruner
+    from hpo.samplers import make_sampler
+    from hpo.spec import SpecError
+
+    try:
+        sampler = make_sampler(spec.sampler, seed=spec.seed, options=spec.sampler_options)
+    except ValueError as e:
+        raise SpecError(f"{spec.name}: sampler: {e}") from None
+    try:
+        pruner = make_pruner(spec.pruner, spec.pruner_options, spec.model.epochs)
+    except ValueError as e:
+        raise SpecError(f"{spec.name}: pruner: {e}") from None
+    return sampler, pruner
+
+
+def _storage_for(args, create_schema: bool):
+    from hpo.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, get_storage
+
+    interval = getattr(args, "heartbeat_interval", None) or HEARTBEAT_INTERVAL
+    grace = getattr(args, "grace_period", None) or max(GRACE_PERIOD, 2 * interval)
+    if grace <= interval:
+        from hpo.cli import UsageError
+
+        raise UsageError(f"--grace-period ({grace}) must be longer than --heartbeat-interval "
+                         f"({interval})")
+    return get_storage(args.storage, heartbeat=True, heartbeat_interval=interval,
+                       grace_period=grace, create_schema=create_schema)
+
+
+class _Progress:
+    """A progress bar over the study's finished trials with the best value so far (stderr)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="trial", file=sys.stderr,
+                            dynamic_ncols=True, leave=True)
+        self.n = initial
+
+    def update(self, done: int, best: float | None) -> None:
+        if self.bar is None:
+            return
+        if done > self.n:
+            self.bar.update(min(done, self.bar.total) - self.n)
+            self.n = done
+        if best is not None:
+            self.bar.set_postfix_str(f"best val acc {best:.3f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:
+        return None
+
+
+def run(args) -> int:
+    """``hpo run SPEC``: create or resume the study, run W workers, print Best-N."""
+    from hpo.cli import UsageError
+    from hpo.objective import Objective
+    from hpo.report import listing
+    from hpo.spec import load_spec
+    from hpo.storage import create_or_load_study, resolve_url
+
+    spec = load_spec(args.spec)
+    if args.n_trials is not None:
+        if args.n_trials <= 0:
+            raise UsageError(f"--n-trials must be >= 1, got {args.n_trials}")
+        spec = spec.replace(n_trials=args.n_trials)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError(f"--timeout must be > 0, got {args.timeout}")
+    study_name = args.study or spec.name
+    if args.seed is not None:
+        if args.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {args.seed}")
+        spec = spec.replace(seed=args.seed)
+        study_name = args.study or f"{spec.name}/seed{args.seed}"
+    timeout = args.timeout if args.timeout is not None else spec.timeout
+    sampler, pruner = _build_sampler_and_pruner(spec)
+    objective = Objective(spec)  # loads the data: a data error stops us before any write
+    url = resolve_url(args.storage)
+    storage = _storage_for(args, create_schema=True)
+    study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
+    install_signal_handlers()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    print(f"study {study_name!r} on {mask_url(url)}: {spec.n_trials} trials, sampler "
+          f"{spec.sampler}, pruner {spec.pruner}, {args.workers} worker(s)", file=sys.stderr)
+    done, _ = count(study)
+    progress = _Progress(spec.n_trials, done, enabled=not args.quiet)
+    try:
+        if args.workers == 1:
+            pin_blas_threads()
+            work(study, objective, n_trials=spec.n_trials, timeout=timeout,
+                 on_trial=lambda s, t: progress.update(count(s)[0], _best_value(s)))
+        else:
+            _supervise(study, study_name, url, spec.n_trials, timeout, args.workers, progress)
+    finally:
+        progress.close()
+    print(listing(study, args.top))
+    return 0
+
+
+def _supervise(study, study_name, url, n_trials, timeout, n_workers, progress) -> None:
+    """Run worker processes and show progress until they exit; forward SIGTERM/Ctrl-C."""
+    procs = spawn_workers(n_workers, study_name, url, n_trials, timeout, log_dir=None)
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.5)
+            check_stop()
+            progress.update(count(study)[0], _best_value(study))
+        progress.update(count(study)[0], _best_value(study))
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=60)
+        raise
+    bad = [p.returncode for p in procs if p.returncode not in (0,)]
+    if bad:
+        print(f"hpo run: {len(bad)} worker(s) exited with codes {bad}", file=sys.stderr)
+
+
+def worker(args) -> int:
+    """``hpo worker --study NAME``: join an existing study with the spec stored in it."""
+    from hpo.cli import UsageError
+    from hpo.objective import Objective
+    from hpo.storage import check_schema, load_study_spec, resolve_url
+
+    if args.n_trials is not None and args.n_trials <= 0:
+        raise UsageError(f"--n-trials must be >= 1, got {args.n_trials}")
+    url = resolve_url(args.storage)
+    storage = _storage_for(args, create_schema=False)
+    check_schema(storage, url)
+    spec = load_study_spec(storage, args.study)
+    sampler, pruner = _build_sampler_and_pruner(spec)
+    objective = Objective(spec)
+    study = optuna.load_study(study_name=args.study, storage=storage, sampler=sampler,
+                              pruner=pruner)
+    pin_blas_threads()
+    install_signal_handlers()
+    n_trials = args.n_trials or spec.n_trials
+    timeout = args.timeout if args.timeout is not None else spec.timeout
+    quiet = args.quiet
+
+    def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        if not quiet:
+            value = "-" if t.value is None else f"{t.value:.3f}"
+            print(f"trial {t.number} {t.state.name} val_acc={value} params={t.params}",
+                  flush=True)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    result = work(study, objective, n_trials=n_trials, timeout=timeout, on_trial=on_trial)
+    print(f"worker done: ran {result.trials_run} trial(s); study holds {result.finished} "
+          f"finished ({result.stopped_by})", file=sys.stderr)
+    return 0

@@ -1,0 +1,371 @@
+"""Study spec files: parse, validate, defaults. No Optuna objects are built here.
+
+A spec is a TOML file (see ``studies/``) with these tables; every key has a default except the
+search space::
+
+    name = "book-random"                    # default study name
+    seed = 0                                # sampler seed; model seeds derive from it
+    [data]     dataset, train_size, validation_rate, seed (the split seed), data_dir
+    [model]    hidden, init, batchnorm, dropout, optimizer, epochs, batch_size, sampling, dtype
+    [search.<param>]  type = "float" | "int" | "categorical", low/high/log/step or choices
+    [sampler]  name, and the sampler's options as further keys
+    [pruner]   name, and the pruner's options as further keys
+    [budget]   n_trials, timeout (seconds, 0 = none)
+
+Errors name the file, the key and what is allowed (:class:`SpecError`, one line).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DATASETS = ("mnist5k", "mnist", "digits")
+INITS = ("he", "xavier")
+OPTIMIZERS = ("sgd", "momentum", "adagrad", "adam")
+SAMPLINGS = ("replacement", "shuffle")
+DTYPES = ("float32", "float64")
+SAMPLERS = ("narrowing", "random", "tpe", "cmaes", "qmc", "gp")
+PRUNERS = ("none", "median", "hyperband", "successive-halving")
+PARAM_TYPES = ("float", "int", "categorical")
+# Search parameters the objective knows how to apply (name -> what it sets).
+SEARCHABLE = {
+    "lr": "optimizer learning rate",
+    "weight_decay": "L2 weight decay (lambda)",
+    "dropout": "dropout ratio of every hidden layer",
+    "hidden_width": "units in every hidden layer",
+    "hidden_layers": "number of hidden layers",
+    "batch_size": "minibatch size",
+    "optimizer": "optimizer name",
+    "init": "weight init",
+    "batchnorm": "BatchNorm after each hidden Affine",
+}
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message is one line naming the file and the key."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One search-space dimension."""
+
+    name: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.type}
+        if self.type == "categorical":
+            d["choices"] = list(self.choices)
+        else:
+            d.update(low=self.low, high=self.high, log=self.log)
+            if self.step is not None:
+                d["step"] = self.step
+        return d
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str = "mnist5k"
+    train_size: int = 500
+    validation_rate: float = 0.2
+    seed: int = 0
+    data_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    hidden: tuple[int, ...] = (100, 100, 100, 100, 100, 100)
+    init: str = "he"
+    batchnorm: bool = False
+    dropout: float = 0.0
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    epochs: int = 50
+    batch_size: int = 100
+    sampling: str = "replacement"
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated study spec."""
+
+    name: str
+    search: tuple[Param, ...]
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    sampler: str = "random"
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    pruner: str = "none"
+    pruner_options: dict[str, Any] = field(default_factory=dict)
+    n_trials: int = 100
+    timeout: float | None = None
+    seed: int = 0
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data, the same shape as the TOML file (round-trips via from_dict)."""
+        d: dict[str, Any] = {"name": self.name, "seed": self.seed}
+        if self.description:
+            d["description"] = self.description
+        data = asdict(self.data)
+        if data["data_dir"] is None:
+            del data["data_dir"]
+        d["data"] = data
+        model = asdict(self.model)
+        model["hidden"] = list(self.model.hidden)
+        d["model"] = model
+        d["search"] = {p.name: p.to_dict() for p in self.search}
+        d["sampler"] = {"name": self.sampler, **self.sampler_options}
+        d["pruner"] = {"name": self.pruner, **self.pruner_options}
+        d["budget"] = {"n_trials": self.n_trials, "timeout": self.timeout or 0}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def replace(self, **changes: Any) -> Spec:
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a TOML spec file."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"{p}: spec file not found")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{p}: not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{p}: cannot read: {e}") from None
+    return from_dict(raw, source=str(p), default_name=p.stem)
+
+
+def from_json(text: str, source: str = "stored spec") -> Spec:
+    return from_dict(json.loads(text), source=source)
+
+
+def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "study") -> Spec:
+    """Validate plain data (parsed TOML or stored JSON) into a :class:`Spec`."""
+    v = _Validator(source)
+    v.keys("", raw, {"name", "description", "seed", "data", "model", "search", "sampler",
+                     "pruner", "budget"})
+    name = v.string("name", raw.get("name", default_name))
+    if not name.strip():
+        raise SpecError(f"{source}: name: must be a non-empty study name")
+    seed = v.integer("seed", raw.get("seed", 0), minimum=0)
+
+    d = v.table("data", raw.get("data", {}))
+    v.keys("data", d, {"dataset", "train_size", "validation_rate", "seed", "data_dir"})
+    data = DataSpec(
+        dataset=v.choice("data.dataset", d.get("dataset", "mnist5k"), DATASETS),
+        train_size=v.integer("data.train_size", d.get("train_size", 500), minimum=2),
+        validation_rate=v.number("data.validation_rate", d.get("validation_rate", 0.2),
+                                 low=0.0, high=1.0, open_=True),
+        seed=v.integer("data.seed", d.get("seed", 0), minimum=0),
+        data_dir=v.string("data.data_dir", d["data_dir"]) if "data_dir" in d else None,
+    )
+
+    m = v.table("model", raw.get("model", {}))
+    defaults = ModelSpec()
+    v.keys("model", m, set(asdict(defaults)))
+    hidden = m.get("hidden", list(defaults.hidden))
+    if not isinstance(hidden, list) or not all(
+        isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
+    ):
+        raise SpecError(f"{source}: model.hidden: must be a list of positive integers, "
+                        f"got {hidden!r}")
+    model = ModelSpec(
+        hidden=tuple(hidden),
+        init=v.choice("model.init", m.get("init", defaults.init), INITS),
+        batchnorm=v.boolean("model.batchnorm", m.get("batchnorm", defaults.batchnorm)),
+        dropout=v.number("model.dropout", m.get("dropout", defaults.dropout), low=0.0, high=1.0,
+                         open_high=True),
+        optimizer=v.choice("model.optimizer", m.get("optimizer", defaults.optimizer), OPTIMIZERS),
+        lr=v.number("model.lr", m.get("lr", defaults.lr), low=0.0, open_=True),
+        weight_decay=v.number("model.weight_decay", m.get("weight_decay", 0.0), low=0.0),
+        epochs=v.integer("model.epochs", m.get("epochs", defaults.epochs), minimum=1),
+        batch_size=v.integer("model.batch_size", m.get("batch_size", defaults.batch_size),
+                             minimum=1),
+        sampling=v.choice("model.sampling", m.get("sampling", defaults.sampling), SAMPLINGS),
+        dtype=v.choice("model.dtype", m.get("dtype", defaults.dtype), DTYPES),
+    )
+
+    s = v.table("search", raw.get("search"))
+    if not s:
+        raise SpecError(f"{source}: search: needs at least one parameter, e.g. [search.lr]")
+    search = tuple(v.param(name, body) for name, body in s.items())
+
+    sm = dict(v.table("sampler", raw.get("sampler", {})))
+    sampler = v.choice("sampler.name", sm.pop("name", "random"), SAMPLERS)
+    pr = dict(v.table("pruner", raw.get("pruner", {})))
+    pruner = v.choice("pruner.name", pr.pop("name", "none"), PRUNERS)
+
+    b = v.table("budget", raw.get("budget", {}))
+    v.keys("budget", b, {"n_trials", "timeout"})
+    n_trials = v.integer("budget.n_trials", b.get("n_trials", 100), minimum=1)
+    timeout = v.number("budget.timeout", b.get("timeout", 0), low=0.0)
+
+    _check_split(source, data)
+    for p in search:
+        _check_values(source, p)
+    return Spec(name=name, search=search, data=data, model=model, sampler=sampler,
+                sampler_options=sm, pruner=pruner, pruner_options=pr, n_trials=n_trials,
+                timeout=timeout or None, seed=seed,
+                description=v.string("description", raw.get("description", "")))
+
+
+def _check_split(source: str, data: DataSpec) -> None:
+    from hpo.data import DataError, validate_split
+
+    try:
+        validate_split(data.dataset, data.train_size, data.validation_rate)
+    except DataError as e:
+        raise SpecError(f"{source}: data: {e}") from None
+
+
+_VALUE_RULES: dict[str, tuple[str, Any]] = {
+    # name -> (what is allowed, predicate on one value)
+    "lr": ("positive numbers", lambda x: _num(x) and x > 0),
+    "weight_decay": ("numbers >= 0", lambda x: _num(x) and x >= 0),
+    "dropout": ("numbers in [0, 1)", lambda x: _num(x) and 0 <= x < 1),
+    "hidden_width": ("integers >= 1", lambda x: _int(x) and x >= 1),
+    "hidden_layers": ("integers >= 0", lambda x: _int(x) and x >= 0),
+    "batch_size": ("integers >= 1", lambda x: _int(x) and x >= 1),
+    "optimizer": (", ".join(OPTIMIZERS), lambda x: x in OPTIMIZERS),
+    "init": (", ".join(INITS), lambda x: x in INITS),
+    "batchnorm": ("true, false", lambda x: isinstance(x, bool)),
+}
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_values(source: str, p: Param) -> None:
+    """Every value the search can draw must be one the objective accepts."""
+    allowed, ok = _VALUE_RULES[p.name]
+    values = p.choices if p.type == "categorical" else (p.low, p.high)
+    if p.name in ("hidden_width", "hidden_layers", "batch_size") and p.type == "float":
+        raise SpecError(f"{source}: search.{p.name}.type: must be int or categorical")
+    if p.name in ("optimizer", "init", "batchnorm") and p.type != "categorical":
+        raise SpecError(f"{source}: search.{p.name}.type: must be categorical")
+    for x in values:
+        if not ok(x):
+            raise SpecError(f"{source}: search.{p.name}: {x!r} is not allowed; allowed: {allowed}")
+
+
+class _Validator:
+    """Small typed getters that raise one-line SpecErrors naming the file and the key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, msg: str) -> SpecError:
+        return SpecError(f"{self.source}: {key}: {msg}")
+
+    def keys(self, where: str, table: dict, allowed: set[str]) -> None:
+        for k in table:
+            if k not in allowed:
+                key = f"{where}.{k}" if where else k
+                raise self.fail(key, f"unknown key; allowed: {', '.join(sorted(allowed))}")
+
+    def table(self, key: str, value: Any) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a table, got {type(value).__name__}")
+        return value
+
+    def string(self, key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, got {value!r}")
+        return value
+
+    def boolean(self, key: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
+    def choice(self, key: str, value: Any, allowed: tuple[str, ...]) -> str:
+        if value not in allowed:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def integer(self, key: str, value: Any, minimum: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.fail(key, f"must be >= {minimum}, got {value}")
+        return value
+
+    def number(self, key: str, value: Any, low: float | None = None, high: float | None = None,
+               open_: bool = False, open_high: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+            value
+        ):
+            raise self.fail(key, f"must be a finite number, got {value!r}")
+        lo_bad = low is not None and (value <= low if open_ else value < low)
+        hi_bad = high is not None and (value >= high if (open_ or open_high) else value > high)
+        if lo_bad or hi_bad:
+            lo = "" if low is None else ("(" if open_ else "[") + f"{low}"
+            hi = "" if high is None else f"{high}" + (")" if open_ or open_high else "]")
+            raise self.fail(key, f"must be in {lo or '(-inf'}, {hi or 'inf)'}, got {value}")
+        return float(value)
+
+    def param(self, name: str, body: Any) -> Param:
+        key = f"search.{name}"
+        if name not in SEARCHABLE:
+            raise self.fail(key, f"unknown parameter; allowed: {', '.join(SEARCHABLE)}")
+        body = self.table(key, body)
+        ptype = self.choice(f"{key}.type", body.get("type", "float"), PARAM_TYPES)
+        if ptype == "categorical":
+            self.keys(key, body, {"type", "choices"})
+            choices = body.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise self.fail(f"{key}.choices", "must be a non-empty list")
+            if len(set(map(repr, choices))) != len(choices):
+                raise self.fail(f"{key}.choices", f"has duplicates: {choices!r}")
+            return Param(name, ptype, choices=tuple(choices))
+        self.keys(key, body, {"type", "low", "high", "log", "step"})
+        for k in ("low", "high"):
+            if k not in body:
+                raise self.fail(f"{key}.{k}", "is required for a numeric parameter")
+        conv = self.integer if ptype == "int" else self.number
+        low, high = conv(f"{key}.low", body["low"]), conv(f"{key}.high", body["high"])
+        log = self.boolean(f"{key}.log", body.get("log", False))
+        step = body.get("step")
+        if low >= high:
+            raise self.fail(key, f"low must be < high, got low={low}, high={high}")
+        if log and low <= 0:
+            raise self.fail(f"{key}.low", f"a log range needs low > 0, got {low}")
+        if step is not None:
+            step = conv(f"{key}.step", step)
+            if step <= 0:
+                raise self.fail(f"{key}.step", f"must be > 0, got {step}")
+            if log:
+                raise self.fail(f"{key}.step", "cannot be combined with log = true")
+        return Param(name, ptype, low=low, high=high, log=log, step=step)

@@ -1,0 +1,218 @@
+"""Storage URLs, engine options, schema initialisation, heartbeats, study creation.
+
+One rule drives this module: the schema and the study are created **once, before any worker
+starts**. Several processes calling ``create_study(load_if_exists=True)`` on an empty database race
+on schema creation and crash (Optuna 5, SQLite and PostgreSQL alike), so ``hpo run`` and the
+compose ``init`` service call :func:`create_or_load_study` first, and workers only ever *load*.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import warnings
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hpo.spec import Spec
+
+DEFAULT_URL = "sqlite:///hpo.db"
+SPEC_ATTR = "hpo:spec"
+METRIC_NAME = "val_acc"
+# Heartbeats: a trial of the book's task takes ~0.1-1 s, but a slow machine or a big spec can take
+# minutes, and a heartbeat that is too short fails live trials (seen at 1 s with 16 workers).
+HEARTBEAT_INTERVAL = 10
+GRACE_PERIOD = 60
+MAX_RETRY = 3
+
+
+class StorageError(RuntimeError):
+    """The storage cannot be used (unreachable, bad URL, unknown study): one line, password
+    masked."""
+
+
+def resolve_url(url: str | None) -> str:
+    """``--storage URL``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db`` in the current
+    directory."""
+    return url or os.environ.get("HPO_STORAGE") or DEFAULT_URL
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe for messages and logs)."""
+    return re.sub(r"(://[^/:@]+:)[^/@]*@", r"\1***@", url)
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    """Engine options per backend.
+
+    SQLite: a 60 s busy timeout so a few local workers queue instead of failing with "database is
+    locked". PostgreSQL/MySQL: ``pool_pre_ping`` (the first query after a server restart otherwise
+    fails) and a pool of at most 2 connections per worker process.
+    """
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 1, "pool_recycle": 300}
+
+
+def _prepare_sqlite(url: str) -> None:
+    """Put a SQLite file in WAL mode (persistent in the file): readers stop blocking the writer."""
+    path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
+    if not path or path == ":memory:" or "?" in path:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise StorageError(f"cannot open {url}: directory {directory} does not exist")
+    try:
+        con = sqlite3.connect(path, timeout=60)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise StorageError(f"cannot open {url}: {e}") from None
+
+
+def get_storage(
+    url: str | None = None,
+    *,
+    heartbeat: bool = False,  # ignored for grpc:// (the proxy has no heartbeat)
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = GRACE_PERIOD,
+    max_retry: int = MAX_RETRY,
+    create_schema: bool = False,
+) -> optuna.storages.BaseStorage:
+    """An RDBStorage for ``url`` with hpo's engine options (a gRPC proxy client for
+    ``grpc://HOST:PORT``).
+
+    ``create_schema=False`` (workers) skips table creation: the tables must exist, made by a call
+    with ``create_schema=True`` (``hpo run``, compose ``init``) before any worker starts.
+    ``heartbeat=True`` turns on Optuna's heartbeat: a trial whose worker died is failed after
+    ``grace_period`` seconds and re-queued with the same params, at most ``max_retry`` times.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # hpo prints its own progress
+    url = resolve_url(url)
+    if url.startswith("grpc://"):
+        return _grpc_proxy(url)
+    if url.startswith("sqlite") and create_schema:
+        _prepare_sqlite(url)
+    elif url.startswith("sqlite:///") and not create_schema:
+        path = url.split("sqlite:///", 1)[1]
+        if path and path != ":memory:" and "?" not in path and not os.path.exists(path):
+            raise StorageError(f"storage {url} does not exist: create the study first with "
+                               "`hpo run SPEC`")
+    kwargs: dict[str, Any] = {}
+    if heartbeat:
+        kwargs = dict(
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=max_retry
+            ),
+        )
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs(url),
+            skip_table_creation=not create_schema,
+            **kwargs,
+        )
+    except optuna.exceptions.StorageInternalError:
+        raise StorageError(
+            f"storage {mask_url(url)} has no Optuna schema: create the study first with "
+            "`hpo run SPEC` or the compose `init` service"
+        ) from None
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise StorageError(f"cannot use storage {mask_url(url)}: {mask_url(first)}") from None
+
+
+def _grpc_proxy(url: str) -> optuna.storages.BaseStorage:
+    """``grpc://host:port``: a worker behind ``hpo proxy`` (Optuna's gRPC storage proxy), which
+    holds the few real database connections for any number of workers."""
+    import optuna
+
+    m = re.fullmatch(r"grpc://([^:/]+):(\d+)/?", url)
+    if not m:
+        raise StorageError(f"bad gRPC storage URL {url!r}: use grpc://HOST:PORT")
+    proxy = optuna.storages.GrpcStorageProxy(host=m.group(1), port=int(m.group(2)))
+    try:
+        proxy.wait_server_ready(timeout=float(os.environ.get("HPO_GRPC_WAIT", "60")))
+    except Exception as e:  # noqa: BLE001 - grpc raises its own FutureTimeoutError
+        raise StorageError(f"no hpo proxy answers at {url}: {type(e).__name__}") from None
+    return proxy
+
+
+def check_schema(storage: optuna.storages.RDBStorage, url: str) -> None:
+    """Fail clearly when a worker's database has no hpo/Optuna schema (nobody ran init)."""
+    import sqlalchemy.exc
+
+    try:
+        storage.get_all_studies()
+    except sqlalchemy.exc.SQLAlchemyError:
+        raise StorageError(
+            f"storage {mask_url(url)} has no studies table: create the study first with "
+            "`hpo run SPEC` or the compose `init` service"
+        ) from None
+
+
+def create_or_load_study(
+    storage: optuna.storages.BaseStorage,
+    spec: Spec,
+    study_name: str | None = None,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Create the study for ``spec`` (recording the spec in its user attributes and the metric
+    name ``val_acc``) or load it when it exists with the same spec. A different budget is not a
+    different spec: resuming with ``--n-trials`` records the new budget."""
+    import optuna
+
+    name = study_name or spec.name
+    try:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler,
+                                  pruner=pruner)
+    except KeyError:
+        study = optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+            direction="maximize", load_if_exists=True,
+        )
+        study.set_metric_names([METRIC_NAME])
+        study.set_user_attr(SPEC_ATTR, spec.to_dict())
+        return study
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        raise StorageError(f"study {name!r} exists but was not made by hpo (no spec recorded)")
+    wanted = spec.to_dict()
+    if {k: v for k, v in stored.items() if k != "budget"} != {
+        k: v for k, v in wanted.items() if k != "budget"
+    }:
+        raise StorageError(
+            f"study {name!r} exists with a different spec: pick another --study name, or resume "
+            f"it with `hpo worker --study {name}`"
+        )
+    if stored.get("budget") != wanted["budget"]:
+        study.set_user_attr(SPEC_ATTR, wanted)
+    return study
+
+
+def load_study_spec(storage: optuna.storages.BaseStorage, study_name: str) -> Spec:
+    """The spec stored in an hpo study (``hpo worker`` needs nothing but the storage)."""
+    from hpo.spec import from_dict
+
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        names = sorted(s.study_name for s in storage.get_all_studies())
+        hint = f"; studies here: {', '.join(names[:10])}" if names else "; this storage is empty"
+        raise StorageError(f"no study named {study_name!r}{hint}") from None
+    attrs = storage.get_study_user_attrs(study_id)
+    if SPEC_ATTR not in attrs:
+        raise StorageError(f"study {study_name!r} was not made by hpo (no spec recorded)")
+    return from_dict(attrs[SPEC_ATTR], source=f"study {study_name!r}")

@@ -1,0 +1,98 @@
+"""Shared fixtures: a CLI runner that runs `hpo` in a subprocess, and PostgreSQL databases."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = ROOT / "studies"
+PG_URL = os.environ.get("HPO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def hpo(*args: str, env: dict | None = None, cwd: str | os.PathLike | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real `hpo` command (python -m hpo) and capture its output."""
+    full_env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "hpo", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'hpo.db'}"
+
+
+@pytest.fixture
+def tiny_spec(tmp_path: Path):
+    """Write a fast spec (8x8 digits, small net, few epochs) and return a factory for variants."""
+
+    def make(name: str = "tiny", sampler: str = "random", n_trials: int = 6, extra: str = "",
+             epochs: int = 5, sampler_options: str = "") -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f'''
+name = "{name}"
+seed = 1
+[data]
+dataset = "digits"
+train_size = 300
+validation_rate = 0.2
+[model]
+hidden = [16, 16]
+epochs = {epochs}
+batch_size = 50
+[search.lr]
+low = 1e-3
+high = 0.5
+log = true
+[search.weight_decay]
+low = 1e-8
+high = 1e-4
+log = true
+[sampler]
+name = "{sampler}"
+{sampler_options}
+[budget]
+n_trials = {n_trials}
+{extra}
+''')
+        return path
+
+    return make
+
+
+def _pg_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(_plain(PG_URL), connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty PostgreSQL database on the test server; dropped afterwards."""
+    if not _pg_available():
+        if os.environ.get("HPO_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL not reachable at {PG_URL} and HPO_REQUIRE_POSTGRES=1")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    import psycopg
+
+    name = f"hpo_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_plain(PG_URL), autocommit=True) as con:
+        con.execute(f'CREATE DATABASE "{name}"')
+    base = PG_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(_plain(PG_URL), autocommit=True) as con:
+        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,214 @@
+"""The `hpo` command end to end on SQLite: real processes, real storage."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from tests.conftest import ROOT, STUDIES, hpo
+
+
+def _run(spec, url, *extra):
+    r = hpo("run", str(spec), "--storage", url, "--quiet", *extra)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def _states(url: str, study: str) -> dict[str, int]:
+    s = optuna.load_study(study_name=study, storage=url)
+    out: dict[str, int] = {}
+    for t in s.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def test_help_for_every_command():
+    from hpo.cli import COMMANDS
+
+    for cmd in COMMANDS:
+        r = hpo(cmd, "--help")
+        assert r.returncode == 0 and "usage: hpo" in r.stdout, cmd
+
+
+def test_run_records_the_contract(tiny_spec, sqlite_url):
+    spec = tiny_spec(n_trials=5)
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet")
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stdout.splitlines() if x.startswith("Best-")]
+    assert lines and lines[0].startswith("Best-1(val acc:")
+    assert "lr:" in lines[0] and "weight decay:" in lines[0] and "train acc:" in lines[0]
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    assert study.metric_names == ["val_acc"]
+    assert study.user_attrs["hpo:spec"]["name"] == "tiny"
+    trials = study.get_trials()
+    assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
+    for t in trials:
+        assert set(t.params) == {"lr", "weight_decay"}
+        ua = t.user_attrs
+        assert len(ua["train_acc_curve"]) == 5 and len(ua["val_acc_curve"]) == 5
+        assert ua["val_acc_curve"][-1] == pytest.approx(t.value, abs=1e-6)
+        assert ua["train_acc"] == pytest.approx(ua["train_acc_curve"][-1], abs=1e-6)
+        assert isinstance(ua["model_seed"], int)
+        assert not t.intermediate_values  # no pruner: nothing reported
+
+
+def test_optuna_cli_reads_what_hpo_wrote(tiny_spec, sqlite_url):
+    _run(tiny_spec(n_trials=3), sqlite_url)
+    optuna_cli = os.path.join(os.path.dirname(sys.executable), "optuna")
+    r = subprocess.run([optuna_cli, "trials", "--storage", sqlite_url, "--study-name", "tiny",
+                        "-f", "json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert len(rows) == 3 and {"lr", "weight_decay"} <= set(rows[0]["params"])
+
+
+def test_resume_and_best_json(tiny_spec, sqlite_url):
+    spec = tiny_spec(n_trials=3)
+    assert hpo("run", str(spec), "--storage", sqlite_url, "--quiet").returncode == 0
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet", "--n-trials", "5")
+    assert r.returncode == 0, r.stderr
+    assert _states(sqlite_url, "tiny") == {"COMPLETE": 5}
+    r = hpo("best", "tiny", "--storage", sqlite_url, "--json", "--top", "2")
+    data = json.loads(r.stdout)
+    assert [b["rank"] for b in data["best"]] == [1, 2]
+    assert data["best"][0]["val_acc"] >= data["best"][1]["val_acc"]
+    assert data["trials"] == {"COMPLETE": 5}
+    r = hpo("studies", "--storage", sqlite_url)
+    assert r.returncode == 0 and "tiny" in r.stdout
+
+
+def test_two_workers_exact_budget(tiny_spec, sqlite_url):
+    r = hpo("run", str(tiny_spec(n_trials=12)), "--storage", sqlite_url, "--workers", "2",
+            "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "database is locked" not in r.stderr
+    states = _states(sqlite_url, "tiny")
+    assert states.get("COMPLETE") == 12 and "RUNNING" not in states and "WAITING" not in states
+
+
+def test_worker_joins_with_stored_spec(tiny_spec, sqlite_url):
+    _run(tiny_spec(n_trials=2), sqlite_url)
+    r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--n-trials", "4")
+    assert r.returncode == 0, r.stderr
+    assert _states(sqlite_url, "tiny") == {"COMPLETE": 4}
+    assert r.stdout.count("COMPLETE") == 2
+
+
+def _nothing_written(tmp_path, url_path):
+    if not url_path.exists():
+        return True
+    con = sqlite3.connect(url_path)
+    try:
+        names = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+        if "studies" not in names:
+            return True
+        return con.execute("select count(*) from studies").fetchone()[0] == 0
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "nope.toml"], "spec file not found"),
+        (["run", "{bad}"], "not valid TOML"),
+        (["run", "{unknown_key}"], "unknown key"),
+        (["run", "{low_high}"], "low must be < high"),
+        (["run", "{log_zero}"], "log range needs low > 0"),
+        (["run", "{sampler}"], "'grid' is not one of"),
+        (["run", "{pruner}"], "'sometimes' is not one of"),
+        (["run", "{spec}", "--n-trials", "0"], "--n-trials must be >= 1"),
+        (["run", "{spec}", "--workers", "0"], "--workers must be >= 1"),
+        (["run", "{sampler_option}"], "unknown option(s) for sampler 'random': bogus"),
+        (["worker", "--study", "ghost"], "does not exist: create the study first"),
+        (["best", "ghost"], "does not exist: create the study first"),
+    ],
+)
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, tiny_spec, args, message):
+    spec = tiny_spec()
+    text = spec.read_text()
+    variants = {
+        "bad": "name = [unclosed",
+        "unknown_key": text + "\ncolour = 1\n",
+        "low_high": text.replace("low = 1e-3\nhigh = 0.5", "low = 0.5\nhigh = 1e-3"),
+        "log_zero": text.replace("low = 1e-3", "low = 0.0"),
+        "sampler": text.replace('name = "random"', 'name = "grid"'),
+        "pruner": text + '\n[pruner]\nname = "sometimes"\n',
+        "sampler_option": text.replace('name = "random"', 'name = "random"\nbogus = 1'),
+    }
+    paths = {"spec": str(spec)}
+    for k, v in variants.items():
+        p = tmp_path / f"{k}.toml"
+        p.write_text(v)
+        paths[k] = str(p)
+    db = tmp_path / "bad.db"
+    args = [a.format(**paths) for a in args]
+    r = hpo(*args, "--storage", f"sqlite:///{db}", cwd=tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and message in err[0], r.stderr
+    assert _nothing_written(tmp_path, db)
+
+
+def test_unknown_study_lists_what_exists(tiny_spec, sqlite_url):
+    _run(tiny_spec(n_trials=1), sqlite_url)
+    for args in (["best", "ghost"], ["worker", "--study", "ghost"]):
+        r = hpo(*args, "--storage", sqlite_url)
+        assert r.returncode == 2 and "no study named 'ghost'; studies here: tiny" in r.stderr
+
+
+def test_unreachable_storage(tmp_path, tiny_spec):
+    spec = tiny_spec()
+    r = hpo("run", str(spec), "--storage", "postgresql+psycopg://bob:secret@127.0.0.1:1/x")
+    assert r.returncode == 2 and "cannot use storage" in r.stderr
+    assert "secret" not in r.stderr and "bob:***@" in r.stderr
+    r = hpo("run", str(spec), "--storage", f"sqlite:///{tmp_path}/no/such/dir/x.db")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_sigterm_leaves_nothing_running(tmp_path, tiny_spec, sqlite_url):
+    spec = tiny_spec(n_trials=10_000, epochs=200)
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(spec), "--storage",
+                             sqlite_url, "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            if _states(sqlite_url, "tiny").get("COMPLETE", 0) >= 1:
+                break
+        except KeyError:
+            pass
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    states = _states(sqlite_url, "tiny")
+    assert "RUNNING" not in states and states.get("COMPLETE", 0) >= 1
+
+
+def test_default_storage_is_sqlite_in_cwd(tmp_path, tiny_spec):
+    r = hpo("run", str(tiny_spec(n_trials=1)), "--quiet", cwd=tmp_path,
+            env={"HPO_STORAGE": ""})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "hpo.db").exists()
+
+
+def test_env_storage(tmp_path, tiny_spec):
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    r = hpo("run", str(tiny_spec(n_trials=1)), "--quiet", cwd=tmp_path, env={"HPO_STORAGE": url})
+    assert r.returncode == 0 and (tmp_path / "env.db").exists()
+    assert not (tmp_path / "hpo.db").exists()
+
+
+def test_shipped_spec_runs(tmp_path):
+    """The README's own spec, shortened: the full book configuration trains and lists."""
+    r = hpo("run", str(STUDIES / "book-random.toml"), "--storage",
+            f"sqlite:///{tmp_path / 'b.db'}", "--n-trials", "3", "--quiet", cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("Best-") == 3

@@ -1,0 +1,110 @@
+"""`hpo compare` on a small grid: files written, numbers match the studies in the storage."""
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+
+from hpo.compare import _fmt_q, study_name
+from tests.conftest import hpo
+
+SAMPLERS = ["narrowing", "random", "tpe"]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    spec = tmp / "cmp.toml"
+    spec.write_text('''
+name = "cmp"
+[data]
+dataset = "digits"
+train_size = 300
+[model]
+hidden = [16, 16]
+epochs = 4
+batch_size = 50
+[search.lr]
+low = 1e-3
+high = 0.5
+log = true
+[search.weight_decay]
+low = 1e-8
+high = 1e-4
+log = true
+[sampler]
+name = "narrowing"
+stage_trials = 8
+keep_top = 3
+''')
+    url = f"sqlite:///{tmp / 'c.db'}"
+    out = tmp / "out"
+    r = hpo("compare", str(spec), "--storage", url, "--samplers", ",".join(SAMPLERS),
+            "--n-trials", "16", "--seeds", "2", "--target", "0.5", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    return url, out, r
+
+
+def _best_curve(url, name):
+    study = optuna.load_study(study_name=name, storage=url)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    return np.maximum.accumulate([t.value for t in trials]), study
+
+
+def test_files_and_one_study_per_cell(grid):
+    url, out, _ = grid
+    assert (out / "best_so_far.png").stat().st_size > 10_000
+    assert (out / "summary.md").exists() and (out / "summary.json").exists()
+    names = {s.study_name for s in optuna.get_all_study_summaries(url)}
+    assert names == {study_name("cmp", s, k) for s in SAMPLERS for k in range(2)}
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=url)
+        assert sum(t.state.name == "COMPLETE" for t in study.trials) == 16
+        assert "hpo:test" in study.user_attrs  # the chosen trial was evaluated on test, once
+
+
+def test_same_split_different_seeds(grid):
+    url, _, _ = grid
+    specs = [optuna.load_study(study_name=study_name("cmp", s, k), storage=url)
+             .user_attrs["hpo:spec"] for s in SAMPLERS for k in range(2)]
+    assert len({json.dumps(s["data"], sort_keys=True) for s in specs}) == 1
+    assert {s["seed"] for s in specs} == {0, 1}
+    assert specs[0]["sampler"]["stage_trials"] == 8  # the spec's own narrowing options
+
+
+def test_table_cells_recomputed_from_storage(grid):
+    url, out, r = grid
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in r.stdout.splitlines() if line.startswith("| ") and "sampler" not in line}
+    for s in SAMPLERS:
+        curves, tests = [], []
+        for k in range(2):
+            curve, study = _best_curve(url, study_name("cmp", s, k))
+            curves.append(curve)
+            tests.append(study.user_attrs["hpo:test"]["test_acc"])
+        assert rows[s][0] == _fmt_q([c[9] for c in curves])  # best val @10
+        assert rows[s][1] == _fmt_q([c[15] for c in curves])  # best val @16
+        reached = sum(bool((c >= 0.5).any()) for c in curves)
+        assert rows[s][4] == f"{reached}/2"
+        assert rows[s][-1] == _fmt_q(tests)
+
+
+def test_rerun_resumes_without_new_trials(grid, tmp_path):
+    url, out, first = grid
+    spec = out.parent / "cmp.toml"
+    r = hpo("compare", str(spec), "--storage", url, "--samplers", ",".join(SAMPLERS),
+            "--n-trials", "16", "--seeds", "2", "--target", "0.5", "--out", str(tmp_path),
+            "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == first.stdout  # nothing re-run, test accuracies reused
+    for s in SAMPLERS:
+        study = optuna.load_study(study_name=study_name("cmp", s, 0), storage=url)
+        assert len(study.trials) == 16
+
+
+def test_bad_sampler_name(tmp_path, tiny_spec):
+    r = hpo("compare", str(tiny_spec()), "--samplers", "random,annealing",
+            "--storage", f"sqlite:///{tmp_path / 'x.db'}")
+    assert r.returncode == 2 and "'annealing' is not available" in r.stderr
+    assert not (tmp_path / "x.db").exists()

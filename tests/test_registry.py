@@ -1,0 +1,134 @@
+"""make_sampler: every sampler by name, seeded, with its options checked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pytest
+
+from hpo.samplers import (
+    SAMPLER_NAMES,
+    NarrowingSampler,
+    available_samplers,
+    make_sampler,
+    registry,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+CLASSES = {
+    "narrowing": NarrowingSampler,
+    "random": optuna.samplers.RandomSampler,
+    "tpe": optuna.samplers.TPESampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "gp": optuna.samplers.GPSampler,
+}
+SMALL_OPTIONS: dict[str, dict[str, Any]] = {
+    "narrowing": {"stage_trials": 4, "keep_top": 2},
+    "tpe": {"n_startup_trials": 4},
+    "cmaes": {"n_startup_trials": 4},
+    "gp": {"n_startup_trials": 4},
+}
+
+
+def objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -5.0, 5.0)
+    lr = trial.suggest_float("lr", 1e-6, 1e-2, log=True)
+    return (x - 1.0) ** 2 + lr
+
+
+def run(name: str, seed: int | None, n_trials: int = 12) -> list[dict[str, Any]]:
+    sampler = make_sampler(name, seed=seed, options=SMALL_OPTIONS.get(name))
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=n_trials)
+    return [t.params for t in study.trials]
+
+
+def test_names() -> None:
+    assert SAMPLER_NAMES == ("narrowing", "random", "tpe", "cmaes", "qmc", "gp")
+    available = available_samplers()
+    assert set(available) <= set(SAMPLER_NAMES)
+    assert {"narrowing", "random", "tpe", "qmc"} <= set(available)
+
+
+@pytest.mark.parametrize("name", available_samplers())
+def test_every_available_name_builds_its_class(name: str) -> None:
+    assert isinstance(make_sampler(name), CLASSES[name])
+
+
+@pytest.mark.parametrize("name", [n for n in available_samplers() if n != "gp"])
+def test_seed_gives_reproducible_draws(name: str) -> None:
+    assert run(name, seed=42) == run(name, seed=42)
+    assert run(name, seed=42) != run(name, seed=43)
+
+
+def test_options_are_passed_through() -> None:
+    tpe = make_sampler("tpe", options={"n_startup_trials": 20, "multivariate": True})
+    assert isinstance(tpe, optuna.samplers.TPESampler)
+    assert tpe._n_startup_trials == 20 and tpe._multivariate
+    narrowing = make_sampler("narrowing", seed=1, options={"stage_trials": 30, "keep_top": 5})
+    assert isinstance(narrowing, NarrowingSampler) and narrowing.stage_trials == 30
+
+
+def test_qmc_is_scrambled_by_default() -> None:
+    assert make_sampler("qmc", seed=0)._scramble is True  # type: ignore[attr-defined]
+    unscrambled = make_sampler("qmc", options={"scramble": False})
+    assert unscrambled._scramble is False  # type: ignore[attr-defined]
+
+
+def test_unknown_name_lists_the_names() -> None:
+    with pytest.raises(ValueError) as info:
+        make_sampler("hyperband")
+    message = str(info.value)
+    assert "'hyperband'" in message and "\n" not in message
+    assert all(name in message for name in SAMPLER_NAMES)
+
+
+def test_unknown_option_lists_the_allowed_ones() -> None:
+    with pytest.raises(ValueError) as info:
+        make_sampler("tpe", options={"n_startup": 5})
+    message = str(info.value)
+    assert "n_startup" in message and "n_startup_trials" in message and "\n" not in message
+    with pytest.raises(ValueError, match="stage_trials, keep_top"):
+        make_sampler("narrowing", options={"stages": 3})
+    with pytest.raises(ValueError, match="seed="):
+        make_sampler("random", options={"seed": 1})
+
+
+def test_narrowing_option_values_are_validated() -> None:
+    with pytest.raises(ValueError, match="keep_top"):
+        make_sampler("narrowing", options={"keep_top": 0})
+
+
+def test_gp_without_torch_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_importable", lambda module: module != "torch")
+    assert "gp" not in available_samplers()
+    with pytest.raises(ValueError) as info:
+        make_sampler("gp")
+    assert str(info.value) == "sampler 'gp' needs torch: pip install 'hpo[gp]'"
+
+
+def test_gp_and_cmaes_build_when_their_dependency_is_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Optuna imports torch and cmaes lazily: construction works without them.
+    monkeypatch.setattr(registry, "_importable", lambda module: True)
+    assert available_samplers() == SAMPLER_NAMES
+    assert isinstance(make_sampler("gp", seed=0), optuna.samplers.GPSampler)
+    assert isinstance(make_sampler("cmaes", seed=0), optuna.samplers.CmaEsSampler)
+
+
+def test_cmaes_without_cmaes_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_importable", lambda module: module != "cmaes")
+    with pytest.raises(ValueError, match="sampler 'cmaes' needs cmaes: pip install cmaes"):
+        make_sampler("cmaes")
+
+
+def test_spec_knows_the_registry_names():
+    """hpo.spec keeps its own list (it must not import Optuna): keep the two in step."""
+    from hpo.samplers import SAMPLER_NAMES
+    from hpo.spec import SAMPLERS
+
+    assert tuple(SAMPLERS) == tuple(SAMPLER_NAMES)
