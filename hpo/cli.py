@@ -53,10 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, metavar="N", help="finished trials wanted in total")
     p.add_argument("--workers", type=int, default=1, metavar="W", help="local worker processes")
     p.add_argument("--seed", type=int, metavar="S", help="sampler/model seed (default: spec's)")
+    p.add_argument("--data-seed", type=int, metavar="D",
+                   help="seed of the train/validation shuffle (default: the spec's data.seed)")
     p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--top", type=int, default=10, metavar="K", help="Best-K to list (10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _heartbeat_args(p)
+
+    p = sub.add_parser("init", help="create the schema and the study of a spec, run nothing",
+                       description="Create the Optuna schema and the study of SPEC once, before "
+                                   "any worker starts (the compose init service); safe to re-run.")
+    p.add_argument("spec", metavar="SPEC", help="study spec file (TOML)")
+    _storage_arg(p)
+    p.add_argument("--study", metavar="NAME", help="study name (default: the spec's name)")
+    p.add_argument("--n-trials", type=int, metavar="N", help="finished trials wanted in total")
 
     p = sub.add_parser("worker", help="join an existing study and run trials",
                        description="Join study NAME (its spec is stored in it) and run trials "
@@ -165,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 # command -> (module, function); modules are imported only when their command runs
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("hpo.runner", "run"),
+    "init": ("hpo.initdb", "init"),
     "worker": ("hpo.runner", "worker"),
     "best": ("hpo.report", "best_cmd"),
     "studies": ("hpo.report", "studies_cmd"),

@@ -19,6 +19,7 @@ KeyboardInterrupt), nothing is left RUNNING, and the process exits 143 / 130.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -45,6 +46,16 @@ class Terminated(KeyboardInterrupt):
 
 class Surplus(Exception):
     """This trial would exceed the study's budget: it ends FAIL and is not counted."""
+
+
+class _HideSurplus(logging.Filter):
+    """Optuna logs every FAIL with a traceback; a surplus trial is routine, not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Surplus(" not in record.getMessage()
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_HideSurplus())
 
 
 def pin_blas_threads() -> None:
@@ -92,11 +103,18 @@ def check_stop() -> None:
         raise _interrupt(_STOP.signum)
 
 
-def count(study: optuna.Study) -> tuple[int, int]:
-    """(finished, in flight) trials of the study."""
+def count_states(study: optuna.Study) -> tuple[int, int, int]:
+    """(finished, in flight, of which WAITING) trials of the study, from one query."""
     trials = study.get_trials(deepcopy=False, states=FINISHED + IN_FLIGHT)
     done = sum(t.state in FINISHED for t in trials)
-    return done, len(trials) - done
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    return done, len(trials) - done, waiting
+
+
+def count(study: optuna.Study) -> tuple[int, int]:
+    """(finished, in flight) trials of the study."""
+    done, in_flight, _ = count_states(study)
+    return done, in_flight
 
 
 @dataclass
@@ -156,7 +174,7 @@ def work(
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
-            done, in_flight = count(study)
+            done, in_flight, waiting = count_states(study)
             outage, delay = None, 0.5
             if done >= n_trials:
                 return WorkerResult(runs, done, "budget")
@@ -164,7 +182,9 @@ def work(
                 return WorkerResult(runs, done, "timeout")
             if max_runs is not None and runs >= max_runs:
                 return WorkerResult(runs, done, "n_trials")
-            if done + in_flight >= n_trials:
+            # a WAITING trial (the retry of a dead worker's trial) fills no slot until a worker
+            # runs it: optimize() pops it first and its claim decides whether it still fits
+            if done + in_flight >= n_trials and not waiting:
                 time.sleep(poll)
                 continue
             runs += 1
@@ -234,8 +254,12 @@ def spawn_workers(
                "--n-trials", str(n_trials), "--quiet"]
         if timeout:
             cmd += ["--timeout", str(timeout)]
-        out = open(os.path.join(log_dir, f"worker-{i}.log"), "w") if log_dir else subprocess.DEVNULL
-        procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
+        if log_dir:
+            with open(os.path.join(log_dir, f"worker-{i}.log"), "w") as out:
+                procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
+        else:
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.STDOUT))
     return procs
 
 
@@ -323,12 +347,20 @@ def run(args) -> int:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout must be > 0, got {args.timeout}")
-    study_name = args.study or spec.name
+    suffix = ""
+    if args.data_seed is not None:
+        if args.data_seed < 0:
+            raise UsageError(f"--data-seed must be >= 0, got {args.data_seed}")
+        from dataclasses import replace
+
+        spec = spec.replace(data=replace(spec.data, seed=args.data_seed))
+        suffix += f"/data{args.data_seed}"
     if args.seed is not None:
         if args.seed < 0:
             raise UsageError(f"--seed must be >= 0, got {args.seed}")
         spec = spec.replace(seed=args.seed)
-        study_name = args.study or f"{spec.name}/seed{args.seed}"
+        suffix += f"/seed{args.seed}"
+    study_name = args.study or spec.name + suffix
     timeout = args.timeout if args.timeout is not None else spec.timeout
     sampler, pruner = _build_sampler_and_pruner(spec)
     objective = Objective(spec)  # loads the data: a data error stops us before any write
@@ -341,22 +373,28 @@ def run(args) -> int:
           f"{spec.sampler}, pruner {spec.pruner}, {args.workers} worker(s)", file=sys.stderr)
     done, _ = count(study)
     progress = _Progress(spec.n_trials, done, enabled=not args.quiet)
+    failed = 0
     try:
         if args.workers == 1:
             pin_blas_threads()
             work(study, objective, n_trials=spec.n_trials, timeout=timeout,
                  on_trial=lambda s, t: progress.update(count(s)[0], _best_value(s)))
         else:
-            _supervise(study, study_name, url, spec.n_trials, timeout, args.workers, progress)
+            failed = _supervise(study, study_name, url, spec.n_trials, timeout, args.workers,
+                                progress)
     finally:
         progress.close()
     print(listing(study, args.top))
-    return 0
+    return 1 if failed else 0
 
 
-def _supervise(study, study_name, url, n_trials, timeout, n_workers, progress) -> None:
-    """Run worker processes and show progress until they exit; forward SIGTERM/Ctrl-C."""
-    procs = spawn_workers(n_workers, study_name, url, n_trials, timeout, log_dir=None)
+def _supervise(study, study_name, url, n_trials, timeout, n_workers, progress) -> int:
+    """Run worker processes and show progress until they exit; forward SIGTERM/Ctrl-C.
+    Returns the number of workers that failed (their log's last lines go to stderr)."""
+    import tempfile
+
+    log_dir = tempfile.mkdtemp(prefix="hpo-workers-")
+    procs = spawn_workers(n_workers, study_name, url, n_trials, timeout, log_dir=log_dir)
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(0.5)
@@ -370,9 +408,18 @@ def _supervise(study, study_name, url, n_trials, timeout, n_workers, progress) -
         for p in procs:
             p.wait(timeout=60)
         raise
-    bad = [p.returncode for p in procs if p.returncode not in (0,)]
-    if bad:
-        print(f"hpo run: {len(bad)} worker(s) exited with codes {bad}", file=sys.stderr)
+    bad = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
+    for i, code in bad:
+        path = os.path.join(log_dir, f"worker-{i}.log")
+        with open(path, errors="replace") as fh:
+            tail = fh.read().splitlines()[-5:]
+        print(f"hpo run: worker {i} exited with code {code}; last lines of {path}:",
+              *(f"  {line}" for line in tail), sep="\n", file=sys.stderr)
+    if not bad:
+        import shutil
+
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return len(bad)
 
 
 def worker(args) -> int:
@@ -388,6 +435,11 @@ def worker(args) -> int:
     check_schema(storage, url)
     spec = load_study_spec(storage, args.study)
     sampler, pruner = _build_sampler_and_pruner(spec)
+    if spec.sampler != "narrowing":
+        # Every worker builds its sampler from the spec's seed; without this, W workers of a
+        # random or TPE study would draw the same points. The narrowing sampler seeds each draw
+        # by (seed, trial number) and stays reproducible whatever the number of workers.
+        sampler.reseed_rng()
     objective = Objective(spec)
     study = optuna.load_study(study_name=args.study, storage=storage, sampler=sampler,
                               pruner=pruner)

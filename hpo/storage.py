@@ -123,7 +123,14 @@ def get_storage(
             skip_table_creation=not create_schema,
             **kwargs,
         )
-    except optuna.exceptions.StorageInternalError:
+    except optuna.exceptions.StorageInternalError as e:
+        # Optuna wraps every database error of its schema check in StorageInternalError: only a
+        # missing version_info table means "no schema"
+        cause = e.__cause__ or e
+        if "version_info" not in str(cause):
+            text = str(cause).strip()
+            first = text.splitlines()[0] if text else type(cause).__name__
+            raise StorageError(f"cannot use storage {mask_url(url)}: {mask_url(first)}") from None
         raise StorageError(
             f"storage {mask_url(url)} has no Optuna schema: create the study first with "
             "`hpo run SPEC` or the compose `init` service"

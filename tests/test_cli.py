@@ -212,3 +212,10 @@ def test_shipped_spec_runs(tmp_path):
             f"sqlite:///{tmp_path / 'b.db'}", "--n-trials", "3", "--quiet", cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Best-") == 3
+
+
+def test_seed_and_data_seed_name_the_study(tiny_spec, sqlite_url):
+    _run(tiny_spec(n_trials=2), sqlite_url, "--seed", "3", "--data-seed", "4")
+    study = optuna.load_study(study_name="tiny/data4/seed3", storage=sqlite_url)
+    spec = study.user_attrs["hpo:spec"]
+    assert spec["seed"] == 3 and spec["data"]["seed"] == 4

@@ -1,0 +1,45 @@
+"""``hpo init SPEC``: create the schema and the study once, before any worker starts.
+
+This is what the compose ``init`` service runs. Several workers creating the schema or the study
+at the same time on an empty database race and crash in Optuna 5 (see :mod:`hpo.storage`), so the
+schema and the study are made here, exactly once, and every ``hpo worker`` only loads them.
+
+Running it again is safe: the study is loaded, its recorded spec compared with SPEC (a different
+spec is refused, exit 2), and a new ``--n-trials`` budget is recorded. It writes nothing before
+the spec, the sampler, the pruner and the data have all been checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def init(args: argparse.Namespace) -> int:
+    """Create (or check) the schema and the study of ``args.spec``; print one line."""
+    from hpo.cli import UsageError
+    from hpo.objective import Objective
+    from hpo.runner import _build_sampler_and_pruner, count
+    from hpo.spec import load_spec
+    from hpo.storage import create_or_load_study, get_storage, mask_url, resolve_url
+
+    spec = load_spec(args.spec)
+    n_trials = getattr(args, "n_trials", None)
+    if n_trials is not None:
+        if n_trials <= 0:
+            raise UsageError(f"--n-trials must be >= 1, got {n_trials}")
+        spec = spec.replace(n_trials=n_trials)
+    study_name = getattr(args, "study", None) or spec.name
+    url = resolve_url(args.storage)
+    if url.startswith("grpc://"):
+        raise UsageError("hpo init needs the database URL, not a gRPC proxy: the proxy does not "
+                         "create schemas")
+    sampler, pruner = _build_sampler_and_pruner(spec)
+    Objective(spec)  # loads the data: a data error stops us before anything is written
+    storage = get_storage(url, create_schema=True)
+    study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
+    done, in_flight = count(study)
+    print(f"hpo init: study {study_name!r} ready on {mask_url(url)}: budget {spec.n_trials} "
+          f"trials ({done} finished, {in_flight} in flight), sampler {spec.sampler}; "
+          f"join with `hpo worker --study {study_name}`", file=sys.stderr, flush=True)
+    return 0

@@ -1,0 +1,414 @@
+"""Several workers on one study, for real: concurrent start, killed workers, a database restart,
+SIGTERM, SQLite with local workers, and the read-only dashboard.
+
+Every PostgreSQL test runs in a fresh database (the ``pg_url`` fixture); workers are real
+``python -m hpo worker`` processes with their output in files under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from tests.conftest import hpo
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+class Probe:
+    """Reads a study's trials straight from the database (survives a server restart)."""
+
+    def __init__(self, url: str, study: str) -> None:
+        self.storage = optuna.storages.RDBStorage(
+            url, skip_table_creation=True, engine_kwargs={"pool_pre_ping": True})
+        self.study = study
+
+    def trials(self) -> list[FrozenTrial]:
+        study_id = self.storage.get_study_id_from_name(self.study)
+        return self.storage.get_all_trials(study_id, deepcopy=False)
+
+    def states(self) -> Counter:
+        return Counter(t.state.name for t in self.trials())
+
+    def running(self) -> list[FrozenTrial]:
+        return [t for t in self.trials() if t.state == TrialState.RUNNING]
+
+    def close(self) -> None:
+        self.storage.engine.dispose()
+
+
+def init(spec: Path, url: str, study: str | None = None, n_trials: int | None = None) -> None:
+    """``hpo init``: the schema and the study, once, before any worker."""
+    args = ["init", str(spec), "--storage", url]
+    if study:
+        args += ["--study", study]
+    if n_trials:
+        args += ["--n-trials", str(n_trials)]
+    r = hpo(*args, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def spawn(log: Path, *args: str, prelude: list[str] | None = None) -> subprocess.Popen:
+    """``python -m hpo ARGS`` in the background, output to ``log``."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, *(prelude or ["-m", "hpo"]), *args]
+    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def finish(procs: list[subprocess.Popen], logs: list[Path], timeout: float) -> list[str]:
+    """Wait for every process (killing all on timeout) and return their outputs."""
+    deadline = time.monotonic() + timeout
+    try:
+        for p in procs:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        tails = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
+        pytest.fail(f"processes still running after {timeout} s:\n{tails}")
+    return [log.read_text() for log in logs]
+
+
+def assert_exact(probe: Probe, n_trials: int) -> list[FrozenTrial]:
+    """Exactly ``n_trials`` COMPLETE, nothing RUNNING or WAITING; every FAIL is accounted for
+    (a surplus claim, or a dead worker's trial that was retried)."""
+    trials = probe.trials()
+    states = Counter(t.state.name for t in trials)
+    assert states["COMPLETE"] == n_trials, states
+    assert states["RUNNING"] == 0 and states["WAITING"] == 0, states
+    return trials
+
+
+def worker_args(url: str, study: str, *extra: str) -> list[str]:
+    return ["worker", "--study", study, "--storage", url, "--quiet", *extra]
+
+
+# Pre-imports everything heavy, reports ready, then starts `hpo` the moment the go-file appears:
+# the workers' first storage calls happen within milliseconds of each other.
+GATE = """
+import os, runpy, sys, time
+import numpy, optuna, sqlalchemy, psycopg, sklearn.datasets, hpo.objective, hpo.runner
+ready, go = sys.argv[1], sys.argv[2]
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.002)
+sys.argv = ["hpo", *sys.argv[3:]]
+runpy.run_module("hpo", run_name="__main__", alter_sys=True)
+"""
+
+
+def pg_version() -> str:
+    versions = sorted(os.listdir("/etc/postgresql"), key=lambda v: float(v))
+    return versions[-1]
+
+
+def pg_ctl(action: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", pg_version(), "main",
+                           action], capture_output=True, text=True, timeout=120)
+
+
+def pg_ready() -> bool:
+    return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-q"],
+                          timeout=10).returncode == 0
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_eight_workers_started_at_the_same_instant(tiny_spec, pg_url, tmp_path):
+    n_trials, n_workers = 24, 8
+    spec = tiny_spec(name="stampede", n_trials=n_trials, epochs=3)
+    init(spec, pg_url)
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{i}" for i in range(n_workers)]
+    logs = [tmp_path / f"worker-{i}.log" for i in range(n_workers)]
+    procs = [spawn(log, str(r), str(go), *worker_args(pg_url, "stampede"),
+                   prelude=["-c", GATE])
+             for r, log in zip(ready, logs, strict=True)]
+    try:
+        wait_for(lambda: all(r.exists() for r in ready) or any(p.poll() is not None
+                                                                for p in procs),
+                 120, "the workers to import")
+        go.touch()
+        outputs = finish(procs, logs, timeout=180)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0] * n_workers, "\n".join(outputs)
+    # Optuna logs each surplus claim with its traceback; anything else is a crash
+    for out in outputs:
+        assert out.count("Traceback") == out.count("hpo.runner.Surplus: "), out
+    probe = Probe(pg_url, "stampede")
+    try:
+        trials = assert_exact(probe, n_trials)
+    finally:
+        probe.close()
+    # the only FAIL trials allowed are surplus claims, failed before sampling anything
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert t.system_attrs.get("hpo:surplus") is True and not t.params, t
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_killed_worker_trial_is_failed_and_retried(tiny_spec, pg_url, tmp_path):
+    """A worker is SIGKILLed mid-trial while a second one is ready to go. The survivor runs the
+    other slot of the budget, then waits at the budget (1 finished + 1 RUNNING) until the dead
+    trial's heartbeat is stale: the trial is failed, its retry (WAITING, same params) must run."""
+    n_trials, grace = 2, 3
+    spec = tiny_spec(name="killed", n_trials=n_trials, epochs=3000)  # ~1.5 s per trial
+    init(spec, pg_url)
+    probe = Probe(pg_url, "killed")
+    hb = ["--heartbeat-interval", "1", "--grace-period", str(grace)]
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    logs = [tmp_path / "survivor.log"]
+    survivor = spawn(logs[0], str(ready), str(go), *worker_args(pg_url, "killed", *hb),
+                     prelude=["-c", GATE])
+    try:
+        wait_for(lambda: ready.exists() or survivor.poll() is not None, 60, "the survivor")
+        victim_proc = spawn(tmp_path / "victim.log", *worker_args(pg_url, "killed", *hb))
+        try:
+            running = wait_for(probe.running, 60, "the first worker to start a trial")
+            time.sleep(0.5)  # a heartbeat is recorded; the trial is mid-training
+        finally:
+            victim_proc.kill()
+        victim_proc.wait(timeout=10)
+        go.touch()
+        assert victim_proc.returncode == -signal.SIGKILL
+        (victim,) = running
+        assert probe.storage.get_trial(victim._trial_id).state == TrialState.RUNNING, \
+            "the trial finished before the kill: make it longer"
+
+        outputs = finish([survivor], logs, timeout=60)
+        assert survivor.returncode == 0, outputs[0]
+
+        trials = assert_exact(probe, n_trials)
+        dead = probe.storage.get_trial(victim._trial_id)
+        assert dead.state == TrialState.FAIL
+        # failed only once its heartbeat was stale: at least the grace period after it started
+        assert (dead.datetime_complete - dead.datetime_start).total_seconds() >= grace
+        retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+        assert len(retries) == 1, [t.system_attrs for t in trials]
+        assert retries[0].state == TrialState.COMPLETE
+        assert dead.params and retries[0].params == dead.params  # the same point, run again
+    finally:
+        if survivor.poll() is None:
+            survivor.kill()
+        probe.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_workers_survive_a_postgres_restart(tiny_spec, pg_url, tmp_path):
+    if shutil.which("pg_ctlcluster") is None or not os.path.isdir("/etc/postgresql") or \
+            not re.search(r"@(127\.0\.0\.1|localhost)(:5432)?/", pg_url):
+        why = "restarting the server needs pg_ctlcluster and the local server at 127.0.0.1:5432"
+        if os.environ.get("HPO_REQUIRE_POSTGRES") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    n_trials = 20
+    spec = tiny_spec(name="restart", n_trials=n_trials, epochs=1000)  # ~0.5 s per trial
+    init(spec, pg_url)
+    probe = Probe(pg_url, "restart")
+    hb = ["--heartbeat-interval", "1", "--grace-period", "4"]
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+    procs = [spawn(log, *worker_args(pg_url, "restart", *hb)) for log in logs]
+    try:
+        wait_for(lambda: probe.states()["COMPLETE"] >= 3, 90, "3 finished trials")
+        r = pg_ctl("restart")
+        assert r.returncode == 0, r.stderr
+        wait_for(pg_ready, 60, "PostgreSQL to accept connections again")
+        states = probe.states()
+        assert states["COMPLETE"] < n_trials, "the study finished before the restart"
+        assert all(p.poll() is None for p in procs), "a worker stopped at the restart"
+        outputs = finish(procs, logs, timeout=240)
+        assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+        assert_exact(probe, n_trials)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        if not pg_ready():
+            pg_ctl("start")
+            wait_for(pg_ready, 60, "PostgreSQL to come back")
+        probe.close()
+
+
+@pytest.mark.postgres
+def test_sigterm_fails_the_running_trial(tiny_spec, pg_url, tmp_path):
+    spec = tiny_spec(name="term", n_trials=3, epochs=4000)
+    init(spec, pg_url)
+    probe = Probe(pg_url, "term")
+    log = tmp_path / "worker.log"
+    proc = spawn(log, *worker_args(pg_url, "term"))
+    try:
+        (running,) = wait_for(probe.running, 60, "a running trial")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert proc.returncode == 143, log.read_text()
+        assert "terminated" in log.read_text()
+        assert probe.storage.get_trial(running._trial_id).state == TrialState.FAIL
+        states = probe.states()
+        assert states["RUNNING"] == 0 and states["WAITING"] == 0, states
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        probe.close()
+
+
+# --- SQLite: hpo init, local workers, the dashboard (no PostgreSQL needed) ----------------------
+
+
+def test_init_creates_the_study_once_and_checks_its_input(tiny_spec, sqlite_url, tmp_path):
+    spec = tiny_spec(name="made", n_trials=5)
+    r = hpo("init", str(spec), "--storage", sqlite_url, "--study", "made-here", "--n-trials", "7")
+    assert r.returncode == 0, r.stderr
+    assert "made-here" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    study = optuna.load_study(study_name="made-here", storage=sqlite_url)
+    assert study.user_attrs["hpo:spec"]["budget"]["n_trials"] == 7
+    assert study.metric_names == ["val_acc"] and study.trials == []
+    # again, with a new budget: loaded, not re-created; the budget is recorded
+    r = hpo("init", str(spec), "--storage", sqlite_url, "--study", "made-here", "--n-trials", "9")
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="made-here", storage=sqlite_url)
+    assert study.user_attrs["hpo:spec"]["budget"]["n_trials"] == 9
+    assert len(optuna.get_all_study_names(sqlite_url)) == 1
+    # a different spec under the same name, a zero budget, a proxy URL: refused, nothing written
+    other = tmp_path / "other.toml"  # same name, another model
+    other.write_text(spec.read_text().replace("epochs = 5", "epochs = 7"))
+    assert other.read_text() != spec.read_text()
+    for args in (["--study", "made-here"], ["--n-trials", "0"]):
+        r = hpo("init", str(other), "--storage", sqlite_url, *args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = hpo("init", str(spec), "--storage", "grpc://127.0.0.1:1")
+    assert r.returncode == 2 and "gRPC" in r.stderr, r.stderr
+    assert optuna.get_all_study_names(sqlite_url) == ["made-here"]
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    r = hpo("init", str(tmp_path / "nope.toml"), "--storage", missing)
+    assert r.returncode == 2 and not (tmp_path / "none.db").exists(), r.stderr
+
+
+@pytest.mark.slow
+def test_four_local_workers_on_one_sqlite_file(tiny_spec, sqlite_url):
+    n_trials = 40
+    spec = tiny_spec(name="lite", n_trials=n_trials, epochs=3)
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--workers", "4", "--quiet", timeout=240)
+    output = r.stdout + r.stderr
+    assert r.returncode == 0, output
+    assert "database is locked" not in output
+    assert "exited with code" not in output, output  # a worker crashed
+    study = optuna.load_study(study_name="lite", storage=sqlite_url)
+    states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    assert states["COMPLETE"] == n_trials, states
+    assert states["RUNNING"] == 0 and states["WAITING"] == 0, states
+
+
+def test_workers_do_not_repeat_each_others_draws(tiny_spec, sqlite_url):
+    r = hpo("run", str(tiny_spec(name="draws", n_trials=8, epochs=2)), "--storage", sqlite_url,
+            "--workers", "2", "--quiet", timeout=240)
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="draws", storage=sqlite_url)
+    fresh = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             if "failed_trial" not in t.system_attrs]  # a retry repeats its params on purpose
+    points = [(t.params["lr"], t.params["weight_decay"]) for t in fresh]
+    assert len(points) == 8 and len(set(points)) == len(points), sorted(points)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(url: str, method: str = "GET", body: dict | None = None) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _dashboard(url: str, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = spawn(log, "dashboard", "--storage", url, "--port", str(port), *extra)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"dashboard exited with {proc.returncode}: {log.read_text()}")
+        try:
+            return _request(base + "/api/meta")[0] == 200
+        except OSError:
+            return False
+
+    wait_for(up, 60, "the dashboard to answer /api/meta")
+    return proc, base
+
+
+def test_dashboard_is_read_only_unless_told(tiny_spec, sqlite_url, tmp_path):
+    r = hpo("run", str(tiny_spec(name="dash", n_trials=2)), "--storage", sqlite_url, "--quiet")
+    assert r.returncode == 0, r.stderr
+    new_study = {"study_name": "made-by-post", "directions": ["maximize"]}
+
+    proc, base = _dashboard(sqlite_url, tmp_path / "ro.log")
+    try:
+        status, body = _request(base + "/api/studies")
+        assert status == 200
+        (summary,) = [s for s in json.loads(body)["study_summaries"] if s["study_name"] == "dash"]
+        study_id = summary["study_id"]
+        status, body = _request(f"{base}/api/studies/{study_id}")
+        assert status == 200
+        assert json.loads(body)["objective_names"] == ["val_acc"]  # the metric name hpo sets
+        assert _request(base + "/api/studies", "POST", new_study)[0] == 405
+        assert _request(f"{base}/api/studies/{study_id}", "DELETE")[0] == 405
+        assert _request(f"{base}/api/studies/{study_id}")[0] == 200  # still there
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    names = {s.study_name for s in optuna.get_all_study_summaries(sqlite_url)}
+    assert names == {"dash"}
+
+    proc, base = _dashboard(sqlite_url, tmp_path / "rw.log", "--allow-writes")
+    try:
+        assert _request(base + "/api/studies", "POST", new_study)[0] == 201
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    names = {s.study_name for s in optuna.get_all_study_summaries(sqlite_url)}
+    assert names == {"dash", "made-by-post"}
