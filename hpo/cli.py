@@ -122,11 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="compare samplers fairly across seeds",
                        description="One study per (sampler, seed), named <spec>/<sampler>/seed<k>,"
-                                   " on the same data split; best-so-far plots and a table.")
-    p.add_argument("spec", metavar="SPEC")
+                                   " on the same data split; best-so-far plots and a table. With "
+                                   "several specs (same [data]), each spec is an arm with its own "
+                                   "sampler and space.")
+    p.add_argument("spec", metavar="SPEC", nargs="+")
     _storage_arg(p)
-    p.add_argument("--samplers", default="narrowing,random,tpe", metavar="LIST",
-                   help="comma-separated sampler names (narrowing,random,tpe)")
+    p.add_argument("--samplers", metavar="LIST",
+                   help="with one spec: comma-separated sampler names (narrowing,random,tpe)")
+    p.add_argument("--confirm", type=int, default=0, metavar="K",
+                   help="retrain each study's top K with fresh seeds and test the winner")
+    p.add_argument("--confirm-seeds", type=int, default=5, metavar="S")
+    p.add_argument("--title", default="comparison", help="title with several specs")
     p.add_argument("--n-trials", type=int, default=100, metavar="N")
     p.add_argument("--seeds", type=int, default=5, metavar="K")
     p.add_argument("--workers", type=int, default=1, metavar="W")

@@ -24,6 +24,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import optuna
@@ -44,6 +45,7 @@ class StudyRun:
     elapsed: list[float]  # seconds from the first trial's start to each finished trial's end
     test_acc: float | None = None
     chosen_trial: int | None = None
+    confirmed_val: float | None = None  # the confirmed winner's mean val acc over fresh seeds
 
     def trials_to(self, target: float) -> int | None:
         for i, v in enumerate(self.best_so_far):
@@ -59,14 +61,27 @@ class StudyRun:
         return self.best_so_far[min(n, len(self.best_so_far)) - 1]
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One contender: a spec run by its sampler. ``label`` names it in tables and plots."""
+
+    label: str
+    spec: Any  # hpo.spec.Spec
+
+
 @dataclass
 class Grid:
-    spec_name: str
-    samplers: list[str]
+    title: str
+    arms: list[Arm]
     seeds: int
     n_trials: int
     target: float
     runs: dict[str, list[StudyRun]] = field(default_factory=dict)
+    confirmed: bool = False
+
+    @property
+    def labels(self) -> list[str]:
+        return [a.label for a in self.arms]
 
 
 def study_name(spec_name: str, sampler: str, seed: int) -> str:
@@ -79,6 +94,26 @@ def variant(spec, sampler: str, seed: int, n_trials: int):
         dict(NARROWING_DEFAULTS) if sampler == "narrowing" else {}
     )
     return spec.replace(sampler=sampler, sampler_options=options, seed=seed, n_trials=n_trials)
+
+
+def make_arms(specs: list, samplers: list[str] | None) -> list[Arm]:
+    """One spec with ``samplers``: an arm per sampler (label = sampler name). Several specs: an
+    arm per spec with its own sampler (label = spec name); they must share the data split."""
+    if len(specs) == 1:
+        spec = specs[0]
+        return [Arm(s, variant(spec, s, spec.seed, spec.n_trials)) for s in samplers or
+                ["narrowing", "random", "tpe"]]
+    if samplers:
+        raise ValueError("give --samplers with one spec, or several specs without --samplers")
+    first = specs[0].data
+    for s in specs[1:]:
+        if s.data != first:
+            raise ValueError(f"spec {s.name!r} has another data section than {specs[0].name!r}: "
+                             "a fair comparison needs the same split")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the specs need distinct names, got {', '.join(names)}")
+    return [Arm(s.name, s) for s in specs]
 
 
 def summarize_study(study: optuna.Study, sampler: str, seed: int) -> StudyRun:
@@ -99,15 +134,20 @@ def summarize_study(study: optuna.Study, sampler: str, seed: int) -> StudyRun:
     # elapsed must be monotone for "seconds to target" (workers finish out of number order)
     elapsed = list(np.maximum.accumulate(elapsed)) if elapsed else []
     test = study.user_attrs.get("hpo:test")
+    confirmed = study.user_attrs.get("hpo:confirm")
     return StudyRun(sampler, seed, study.study_name, curve, [float(x) for x in elapsed],
                     test_acc=None if test is None else float(test["test_acc"]),
-                    chosen_trial=None if test is None else int(test["trial"]))
+                    chosen_trial=None if test is None else int(test["trial"]),
+                    confirmed_val=None if confirmed is None
+                    else float(confirmed["rows"][0]["mean"]))
 
 
-def run_grid(spec, samplers: list[str], seeds: int, n_trials: int, *, url: str, workers: int,
-             target: float, evaluate_test: bool, progress: bool = True) -> Grid:
-    """Run (or resume) every (sampler, seed) study and evaluate each chosen trial on test."""
-    from hpo.evaluate import choose_trial, evaluate_on_test
+def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: int,
+             target: float, evaluate_test: bool, confirm_top: int = 0, confirm_seeds: int = 5,
+             progress: bool = True, title: str | None = None) -> Grid:
+    """Run (or resume) every (arm, seed) study; optionally confirm its top trials with fresh
+    seeds (``confirm_top`` > 0); evaluate each chosen trial on the test split once."""
+    from hpo.evaluate import CONFIRM_ATTR, choose_trial, confirm, evaluate_on_test
     from hpo.objective import Objective
     from hpo.runner import (
         _build_sampler_and_pruner,
@@ -121,18 +161,21 @@ def run_grid(spec, samplers: list[str], seeds: int, n_trials: int, *, url: str, 
     from hpo.storage import create_or_load_study, get_storage
 
     storage = get_storage(url, heartbeat=True, create_schema=True)
-    data = Objective(spec).data  # one data load for the whole grid: the split is shared
+    data = Objective(arms[0].spec).data  # one data load for the whole grid: the split is shared
     pin_blas_threads()
     install_signal_handlers()
-    grid = Grid(spec.name, samplers, seeds, n_trials, target)
-    total = len(samplers) * seeds * n_trials
-    cells = [(s, k) for k in range(seeds) for s in samplers]  # seed-major: early partial views
+    grid = Grid(title or arms[0].spec.name, arms, seeds, n_trials, target,
+                confirmed=confirm_top > 0)
+    total = len(arms) * seeds * n_trials
+    by_label = {a.label: a for a in arms}
+    cells = [(a.label, k) for k in range(seeds) for a in arms]  # seed-major: early partial views
     studies: dict[tuple[str, int], optuna.Study] = {}
     objectives: dict[tuple[str, int], Objective] = {}
     for s, k in cells:
-        v = variant(spec, s, k, n_trials)
+        base_spec = by_label[s].spec
+        v = base_spec.replace(seed=k, n_trials=n_trials)
         sampler, pruner = _build_sampler_and_pruner(v)
-        studies[s, k] = create_or_load_study(storage, v, study_name(spec.name, s, k),
+        studies[s, k] = create_or_load_study(storage, v, study_name(v.name, v.sampler, k),
                                              sampler=sampler, pruner=pruner)
         objectives[s, k] = Objective(v, data=data)  # seed k: the trials' network seeds
     done0 = sum(min(count(st)[0], n_trials) for st in studies.values())
@@ -158,6 +201,8 @@ def run_grid(spec, samplers: list[str], seeds: int, n_trials: int, *, url: str, 
                         raise RuntimeError(f"a worker of {study.study_name} failed")
             finished_before = base + min(count(study)[0], n_trials)
             bar.update(finished_before, None)
+            if confirm_top and CONFIRM_ATTR not in study.user_attrs:
+                confirm(study, top=confirm_top, seeds=confirm_seeds)
             if evaluate_test and "hpo:test" not in study.user_attrs:
                 evaluate_on_test(study, choose_trial(study))
             grid.runs.setdefault(s, []).append(summarize_study(
@@ -187,10 +232,10 @@ def mean_ranks(grid: Grid) -> dict[str, float]:
     share the average rank)."""
     from scipy.stats import rankdata
 
-    ranks: dict[str, list[float]] = {s: [] for s in grid.samplers}
+    ranks: dict[str, list[float]] = {s: [] for s in grid.labels}
     for k in range(grid.seeds):
-        finals = [-_by_seed(grid, s, k).best_so_far[-1] for s in grid.samplers]
-        for s, r in zip(grid.samplers, rankdata(finals), strict=True):
+        finals = [-_by_seed(grid, s, k).best_so_far[-1] for s in grid.labels]
+        for s, r in zip(grid.labels, rankdata(finals), strict=True):
             ranks[s].append(float(r))
     return {s: float(np.mean(r)) for s, r in ranks.items()}
 
@@ -199,16 +244,20 @@ def _by_seed(grid: Grid, sampler: str, seed: int) -> StudyRun:
     return next(r for r in grid.runs[sampler] if r.seed == seed)
 
 
-def mann_whitney(grid: Grid, reference: str = "narrowing") -> dict[str, float | None]:
-    """Two-sided Mann-Whitney U p-value of each sampler's final best against ``reference``."""
+def reference(grid: Grid) -> str:
+    """The arm the others are tested against: ``narrowing`` (the book's search) when present."""
+    return "narrowing" if "narrowing" in grid.labels else grid.labels[0]
+
+
+def mann_whitney(grid: Grid) -> dict[str, float | None]:
+    """Two-sided Mann-Whitney U p-value of each arm's final best against :func:`reference`."""
     from scipy.stats import mannwhitneyu
 
-    if reference not in grid.runs:
-        return {s: None for s in grid.samplers}
-    ref = [r.best_so_far[-1] for r in grid.runs[reference]]
+    reference_ = reference(grid)
+    ref = [r.best_so_far[-1] for r in grid.runs[reference_]]
     out: dict[str, float | None] = {}
-    for s in grid.samplers:
-        if s == reference:
+    for s in grid.labels:
+        if s == reference_:
             out[s] = None
             continue
         vals = [r.best_so_far[-1] for r in grid.runs[s]]
@@ -226,9 +275,11 @@ def table(grid: Grid) -> str:
     pvals = mann_whitney(grid)
     head = (["sampler"] + [f"best val @{c}" for c in checkpoints]
             + [f"trials to {grid.target:.2f}", f"seconds to {grid.target:.2f}", "reached",
-               "mean rank", "U-test p vs narrowing", "test acc of chosen"])
+               "mean rank", f"U-test p vs {reference(grid)}"]
+            + (["chosen: confirmed val acc"] if grid.confirmed else [])
+            + ["test acc of chosen"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in grid.samplers:
+    for s in grid.labels:
         runs = grid.runs[s]
         cells = [s] + [_fmt_q([r.best_at(c) for r in runs]) for c in checkpoints]
         hits = [r.trials_to(grid.target) for r in runs]
@@ -242,6 +293,8 @@ def table(grid: Grid) -> str:
         cells.append(f"{ranks[s]:.2f}")
         p = pvals.get(s)
         cells.append("—" if p is None else f"{p:.3f}")
+        if grid.confirmed:
+            cells.append(_fmt_q([r.confirmed_val for r in runs if r.confirmed_val is not None]))
         tests = [r.test_acc for r in runs if r.test_acc is not None]
         cells.append(_fmt_q(tests) if tests else "-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -274,7 +327,7 @@ def plot(grid: Grid, path: str) -> None:
     x = np.arange(1, grid.n_trials + 1)
     t_max = max((r.elapsed[-1] for rs in grid.runs.values() for r in rs if r.elapsed), default=1)
     t_grid = np.linspace(0, t_max, 300)
-    for i, s in enumerate(grid.samplers):
+    for i, s in enumerate(grid.labels):
         c = colors[i % len(colors)]
         curves = np.array([_pad(r.best_so_far, grid.n_trials) for r in grid.runs[s]])
         med, lo, hi = (np.percentile(curves, q, axis=0) for q in (50, 25, 75))
@@ -294,7 +347,7 @@ def plot(grid: Grid, path: str) -> None:
     ax1.set_xlabel("trial")
     ax2.set_xlabel("seconds since the study's first trial (one worker)")
     ax1.legend(loc="lower right")
-    fig.suptitle(f"{grid.spec_name}: median and IQR over {grid.seeds} seeds")
+    fig.suptitle(f"{grid.title}: median and IQR over {grid.seeds} seeds")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -337,7 +390,7 @@ def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
              "json": os.path.join(out, "summary.json")}
     plot(grid, paths["plot"])
     md = [
-        f"# {grid.spec_name}: {', '.join(grid.samplers)} — {grid.seeds} seeds × "
+        f"# {grid.title}: {', '.join(grid.labels)} — {grid.seeds} seeds × "
         f"{grid.n_trials} trials",
         "",
         f"Command: `{command}`",
@@ -347,9 +400,13 @@ def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
         "Best validation accuracy so far: median [interquartile range] over seeds. "
         f"Trials/seconds to {grid.target:.2f}: median over seeds, counting seeds that never got "
         "there as beyond the budget (shown as >N when fewer than half reached it). Mean rank: of "
-        "the final best across samplers within each seed (1 = best). U-test: two-sided "
-        "Mann–Whitney U of the final best against narrowing. Test acc: each study's best trial "
-        "retrained with its seed and evaluated once on the test split.",
+        "the final best across arms within each seed (1 = best). U-test: two-sided "
+        f"Mann–Whitney U of the final best against {reference(grid)}. "
+        + ("Chosen: each study's top trials retrained with fresh seeds (`hpo confirm`), the "
+           "winner by mean validation accuracy. " if grid.confirmed else
+           "Chosen: each study's best trial. ")
+        + "Test acc: the chosen trial retrained with its own seed and evaluated once on the "
+        "test split.",
         "",
         table(grid),
         "",
@@ -360,7 +417,7 @@ def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
         fh.write("\n".join(md))
     raw = {s: [vars(r) for r in runs] for s, runs in grid.runs.items()}
     with open(paths["json"], "w") as fh:
-        json.dump({"spec": grid.spec_name, "n_trials": grid.n_trials, "seeds": grid.seeds,
+        json.dump({"spec": grid.title, "n_trials": grid.n_trials, "seeds": grid.seeds,
                    "target": grid.target, "runs": raw}, fh)
     return paths
 
@@ -371,28 +428,43 @@ def compare_cmd(args: argparse.Namespace) -> int:
     from hpo.spec import load_spec
     from hpo.storage import resolve_url
 
-    spec = load_spec(args.spec)
-    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    usable = available_samplers()
-    for s in samplers:
-        if s not in usable:
-            raise UsageError(f"--samplers: {s!r} is not available here; choose from "
-                             f"{', '.join(usable)}")
-    if not samplers or len(set(samplers)) != len(samplers):
-        raise UsageError("--samplers must name distinct samplers, e.g. narrowing,random,tpe")
+    specs = [load_spec(path) for path in args.spec]
+    samplers = None
+    if args.samplers is not None:
+        samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+        usable = available_samplers()
+        for s in samplers:
+            if s not in usable:
+                raise UsageError(f"--samplers: {s!r} is not available here; choose from "
+                                 f"{', '.join(usable)}")
+        if not samplers or len(set(samplers)) != len(samplers):
+            raise UsageError("--samplers must name distinct samplers, e.g. narrowing,random,tpe")
+    try:
+        arms = make_arms(specs, samplers)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     for flag, value, low in (("--n-trials", args.n_trials, 1), ("--seeds", args.seeds, 1),
-                             ("--workers", args.workers, 1)):
+                             ("--workers", args.workers, 1), ("--confirm-seeds",
+                                                              args.confirm_seeds, 2)):
         if value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
     if not 0 < args.target <= 1:
         raise UsageError(f"--target must be in (0, 1], got {args.target}")
+    if args.confirm < 0:
+        raise UsageError(f"--confirm must be >= 0, got {args.confirm}")
     url = resolve_url(args.storage)
-    grid = run_grid(spec, samplers, args.seeds, args.n_trials, url=url, workers=args.workers,
-                    target=args.target, evaluate_test=not args.no_test, progress=not args.quiet)
-    command = (f"hpo compare {shlex.quote(args.spec)} --samplers {','.join(samplers)} "
-               f"--n-trials {args.n_trials} --seeds {args.seeds} --workers {args.workers} "
-               f"--target {args.target} --out {shlex.quote(args.out)}"
-               + (" --no-test" if args.no_test else ""))
+    grid = run_grid(arms, args.seeds, args.n_trials, url=url, workers=args.workers,
+                    target=args.target, evaluate_test=not args.no_test,
+                    confirm_top=args.confirm, confirm_seeds=args.confirm_seeds,
+                    progress=not args.quiet,
+                    title=specs[0].name if len(specs) == 1 else args.title)
+    command = ("hpo compare " + " ".join(shlex.quote(p) for p in args.spec)
+               + (f" --samplers {','.join(samplers)}" if samplers else "")
+               + f" --n-trials {args.n_trials} --seeds {args.seeds} --workers {args.workers}"
+               + f" --target {args.target}"
+               + (f" --confirm {args.confirm} --confirm-seeds {args.confirm_seeds}"
+                  if args.confirm else "")
+               + f" --out {shlex.quote(args.out)}" + (" --no-test" if args.no_test else ""))
     paths = write_outputs(grid, args.out, command)
     print(table(grid))
     print(f"wrote {paths['plot']}, {paths['table']}, {paths['json']}", file=sys.stderr)

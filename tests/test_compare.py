@@ -108,3 +108,27 @@ def test_bad_sampler_name(tmp_path, tiny_spec):
             "--storage", f"sqlite:///{tmp_path / 'x.db'}")
     assert r.returncode == 2 and "'annealing' is not available" in r.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+def test_several_specs_as_arms_with_confirmation(tmp_path, tiny_spec):
+    a = tiny_spec(name="arm-a", sampler="random")
+    b = tiny_spec(name="arm-b", sampler="tpe")
+    url = f"sqlite:///{tmp_path / 'arms.db'}"
+    r = hpo("compare", str(a), str(b), "--storage", url, "--n-trials", "6", "--seeds", "2",
+            "--confirm", "2", "--confirm-seeds", "2", "--out", str(tmp_path / "o"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "chosen: confirmed val acc" in r.stdout and "U-test p vs arm-a" in r.stdout
+    for name, sampler in (("arm-a", "random"), ("arm-b", "tpe")):
+        study = optuna.load_study(study_name=f"{name}/{sampler}/seed1", storage=url)
+        confirmed = study.user_attrs["hpo:confirm"]
+        assert len(confirmed["rows"]) == 2 and confirmed["n_seeds"] == 2
+        assert study.user_attrs["hpo:test"]["trial"] == confirmed["winner"]
+
+
+def test_specs_on_different_splits_are_refused(tmp_path, tiny_spec):
+    a = tiny_spec(name="split-a")
+    b = tmp_path / "split-b.toml"
+    b.write_text(a.read_text().replace('name = "split-a"', 'name = "split-b"')
+                 .replace("train_size = 300", "train_size = 200"))
+    r = hpo("compare", str(a), str(b), "--storage", f"sqlite:///{tmp_path / 'x.db'}")
+    assert r.returncode == 2 and "needs the same split" in r.stderr

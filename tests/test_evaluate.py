@@ -61,3 +61,52 @@ def test_cli_test_once_then_refuse_then_force(tiny_spec, sqlite_url):
     assert again["trial"] == 0 and again["runs"] == 2
     r = hpo("test", "tiny", "--storage", sqlite_url, "--force", "--trial", "99")
     assert r.returncode == 2 and "has no trial 99" in r.stderr
+
+
+def test_confirm_ranks_by_mean_over_fresh_seeds(tiny_spec, sqlite_url, monkeypatch):
+    import numpy as np
+
+    from hpo.data import load_search
+    from hpo.evaluate import CONFIRM_ATTR, confirm, confirm_seed
+    from hpo.objective import fit, make_config
+
+    r = hpo("run", str(tiny_spec(n_trials=6)), "--storage", sqlite_url, "--quiet")
+    assert r.returncode == 0, r.stderr
+
+    def forbidden(*a, **k):
+        raise AssertionError("confirm read the test split")
+
+    monkeypatch.setattr(hpo_data, "load_test", forbidden)
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    record = confirm(study, top=3, seeds=3)
+    assert optuna.load_study(study_name="tiny", storage=sqlite_url).user_attrs[CONFIRM_ATTR] \
+        == record
+    spec = load_spec(tiny_spec(n_trials=6))
+    data = load_search("digits", train_size=300, validation_rate=0.2, seed=0)
+    means = [row["mean"] for row in record["rows"]]
+    assert means == sorted(means, reverse=True) and record["winner"] == record["rows"][0]["trial"]
+    top3 = sorted(study.trials, key=lambda t: (-t.value, t.number))[:3]
+    assert {row["trial"] for row in record["rows"]} == {t.number for t in top3}
+    for row in record["rows"]:
+        trial = study.trials[row["trial"]]
+        assert row["seeds"] == [confirm_seed(spec.seed, trial.number, j) for j in range(3)]
+        assert trial.user_attrs["model_seed"] not in row["seeds"]  # fresh seeds only
+        config = make_config(spec.model, trial.params, data.n_features, data.n_classes)
+        accs = [float(fit(config, data, s)[1].val_acc) for s in row["seeds"]]
+        assert row["val_accs"] == pytest.approx(accs)
+        assert row["mean"] == pytest.approx(np.mean(accs))
+        assert row["sem"] == pytest.approx(np.std(accs, ddof=1) / np.sqrt(3))
+
+
+def test_test_uses_the_confirmed_winner(tiny_spec, sqlite_url):
+    assert hpo("run", str(tiny_spec(n_trials=5)), "--storage", sqlite_url,
+               "--quiet").returncode == 0
+    r = hpo("confirm", "tiny", "--storage", sqlite_url, "--top", "3", "--seeds", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    winner = json.loads(r.stdout)["winner"]
+    r = hpo("test", "tiny", "--storage", sqlite_url, "--json")
+    assert json.loads(r.stdout)["trial"] == winner
+    r = hpo("best", "tiny", "--storage", sqlite_url)
+    assert "Confirmed-1(val acc:" in r.stdout and "Test (once," in r.stdout
+    r = hpo("confirm", "tiny", "--storage", sqlite_url, "--seeds", "1")
+    assert r.returncode == 2 and "--seeds must be >= 2" in r.stderr
