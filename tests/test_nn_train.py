@@ -258,3 +258,28 @@ def test_callback_exception_propagates():
 
     with pytest.raises(Pruned):
         run(epochs=5, callback=callback)
+
+
+def test_float64_reproduces_the_books_updates():
+    """Same seed: the book's MultiLayerNet + Trainer (benchmarks/book_baseline.py) and hpo.nn
+    draw the same initial weights and the same minibatches, so after the same updates the
+    parameters agree to round-off."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "book_baseline.py"
+    spec = importlib.util.spec_from_file_location("book_baseline", path)
+    book_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(book_mod)
+
+    x, t, xv, tv = blobs()
+    rng = np.random.default_rng(3)
+    book = book_mod.MultiLayerNet(8, [16, 16], 3, rng=rng, weight_decay_lambda=0.01)
+    trainer = book_mod.Trainer(book, x, t, xv, tv, rng, epochs=3, mini_batch_size=20, lr=0.1)
+    trainer.train()
+    rng = np.random.default_rng(3)
+    net = MLP([8, 16, 16, 3], weight_decay=0.01, dtype=np.float64, rng=rng)
+    train(net, SGD(0.1), x, t, xv, tv, epochs=3, batch_size=20, rng=rng)
+    assert set(net.params) == set(book.params)
+    for name, p in book.params.items():
+        np.testing.assert_allclose(net.params[name], p, rtol=1e-12, atol=1e-12, err_msg=name)
