@@ -153,7 +153,7 @@ class Objective:
         self.steps = report_steps(spec.pruner, spec.pruner_options, spec.model.epochs)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        params = suggest(trial, self.spec.search)
+        params = suggest(trial, self.spec.suggest_space())
         config = make_config(self.spec.model, params, self.data.n_features, self.data.n_classes)
         seed = model_seed(self.spec.seed, trial.number)
         callback = self._pruning_callback(trial) if self.steps else None

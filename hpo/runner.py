@@ -271,8 +271,14 @@ def _build_sampler_and_pruner(spec):
     from hpo.samplers import make_sampler
     from hpo.spec import SpecError
 
+    options = dict(spec.sampler_options)
+    if spec.sampler == "narrowing" and options.get("bounds"):
+        # The objective asks for the bounds (Spec.suggest_space); stage 0 draws from [search].
+        options["initial"] = {
+            p.name: (p.low, p.high) for p in spec.search if p.type != "categorical"
+        }
     try:
-        sampler = make_sampler(spec.sampler, seed=spec.seed, options=spec.sampler_options)
+        sampler = make_sampler(spec.sampler, seed=spec.seed, options=options)
     except ValueError as e:
         raise SpecError(f"{spec.name}: sampler: {e}") from None
     try:

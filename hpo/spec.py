@@ -140,6 +140,28 @@ class Spec:
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
+    def suggest_space(self) -> tuple[Param, ...]:
+        """The space the objective asks Optuna for.
+
+        ``search`` with each numeric param's low/high widened to the narrowing sampler's
+        ``[sampler.bounds]``: the distributions are the hard limits of a ``shift = true``
+        search, and ``search`` is where its stage 0 starts (``initial``). Without bounds,
+        ``search`` itself.
+        """
+        bounds = self.sampler_options.get("bounds") if self.sampler == "narrowing" else None
+        if not bounds:
+            return self.search
+        from dataclasses import replace
+
+        space = []
+        for p in self.search:
+            if p.name in bounds and p.type != "categorical":
+                low, high = bounds[p.name]
+                conv = int if p.type == "int" else float
+                p = replace(p, low=conv(low), high=conv(high))
+            space.append(p)
+        return tuple(space)
+
     def replace(self, **changes: Any) -> Spec:
         from dataclasses import replace
 
@@ -228,6 +250,7 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
     _check_split(source, data)
     for p in search:
         _check_values(source, p)
+    _check_bounds(source, sampler, sm, search)
     return Spec(name=name, search=search, data=data, model=model, sampler=sampler,
                 sampler_options=sm, pruner=pruner, pruner_options=pr, n_trials=n_trials,
                 timeout=timeout or None, seed=seed,
@@ -276,6 +299,59 @@ def _check_values(source: str, p: Param) -> None:
     for x in values:
         if not ok(x):
             raise SpecError(f"{source}: search.{p.name}: {x!r} is not allowed; allowed: {allowed}")
+
+
+def _check_bounds(
+    source: str, sampler: str, options: dict[str, Any], search: tuple[Param, ...]
+) -> None:
+    """``[sampler.bounds]`` of a narrowing spec: ``param = [low, high]`` around its search range.
+
+    The objective asks for the bounds (:meth:`Spec.suggest_space`), the sampler starts from
+    ``[search]`` and, with ``shift = true``, may move out to the bounds."""
+    if "bounds" not in options:
+        return
+    bounds = options["bounds"]
+
+    def fail(key: str, msg: str) -> SpecError:
+        return SpecError(f"{source}: sampler.bounds{key}: {msg}")
+
+    if sampler != "narrowing":
+        raise fail("", f"only the narrowing sampler takes bounds, not {sampler!r}")
+    if not isinstance(bounds, dict):
+        raise fail("", f"must be a table of param = [low, high], got {bounds!r}")
+    if bounds and options.get("shift") is not True:
+        raise fail("", "needs shift = true (without it the ranges never leave [search])")
+    params = {p.name: p for p in search}
+    for name, value in bounds.items():
+        key = f".{name}"
+        p = params.get(name)
+        if p is None:
+            raise fail(key, f"not a parameter of [search]; searched: {', '.join(params)}")
+        if p.type == "categorical":
+            raise fail(key, "a categorical parameter has no bounds; only float and int do")
+        is_ok = _int if p.type == "int" else _num
+        if (not isinstance(value, list) or len(value) != 2 or not all(map(is_ok, value))
+                or not all(math.isfinite(x) for x in value)):
+            kind = "integers" if p.type == "int" else "finite numbers"
+            raise fail(key, f"must be [low, high] of two {kind}, got {value!r}")
+        low, high = value
+        if low >= high:
+            raise fail(key, f"low must be < high, got low={low}, high={high}")
+        if p.log and low <= 0:
+            raise fail(key, f"a log parameter needs low > 0, got low={low}")
+        assert p.low is not None and p.high is not None
+        if low > p.low or high < p.high:
+            raise fail(key, f"must contain the search range [{p.low}, {p.high}], "
+                            f"got [{low}, {high}]")
+        if p.step is not None:
+            off = [(x - p.low) / p.step for x in (low, high)]
+            if any(abs(k - round(k)) > 1e-9 * max(1.0, abs(k)) for k in off):
+                raise fail(key, f"must lie on the step grid of search.{name} "
+                                f"({p.low} + k * {p.step}), got [{low}, {high}]")
+        allowed, ok = _VALUE_RULES[name]
+        for x in (low, high):
+            if not ok(x):
+                raise fail(key, f"{x!r} is not allowed; allowed: {allowed}")
 
 
 class _Validator:

@@ -26,7 +26,6 @@ from hpo.samplers.narrowing import (
     MIN_WIDTH_FRACTION,
     PARTIAL_ATTR,
     RANGES_ATTR,
-    SHIFTED_ATTR,
     STAGE_ATTR,
 )
 
@@ -116,8 +115,10 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
         ({"wait_timeout": -1}, "wait_timeout"),
         ({"poll_interval": 0}, "poll_interval"),
         ({"seed": "x"}, "seed"),
-        ({"bounds": {"lr": (1.0, 0.1)}}, "bounds"),
-        ({"bounds": {"lr": 3}}, "bounds"),
+        ({"shift": "yes"}, "shift"),
+        ({"initial": {"lr": (1.0, 0.1)}}, "initial"),
+        ({"initial": {"lr": 3}}, "initial"),
+        ({"initial": [("lr", 1e-6, 1e-2)]}, "initial"),
     ],
 )
 def test_invalid_arguments_raise(kwargs: dict[str, Any], message: str) -> None:
@@ -572,80 +573,7 @@ def test_no_wait_once_the_previous_stage_has_finished() -> None:
 
 
 # ------------------------------------------------------------------------------ shift mode
-
-
-def _shift_study(
-    best: dict[str, float], bounds: dict[str, tuple[float, float]] | None = None
-) -> tuple[optuna.Study, dict[str, Any]]:
-    sampler = NarrowingSampler(stage_trials=30, keep_top=2, seed=0, shift=True, bounds=bounds)
-    study = make_study(sampler)
-    add(study, best, 0.1)
-    add(study, {"lr": 1e-4, "weight_decay": 1e-5}, 0.2)
-    pad(study, 30, {"lr": 1e-5, "weight_decay": 1e-6})
-    draws = []
-    for _ in range(30):  # all of stage 1
-        trial, _ = ask_and_suggest(study)
-        draws.append(trial.params)
-        study.tell(trial, 1.0)
-    return study, {"attrs": attrs(study, 30), "draws": draws}
-
-
-def test_shift_moves_the_range_up_when_the_best_crowds_the_upper_edge() -> None:
-    _, out = _shift_study({"lr": 9e-3, "weight_decay": 1e-5}, bounds={"lr": (1e-8, 1.0)})
-    a = out["attrs"]
-    assert a[SHIFTED_ATTR] == ["lr"]
-    lo, hi = np.log10(a[RANGES_ATTR]["lr"])
-    centre = math.log10(9e-3)
-    assert (lo, hi) == pytest.approx((centre - 2, centre + 2))  # width of the original range
-    assert max(d["lr"] for d in out["draws"]) > 1e-2  # beyond the original range
-    assert all(d["lr"] <= 1.0 for d in out["draws"])
-
-
-def test_shift_never_goes_beyond_the_hard_bound() -> None:
-    _, out = _shift_study({"lr": 9.9e-3, "weight_decay": 1e-5}, bounds={"lr": (1e-6, 0.05)})
-    lo, hi = out["attrs"][RANGES_ATTR]["lr"]
-    assert hi == pytest.approx(0.05)
-    assert math.log10(lo) == pytest.approx(math.log10(9.9e-3) - 2)
-    assert all(d["lr"] <= 0.05 for d in out["draws"])
-
-
-def test_shift_narrows_as_before_when_the_best_is_inside() -> None:
-    _, out = _shift_study({"lr": 1e-3, "weight_decay": 1e-5}, bounds={"lr": (1e-8, 1.0)})
-    a = out["attrs"]
-    assert SHIFTED_ATTR not in a
-    assert a[RANGES_ATTR]["lr"] == pytest.approx([1e-4, 1e-3])
-
-
-def test_shift_handles_each_param_at_its_own_edge() -> None:
-    bounds = {"lr": (1e-8, 1.0), "weight_decay": (1e-12, 1.0)}
-    _, out = _shift_study({"lr": 9e-3, "weight_decay": 1.5e-8}, bounds=bounds)
-    a = out["attrs"]
-    assert sorted(a[SHIFTED_ATTR]) == ["lr", "weight_decay"]
-    lo, hi = np.log10(a[RANGES_ATTR]["weight_decay"])
-    assert (lo, hi) == pytest.approx((math.log10(1.5e-8) - 3.5, math.log10(1.5e-8) + 3.5))
-    assert min(d["weight_decay"] for d in out["draws"]) < 1e-8
-    lo, hi = np.log10(a[RANGES_ATTR]["lr"])
-    assert hi > -2
-
-
-def test_shift_without_bounds_stays_in_the_original_range() -> None:
-    # At the edge of the original range with no bounds: nothing to move, narrows as usual.
-    _, out = _shift_study({"lr": 9e-3, "weight_decay": 1e-5})
-    a = out["attrs"]
-    assert SHIFTED_ATTR not in a
-    assert a[RANGES_ATTR]["lr"] == pytest.approx([1e-4, 9e-3])
-    # Inside the original range, at the edge of a narrowed stage range: moves, within LR.
-    sampler = NarrowingSampler(stage_trials=2, keep_top=2, seed=0, shift=True)
-    study = make_study(sampler)
-    add(study, {"lr": 1e-4}, 0.1)
-    add(study, {"lr": 1e-3}, 0.2)  # stage 1: [1e-4, 1e-3]
-    add(study, {"lr": 9.5e-4}, 0.1)  # stage 1's best crowds its upper edge
-    add(study, {"lr": 5e-4}, 0.2)
-    ranges = sampler.stage_ranges(study, 2)
-    lo, hi = np.log10(ranges["lr"])
-    centre = math.log10(9.5e-4)
-    assert (lo, hi) == pytest.approx((centre - 0.5, centre + 0.5))
-    assert hi < -2
+# Edge-aware mode (shift=True, initial=...) is tested in tests/test_shift.py.
 
 
 # ------------------------------------------------------------------------------ end to end

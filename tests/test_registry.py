@@ -102,6 +102,26 @@ def test_narrowing_option_values_are_validated() -> None:
         make_sampler("narrowing", options={"keep_top": 0})
 
 
+def test_make_sampler_takes_the_specs_shift_and_bounds() -> None:
+    sampler = make_sampler("narrowing", seed=0, options={
+        "shift": True, "bounds": {"lr": [1e-6, 1.0]}, "initial": {"lr": (1e-6, 1e-2)},
+    })
+    assert isinstance(sampler, NarrowingSampler) and sampler._initial == {"lr": (1e-6, 1e-2)}
+    with pytest.raises(ValueError, match="bounds needs initial") as e:
+        make_sampler("narrowing", options={"shift": True, "bounds": {"lr": [1e-6, 1.0]}})
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="must lie inside bounds.lr"):
+        make_sampler("narrowing", options={"bounds": {"lr": [1e-6, 1.0]},
+                                           "initial": {"lr": (1e-7, 1e-2)}})
+    with pytest.raises(ValueError, match=r"bounds.lr must be \[low, high\]"):
+        make_sampler("narrowing", options={"bounds": {"lr": [1.0, 1e-6]},
+                                           "initial": {"lr": (1e-6, 1e-2)}})
+    with pytest.raises(ValueError, match="allowed: .*shift, initial, bounds"):
+        make_sampler("narrowing", options={"bound": {}})
+    with pytest.raises(ValueError, match="unknown option.*bounds"):
+        make_sampler("tpe", options={"bounds": {"lr": [1e-6, 1.0]}})
+
+
 def test_gp_without_torch_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "_importable", lambda module: module != "torch")
     assert "gp" not in available_samplers()

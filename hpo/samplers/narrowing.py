@@ -101,12 +101,11 @@ def _full_range(dist: BaseDistribution) -> _Range:
     return _Range(dist, dist.low, dist.high)
 
 
-def _hull(r: _Range, dist: BaseDistribution) -> _Range:
-    """``r`` widened to cover ``dist``'s range (numeric params)."""
-    if isinstance(dist, CategoricalDistribution):
+def _hull(r: _Range, other: _Range) -> _Range:
+    """``r`` widened to cover ``other`` (numeric params)."""
+    if isinstance(r.dist, CategoricalDistribution):
         return r
-    assert isinstance(dist, (FloatDistribution, IntDistribution))
-    return _Range(r.dist, min(r.low, dist.low), max(r.high, dist.high))
+    return _Range(r.dist, min(r.low, other.low), max(r.high, other.high))
 
 
 def _same_kind(a: BaseDistribution, b: BaseDistribution) -> bool:
@@ -183,8 +182,9 @@ def _shift_numeric(
 ) -> _Range | None:
     """Recentre ``prev`` on ``best`` when ``best`` crowds an edge that can still move outward.
 
-    Returns ``None`` when no shift applies (``best`` is inside, or the crowded edge already
-    sits on the outer limit ``outer``).
+    ``outer`` is the hard ``(low, high)`` limit (the distribution the objective asks for); the
+    result never leaves it. Returns ``None`` when no shift applies (``best`` is inside, or the
+    crowded edge already sits on the outer limit).
     """
     dist = prev.dist
     assert isinstance(dist, (FloatDistribution, IntDistribution))
@@ -254,19 +254,25 @@ def _trial_edge_warnings(
     trial: FrozenTrial,
     distributions: Mapping[str, BaseDistribution] | None,
     edge_fraction: float,
+    original: Mapping[str, tuple[float, float]] | None = None,
 ) -> list[str]:
+    """Edge messages for ``trial``; a param's original range is ``original[name]`` when given,
+    else its distribution in ``distributions``, else the one recorded on the trial."""
     messages = []
     for name, value in trial.params.items():
         dist = (distributions or {}).get(name, trial.distributions.get(name))
         if not isinstance(dist, (FloatDistribution, IntDistribution)):
             continue
-        lo, hi = _to_space(dist, dist.low), _to_space(dist, dist.high)
+        low, high = (original or {}).get(name, (dist.low, dist.high))
+        if dist.log and low <= 0:
+            continue
+        lo, hi = _to_space(dist, low), _to_space(dist, high)
         width = hi - lo
         if width <= 0:
             continue
         x = _to_space(dist, value)
         shown = str(value) if isinstance(dist, IntDistribution) else f"{value:.3g}"
-        where = f"its original range [{_fmt(dist.low)}, {_fmt(dist.high)}]"
+        where = f"its original range [{_fmt(low)}, {_fmt(high)}]"
         if x < lo:
             messages.append(f"{name}={shown} lies below {where}")
         elif x > hi:
@@ -405,9 +411,15 @@ class NarrowingSampler(BaseSampler):
 
     Trial number ``n`` belongs to stage ``n // stage_trials``.
 
-    * **Stage 0** samples uniformly from the distributions the objective asks for: log-uniform
-      where ``log=True``, on the ``step`` grid where there is one, uniformly over the choices of
-      a categorical.
+    * **Every value lies inside the distribution the objective asks for.** Ranges are clipped
+      to it (rounded inward to its ``step`` grid) before each draw, so every trial stays valid
+      for ``study.add_trials``, :func:`optuna.copy_study` and the dashboard's search-space views.
+      The distribution is the *hard bound* of a param; ``initial`` only narrows where the search
+      starts.
+    * **Stage 0** samples uniformly from each param's *original range*: ``initial[param]``
+      (clipped to the distribution) when given, else the whole distribution the objective asks
+      for: log-uniform where ``log=True``, on the ``step`` grid where there is one, uniformly
+      over the choices of a categorical.
     * **Stage s >= 1** samples uniformly (log-uniform for log params) from ranges derived from
       the trials of stage ``s-1``: take its COMPLETE trials (PRUNED ones count as worse than
       every COMPLETE one, FAIL ones are ignored), keep the best ``keep_top`` (by the study's
@@ -415,9 +427,10 @@ class NarrowingSampler(BaseSampler):
 
       - numeric: the ``[min, max]`` of their values (in log10 space for log params), widened on
         each side by ``margin`` times its width, then clipped to stage ``s-1``'s range, so
-        ranges never grow. A range narrower than ``MIN_WIDTH_FRACTION`` (1 %) of the previous
-        range's width (one value, or identical values) is widened to that width, centred on the
-        values, and clipped. Int and stepped float ranges are rounded outward to the step grid.
+        ranges never grow (unless ``shift=True`` moves them, below). A range narrower than
+        ``MIN_WIDTH_FRACTION`` (1 %) of the previous range's width (one value, or identical
+        values) is widened to that width, centred on the values, and clipped. Int and stepped
+        float ranges are rounded outward to the step grid.
       - categorical: keep the choices seen among the best, in the original order. The sampler
         returns one of the original choices (Optuna's distribution must not change), drawn
         uniformly from the kept ones.
@@ -454,17 +467,25 @@ class NarrowingSampler(BaseSampler):
       lists only those); ``narrowing:edge_warning``, a message such as
       ``"lr=0.00953 sits at the upper edge of its original range [1e-06, 0.01]"`` when the
       previous stage's best trial sits within ``edge_fraction`` of an edge of a param's
-      original range (see :func:`edge_warnings`); ``narrowing:partial`` (``True``) as above;
-      ``narrowing:shifted``, the params whose range moved outward (``shift=True``).
+      original range (``initial[param]`` when given, see :func:`edge_warnings`), or
+      ``"lr=0.2 lies above its original range [1e-06, 0.01]"`` once a shifted stage found a
+      better value outside it (several messages are joined with ``"; "``);
+      ``narrowing:partial`` (``True``) as above; ``narrowing:shifted``, the list of params whose
+      range was recentred for this stage instead of narrowed (``shift=True`` only, absent when
+      none was), e.g. ``["lr"]``.
 
-    * **Edge-aware mode** (``shift=True``): when the previous stage's best trial sits within
-      ``edge_fraction`` of the previous range's width from one of its edges, and that edge can
-      still move, the param's range is not narrowed but recentred on the best value with the
-      previous range's width (log10 space for log params), clipped to ``bounds[param]``, or to
-      the original range for params without bounds. With bounds wider than the original range,
-      the sampler returns values outside the distribution the objective asked for: Optuna
-      accepts them in a running study, but ``study.add_trials`` and
-      :func:`optuna.copy_study` reject such trials.
+    * **Edge-aware mode** (``shift=True``): for each numeric param, if stage ``s-1``'s best
+      COMPLETE trial sits within ``edge_fraction`` of stage ``s-1``'s range width from one of
+      its edges (log10 space for log params), and that edge is not already at the limit of the
+      distribution the objective asks for, stage ``s``'s range is not narrowed but recentred on
+      the best value with stage ``s-1``'s width, rounded outward to a step grid, then clipped
+      to the distribution (so it is never outside it). Otherwise the param narrows as
+      above. Each param is handled on its own (one may shift while another narrows); a shifted
+      stage narrows in later stages like any other once its best sits inside. To let a search
+      move beyond its starting range, ask the objective for the hard bounds as the distribution
+      and pass the starting range as ``initial`` (the ``hpo`` spec does this: ``[search]`` is
+      ``initial``, ``[sampler.bounds]`` the distribution). Without ``initial`` a param can only
+      move back out to its distribution after an earlier stage narrowed it.
 
     Example:
 
@@ -496,9 +517,16 @@ class NarrowingSampler(BaseSampler):
         wait_timeout: Longest wait, in seconds, for the previous stage to finish (``>= 0``).
         poll_interval: Seconds between re-reads of the trials while waiting (``> 0``).
         edge_fraction: Width fraction that counts as "at an edge" (``0 < edge_fraction < 0.5``).
-        shift: Move a range outward when the best trial crowds one of its edges (see above).
-        bounds: Hard outer ``(low, high)`` limits per param for ``shift=True``; params without
-            bounds never leave their original range.
+        shift: Move a range outward when the best trial crowds one of its edges, up to the
+            limits of the distribution (see above).
+        initial: Stage 0's ``(low, high)`` range per numeric param, in the param's own units,
+            inside the distribution the objective asks for (clipped to it; ignored for a param
+            that turns out categorical, or that does not overlap its distribution). Params not
+            listed start from their whole distribution. This range is also the "original
+            range" of edge warnings.
+
+    The former ``bounds`` argument is gone: the distribution is the bound (a ``bounds`` wider
+    than the distribution produced values outside it).
     """
 
     def __init__(
@@ -512,7 +540,7 @@ class NarrowingSampler(BaseSampler):
         poll_interval: float = 0.5,
         edge_fraction: float = 0.1,
         shift: bool = False,
-        bounds: Mapping[str, tuple[float, float]] | None = None,
+        initial: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         if isinstance(stage_trials, bool) or not isinstance(stage_trials, int) or stage_trials < 1:
             raise ValueError(f"stage_trials must be an int >= 1, got {stage_trials!r}")
@@ -528,17 +556,21 @@ class NarrowingSampler(BaseSampler):
             raise ValueError(f"edge_fraction must be in (0, 0.5), got {edge_fraction!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
-        checked_bounds: dict[str, tuple[float, float]] = {}
-        for name, pair in (bounds or {}).items():
+        if not isinstance(shift, bool):
+            raise ValueError(f"shift must be true or false, got {shift!r}")
+        if initial is not None and not isinstance(initial, Mapping):
+            raise ValueError(f"initial must be a mapping of param -> (low, high), got {initial!r}")
+        checked_initial: dict[str, tuple[float, float]] = {}
+        for name, pair in (initial or {}).items():
             try:
                 low, high = (float(x) for x in pair)
             except (TypeError, ValueError):
                 raise ValueError(
-                    f"bounds[{name!r}] must be a (low, high) pair, got {pair!r}"
+                    f"initial[{name!r}] must be a (low, high) pair, got {pair!r}"
                 ) from None
             if not (math.isfinite(low) and math.isfinite(high) and low < high):
-                raise ValueError(f"bounds[{name!r}] must have finite low < high, got {pair!r}")
-            checked_bounds[str(name)] = (low, high)
+                raise ValueError(f"initial[{name!r}] must have finite low < high, got {pair!r}")
+            checked_initial[str(name)] = (low, high)
 
         self._stage_trials = stage_trials
         self._keep_top = keep_top
@@ -548,8 +580,8 @@ class NarrowingSampler(BaseSampler):
         self._wait_timeout = float(wait_timeout)
         self._poll_interval = float(poll_interval)
         self._edge_fraction = float(edge_fraction)
-        self._shift = bool(shift)
-        self._bounds = checked_bounds
+        self._shift = shift
+        self._initial = checked_initial
         self._init_state()
 
     def _init_state(self) -> None:
@@ -579,7 +611,7 @@ class NarrowingSampler(BaseSampler):
     def __str__(self) -> str:
         return (
             f"NarrowingSampler(stage_trials={self._stage_trials}, keep_top={self._keep_top}, "
-            f"margin={self._margin}, shift={self._shift})"
+            f"margin={self._margin}, shift={self._shift}, initial={self._initial or None})"
         )
 
     # ---------------------------------------------------------------- BaseSampler interface
@@ -786,15 +818,16 @@ class NarrowingSampler(BaseSampler):
         finished = len(trials) == self._stage_trials and all(t.state in _FINISHED for t in trials)
         final = prev.final and finished
         ranges = dict(prev.ranges)
-        # Params first seen in this stage enter at the hull of the distributions they were
-        # asked with (one distribution unless the objective's ranges are dynamic).
+        # Params first seen in this stage enter at the hull of their original ranges in the
+        # distributions they were asked with (one unless the objective's ranges are dynamic).
         for t in trials:
             if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
                 continue
             for name, dist in t.distributions.items():
                 known = ranges.get(name)
                 if known is None or (name not in prev.ranges and _same_kind(known.dist, dist)):
-                    ranges[name] = _full_range(dist) if known is None else _hull(known, dist)
+                    base = self._base(name, dist)
+                    ranges[name] = base if known is None else _hull(known, base)
         best = _best_first(trials, sign)[: self._keep_top]
         if not best:
             return _StageRanges(prev.stage + 1, ranges, final)
@@ -806,49 +839,58 @@ class NarrowingSampler(BaseSampler):
             values = [t.params[name] for t in having]
             previous = ranges.get(name)
             if previous is None or not _same_kind(previous.dist, dist):
-                previous = _full_range(dist)
+                previous = self._base(name, dist)
             if isinstance(dist, CategoricalDistribution):
                 ranges[name] = _narrow_categorical(previous, values)
                 continue
+            assert isinstance(dist, (FloatDistribution, IntDistribution))
             moved = None
             if self._shift:
-                outer = self._outer(name, dist)
-                moved = _shift_numeric(previous, values[0], self._edge_fraction, outer)
+                limits = (dist.low, dist.high)
+                moved = _shift_numeric(previous, values[0], self._edge_fraction, limits)
             if moved is not None:
                 ranges[name] = moved
                 shifted.append(name)
             else:
                 ranges[name] = _narrow_numeric(previous, values, self._margin)
-        on_edge = tuple(_trial_edge_warnings(best[0], None, self._edge_fraction))
+        original = {}
+        for name, dist in best[0].distributions.items():
+            if not isinstance(dist, CategoricalDistribution):
+                base = self._base(name, dist)
+                original[name] = (base.low, base.high)
+        on_edge = tuple(_trial_edge_warnings(best[0], None, self._edge_fraction, original))
         return _StageRanges(prev.stage + 1, ranges, final, on_edge, tuple(shifted))
 
-    def _outer(self, name: str, dist: FloatDistribution | IntDistribution) -> tuple[float, float]:
-        """Hard outer limits of ``name``: its bounds and its original range."""
-        if name not in self._bounds:
-            return (dist.low, dist.high)
-        low, high = self._bounds[name]
-        if dist.log and low <= 0:
-            raise ValueError(f"bounds[{name!r}] must be > 0 for a log-scale param, got {low}")
-        return (min(low, dist.low), max(high, dist.high))
+    def _base(self, name: str, dist: BaseDistribution) -> _Range:
+        """The original range of ``name``: ``initial[name]`` inside ``dist``, else all of it."""
+        full = _full_range(dist)
+        if name not in self._initial or not isinstance(dist, (FloatDistribution, IntDistribution)):
+            return full
+        low, high = self._initial[name]
+        low = _grid_ceil(dist, max(low, dist.low))
+        high = _grid_floor(dist, min(high, dist.high))
+        if low > high:  # no overlap with the distribution the objective asks for
+            return full
+        return _Range(dist, low, high)
 
     def _effective_range(
         self, stage_range: _Range | None, dist: BaseDistribution, name: str
     ) -> _Range:
-        """The stage's range for ``name`` inside the distribution the objective asks for now.
+        """The stage's range for ``name`` clipped to the distribution the objective asks for now.
 
-        If the objective asks for another range than before and the two do not overlap, the
-        new distribution's full range is used.
+        This clipping is what keeps every draw inside the distribution. A param without a stage
+        range (stage 0, or new) uses its original range; if the objective asks for another
+        range than before and the two do not overlap, so does it.
         """
         if stage_range is None or not _same_kind(stage_range.dist, dist):
-            return _full_range(dist)
+            return self._base(name, dist)
         if isinstance(dist, CategoricalDistribution):
             return _Range(dist, kept=stage_range.kept)
         assert isinstance(dist, (FloatDistribution, IntDistribution))
-        outer = self._outer(name, dist) if self._shift else (dist.low, dist.high)
-        low = _grid_ceil(dist, max(stage_range.low, outer[0]))
-        high = _grid_floor(dist, min(stage_range.high, outer[1]))
+        low = _grid_ceil(dist, max(stage_range.low, dist.low))
+        high = _grid_floor(dist, min(stage_range.high, dist.high))
         if low > high:
-            return _full_range(dist)
+            return self._base(name, dist)
         return _Range(dist, low, high)
 
     def _log_stage(self, study: Study, ranges: _StageRanges) -> None:
@@ -858,12 +900,18 @@ class NarrowingSampler(BaseSampler):
             ranges.stage,
             ranges.to_json(),
         )
+        advice = (
+            "ranges may move out to the distribution's limits (shift=True)"
+            if self._shift
+            else "consider widening the original range"
+        )
         for message in ranges.edge_warnings:
             _logger.warning(
-                "NarrowingSampler: study %r stage %d: %s; consider widening the original range",
+                "NarrowingSampler: study %r stage %d: %s; %s",
                 study.study_name,
                 ranges.stage - 1,
                 message,
+                advice,
             )
 
 

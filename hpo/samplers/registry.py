@@ -11,12 +11,16 @@ Example:
         print(available_samplers())  # e.g. ('narrowing', 'random', 'tpe', 'qmc')
         sampler = make_sampler("tpe", seed=0, options={"n_startup_trials": 20})
         study = optuna.create_study(sampler=sampler)
+
+The options are the sampler class's keyword arguments, plus the ``hpo`` spec's own options that
+are not (``bounds`` of ``"narrowing"``, see :func:`make_sampler`).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -43,6 +47,9 @@ _CLASSES: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
 #: Defaults that differ from the sampler class's own.
 _DEFAULTS: dict[str, dict[str, Any]] = {"qmc": {"scramble": True}}
 
+#: Options of the spec that are not arguments of the sampler's class (see :func:`make_sampler`).
+_SPEC_OPTIONS: dict[str, tuple[str, ...]] = {"narrowing": ("bounds",)}
+
 #: name -> (module that must be importable, how to install it)
 _REQUIRES: dict[str, tuple[str, str]] = {
     "cmaes": ("cmaes", "pip install cmaes"),
@@ -67,7 +74,46 @@ def _allowed_options(name: str) -> tuple[str, ...]:
         p.name
         for p in parameters
         if p.name != "seed" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    )
+    ) + _SPEC_OPTIONS.get(name, ())
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    """``value`` as a finite ``(low, high)`` pair with low < high, else ``None``."""
+    if isinstance(value, (str, bytes, Mapping)):
+        return None
+    try:
+        low, high = (float(x) for x in value)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        return None
+    return low, high
+
+
+def _narrowing_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """Check the spec-level ``bounds`` of the narrowing sampler and drop it (see make_sampler)."""
+    bounds = options.pop("bounds", None)
+    if bounds is None:
+        return options
+    if not isinstance(bounds, Mapping):
+        raise ValueError(f"sampler 'narrowing': bounds must be a table of param = [low, high], "
+                         f"got {bounds!r}")
+    initial = options.get("initial")
+    if bounds and not initial:
+        raise ValueError("sampler 'narrowing': bounds needs initial, the search ranges stage 0 "
+                         "draws from (the objective asks for the bounds)")
+    for name, value in bounds.items():
+        pair = _pair(value)
+        if pair is None:
+            raise ValueError(f"sampler 'narrowing': bounds.{name} must be [low, high] with "
+                             f"low < high, got {value!r}")
+        if not isinstance(initial, Mapping) or name not in initial:
+            continue  # a malformed initial is the sampler's to report
+        start = _pair(initial[name])
+        if start is not None and not pair[0] <= start[0] < start[1] <= pair[1]:
+            raise ValueError(f"sampler 'narrowing': initial[{name!r}] must lie inside "
+                             f"bounds.{name} = {list(pair)}, got {initial[name]!r}")
+    return options
 
 
 def make_sampler(
@@ -85,6 +131,12 @@ def make_sampler(
         seed: Passed to the sampler, for reproducible draws.
         options: Keyword arguments of the sampler's class, e.g. ``{"n_startup_trials": 20}``
             for ``"tpe"`` or ``{"stage_trials": 30, "keep_top": 5}`` for ``"narrowing"``.
+            ``"narrowing"`` also takes the spec's ``bounds``, ``{param: [low, high]}``: the
+            hard limits of a ``shift = true`` search. They are enforced by the distributions
+            the objective asks for (``hpo.spec.Spec.suggest_space`` widens ``[search]`` to
+            them) and the sampler clips every range to those, so ``bounds`` is only checked
+            here, not passed on; it needs ``initial`` (``[search]``'s ranges, which stage 0
+            draws from), each inside its bounds. ``hpo.runner`` passes both from the spec.
 
     Returns:
         A new sampler. Optuna's experimental-feature warnings (``"qmc"``) are silenced.
@@ -108,6 +160,8 @@ def make_sampler(
             f"unknown option(s) for sampler {name!r}: {', '.join(unknown)}; "
             f"allowed: {', '.join(allowed) or 'none'}"
         )
+    if name == "narrowing":
+        options = _narrowing_kwargs(options)
     kwargs = {**_DEFAULTS.get(name, {}), **options, "seed": seed}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
