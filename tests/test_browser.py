@@ -67,6 +67,8 @@ def test_dashboard_renders_and_has_lr_and_weight_decay(dashboard, tmp_path):
     assert {"lr", "weight_decay"} <= space  # what the analytics (slice, contour) plot against
     assert len(detail["trials"]) == 15
     assert detail["objective_names"] == ["val_acc"]
+    attrs = {a["key"]: a["value"] for a in detail["trials"][0]["user_attrs"]}
+    assert {"train_acc", "train_acc_curve", "val_acc_curve"} <= set(attrs)  # the curves
 
     shot = tmp_path / "analytics.png"
     subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
