@@ -78,6 +78,7 @@ class Grid:
     target: float
     runs: dict[str, list[StudyRun]] = field(default_factory=dict)
     confirmed: bool = False
+    workers: int = 1
 
     @property
     def labels(self) -> list[str]:
@@ -165,7 +166,7 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
     pin_blas_threads()
     install_signal_handlers()
     grid = Grid(title or arms[0].spec.name, arms, seeds, n_trials, target,
-                confirmed=confirm_top > 0)
+                confirmed=confirm_top > 0, workers=workers)
     total = len(arms) * seeds * n_trials
     by_label = {a.label: a for a in arms}
     cells = [(a.label, k) for k in range(seeds) for a in arms]  # seed-major: early partial views
@@ -345,7 +346,8 @@ def plot(grid: Grid, path: str) -> None:
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 1)
     ax1.set_xlabel("trial")
-    ax2.set_xlabel("seconds since the study's first trial (one worker)")
+    ax2.set_xlabel(f"seconds since the study's first trial ({grid.workers} worker"
+                   f"{'s' if grid.workers > 1 else ''})")
     ax1.legend(loc="lower right")
     fig.suptitle(f"{grid.title}: median and IQR over {grid.seeds} seeds")
     fig.tight_layout()
@@ -426,7 +428,7 @@ def compare_cmd(args: argparse.Namespace) -> int:
     from hpo.cli import UsageError
     from hpo.samplers import available_samplers
     from hpo.spec import load_spec
-    from hpo.storage import resolve_url
+    from hpo.storage import mask_url, resolve_url
 
     specs = [load_spec(path) for path in args.spec]
     samplers = None
@@ -459,6 +461,8 @@ def compare_cmd(args: argparse.Namespace) -> int:
                     progress=not args.quiet,
                     title=specs[0].name if len(specs) == 1 else args.title)
     command = ("hpo compare " + " ".join(shlex.quote(p) for p in args.spec)
+               + (f" --title {shlex.quote(args.title)}" if len(specs) > 1 else "")
+               + (f" --storage {shlex.quote(mask_url(url))}" if args.storage else "")
                + (f" --samplers {','.join(samplers)}" if samplers else "")
                + f" --n-trials {args.n_trials} --seeds {args.seeds} --workers {args.workers}"
                + f" --target {args.target}"
