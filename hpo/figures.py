@@ -657,6 +657,7 @@ class Summary:
     max_gap: float | None
     small_gap: list[str]
     warnings: list[str]
+    after: list[str] = field(default_factory=list)  # `hpo confirm` (noise floor) and `hpo test`
 
     def header(self) -> str:
         text = (f"{self.n_complete} COMPLETE of {self.n_trials} trials, ranked by final "
@@ -684,6 +685,8 @@ class Summary:
             parts += (["```text", *self.small_gap, "```"] if self.small_gap
                       else [self.no_gap_text()])
             parts.append("")
+        if self.after:
+            parts += ["## Confirmation and test", "", "```text", *self.after, "```", ""]
         return "\n".join(parts)
 
     def html(self) -> str:
@@ -699,6 +702,9 @@ class Summary:
             parts.append(f"<h3>{e(self.gap_title())}</h3>")
             parts.append("<pre>" + e("\n".join(self.small_gap)) + "</pre>" if self.small_gap
                          else f"<p>{e(self.no_gap_text())}</p>")
+        if self.after:
+            parts.append("<h3>Confirmation and test</h3>")
+            parts.append("<pre>" + e("\n".join(self.after)) + "</pre>")
         return "\n".join(parts)
 
 
@@ -713,9 +719,11 @@ def summary(
     study: str,
     top: int = 20,
     max_gap: float | None = None,
+    user_attrs: dict[str, Any] | None = None,
 ) -> Summary:
     """The Best-``top`` listing (``hpo.report.format_row``), gap marks and the best
-    ``GAP_LIST`` trials with a gap below ``max_gap``, and the edge warnings."""
+    ``GAP_LIST`` trials with a gap below ``max_gap``, the edge warnings, and what ``hpo confirm``
+    and ``hpo test`` stored in the study (``user_attrs``)."""
     all_rows = rows(trials)
     listing = []
     for r in all_rows[:top]:
@@ -726,9 +734,19 @@ def summary(
     gap_lines = []
     if max_gap is not None:
         gap_lines = [format_row(r) for r in all_rows if small_gap(r, max_gap)][:GAP_LIST]
+    after: list[str] = []
+    attrs = user_attrs or {}
+    if "hpo:confirm" in attrs:
+        from hpo.evaluate import format_confirm
+
+        after += format_confirm(attrs["hpo:confirm"]).splitlines()
+    if "hpo:test" in attrs:
+        t = attrs["hpo:test"]
+        after.append(f"Test (once, {t['at']}): trial {t['trial']} test acc {t['test_acc']:.4f} "
+                     f"on {t['n_test']} images")
     return Summary(study=study, n_trials=len(trials), n_complete=len(all_rows),
                    listing=listing, max_gap=max_gap, small_gap=gap_lines,
-                   warnings=edge_warnings(trials, spec))
+                   warnings=edge_warnings(trials, spec), after=after)
 
 
 # --- HTML -------------------------------------------------------------------------------------
@@ -902,7 +920,7 @@ def report_cmd(args) -> int:
         print(f"hpo report: the study does not search both {' and '.join(PLANE)}: no "
               "accuracy-vs-params, contour or stages figures", file=sys.stderr)
 
-    info = summary(trials, spec, args.study, args.top, args.max_gap)
+    info = summary(trials, spec, args.study, args.top, args.max_gap, study.user_attrs)
     note = info.markdown()
     (out / "best.md").write_text(note, encoding="utf-8")
     written.append(out / "best.md")

@@ -171,6 +171,24 @@ def test_edge_warning_for_a_best_trial_near_an_edge():
     assert message in figures.summary(edge, SPEC, "s").markdown()
 
 
+def test_summary_shows_confirmation_noise_floor_and_test():
+    trials = [_trial(0, 0.80, 1e-3, 1e-6, train=0.95), _trial(1, 0.78, 1e-3, 1e-6, train=0.80)]
+    attrs = {
+        "hpo:confirm": {"n_seeds": 3, "noise_floor_std": 0.031, "n_val": 100, "winner": 1,
+                        "rows": [{"trial": 1, "params": {"lr": 1e-3}, "mean": 0.77, "sem": 0.01,
+                                  "search_val_acc": 0.78},
+                                 {"trial": 0, "params": {"lr": 1e-3}, "mean": 0.74, "sem": 0.02,
+                                  "search_val_acc": 0.80}]},
+        "hpo:test": {"at": "2026-11-28T00:00:00+00:00", "trial": 1, "test_acc": 0.7512,
+                     "n_test": 1000},
+    }
+    md = figures.summary(trials, SPEC, "s", user_attrs=attrs).markdown()
+    assert "## Confirmation and test" in md and "±0.031 (std)" in md
+    assert "Confirmed-1(val acc:0.770 ± 0.010)" in md and "[trial 1]" in md
+    assert "trial 1 test acc 0.7512 on 1000 images" in md
+    assert "Confirmation and test" not in figures.summary(trials, SPEC, "s").markdown()
+
+
 def test_stages_tolerate_missing_narrowing_attrs():
     ranges = {"lr": [1e-4, 1e-3], "weight_decay": [1e-7, 1e-5]}
     trials = [
