@@ -192,7 +192,8 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
 
             if count(study)[0] < n_trials:
                 if workers == 1:
-                    work(study, objectives[s, k], n_trials=n_trials, on_trial=on_trial)
+                    work(study, objectives[s, k], n_trials=n_trials,
+                         on_trial=on_trial if progress else None)  # a count is a storage read
                 else:
                     procs = spawn_workers(workers, study.study_name, url, n_trials, None, None)
                     while any(p.poll() is None for p in procs):

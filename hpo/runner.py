@@ -313,6 +313,7 @@ class _Progress:
             self.bar = tqdm(total=total, initial=initial, unit="trial", file=sys.stderr,
                             dynamic_ncols=True, leave=True)
         self.n = initial
+        self._last = 0.0
 
     def update(self, done: int, best: float | None) -> None:
         if self.bar is None:
@@ -323,6 +324,18 @@ class _Progress:
         if best is not None:
             self.bar.set_postfix_str(f"best val acc {best:.3f}", refresh=False)
         self.bar.refresh()
+
+    def on_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """After each trial: the count and the best value are two storage reads, so they are
+        re-read at most every 0.5 s (:meth:`refresh` brings the bar up to date at the end)."""
+        now = time.monotonic()
+        if now - self._last >= 0.5:
+            self._last = now
+            self.refresh(study)
+
+    def refresh(self, study: optuna.Study) -> None:
+        if self.bar is not None:
+            self.update(count(study)[0], _best_value(study))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -384,7 +397,8 @@ def run(args) -> int:
         if args.workers == 1:
             pin_blas_threads()
             work(study, objective, n_trials=spec.n_trials, timeout=timeout,
-                 on_trial=lambda s, t: progress.update(count(s)[0], _best_value(s)))
+                 on_trial=progress.on_trial if progress.bar is not None else None)
+            progress.refresh(study)
         else:
             failed = _supervise(study, study_name, url, spec.n_trials, timeout, args.workers,
                                 progress)
