@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial
 
-from hpo.report import BOOK_NAMES, Row, format_row, ranked
+from hpo.report import BOOK_NAMES, Row, format_row, ranked, rows_from_trials, small_gap
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,18 +74,7 @@ def label(name: str) -> str:
 
 def rows(trials: Sequence[FrozenTrial]) -> list[Row]:
     """Every COMPLETE trial as a :class:`hpo.report.Row`, best first (as ``best_rows``)."""
-    return [
-        Row(rank=i + 1, number=t.number, val_acc=float(t.value),  # type: ignore[arg-type]
-            train_acc=t.user_attrs.get("train_acc"), params=dict(t.params),
-            diverged=bool(t.user_attrs.get("diverged", False)))
-        for i, t in enumerate(ranked(list(trials)))
-    ]
-
-
-def small_gap(row: Row, max_gap: float) -> bool:
-    """True when the trial's train-validation gap is below ``max_gap`` (diverged trials, whose
-    gap is chance minus chance, never count)."""
-    return row.gap is not None and not row.diverged and row.gap < max_gap
+    return rows_from_trials(list(trials))
 
 
 def is_log(spec: dict[str, Any], name: str) -> bool:

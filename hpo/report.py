@@ -45,14 +45,24 @@ def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return sorted(done, key=lambda t: (-t.value, t.number))
 
 
-def best_rows(study: optuna.Study, top: int = 10) -> list[Row]:
-    trials = ranked(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+def rows_from_trials(trials: list[FrozenTrial]) -> list[Row]:
+    """Every COMPLETE trial as a :class:`Row`, best first."""
     return [
         Row(rank=i + 1, number=t.number, val_acc=float(t.value),
             train_acc=t.user_attrs.get("train_acc"), params=dict(t.params),
             diverged=bool(t.user_attrs.get("diverged", False)))
-        for i, t in enumerate(trials[:top])
+        for i, t in enumerate(ranked(list(trials)))
     ]
+
+
+def best_rows(study: optuna.Study, top: int = 10) -> list[Row]:
+    return rows_from_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))[:top]
+
+
+def small_gap(row: Row, max_gap: float) -> bool:
+    """True when the trial's train-validation gap is below ``max_gap`` (diverged trials, whose
+    gap is chance minus chance, never count)."""
+    return row.gap is not None and not row.diverged and row.gap < max_gap
 
 
 def format_row(row: Row) -> str:
@@ -69,8 +79,7 @@ def format_row(row: Row) -> str:
 def small_gap_rows(study: optuna.Study, max_gap: float, top: int = 10) -> list[Row]:
     """The best trials whose train-validation gap is below ``max_gap`` (the book's closing
     question: a trial that does not overfit), ranked among themselves."""
-    rows = [r for r in best_rows(study, top=10**9)
-            if r.gap is not None and r.gap < max_gap and not r.diverged]  # chance on both sides
+    rows = [r for r in best_rows(study, top=10**9) if small_gap(r, max_gap)]
     return [Row(i + 1, r.number, r.val_acc, r.train_acc, r.params, r.diverged)
             for i, r in enumerate(rows[:top])]
 
