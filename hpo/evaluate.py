@@ -73,7 +73,7 @@ def evaluate_on_test(study: optuna.Study, trial: FrozenTrial, *, force: bool = F
     if seed is None:
         raise ValueError(f"trial {trial.number} has no model_seed: it was not made by hpo")
     config = make_config(spec.model, trial.params, data.n_features, data.n_classes)
-    net, result = fit(config, data, int(seed))
+    net, result = fit(config, data, int(seed), eval_epochs=())  # final accuracies only
     test = load_test(d.dataset, seed=d.seed, data_dir=d.data_dir)  # the one read of the test split
     test_acc = float(net.accuracy(test.x_test, test.t_test))
     record = {
@@ -158,7 +158,7 @@ def confirm(study: optuna.Study, *, top: int = 5, seeds: int = 5) -> dict[str, A
     for t in candidates:
         config = make_config(spec.model, t.params, data.n_features, data.n_classes)
         used = [confirm_seed(spec.seed, t.number, j) for j in range(seeds)]
-        accs = [float(fit(config, data, s)[1].val_acc) for s in used]
+        accs = [float(fit(config, data, s, eval_epochs=())[1].val_acc) for s in used]
         a = np.asarray(accs)
         rows.append({
             "trial": t.number,

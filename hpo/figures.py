@@ -251,9 +251,9 @@ def best_curves_figure(
     for i, (ax, t) in enumerate(zip(axes[:n], best, strict=True)):
         val, train = t.user_attrs.get("val_acc_curve"), t.user_attrs.get("train_acc_curve")
         if val:
-            ax.plot(range(1, len(val) + 1), val, color="C0", lw=1.4, label="validation")
+            ax.plot(curve_x(t, val), val, color="C0", lw=1.4, label="validation")
         if train:
-            ax.plot(range(1, len(train) + 1), train, "--", color="C1", lw=1.2, label="training")
+            ax.plot(curve_x(t, train), train, "--", color="C1", lw=1.2, label="training")
         if not val and not train:
             ax.text(0.5, 0.5, "no curves recorded", ha="center", va="center", fontsize=8,
                     transform=ax.transAxes)
@@ -431,6 +431,15 @@ def _pad_axis(
         setter(lo - 0.04 * (hi - lo), hi + 0.04 * (hi - lo))
 
 
+def curve_x(trial: FrozenTrial, curve: list) -> list[int]:
+    """The epochs of a learning curve's points: ``curve_epochs`` when the spec measured only
+    some epochs (``[model] eval_every``), else 1, 2, ..."""
+    epochs = trial.user_attrs.get("curve_epochs")
+    if epochs and len(epochs) == len(curve):
+        return list(epochs)
+    return list(range(1, len(curve) + 1))
+
+
 def curve_figure(trial: FrozenTrial) -> Figure:
     """One trial's learning curve (the artifact uploaded per top trial; no rank in it, since
     the rank changes as the study grows)."""
@@ -440,7 +449,7 @@ def curve_figure(trial: FrozenTrial) -> Figure:
                              ("train_acc_curve", "--", "training")):
         curve = trial.user_attrs.get(key)
         if curve:
-            ax.plot(range(1, len(curve) + 1), curve, style, label=name)
+            ax.plot(curve_x(trial, curve), curve, style, label=name)
     params = ", ".join(f"{label(k)} {v:.3g}" if _finite(v) else f"{label(k)} {v}"
                        for k, v in trial.params.items())
     ax.set_title(f"trial {trial.number}: val acc {trial.value:.2f}\n{params}",
@@ -509,7 +518,7 @@ def best_curves_plotly(trials: Sequence[FrozenTrial], top: int = 20) -> go.Figur
                                         ("train_acc_curve", "dash", "training", "#ff7f0e")):
             curve = t.user_attrs.get(key) or []
             fig.add_trace(go.Scatter(
-                x=list(range(1, len(curve) + 1)), y=curve, mode="lines", name=name,
+                x=curve_x(t, curve), y=curve, mode="lines", name=name,
                 legendgroup=name, showlegend=i == 0, line={"dash": dash, "color": colour},
                 hovertemplate=f"Best-{i + 1}, trial {t.number}<br>{name} "
                               "%{y:.3f} at epoch %{x}<extra></extra>"), row=r, col=c)

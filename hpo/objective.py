@@ -2,7 +2,8 @@
 
 Each trial trains the spec's MLP with the trial's suggestions on the training split and returns
 the final validation accuracy. It records, as user attributes, ``train_acc`` (final),
-``train_acc_curve`` and ``val_acc_curve`` (per epoch), ``model_seed`` (so ``hpo test`` and
+``train_acc_curve`` and ``val_acc_curve`` (per epoch; with ``[model] eval_every = k > 1`` only at the
+epochs listed in ``curve_epochs``), ``model_seed`` (so ``hpo test`` and
 ``hpo confirm`` can retrain the very same network) and, when training blew up, ``diverged``.
 
 Design decisions:
@@ -92,10 +93,12 @@ def model_seed(spec_seed: int, trial_number: int) -> int:
     return int(np.random.SeedSequence([spec_seed, trial_number, 0x6E6E]).generate_state(1)[0])
 
 
-def fit(config: Config, data: SearchData, seed: int, callback=None) -> tuple[MLP, TrainResult]:
+def fit(config: Config, data: SearchData, seed: int, callback=None,
+        eval_epochs=None) -> tuple[MLP, TrainResult]:
     """Train one network of ``config`` with ``seed`` on the training split, measuring the
-    validation split after each epoch. The same (config, data, seed) gives the same network, bit
-    for bit: that is how ``hpo test`` and ``hpo confirm`` retrain a trial's model."""
+    validation split after each epoch (or only at ``eval_epochs`` and the last one). The same
+    (config, data, seed) gives the same network, bit for bit, whatever is measured: that is how
+    ``hpo test`` and ``hpo confirm`` retrain a trial's model."""
     rng = np.random.default_rng(seed)
     net = MLP(
         list(config.sizes),
@@ -110,7 +113,7 @@ def fit(config: Config, data: SearchData, seed: int, callback=None) -> tuple[MLP
     result = train(
         net, opt, data.x_train, data.t_train, data.x_val, data.t_val,
         epochs=config.epochs, batch_size=config.batch_size, rng=rng, sampling=config.sampling,
-        callback=callback,
+        callback=callback, eval_epochs=eval_epochs,
     )
     return net, result
 
@@ -151,6 +154,11 @@ class Objective:
             data_dir=spec.data.data_dir,
         )
         self.steps = report_steps(spec.pruner, spec.pruner_options, spec.model.epochs)
+        every, epochs = spec.model.eval_every, spec.model.epochs
+        # None: every epoch (the book's Trainer); else the multiples of eval_every, the pruner's
+        # report steps and (always, in train()) the last epoch
+        self.eval_epochs = None if every == 1 else (
+            frozenset(range(every, epochs + 1, every)) | self.steps)
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.spec.suggest_space())
@@ -158,7 +166,8 @@ class Objective:
         seed = model_seed(self.spec.seed, trial.number)
         callback = self._pruning_callback(trial) if self.steps else None
         try:
-            _, result = fit(config, self.data, seed, callback=callback)
+            _, result = fit(config, self.data, seed, callback=callback,
+                            eval_epochs=self.eval_epochs)
         except optuna.TrialPruned:
             trial.set_user_attr("model_seed", seed)
             raise
@@ -169,6 +178,8 @@ class Objective:
             "val_acc_curve": [round(float(a), 6) for a in result.val_acc_curve],
             "model_seed": seed,
         }
+        if self.eval_epochs is not None:
+            attrs["curve_epochs"] = list(result.curve_epochs)
         if result.diverged or not math.isfinite(val):
             attrs["diverged"] = True
             val = val if math.isfinite(val) else 0.0

@@ -6,7 +6,8 @@ search space::
     name = "book-random"                    # default study name
     seed = 0                                # sampler seed; model seeds derive from it
     [data]     dataset, train_size, validation_rate, seed (the split seed), data_dir
-    [model]    hidden, init, batchnorm, dropout, optimizer, epochs, batch_size, sampling, dtype
+    [model]    hidden, init, batchnorm, dropout, optimizer, epochs, batch_size, sampling, dtype,
+               eval_every
     [search.<param>]  type = "float" | "int" | "categorical", low/high/log/step or choices
     [sampler]  name, and the sampler's options as further keys
     [pruner]   name, and the pruner's options as further keys
@@ -100,6 +101,7 @@ class ModelSpec:
     batch_size: int = 100
     sampling: str = "replacement"
     dtype: str = "float32"
+    eval_every: int = 1  # measure train/val accuracy every k epochs (plus the last, plus pruner steps)
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,8 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
                              minimum=1),
         sampling=v.choice("model.sampling", m.get("sampling", defaults.sampling), SAMPLINGS),
         dtype=v.choice("model.dtype", m.get("dtype", defaults.dtype), DTYPES),
+        eval_every=v.integer("model.eval_every", m.get("eval_every", defaults.eval_every),
+                             minimum=1),
     )
 
     s = v.table("search", raw.get("search"))

@@ -125,6 +125,19 @@ def test_best_curves_grid_has_one_titled_axes_per_top_trial(n, top, shown):
         assert solid.get_linestyle() == "-" and dashed.get_linestyle() == "--"
 
 
+def test_curves_measured_every_k_epochs_are_drawn_at_their_epochs():
+    t = _trial(0, 0.8, 1e-3, 1e-6)
+    t.user_attrs["curve_epochs"] = [25, 50]  # [model] eval_every = 25
+    for fig in (figures.best_curves_figure([t], top=1), figures.curve_figure(t)):
+        lines = [ln for ax in fig.axes for ln in ax.get_lines()]
+        assert lines and all(list(ln.get_xdata()) == [25, 50] for ln in lines)
+    traces = figures.best_curves_plotly([t], top=1).data
+    assert len(traces) == 2 and all(list(tr.x) == [25, 50] for tr in traces)
+    del t.user_attrs["curve_epochs"]
+    assert [list(ln.get_xdata()) for ln in figures.curve_figure(t).axes[0].get_lines()] == \
+        [[1, 2], [1, 2]]
+
+
 def test_figures_use_log_axes_and_survive_degenerate_studies(tmp_path):
     trials = _random_trials(30)
     acc = figures.acc_vs_params_figure(trials, SPEC)

@@ -283,3 +283,29 @@ def test_float64_reproduces_the_books_updates():
     assert set(net.params) == set(book.params)
     for name, p in book.params.items():
         np.testing.assert_allclose(net.params[name], p, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_measuring_fewer_epochs_trains_the_same_network():
+    """eval_epochs skips evaluations only: same updates, same final net and accuracies, and the
+    curves and the callback cover exactly the measured epochs plus the last one."""
+    net_all, every = run(epochs=9)
+    calls = []
+    net_some, some = run(epochs=9, eval_epochs={3, 6},
+                         callback=lambda epoch, tr, va: calls.append((epoch, tr, va)))
+    for name in net_all.params:
+        np.testing.assert_array_equal(net_all.params[name], net_some.params[name])
+    assert some.curve_epochs == [3, 6, 9] and every.curve_epochs == list(range(1, 10))
+    assert some.val_acc_curve == [every.val_acc_curve[e - 1] for e in (3, 6, 9)]
+    assert some.train_acc_curve == [every.train_acc_curve[e - 1] for e in (3, 6, 9)]
+    assert (some.val_acc, some.train_acc, some.epochs_run) == (every.val_acc, every.train_acc, 9)
+    assert [c[0] for c in calls] == [3, 6, 9]
+    _, last_only = run(epochs=4, eval_epochs=())
+    assert last_only.curve_epochs == [4] and len(last_only.val_acc_curve) == 1
+
+
+def test_divergence_between_measured_epochs_still_stops_training():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, res = run(lr=1e6, epochs=40, eval_epochs=())  # only the last epoch is measured
+    assert res.diverged and res.epochs_run < 40
+    assert res.curve_epochs == [res.epochs_run] and 0.0 <= res.val_acc <= 1.0

@@ -59,6 +59,7 @@ def _spec(**override):
         (_spec(data={"validation_rate": 1.0}), r"data.validation_rate: must be in"),
         (_spec(data={"train_size": 10**6}), r"larger than"),
         (_spec(model={"hidden": [100, -1]}), r"model.hidden: must be a list of positive"),
+        (_spec(model={"eval_every": 0}), r"model.eval_every: must be >= 1"),
     ],
 )
 def test_errors_name_file_key_and_allowed(raw, match):

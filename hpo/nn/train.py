@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +19,7 @@ class TrainResult:
 
     train_acc_curve: list[float]
     val_acc_curve: list[float]
+    curve_epochs: list[int]  # the epoch of each curve entry (1, 2, ... when every epoch is measured)
     train_acc: float  # last entry of train_acc_curve (nan if no epoch ran)
     val_acc: float  # last entry of val_acc_curve (nan if no epoch ran)
     epochs_run: int
@@ -40,6 +41,7 @@ def train(
     iters_per_epoch: int | None = None,
     sampling: str = "replacement",
     callback: Callable[[int, float, float], bool | None] | None = None,
+    eval_epochs: Collection[int] | None = None,
 ) -> TrainResult:
     """Train ``net`` with ``optimizer`` and return the accuracy curves.
 
@@ -51,9 +53,15 @@ def train(
     from 1); if it returns True training stops (``stopped_early``). Exceptions from the callback
     propagate.
 
-    If the scores become NaN or inf at an evaluation, training stops with ``diverged=True``
-    (the accuracies recorded are what the broken net predicts). Never raises for divergence;
-    floating-point warnings are silenced.
+    ``eval_epochs`` (default: every epoch, as the book's Trainer) limits the evaluations, a third
+    of a trial's work on the book's task, to those epochs plus the last one; the curves then hold
+    only the evaluated epochs (``curve_epochs``) and ``callback`` is called only there. Training
+    itself (the updates, the random draws, the final network) does not depend on it.
+
+    If the scores become NaN or inf, training stops with ``diverged=True`` (the accuracies
+    recorded are what the broken net predicts): at an evaluation, or at the end of any epoch
+    whose last minibatch's scores are not finite (that epoch is then evaluated). Never raises
+    for divergence; floating-point warnings are silenced.
     """
     if sampling not in SAMPLINGS:
         raise ValueError(
@@ -82,6 +90,7 @@ def train(
 
     train_curve: list[float] = []
     val_curve: list[float] = []
+    curve_epochs: list[int] = []
     diverged = stopped_early = False
     epoch = 0
     with np.errstate(all="ignore"):
@@ -97,6 +106,9 @@ def train(
                 grads = net.gradient(x_batch, t_batch)
                 optimizer.update(net.params, grads)
 
+            if (eval_epochs is not None and epoch not in eval_epochs and epoch != epochs
+                    and np.isfinite(net.last_layer.y).all()):
+                continue
             finite = True
             for i in range(0, len(x_all), EVAL_CHUNK):
                 scores = net.predict(x_all[i : i + EVAL_CHUNK], train=False)
@@ -110,6 +122,7 @@ def train(
             val_acc = np.count_nonzero(correct[n_train:]) / n_val
             train_curve.append(train_acc)
             val_curve.append(val_acc)
+            curve_epochs.append(epoch)
             diverged = not finite
             if callback is not None and callback(epoch, train_acc, val_acc):
                 stopped_early = True
@@ -119,9 +132,10 @@ def train(
     return TrainResult(
         train_acc_curve=train_curve,
         val_acc_curve=val_curve,
+        curve_epochs=curve_epochs,
         train_acc=train_curve[-1] if train_curve else float("nan"),
         val_acc=val_curve[-1] if val_curve else float("nan"),
-        epochs_run=epoch if train_curve else 0,
+        epochs_run=curve_epochs[-1] if curve_epochs else 0,
         diverged=diverged,
         stopped_early=stopped_early,
     )
