@@ -9,7 +9,9 @@ on, the product's own storage options), with timers patched around:
 * the sampler's methods -> *sampler*;
 * every method of Optuna's ``_CachedStorage`` (what ``RDBStorage`` is wrapped in) -> *storage*,
   by method (``_read_trials_from_remote_storage`` is the SQL part of ``get_all_trials``);
-* ``Trial.report`` / ``Trial.should_prune`` (the pruning callback) -> *pruning*.
+* ``Trial.report`` / ``Trial.should_prune`` (the pruning callback) -> *pruning*;
+* ``hpo.runner.state_counts`` (the worker loop's one-query trial count on an RDBStorage, which
+  bypasses ``_CachedStorage``) -> *storage: hpo state_counts*.
 
 Timers count self time (a storage call made by the sampler is storage, not sampler), on the main
 thread only (the heartbeat thread runs beside the trial). Whatever is not inside a timer is
@@ -48,6 +50,8 @@ SPECS = {  # label -> (spec file, pruner replacement or None)
     "tpe": ("tpe.toml", None),
     "tpe + median": ("tpe-pruned.toml", None),
 }
+SQL_STATEMENTS = "SQL statements"
+SQL_CONNECTS = "new database connections"
 MEDIAN_BLOCK = ('[pruner]\nname = "median"\nn_startup_trials = 5\nn_warmup_steps = 5\n'
                 'interval_steps = 5\n')
 
@@ -101,6 +105,8 @@ def child(spec_path: str, url: str, n_trials: int) -> dict:
     t.patch(hpo.objective, "fit", "training")
     t.patch(optuna.trial.Trial, "report", "pruning: report")
     t.patch(optuna.trial.Trial, "should_prune", "pruning: should_prune")
+    if hasattr(runner, "state_counts"):  # the worker loop's own SQL count (budget, claim)
+        t.patch(runner, "state_counts", "storage: hpo state_counts (SQL count)")
     for cls in (NarrowingSampler, optuna.samplers.TPESampler, optuna.samplers.RandomSampler):
         for m in ("before_trial", "infer_relative_search_space", "sample_relative",
                   "sample_independent", "after_trial"):
@@ -110,6 +116,24 @@ def child(spec_path: str, url: str, n_trials: int) -> dict:
         if callable(fn) and (not m.startswith("_") or m in (
                 "_get_stale_trial_ids", "_read_trials_from_remote_storage")):
             t.patch(_CachedStorage, m, f"storage: {m.lstrip('_')}")
+
+    # every SQL statement and every new database connection, on any thread (the heartbeat
+    # thread included): counts only, no time
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.pool import Pool
+
+    lock = threading.Lock()
+
+    def counter(name: str):
+        def count(*_args) -> None:
+            with lock:
+                t.calls[name] = t.calls.get(name, 0) + 1
+
+        return count
+
+    event.listen(Engine, "before_cursor_execute", counter(SQL_STATEMENTS))
+    event.listen(Pool, "connect", counter(SQL_CONNECTS))
 
     marks: list[tuple[float, dict[str, float]]] = []
     orig_optimize = optuna.study.Study.optimize
@@ -149,11 +173,11 @@ def child(spec_path: str, url: str, n_trials: int) -> dict:
 # --- the parent ---------------------------------------------------------------------------------
 
 
-def spec_file(label: str, workdir: str) -> str:
+def spec_file(label: str, workdir: str, studies: Path = STUDIES) -> str:
     name, pruner = SPECS[label]
-    src = (STUDIES / name).read_text()
+    src = (studies / name).read_text()
     if pruner is None:
-        return str(STUDIES / name)
+        return str(studies / name)
     text = src.replace('[pruner]\nname = "none"\n', MEDIAN_BLOCK)
     assert text != src, "pruner block not found"
     path = os.path.join(workdir, f"{Path(name).stem}-{pruner}.toml")
@@ -161,8 +185,8 @@ def spec_file(label: str, workdir: str) -> str:
     return path
 
 
-def run_child(label: str, storage: str, n: int, workdir: str) -> dict:
-    spec = spec_file(label, workdir)
+def run_child(label: str, storage: str, n: int, workdir: str, studies: Path = STUDIES) -> dict:
+    spec = spec_file(label, workdir, studies)
 
     def go(url: str) -> dict:
         cmd = [PYTHON, __file__, "--child", json.dumps([spec, url, n])]
@@ -192,13 +216,15 @@ def summarise(res: dict, warmup: int) -> dict:
     timed = sum(parts.values())
     parts["optuna/hpo Python (untimed)"] = sum(over) / len(steady) - timed
     pruned = res["states"].count("PRUNED")
+    sql = {k: sum(d["calls"].get(k, 0) for d in steady) / len(steady)
+           for k in (SQL_STATEMENTS, SQL_CONNECTS)}
     return {
         "n": len(steady), "wall_ms": 1e3 * wall / len(steady),
         "train_ms": 1e3 * train / len(steady), "over_ms_med": 1e3 * median(over),
         "over_ms_mean": 1e3 * sum(over) / len(steady), "frac": (wall - train) / wall,
         "frac_med": median(frac), "frac_max": max(frac), "parts": parts,
         "warm_ms": [1e3 * (d["wall"] - d.get("training", 0.0)) for d in trials[:warmup]],
-        "pruned": pruned, "total": len(res["states"]), "calls": calls,
+        "pruned": pruned, "total": len(res["states"]), "calls": calls, "sql": sql,
     }
 
 
@@ -209,6 +235,9 @@ def main() -> None:
     ap.add_argument("--storages", default="sqlite,postgres")
     ap.add_argument("--specs", default=",".join(SPECS))
     ap.add_argument("--breakdown", type=int, default=8, help="largest overhead items listed")
+    ap.add_argument("--studies", type=Path, default=STUDIES,
+                    help="folder of the spec files (default: the checkout's studies/); e.g. a "
+                    "copy of another commit's specs, to compare code on the same specs")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -223,7 +252,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as workdir:
         for storage in args.storages.split(","):
             for label in args.specs.split(","):
-                s = summarise(run_child(label, storage, args.trials, workdir), args.warmup)
+                s = summarise(run_child(label, storage, args.trials, workdir, args.studies),
+                              args.warmup)
                 results[(storage, label)] = s
                 print(f"  {storage} {label}: overhead {s['over_ms_mean']:.1f} ms/trial of "
                       f"{s['wall_ms']:.0f} ms ({100 * s['frac']:.1f}%), load {loadavg()}",
@@ -257,6 +287,11 @@ def main() -> None:
     rest = {x: 1e3 * sum(v for k, v in results[x]["parts"].items() if k not in top)
             for x in labels}
     print("| everything else | " + " | ".join(f"{rest[x]:.1f}" for x in labels) + " |")
+    print("\nPer trial, all threads (the heartbeat thread's too), counts only:\n")
+    print("| count | " + " | ".join(f"{st} {lb}" for st, lb in labels) + " |")
+    print("|---|" + "---|" * len(labels))
+    for k in (SQL_STATEMENTS, SQL_CONNECTS):
+        print(f"| {k} | " + " | ".join(f"{results[x]['sql'][k]:.1f}" for x in labels) + " |")
     print("\nresult: " + " ".join(f"{st}/{lb.replace(' ', '')}={100 * s['frac']:.1f}%"
                                   for (st, lb), s in results.items()))
 

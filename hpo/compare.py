@@ -195,7 +195,8 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
                     work(study, objectives[s, k], n_trials=n_trials,
                          on_trial=on_trial if progress else None)  # a count is a storage read
                 else:
-                    procs = spawn_workers(workers, study.study_name, url, n_trials, None, None)
+                    procs = spawn_workers(workers, study.study_name, url, n_trials, None, None,
+                                          storage=storage)
                     while any(p.poll() is None for p in procs):
                         time.sleep(0.5)
                         on_trial(study, None)

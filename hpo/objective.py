@@ -2,9 +2,9 @@
 
 Each trial trains the spec's MLP with the trial's suggestions on the training split and returns
 the final validation accuracy. It records, as user attributes, ``train_acc`` (final),
-``train_acc_curve`` and ``val_acc_curve`` (per epoch; with ``[model] eval_every = k > 1`` only at the
-epochs listed in ``curve_epochs``), ``model_seed`` (so ``hpo test`` and
-``hpo confirm`` can retrain the very same network) and, when training blew up, ``diverged``.
+``train_acc_curve`` and ``val_acc_curve`` (per epoch; with ``[model] eval_every = k > 1`` only at
+the epochs listed in ``curve_epochs``), ``model_seed`` (so ``hpo test`` and ``hpo confirm`` can
+retrain the very same network) and, when training blew up, ``diverged``.
 
 Design decisions:
 
@@ -200,12 +200,17 @@ class Objective:
 
 
 def make_pruner(name: str, options: dict[str, Any], epochs: int) -> optuna.pruners.BasePruner:
-    """Pruner by name; unknown options raise ValueError naming the allowed ones."""
+    """Pruner by name; unknown options raise ValueError naming the allowed ones.
+
+    "median" is :class:`hpo.pruners.MedianPruner`: Optuna's rule with one storage read per
+    trial instead of one per report; hyperband and successive-halving are Optuna's own."""
     import inspect
+
+    from hpo.pruners import MedianPruner
 
     classes = {
         "none": optuna.pruners.NopPruner,
-        "median": optuna.pruners.MedianPruner,
+        "median": MedianPruner,
         "hyperband": optuna.pruners.HyperbandPruner,
         "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
     }

@@ -4,14 +4,24 @@ The budget is *exact*: a study of N trials ends with exactly N finished (COMPLET
 trials however many workers share it and whichever of them die. Optuna's ``MaxTrialsCallback``
 can overshoot by one per extra worker, so each worker runs this loop instead:
 
-1. fail stale trials (heartbeat on), count finished and in-flight (RUNNING/WAITING) trials;
+1. count finished and in-flight (RUNNING/WAITING) trials;
 2. done when finished >= N; if finished + in-flight >= N, the in-flight trials may fill the quota:
-   wait and look again (they may still die and free their slot);
+   fail stale trials (heartbeat on: a dead worker's trial frees its slot, and its retry is
+   enqueued WAITING), wait and look again;
 3. otherwise run one trial with ``study.optimize(n_trials=1)`` (heartbeats work there, not with
-   ask/tell). Two workers can pass step 2 at the same instant, so the trial *claims* its slot
-   first: if N trials that are finished or in flight already precede it (trial numbers are handed
-   out atomically by the storage), it is surplus and ends FAIL with ``hpo:surplus`` before
-   sampling anything; the budget counts it nowhere.
+   ask/tell; ``optimize`` itself fails stale trials before each trial). Two workers can pass
+   step 2 at the same instant, so the trial *claims* its slot first: if N trials that are
+   finished or in flight already precede it (trial numbers are handed out atomically by the
+   storage), it is surplus and ends FAIL with ``hpo:surplus`` before sampling anything; the
+   budget counts it nowhere.
+
+Storage round trips are the overhead of a trial (each Optuna RDBStorage call is several SQL
+queries; a ``study.get_trials`` is seven on PostgreSQL even when incremental), so on an
+RDBStorage both counts are one ``SELECT state, COUNT(*) ... GROUP BY state`` query, the claim
+costs nothing while the trial's number is below N (fewer than N trials precede it at all), and
+when the count saw no WAITING trial, ``ask()`` does not read the trials to look for one
+(:func:`_no_waiting_lookup`). Other storages (in-memory, the gRPC proxy client) count with
+``study.get_trials``. Per trial the loop itself thus adds one count query and no trial read.
 
 SIGTERM and Ctrl-C: the running trial is marked FAIL by Optuna (its loop catches
 KeyboardInterrupt), nothing is left RUNNING, and the process exits 143 / 130.
@@ -19,6 +29,7 @@ KeyboardInterrupt), nothing is left RUNNING, and the process exits 143 / 130.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -26,7 +37,8 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import optuna
@@ -103,12 +115,45 @@ def check_stop() -> None:
         raise _interrupt(_STOP.signum)
 
 
+def _rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The RDBStorage under the study (Optuna wraps it in ``_CachedStorage``), else ``None``
+    (in-memory storage, gRPC proxy client)."""
+    storage = study._storage
+    storage = getattr(storage, "_backend", storage)
+    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
+
+
+def state_counts(study: optuna.Study, below: int | None = None) -> dict[TrialState, int]:
+    """Number of trials per state (of those numbered below ``below``, when given).
+
+    On an RDBStorage this is one SQL query on Optuna's ``trials`` table, not a
+    ``study.get_trials`` (which reads and rebuilds the trials, seven queries when incremental);
+    other storages read the trials. Connection errors propagate (:func:`is_transient`)."""
+    rdb = _rdb_storage(study)
+    if rdb is None:
+        return dict(Counter(
+            t.state for t in study.get_trials(deepcopy=False)
+            if below is None or t.number < below
+        ))
+    import sqlalchemy
+
+    sql = "SELECT state, COUNT(*) FROM trials WHERE study_id = :study_id"
+    params = {"study_id": study._study_id}
+    if below is not None:
+        sql += " AND number < :below"
+        params["below"] = below
+    with rdb.engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.text(sql + " GROUP BY state"), params).all()
+    # the column is an Enum of TrialState names ('COMPLETE', ...); a native enum on PostgreSQL
+    return {TrialState[getattr(state, "name", state)]: int(n) for state, n in rows}
+
+
 def count_states(study: optuna.Study) -> tuple[int, int, int]:
     """(finished, in flight, of which WAITING) trials of the study, from one query."""
-    trials = study.get_trials(deepcopy=False, states=FINISHED + IN_FLIGHT)
-    done = sum(t.state in FINISHED for t in trials)
-    waiting = sum(t.state == TrialState.WAITING for t in trials)
-    return done, len(trials) - done, waiting
+    counts = state_counts(study)
+    done = sum(counts.get(s, 0) for s in FINISHED)
+    in_flight = sum(counts.get(s, 0) for s in IN_FLIGHT)
+    return done, in_flight, counts.get(TrialState.WAITING, 0)
 
 
 def count(study: optuna.Study) -> tuple[int, int]:
@@ -125,13 +170,36 @@ class WorkerResult:
 
 
 def _claim(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> None:
-    ahead = sum(
-        1 for t in study.get_trials(deepcopy=False, states=FINISHED + IN_FLIGHT)
-        if t.number < trial.number
-    )
+    """Fail ``trial`` as surplus when ``n_trials`` finished or in-flight trials precede it.
+
+    Trial numbers are 0, 1, 2, ... in creation order, so a trial numbered below ``n_trials``
+    has fewer than ``n_trials`` predecessors of any state: it always fits, no query needed."""
+    if trial.number < n_trials:
+        return
+    counts = state_counts(study, below=trial.number)
+    ahead = sum(counts.get(s, 0) for s in FINISHED + IN_FLIGHT)
     if ahead >= n_trials:
         trial.storage.set_trial_system_attr(trial._trial_id, "hpo:surplus", True)
         raise Surplus(f"trial {trial.number} is beyond the budget of {n_trials}")
+
+
+@contextlib.contextmanager
+def _no_waiting_lookup(study: optuna.Study, skip: bool) -> Iterator[None]:
+    """With ``skip``, ``study.ask()`` creates a new trial without first looking for a WAITING one.
+
+    ``ask()`` reads the study's trials for WAITING ones before creating a trial (a
+    ``get_trials``: seven queries on PostgreSQL). The loop has just counted the WAITING trials
+    with one query; when there were none, that read is skipped for this trial (an instance
+    attribute shadows Optuna's ``Study._pop_waiting_trial_id``). A trial enqueued in between is
+    run by the next pass of the loop, which counts it."""
+    if not skip or not hasattr(study, "_pop_waiting_trial_id"):
+        yield
+        return
+    study._pop_waiting_trial_id = lambda: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del study._pop_waiting_trial_id
 
 
 def work(
@@ -170,10 +238,6 @@ def work(
     while True:
         check_stop()
         try:
-            if heartbeat:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
             done, in_flight, waiting = count_states(study)
             outage, delay = None, 0.5
             if done >= n_trials:
@@ -185,11 +249,19 @@ def work(
             # a WAITING trial (the retry of a dead worker's trial) fills no slot until a worker
             # runs it: optimize() pops it first and its claim decides whether it still fits
             if done + in_flight >= n_trials and not waiting:
+                # Only now do stale trials matter: a dead worker's trial holds a slot until it is
+                # failed (its retry then comes back WAITING). optimize() fails stale trials
+                # itself before every trial, so the loop does not when it is about to run one.
+                if heartbeat:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        optuna.storages.fail_stale_trials(study)
                 time.sleep(poll)
                 continue
             runs += 1
-            study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
-                           gc_after_trial=False)
+            with _no_waiting_lookup(study, skip=not waiting):
+                study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
+                               gc_after_trial=False)
         except Exception as e:  # noqa: BLE001 - filtered just below
             if not is_transient(e):
                 raise
@@ -244,22 +316,32 @@ def is_transient(e: BaseException) -> bool:
 
 
 def spawn_workers(
-    n: int, study_name: str, url: str, n_trials: int, timeout: float | None, log_dir: str | None
-) -> list[subprocess.Popen]:
-    """Start ``n`` ``hpo worker`` processes on an existing study, one BLAS thread each."""
+    n: int, study_name: str, url: str, n_trials: int, timeout: float | None, log_dir: str | None,
+    storage: optuna.storages.BaseStorage | None = None,
+) -> list:
+    """Start ``n`` ``hpo worker`` processes on an existing study, one BLAS thread each.
+
+    They are forked from this process (:mod:`hpo.procs`: no second interpreter start-up and
+    imports, ~0.9 s before the first trial), except for ``grpc://`` storages, which get fresh
+    interpreters. ``storage``: this process's storage, whose pooled connections are closed
+    before forking. Returns Popen-like objects (``poll``, ``wait``, ``send_signal``,
+    ``returncode``)."""
+    from hpo.procs import can_fork, fork_worker
+
     env = {**os.environ, **BLAS_ENV, "HPO_STORAGE": url}
+    argv = ["worker", "--study", study_name, "--n-trials", str(n_trials), "--quiet"]
+    if timeout:
+        argv += ["--timeout", str(timeout)]
+    logs = [os.path.join(log_dir, f"worker-{i}.log") if log_dir else None for i in range(n)]
+    if can_fork(url):
+        backend = getattr(storage, "_backend", storage)
+        engines = [backend.engine] if hasattr(backend, "engine") else []
+        return [fork_worker(argv, env, log, dispose=engines) for log in logs]
     procs = []
-    for i in range(n):
-        cmd = [sys.executable, "-m", "hpo", "worker", "--study", study_name,
-               "--n-trials", str(n_trials), "--quiet"]
-        if timeout:
-            cmd += ["--timeout", str(timeout)]
-        if log_dir:
-            with open(os.path.join(log_dir, f"worker-{i}.log"), "w") as out:
-                procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
-        else:
-            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.STDOUT))
+    for log in logs:
+        cmd = [sys.executable, "-m", "hpo", *argv]
+        with open(log or os.devnull, "w") as out:
+            procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
     return procs
 
 
@@ -414,7 +496,8 @@ def _supervise(study, study_name, url, n_trials, timeout, n_workers, progress) -
     import tempfile
 
     log_dir = tempfile.mkdtemp(prefix="hpo-workers-")
-    procs = spawn_workers(n_workers, study_name, url, n_trials, timeout, log_dir=log_dir)
+    procs = spawn_workers(n_workers, study_name, url, n_trials, timeout, log_dir=log_dir,
+                          storage=study._storage)
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(0.5)
@@ -476,7 +559,9 @@ def worker(args) -> int:
                   flush=True)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    result = work(study, objective, n_trials=n_trials, timeout=timeout, on_trial=on_trial)
+    # with a callback, optimize() reads the finished trial back (a get_trial: six queries)
+    result = work(study, objective, n_trials=n_trials, timeout=timeout,
+                  on_trial=None if quiet else on_trial)
     print(f"worker done: ran {result.trials_run} trial(s); study holds {result.finished} "
           f"finished ({result.stopped_by})", file=sys.stderr)
     return 0

@@ -172,10 +172,14 @@ def test_unreachable_storage(tmp_path, tiny_spec):
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 
-def test_sigterm_leaves_nothing_running(tmp_path, tiny_spec, sqlite_url):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_leaves_nothing_running(tmp_path, tiny_spec, sqlite_url, workers):
+    """With --workers 2 the workers are forked children: the SIGTERM reaches them, each fails
+    its trial and exits, and none of them outlives `hpo run`."""
     spec = tiny_spec(n_trials=10_000, epochs=200)
     proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(spec), "--storage",
-                             sqlite_url, "--quiet"], stdout=subprocess.PIPE,
+                             sqlite_url, "--quiet", "--workers", workers],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -190,6 +194,8 @@ def test_sigterm_leaves_nothing_running(tmp_path, tiny_spec, sqlite_url):
     assert proc.returncode == 143, err
     states = _states(sqlite_url, "tiny")
     assert "RUNNING" not in states and states.get("COMPLETE", 0) >= 1
+    time.sleep(1.5)  # a worker left behind would go on adding trials
+    assert _states(sqlite_url, "tiny") == states
 
 
 def test_default_storage_is_sqlite_in_cwd(tmp_path, tiny_spec):

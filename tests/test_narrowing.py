@@ -161,6 +161,45 @@ def test_stage0_is_log_uniform_over_the_full_range() -> None:
     assert attrs(study, 0)[RANGES_ATTR] == {"lr": [1e-6, 1e-2]}
 
 
+def test_storage_writes_per_trial(tmp_path: Any) -> None:
+    """A stage-0 trial writes two system attributes (its stage when it starts, its ranges once
+    when it is told), not one more per param; a later stage writes stage and ranges at the start.
+    What a reader sees once the trial is finished is unchanged."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'w.db'}")
+    writes: list[tuple[int, str]] = []
+    original = storage.set_trial_system_attr
+
+    def counted(trial_id: int, key: str, value: Any) -> None:
+        writes.append((trial_id, key))
+        original(trial_id, key, value)
+
+    storage.set_trial_system_attr = counted  # type: ignore[method-assign]
+    sampler = NarrowingSampler(stage_trials=4, keep_top=2, seed=0)
+    study = optuna.create_study(storage=storage, sampler=sampler)
+    trial = study.ask()
+    suggest(trial, "lr", LR)
+    suggest(trial, "weight_decay", WD)
+    suggest(trial, "opt", CategoricalDistribution(["sgd", "adam"]))
+    assert [k for _, k in writes] == [STAGE_ATTR]  # stage 0: the ranges wait for the tell
+    study.tell(trial, 1.0)
+    assert [k for _, k in writes] == [STAGE_ATTR, RANGES_ATTR]
+    assert attrs(study, 0)[RANGES_ATTR] == {
+        "lr": [1e-6, 1e-2], "weight_decay": [1e-8, 1e-1], "opt": ["sgd", "adam"]}
+    assert attrs(study, 0)[STAGE_ATTR] == 0
+    study.optimize(book_objective, n_trials=2)  # stage 0 without "opt"
+    assert attrs(study, 2)[RANGES_ATTR] == {"lr": [1e-6, 1e-2], "weight_decay": [1e-8, 1e-1]}
+    failed = study.ask()  # a FAIL trial is told too: its ranges are recorded
+    suggest(failed, "lr", LR)
+    study.tell(failed, state=TrialState.FAIL)
+    assert attrs(study, 3)[RANGES_ATTR] == {"lr": [1e-6, 1e-2]}
+    del writes[:]
+    study.optimize(book_objective, n_trials=1)  # stage 1: stage and ranges, at the start
+    assert [k for _, k in writes] == [STAGE_ATTR, RANGES_ATTR]
+    assert attrs(study, 4)[STAGE_ATTR] == 1 and set(attrs(study, 4)[RANGES_ATTR]) == {
+        "lr", "weight_decay", "opt"}
+    assert len(storage.get_all_trials(study._study_id)) == 5
+
+
 def test_stage0_honours_step_int_log_and_categorical() -> None:
     def objective(trial: optuna.Trial) -> float:
         trial.suggest_float("dropout", 0.0, 0.5, step=0.1)

@@ -412,3 +412,54 @@ def test_dashboard_is_read_only_unless_told(tiny_spec, sqlite_url, tmp_path):
         proc.wait(timeout=30)
     names = {s.study_name for s in optuna.get_all_study_summaries(sqlite_url)}
     assert names == {"dash", "made-by-post"}
+
+
+@pytest.mark.postgres
+def test_state_counts_read_postgres_enum_states(pg_url):
+    """The worker loop's one-query counts (a native enum column on PostgreSQL) agree with the
+    trials, for every state, and the claim query counts only lower numbers."""
+    from hpo.runner import count_states, state_counts
+    from hpo.storage import get_storage
+
+    storage = get_storage(pg_url, create_schema=True)
+    study = optuna.create_study(storage=storage, study_name="counts", direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    study.optimize(lambda t: 1 / 0, n_trials=1, catch=(ZeroDivisionError,))
+    study.enqueue_trial({"x": 0.5})
+    study.ask()  # the enqueued trial: RUNNING
+    study.tell(study.ask(), state=TrialState.PRUNED)
+    study.enqueue_trial({"x": 0.25})  # WAITING
+    trials = study.trials
+    assert state_counts(study) == Counter(t.state for t in trials)
+    assert set(state_counts(study)) == set(TrialState)
+    assert state_counts(study, below=4) == Counter(t.state for t in trials[:4])
+    assert count_states(study) == (4, 2, 1)
+    storage.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_worker_opens_no_connection_per_trial(pg_url):
+    """The trial's thread and its heartbeat thread each keep a pooled connection: none is
+    opened (a TCP connection and a server process) and closed again per trial."""
+    from sqlalchemy import event
+
+    from hpo.runner import work
+    from hpo.storage import get_storage
+
+    storage = get_storage(pg_url, heartbeat=True, create_schema=True)
+    study = optuna.create_study(storage=storage, study_name="conns", direction="maximize")
+    connects: list[float] = []
+    event.listen(storage.engine, "connect", lambda *_: connects.append(time.monotonic()))
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        time.sleep(0.02)  # the heartbeat thread records its first beat meanwhile
+        trial.set_user_attr("x2", x * x)
+        return x
+
+    work(study, objective, n_trials=2)
+    opened = len(connects)
+    work(study, objective, n_trials=12)
+    assert len(connects) - opened <= 1, len(connects) - opened
+    assert opened <= 2
+    storage.engine.dispose()

@@ -73,3 +73,111 @@ def test_shipped_pruned_spec_builds(name):
     spec = load_spec(STUDIES / name)
     assert spec.pruner == "median"
     assert make_pruner(spec.pruner, spec.pruner_options, spec.model.epochs)
+
+
+# --- hpo.pruners.MedianPruner: Optuna's decisions, one storage read per trial -------------------
+
+MEDIAN = {"n_startup_trials": 3, "n_warmup_steps": 2, "interval_steps": 2}
+
+
+def _curve_objective(log: list):
+    """Reports at steps 0..9 a curve set by x (bad x: low curve), asks should_prune each time
+    and logs (trial number, step, decision, storage reads made by should_prune)."""
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        backend = trial.study._storage._backend
+        for step in range(10):
+            value = x * (1 - 0.8 ** (step + 1)) + 0.01 * step
+            trial.report(value, step)
+            before = backend.reads
+            pruned = trial.should_prune()
+            log.append((trial.number, step, pruned, backend.reads - before))
+            if pruned:
+                raise optuna.TrialPruned()
+        return value
+
+    return objective
+
+
+def _counted_study(url: str, name: str, pruner, sampler) -> optuna.Study:
+    """A study on a real SQLite RDBStorage whose SQL reads of trials are counted."""
+    storage = optuna.storages.RDBStorage(url)
+    storage.reads = 0
+    read = storage._get_trials
+
+    def counted(*args, **kwargs):
+        storage.reads += 1
+        return read(*args, **kwargs)
+
+    storage._get_trials = counted
+    return optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                               pruner=pruner, sampler=sampler)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_median_pruner_decides_as_optunas_with_one_read_per_trial(tmp_path, sampler):
+    from hpo.pruners import MedianPruner
+
+    def make_sampler():
+        if sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=3, n_startup_trials=5)
+        return optuna.samplers.RandomSampler(seed=3)
+
+    pruner = make_pruner("median", MEDIAN, 10)
+    assert isinstance(pruner, MedianPruner)
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    ours_log, optunas_log = [], []
+    ours = _counted_study(url, "ours", pruner, make_sampler())
+    optunas = _counted_study(url, "optunas", optuna.pruners.MedianPruner(**MEDIAN),
+                             make_sampler())
+    ours.optimize(_curve_objective(ours_log), n_trials=30)
+    optunas.optimize(_curve_objective(optunas_log), n_trials=30)
+
+    def decisions(log):
+        return [(n, step, pruned) for n, step, pruned, _ in log]
+
+    assert decisions(ours_log) == decisions(optunas_log)  # identical, step by step
+    assert [t.state for t in ours.trials] == [t.state for t in optunas.trials]
+    assert 5 < sum(t.state.name == "PRUNED" for t in ours.trials) < 25
+    # reads made by should_prune: Optuna reads at every report, hpo's at most once per trial
+    # (none when the sampler already read the trials for this trial, as TPE does)
+    per_trial: dict[int, int] = {}
+    for n, _, _, reads in ours_log:
+        per_trial[n] = per_trial.get(n, 0) + reads
+    assert max(per_trial.values()) <= 1
+    assert all(reads == 1 for _, _, _, reads in optunas_log)
+    assert sum(per_trial.values()) * 3 < len(optunas_log)
+
+
+def test_median_pruner_snapshot_is_never_older_than_the_trial(tmp_path):
+    """A study object whose per-trial cache predates the trial (it did not ask for it) does
+    not make the pruner decide on stale trials: it reads them again."""
+    from hpo.pruners import MedianPruner
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=url, study_name="s", direction="maximize",
+                                pruner=MedianPruner(n_startup_trials=1))
+    other = optuna.load_study(study_name="s", storage=url, pruner=study.pruner)
+    assert other._get_trials(deepcopy=False, use_cache=True) == []  # cached: no trial at all
+    for _ in range(3):
+        good = study.ask()
+        good.report(1.0, 0)
+        study.tell(good, 1.0)
+    bad = study.ask()
+    bad.report(0.1, 0)
+    frozen = bad._get_latest_trial()
+    expected = optuna.pruners.MedianPruner(n_startup_trials=1).prune(other, frozen)
+    assert bool(expected) is True
+    assert bool(other.pruner.prune(other, frozen)) is True
+    assert bool(study.pruner.prune(study, frozen)) is True
+
+
+def test_median_pruner_pickles_and_keeps_optunas_options():
+    import pickle
+
+    pruner = make_pruner("median", {"n_startup_trials": 2, "n_min_trials": 3}, 20)
+    clone = pickle.loads(pickle.dumps(pruner))
+    assert (clone._n_startup_trials, clone._n_warmup_steps, clone._n_min_trials) == (2, 5, 3)
+    with pytest.raises(ValueError, match="has no option 'percentile'"):
+        make_pruner("median", {"percentile": 25.0}, 20)

@@ -372,6 +372,8 @@ class _TrialContext:
     stage: int
     ranges: _StageRanges
     recorded: dict[str, list[Any]]
+    #: ``recorded`` holds ranges not yet written to the trial (stage 0: written by after_trial)
+    pending: bool = False
 
 
 def _all_trials(study: Study) -> list[FrozenTrial]:
@@ -464,7 +466,10 @@ class NarrowingSampler(BaseSampler):
       ``narrowing:ranges``, ``{param: [low, high]}`` for numeric params and
       ``{param: [kept choices]}`` for categorical ones, the ranges in force for the trial's
       stage (params the trial asks for show exactly the range they were drawn from; stage 0
-      lists only those); ``narrowing:edge_warning``, a message such as
+      lists only those, and records them once, when the trial is told — ``after_trial``, so a
+      stage-0 trial whose worker died, or that was told through another sampler instance, has
+      none; later stages record them when the trial starts and add a param asked outside them
+      at once); ``narrowing:edge_warning``, a message such as
       ``"lr=0.00953 sits at the upper edge of its original range [1e-06, 0.01]"`` when the
       previous stage's best trial sits within ``edge_fraction`` of an edge of a param's
       original range (``initial[param]`` when given, see :func:`edge_warnings`), or
@@ -651,7 +656,15 @@ class NarrowingSampler(BaseSampler):
         as_json = current.to_json()
         if ctx.recorded.get(param_name) != as_json:
             ctx.recorded[param_name] = as_json
-            study._storage.set_trial_system_attr(trial._trial_id, RANGES_ATTR, dict(ctx.recorded))
+            if ctx.stage == 0:
+                # Stage 0's ranges are the original ranges of the params the trial asks for,
+                # complete only once it has asked for all of them: one write, in after_trial,
+                # instead of one per param (each storage write is a round trip).
+                ctx.pending = True
+            else:
+                study._storage.set_trial_system_attr(
+                    trial._trial_id, RANGES_ATTR, dict(ctx.recorded)
+                )
         rng = np.random.default_rng([self._seed, trial.number, zlib.crc32(param_name.encode())])
         return _draw(rng, dist, current)
 
@@ -663,7 +676,9 @@ class NarrowingSampler(BaseSampler):
         values: Sequence[float] | None,
     ) -> None:
         with self._lock:
-            self._contexts.pop(self._context_key(study, trial), None)
+            ctx = self._contexts.pop(self._context_key(study, trial), None)
+        if ctx is not None and ctx.pending:  # before the trial's state is written (tell)
+            study._storage.set_trial_system_attr(trial._trial_id, RANGES_ATTR, dict(ctx.recorded))
 
     # ---------------------------------------------------------------- public helpers
 

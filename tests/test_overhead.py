@@ -1,0 +1,147 @@
+"""Storage round trips of the worker loop: what it reads per trial, and that the cheap paths keep
+the exact-budget rules (counts, claims, stale trials, WAITING retries).
+
+The storages here are real (SQLite files, and the in-memory storage for the fallback path); calls
+are counted by wrapping methods of the RDBStorage instance, nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.runner import Surplus, _claim, count_states, state_counts, work
+from hpo.storage import get_storage
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def objective(trial: optuna.Trial) -> float:
+    return trial.suggest_float("x", 0.0, 1.0) + trial.suggest_float("y", 0.0, 1.0)
+
+
+def counted(storage: optuna.storages.RDBStorage, *names: str) -> Counter:
+    """Count calls of the given methods of ``storage`` (an RDBStorage instance)."""
+    calls: Counter = Counter()
+    for name in names:
+        method = getattr(storage, name)
+
+        def wrapper(*args, _method=method, _name=name, **kwargs):
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+
+        setattr(storage, name, wrapper)
+    return calls
+
+
+def sql_counter(storage: optuna.storages.RDBStorage) -> list[str]:
+    """Every SQL statement run on the storage's engine from now on."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    @event.listens_for(storage.engine, "before_cursor_execute")
+    def _log(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ARG001
+        statements.append(statement)
+
+    return statements
+
+
+def make_study(url: str, **storage_kw) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
+    storage = get_storage(url, heartbeat=True, create_schema=True, **storage_kw)
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    return study, storage
+
+
+def test_worker_loop_reads_no_trials_per_trial(sqlite_url):
+    """Per trial: no ``get_trials`` read at all (the counts are one SQL query each, the claim
+    needs none below the budget, ``ask`` skips its WAITING lookup after a count of zero) and
+    one stale-trial check (``optimize``'s own)."""
+    n = 8
+    study, storage = make_study(sqlite_url)
+    calls = counted(storage, "_get_trials", "_get_stale_trial_ids", "get_trial")
+    statements = sql_counter(storage)
+    result = work(study, objective, n_trials=n)
+    assert (result.trials_run, result.finished, result.stopped_by) == (n, n, "budget")
+    assert calls["_get_trials"] == 0, calls
+    assert calls["_get_stale_trial_ids"] == n, calls
+    assert calls["get_trial"] == 2 * n, calls  # Optuna's: the new Trial, and tell
+    counts = [s for s in statements if "GROUP BY state" in s]
+    assert len(counts) == n + 1  # one before each trial, one to see the budget met
+    assert not any("number <" in s for s in counts)  # no claim query below the budget
+    assert Counter(t.state for t in study.trials) == {TrialState.COMPLETE: n}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.parametrize("where", ["sqlite", "memory"])
+def test_state_counts_match_the_trials(where, sqlite_url):
+    if where == "sqlite":
+        study, _ = make_study(sqlite_url)
+    else:
+        study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=3)
+    study.optimize(lambda t: 1 / 0, n_trials=1, catch=(ZeroDivisionError,))
+    study.enqueue_trial({"x": 0.5, "y": 0.5})
+    study.ask()  # pops the WAITING trial: RUNNING
+    pruned = study.ask()
+    study.tell(pruned, state=TrialState.PRUNED)
+    study.enqueue_trial({"x": 0.1, "y": 0.1})  # WAITING
+    expected = Counter(t.state for t in study.trials)
+    assert set(expected) == set(TrialState)
+    assert state_counts(study) == expected
+    assert state_counts(study, below=4) == Counter(t.state for t in study.trials[:4])
+    assert count_states(study) == (4, 2, 1)  # (COMPLETE + PRUNED, RUNNING + WAITING, WAITING)
+
+
+@pytest.mark.parametrize("where", ["sqlite", "memory"])
+def test_claim_counts_finished_and_in_flight_predecessors(where, sqlite_url):
+    if where == "sqlite":
+        study, storage = make_study(sqlite_url)
+    else:
+        study = optuna.create_study(direction="maximize")
+        storage = study._storage
+    n = 3
+    study.optimize(objective, n_trials=2)
+    study.optimize(lambda t: 1 / 0, n_trials=1, catch=(ZeroDivisionError,))  # trial 2: FAIL
+    other = storage.create_new_trial(study._study_id)  # trial 3: another worker's, RUNNING
+    early = optuna.Trial(study, storage.create_new_trial(study._study_id))  # trial 4
+    with pytest.raises(Surplus):  # 2 COMPLETE + 1 RUNNING precede it: the budget is full
+        _claim(study, early, n)
+    assert storage.get_trial_system_attrs(early._trial_id)["hpo:surplus"] is True
+    storage.set_trial_state_values(early._trial_id, TrialState.FAIL)
+    storage.set_trial_state_values(other, TrialState.FAIL)  # that worker died
+    late = optuna.Trial(study, storage.create_new_trial(study._study_id))  # trial 5
+    _claim(study, late, n)  # only the 2 COMPLETE ones count now: it fits
+    assert "hpo:surplus" not in storage.get_trial_system_attrs(late._trial_id)
+
+
+def test_a_waiting_trial_is_run_first(sqlite_url):
+    study, _ = make_study(sqlite_url)
+    study.optimize(objective, n_trials=1)
+    study.enqueue_trial({"x": 0.25, "y": 0.5})
+    work(study, objective, n_trials=2)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert study.trials[1].params == {"x": 0.25, "y": 0.5}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_stale_trials_holding_the_quota_are_failed_and_retried(sqlite_url):
+    """The loop fails stale trials itself when in-flight trials fill the quota (optimize would
+    not run: there is no slot), and runs the retry the heartbeat callback enqueues."""
+    study, storage = make_study(sqlite_url, heartbeat_interval=1, grace_period=2)
+    dead = study.ask()  # a worker that died mid-trial
+    dead.suggest_float("x", 0.0, 1.0)
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.5)  # past the grace period
+    result = work(study, objective, n_trials=1, poll=0.1)
+    assert (result.finished, result.stopped_by) == (1, "budget")
+    first, retry = study.trials
+    assert first.state == TrialState.FAIL
+    assert retry.state == TrialState.COMPLETE
+    assert retry.system_attrs["failed_trial"] == first.number
+    assert retry.params["x"] == first.params["x"]
