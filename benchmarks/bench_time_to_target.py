@@ -38,6 +38,8 @@ METHODS = {  # label -> spec
     "random (book's procedure)": "book-random.toml",
     "narrowing": "book-narrowing.toml",
     "tpe": "tpe.toml",
+    "tpe + median pruner (Optuna defaults)": str(Path(__file__).resolve().parent / "specs"
+                                          / "tpe-pruned-defaults.toml"),
     "tpe + median pruner": "tpe-pruned.toml",
 }
 BASELINE = "random (book's procedure)"
