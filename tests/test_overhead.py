@@ -145,3 +145,29 @@ def test_stale_trials_holding_the_quota_are_failed_and_retried(sqlite_url):
     assert retry.state == TrialState.COMPLETE
     assert retry.system_attrs["failed_trial"] == first.number
     assert retry.params["x"] == first.params["x"]
+
+
+@pytest.mark.parametrize("where", ["sqlite_url", "pg_url"])
+def test_a_trial_that_never_beat_does_not_hold_the_quota_forever(where, request):
+    """A trial whose worker lost the database before its first heartbeat (and then its tell) has
+    no heartbeat row, and Optuna never counts it stale: past the grace period the loop fails it
+    and runs its retry instead of waiting for it forever."""
+    url = request.getfixturevalue(where)
+    study, storage = make_study(url, heartbeat_interval=1, grace_period=2)
+    orphan = study.ask()  # ask() starts no heartbeat thread: no row, as after a failed first beat
+    orphan.suggest_float("x", 0.0, 1.0)
+    assert storage._get_stale_trial_ids(study._study_id) == []  # invisible to Optuna
+    time.sleep(2.5)
+    result = work(study, objective, n_trials=1, poll=0.1, timeout=20)
+    assert (result.finished, result.stopped_by) == (1, "budget")
+    first, retry = study.trials
+    assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.system_attrs["failed_trial"] == first.number
+
+
+def test_a_young_trial_without_heartbeat_is_left_alone(sqlite_url):
+    study, _ = make_study(sqlite_url, heartbeat_interval=1, grace_period=30)
+    young = study.ask()
+    result = work(study, objective, n_trials=1, poll=0.1, timeout=1.5)
+    assert result.stopped_by == "timeout"
+    assert study.trials[young.number].state == TrialState.RUNNING and len(study.trials) == 1
