@@ -101,7 +101,7 @@ class ModelSpec:
     batch_size: int = 100
     sampling: str = "replacement"
     dtype: str = "float32"
-    eval_every: int = 1  # measure train/val accuracy every k epochs (plus the last, plus pruner steps)
+    eval_every: int = 1  # accuracy every k epochs (and the last, and the pruner steps)
 
 
 @dataclass(frozen=True)

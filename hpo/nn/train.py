@@ -19,7 +19,7 @@ class TrainResult:
 
     train_acc_curve: list[float]
     val_acc_curve: list[float]
-    curve_epochs: list[int]  # the epoch of each curve entry (1, 2, ... when every epoch is measured)
+    curve_epochs: list[int]  # the epoch of each curve entry (1, 2, ... when all are measured)
     train_acc: float  # last entry of train_acc_curve (nan if no epoch ran)
     val_acc: float  # last entry of val_acc_curve (nan if no epoch ran)
     epochs_run: int
