@@ -132,3 +132,17 @@ def test_specs_on_different_splits_are_refused(tmp_path, tiny_spec):
                  .replace("train_size = 300", "train_size = 200"))
     r = hpo("compare", str(a), str(b), "--storage", f"sqlite:///{tmp_path / 'x.db'}")
     assert r.returncode == 2 and "needs the same split" in r.stderr
+
+
+def test_two_forked_workers_per_cell_keep_the_exact_budget(tmp_path, tiny_spec):
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    r = hpo("compare", str(tiny_spec(name="w")), "--storage", url, "--samplers", "random,tpe",
+            "--n-trials", "6", "--seeds", "2", "--workers", "2", "--no-test",
+            "--out", str(tmp_path / "o"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    for sampler in ("random", "tpe"):
+        for k in range(2):
+            study = optuna.load_study(study_name=study_name("w", sampler, k), storage=url)
+            states = [t.state.name for t in study.get_trials(deepcopy=False)
+                      if "hpo:surplus" not in t.system_attrs]
+            assert states == ["COMPLETE"] * 6, (sampler, k, states)
