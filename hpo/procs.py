@@ -57,9 +57,6 @@ class ForkedWorker:
         if self.poll() is None:
             os.kill(self.pid, sig)
 
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
 
 def fork_worker(
     argv: Sequence[str], env: dict[str, str], log_path: str | None,

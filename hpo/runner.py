@@ -115,12 +115,16 @@ def check_stop() -> None:
         raise _interrupt(_STOP.signum)
 
 
-def _rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None:
-    """The RDBStorage under the study (Optuna wraps it in ``_CachedStorage``), else ``None``
-    (in-memory storage, gRPC proxy client)."""
-    storage = study._storage
+def _rdb_backend(storage: optuna.storages.BaseStorage | None) -> optuna.storages.RDBStorage | None:
+    """The RDBStorage ``storage`` is or wraps (Optuna wraps it in ``_CachedStorage``), else
+    ``None`` (in-memory storage, gRPC proxy client)."""
     storage = getattr(storage, "_backend", storage)
     return storage if isinstance(storage, optuna.storages.RDBStorage) else None
+
+
+def _rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The RDBStorage under the study, else ``None``."""
+    return _rdb_backend(study._storage)
 
 
 def state_counts(study: optuna.Study, below: int | None = None) -> dict[TrialState, int]:
@@ -376,8 +380,8 @@ def spawn_workers(
         argv += ["--timeout", str(timeout)]
     logs = [os.path.join(log_dir, f"worker-{i}.log") if log_dir else None for i in range(n)]
     if can_fork(url):
-        backend = getattr(storage, "_backend", storage)
-        engines = [backend.engine] if hasattr(backend, "engine") else []
+        rdb = _rdb_backend(storage)
+        engines = [rdb.engine] if rdb is not None else []
         return [fork_worker(argv, env, log, dispose=engines) for log in logs]
     procs = []
     for log in logs:
