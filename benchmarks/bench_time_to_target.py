@@ -177,14 +177,18 @@ def main() -> None:
 
     runs: dict[str, list[Run]] = {m: [] for m in methods}
     with tempfile.TemporaryDirectory(prefix="bench-ttt-") as workdir:
+
+        def timed(label: str, spec: str, seed: int, workers: int) -> Run:
+            r = run_once(spec, seed, workers, args.cap, args.target, args.poll, args.n_trials,
+                         workdir)
+            print(f"  seed {seed} {label}: {f'{r.ttt:.1f} s' if r.reached else 'not reached'}"
+                  f" ({r.why}; {r.trials} trials, best {r.best}, start-up "
+                  f"{r.startup or float('nan'):.2f} s, load {loadavg()})", flush=True)
+            return r
+
         for seed in seeds:  # seed-major: the methods are interleaved, load drifts hit all
             for m in methods:
-                r = run_once(METHODS[m], seed, 1, args.cap, args.target, args.poll,
-                             args.n_trials, workdir)
-                runs[m].append(r)
-                print(f"  seed {seed} {m}: {f'{r.ttt:.1f} s' if r.reached else 'not reached'}"
-                      f" ({r.why}; {r.trials} trials, best {r.best}, start-up "
-                      f"{r.startup or float('nan'):.2f} s, load {loadavg()})", flush=True)
+                runs[m].append(timed(m, METHODS[m], seed, 1))
         two = args.two_workers
         if two == "auto":
             two = min(methods, key=lambda m: median(
@@ -193,12 +197,7 @@ def main() -> None:
             label = f"{two}, 2 workers"
             runs[label] = []
             for seed in seeds:
-                r = run_once(METHODS[two], seed, 2, args.cap, args.target, args.poll,
-                             args.n_trials, workdir)
-                runs[label].append(r)
-                print(f"  seed {seed} {label}: "
-                      f"{f'{r.ttt:.1f} s' if r.reached else 'not reached'} ({r.why}; "
-                      f"{r.trials} trials, load {loadavg()})", flush=True)
+                runs[label].append(timed(label, METHODS[two], seed, 2))
 
     base = runs.get(BASELINE)
     base_med = median([r.ttt if r.reached else args.cap for r in base]) if base else None
