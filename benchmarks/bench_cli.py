@@ -8,7 +8,8 @@ real `hpo run` goes before its first trial.
 * ``python -X importtime -m hpo run ... --n-trials 1``: the imports a real ``hpo run`` does,
   grouped by top-level package (cumulative microseconds of the first import of each).
 * The phases of ``hpo run`` up to its first trial, timed in a child process that runs
-  ``hpo.runner.run`` with timers around each step (fresh SQLite file, so the schema is created),
+  ``hpo.commands.run.run`` with timers around each step (fresh SQLite file, so the schema is
+  created),
   and the cost of Optuna's schema-compatibility check (``RDBStorage`` with and without
   ``skip_compatibility_check`` on the same, existing schema).
 
@@ -32,7 +33,7 @@ from _common import HPO, PYTHON, ROOT, STUDIES, header, loadavg, median  # noqa:
 
 HEAVY = ["numpy", "optuna", "sqlalchemy.orm", "alembic.migration", "psycopg", "tqdm",
          "threadpoolctl", "hpo.data", "hpo.spec", "hpo.storage", "hpo.objective",
-         "hpo.samplers", "hpo.runner", "hpo.report"]
+         "hpo.samplers", "hpo.trials", "hpo.listing"]
 
 
 def wall(cmd: list[str], runs: int, **kw) -> list[float]:
@@ -75,9 +76,9 @@ PHASES_CHILD = r"""
 import json, sys, time
 marks = [("python started", time.time())]
 import argparse
-from hpo import runner            # the command's module (hpo.cli imports it lazily)
+from hpo.commands import run as runner   # the command's module (hpo.cli imports it lazily)
 import hpo.objective, hpo.spec, hpo.storage
-marks.append(("import hpo.runner, hpo.objective (optuna, numpy)", time.time()))
+marks.append(("import hpo.commands.run, hpo.objective (optuna, numpy)", time.time()))
 
 def timed(owner, attr, label):
     fn = getattr(owner, attr)
@@ -90,13 +91,13 @@ def timed(owner, attr, label):
     setattr(owner, attr, wrapper)
 
 timed(hpo.spec, "load_spec", "load_spec (TOML, validation)")
-timed(runner, "_build_sampler_and_pruner", "sampler + pruner")
+timed(runner, "build_sampler_and_pruner", "sampler + pruner")
 orig_init = hpo.objective.Objective.__init__
 def init(self, *a, **kw):
     t0 = time.time(); orig_init(self, *a, **kw)
     marks.append(("Objective: load the data split", time.time(), t0))
 hpo.objective.Objective.__init__ = init
-timed(runner, "_storage_for",
+timed(runner, "worker_storage",
       "RDBStorage: import sqlalchemy + alembic, create the schema, stamp its version")
 timed(hpo.storage, "create_or_load_study", "create the study, store the spec")
 def work(*a, **kw):

@@ -2,15 +2,15 @@
 Optuna and hpo plumbing) as a fraction of its wall time, on SQLite and on PostgreSQL.
 
 Each configuration (storage x spec) runs in a fresh child process that calls
-``hpo.runner.run`` exactly as ``hpo run SPEC --quiet --n-trials N`` does (one worker, heartbeats
-on, the product's own storage options), with timers patched around:
+``hpo.commands.run.run`` exactly as ``hpo run SPEC --quiet --n-trials N`` does (one worker,
+heartbeats on, the product's own storage options), with timers patched around:
 
 * ``hpo.objective.fit`` -> *training* (building the net, 50 epochs, the per-epoch evaluation);
 * the sampler's methods -> *sampler*;
 * every method of Optuna's ``_CachedStorage`` (what ``RDBStorage`` is wrapped in) -> *storage*,
   by method (``_read_trials_from_remote_storage`` is the SQL part of ``get_all_trials``);
 * ``Trial.report`` / ``Trial.should_prune`` (the pruning callback) -> *pruning*;
-* ``hpo.runner.state_counts`` (the worker loop's one-query trial count on an RDBStorage, which
+* ``hpo.storage.state_counts`` (the worker loop's one-query trial count on an RDBStorage, which
   bypasses ``_CachedStorage``) -> *storage: hpo state_counts*.
 
 Timers count self time (a storage call made by the sampler is storage, not sampler), on the main
@@ -98,15 +98,16 @@ def child(spec_path: str, url: str, n_trials: int) -> dict:
     from optuna.storages import _CachedStorage
 
     import hpo.objective
-    from hpo import runner
+    from hpo import trials
+    from hpo.commands import run as runner
     from hpo.samplers.narrowing import NarrowingSampler
 
     t = Timers()
     t.patch(hpo.objective, "fit", "training")
     t.patch(optuna.trial.Trial, "report", "pruning: report")
     t.patch(optuna.trial.Trial, "should_prune", "pruning: should_prune")
-    if hasattr(runner, "state_counts"):  # the worker loop's own SQL count (budget, claim)
-        t.patch(runner, "state_counts", "storage: hpo state_counts (SQL count)")
+    if hasattr(trials, "state_counts"):  # the worker loop's own SQL count (budget, claim)
+        t.patch(trials, "state_counts", "storage: hpo state_counts (SQL count)")
     for cls in (NarrowingSampler, optuna.samplers.TPESampler, optuna.samplers.RandomSampler):
         for m in ("before_trial", "infer_relative_search_space", "sample_relative",
                   "sample_independent", "after_trial"):
@@ -246,7 +247,7 @@ def main() -> None:
         return
 
     print(header(" ".join([".venv/bin/python"] + sys.argv)))
-    print(f"{args.trials} trials per configuration, one worker (hpo.runner.run as `hpo run "
+    print(f"{args.trials} trials per configuration, one worker (hpo.commands.run.run as `hpo run "
           f"--quiet`), the first {args.warmup} left out\n", flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as workdir:

@@ -1,8 +1,8 @@
-"""The ``hpo`` command: argument parsing only; every command is a thin call into the modules.
+"""The ``hpo`` command: argument parsing only. Each command is a module of :mod:`hpo.commands`,
+imported only when it runs, so that ``hpo --help`` imports none of NumPy, Optuna or SQLAlchemy.
 
-Exit codes: 0 success, 1 unexpected failure, 2 bad input (one line on stderr, nothing written),
-130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Heavy imports (NumPy, Optuna, SQLAlchemy)
-happen inside the commands so that ``hpo --help`` stays fast.
+Exit codes (:mod:`hpo.errors`): 0 success, 1 runtime failure, 2 bad input (one line on stderr,
+nothing written), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -13,13 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
-EXIT_USAGE = 2
-EXIT_INT = 130
-EXIT_TERM = 143
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit code 2."""
+from hpo import catalog
+from hpo.errors import EXIT_USAGE, run_command
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:
@@ -128,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC", nargs="+")
     _storage_arg(p)
     p.add_argument("--samplers", metavar="LIST",
-                   help="with one spec: comma-separated sampler names (narrowing,random,tpe)")
+                   help="with one spec: comma-separated sampler names, of "
+                        + ",".join(catalog.SAMPLER_NAMES))
     p.add_argument("--confirm", type=int, default=0, metavar="K",
                    help="retrain each study's top K with fresh seeds and test the winner")
     p.add_argument("--confirm-seeds", type=int, default=5, metavar="S")
@@ -173,25 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", metavar="DIR", help="where the PNG goes (out/)")
     p.add_argument("--epochs", type=int, metavar="N", help="override the book's epoch count")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", default="mnist5k", help="mnist5k (default), mnist, digits")
+    p.add_argument("--dataset", default="mnist5k", choices=list(catalog.DATASETS),
+                   help="mnist5k (default), mnist, digits")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX .gz files")
     return parser
 
 
 # command -> (module, function); modules are imported only when their command runs
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("hpo.runner", "run"),
-    "init": ("hpo.initdb", "init"),
-    "worker": ("hpo.runner", "worker"),
-    "best": ("hpo.report", "best_cmd"),
-    "studies": ("hpo.report", "studies_cmd"),
-    "dashboard": ("hpo.dashboard", "serve"),
-    "test": ("hpo.evaluate", "evaluate_cmd"),
-    "confirm": ("hpo.evaluate", "confirm_cmd"),
-    "compare": ("hpo.compare", "compare_cmd"),
-    "report": ("hpo.figures", "report_cmd"),
-    "proxy": ("hpo.proxy", "serve"),
-    "experiment": ("hpo.experiment", "main"),
+    "run": ("hpo.commands.run", "run"),
+    "init": ("hpo.commands.init", "init"),
+    "worker": ("hpo.commands.worker", "worker"),
+    "best": ("hpo.commands.best", "best"),
+    "studies": ("hpo.commands.best", "studies"),
+    "dashboard": ("hpo.commands.dashboard", "dashboard"),
+    "test": ("hpo.commands.evaluate", "test_cmd"),
+    "confirm": ("hpo.commands.evaluate", "confirm_cmd"),
+    "compare": ("hpo.commands.compare", "compare"),
+    "report": ("hpo.commands.report", "report"),
+    "proxy": ("hpo.commands.proxy", "proxy"),
+    "experiment": ("hpo.commands.experiment", "experiment"),
 }
 
 
@@ -202,27 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     module, func = COMMANDS[args.command]
-    try:
-        from hpo.data import DataError
-        from hpo.spec import SpecError
-        from hpo.storage import StorageError
-
-        handler: Callable[[argparse.Namespace], int] = getattr(import_module(module), func)
-        return handler(args)
-    except (UsageError, SpecError, StorageError, DataError) as e:
-        print(f"hpo {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokenPipeError:  # `hpo best ... | head`
-        sys.stderr.close()
-        return 0
-    except KeyboardInterrupt as e:
-        from hpo.runner import Terminated
-
-        if isinstance(e, Terminated):
-            print("hpo: terminated", file=sys.stderr)
-            return EXIT_TERM
-        print("hpo: interrupted", file=sys.stderr)
-        return EXIT_INT
+    handler: Callable[[argparse.Namespace], int] = getattr(import_module(module), func)
+    return run_command(f"hpo {args.command}", lambda: handler(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,8 +6,8 @@ Fairness rules:
   split** (the spec's ``data.seed``); seed k sets the sampler's seed and the trials' network seeds,
   so trial n of every sampler at seed k starts from the same initial weights (common random
   numbers: a difference between samplers is the samplers', not the initialisations');
-* the budget is exact (``runner.work``), reruns resume: finished studies are skipped, unfinished
-  ones completed;
+* the budget is exact (:func:`hpo.trials.work`), reruns resume: finished studies are skipped,
+  unfinished ones completed;
 * what is compared is the best **validation** accuracy so far, with its spread over seeds (median
   and interquartile range), and the **test** accuracy of each study's chosen trial, measured once
   per study by :mod:`hpo.evaluate` (stored; a rerun reuses it).
@@ -15,20 +15,28 @@ Fairness rules:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import shlex
-import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
+
+from hpo import optuna_compat as oc
+from hpo.evaluate import CONFIRM_ATTR, choose_trial, confirm, evaluate_on_test
+from hpo.listing import TEST_ATTR
+from hpo.objective import Objective
+from hpo.procs import WorkerJob, failures, pin_blas_threads, start_workers, supervise
+from hpo.progress import Progress
+from hpo.signals import install_signal_handlers
+from hpo.storage import create_or_load_study, get_storage
+from hpo.trials import build_sampler_and_pruner, count, work
 
 CHECKPOINTS = (10, 25, 50, 100, 200, 300, 500, 1000)
 NARROWING_DEFAULTS = {"stage_trials": 100, "keep_top": 10}
@@ -134,7 +142,7 @@ def summarize_study(study: optuna.Study, sampler: str, seed: int) -> StudyRun:
         elapsed.append((end - t0).total_seconds() if t0 and end else float("nan"))
     # elapsed must be monotone for "seconds to target" (workers finish out of number order)
     elapsed = list(np.maximum.accumulate(elapsed)) if elapsed else []
-    test = study.user_attrs.get("hpo:test")
+    test = study.user_attrs.get(TEST_ATTR)
     confirmed = study.user_attrs.get("hpo:confirm")
     return StudyRun(sampler, seed, study.study_name, curve, [float(x) for x in elapsed],
                     test_acc=None if test is None else float(test["test_acc"]),
@@ -145,22 +153,15 @@ def summarize_study(study: optuna.Study, sampler: str, seed: int) -> StudyRun:
 
 def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: int,
              target: float, evaluate_test: bool, confirm_top: int = 0, confirm_seeds: int = 5,
-             progress: bool = True, title: str | None = None) -> Grid:
+             progress: bool = True, title: str | None = None,
+             worker_job: Callable[[str, int], WorkerJob] | None = None) -> Grid:
     """Run (or resume) every (arm, seed) study; optionally confirm its top trials with fresh
-    seeds (``confirm_top`` > 0); evaluate each chosen trial on the test split once."""
-    from hpo.evaluate import CONFIRM_ATTR, choose_trial, confirm, evaluate_on_test
-    from hpo.objective import Objective
-    from hpo.runner import (
-        _build_sampler_and_pruner,
-        _Progress,
-        count,
-        install_signal_handlers,
-        pin_blas_threads,
-        spawn_workers,
-        work,
-    )
-    from hpo.storage import create_or_load_study, get_storage
+    seeds (``confirm_top`` > 0); evaluate each chosen trial on the test split once.
 
+    With ``workers`` > 1, ``worker_job(study_name, n_trials)`` says how to start a worker of a
+    cell's study; the workers are supervised as ``hpo run``'s are (:mod:`hpo.procs`)."""
+    if workers > 1 and worker_job is None:
+        raise ValueError("run_grid: several workers need worker_job")
     storage = get_storage(url, heartbeat=True, create_schema=True)
     data = Objective(arms[0].spec).data  # one data load for the whole grid: the split is shared
     pin_blas_threads()
@@ -175,12 +176,12 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
     for s, k in cells:
         base_spec = by_label[s].spec
         v = base_spec.replace(seed=k, n_trials=n_trials)
-        sampler, pruner = _build_sampler_and_pruner(v)
+        sampler, pruner = build_sampler_and_pruner(v)
         studies[s, k] = create_or_load_study(storage, v, study_name(v.name, v.sampler, k),
                                              sampler=sampler, pruner=pruner)
         objectives[s, k] = Objective(v, data=data)  # seed k: the trials' network seeds
     done0 = sum(min(count(st)[0], n_trials) for st in studies.values())
-    bar = _Progress(total, done0, enabled=progress)
+    bar = Progress(total, done0, enabled=progress)
     finished_before = done0
     try:
         for s, k in cells:
@@ -195,18 +196,18 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
                     work(study, objectives[s, k], n_trials=n_trials,
                          on_trial=on_trial if progress else None)  # a count is a storage read
                 else:
-                    procs = spawn_workers(workers, study.study_name, url, n_trials, None, None,
-                                          storage=storage)
-                    while any(p.poll() is None for p in procs):
-                        time.sleep(0.5)
-                        on_trial(study, None)
-                    if any(p.returncode for p in procs):
-                        raise RuntimeError(f"a worker of {study.study_name} failed")
+                    rdb = oc.rdb_backend(storage)
+                    procs = start_workers(workers, worker_job(study.study_name, n_trials), None,
+                                          dispose=[rdb.engine] if rdb else [])
+                    supervise(procs, lambda study=study: on_trial(study, None))
+                    bad = failures(procs, None)
+                    if bad:
+                        raise RuntimeError(f"a worker of {study.study_name} failed: {bad[0]}")
             finished_before = base + min(count(study)[0], n_trials)
             bar.update(finished_before, None)
             if confirm_top and CONFIRM_ATTR not in study.user_attrs:
                 confirm(study, top=confirm_top, seeds=confirm_seeds)
-            if evaluate_test and "hpo:test" not in study.user_attrs:
+            if evaluate_test and TEST_ATTR not in study.user_attrs:
                 evaluate_on_test(study, choose_trial(study))
             grid.runs.setdefault(s, []).append(summarize_study(
                 optuna.load_study(study_name=study.study_name, storage=storage), s, k))
@@ -424,54 +425,3 @@ def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
         json.dump({"spec": grid.title, "n_trials": grid.n_trials, "seeds": grid.seeds,
                    "target": grid.target, "runs": raw}, fh)
     return paths
-
-
-def compare_cmd(args: argparse.Namespace) -> int:
-    from hpo.cli import UsageError
-    from hpo.samplers import available_samplers
-    from hpo.spec import load_spec
-    from hpo.storage import mask_url, resolve_url
-
-    specs = [load_spec(path) for path in args.spec]
-    samplers = None
-    if args.samplers is not None:
-        samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-        usable = available_samplers()
-        for s in samplers:
-            if s not in usable:
-                raise UsageError(f"--samplers: {s!r} is not available here; choose from "
-                                 f"{', '.join(usable)}")
-        if not samplers or len(set(samplers)) != len(samplers):
-            raise UsageError("--samplers must name distinct samplers, e.g. narrowing,random,tpe")
-    try:
-        arms = make_arms(specs, samplers)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    for flag, value, low in (("--n-trials", args.n_trials, 1), ("--seeds", args.seeds, 1),
-                             ("--workers", args.workers, 1), ("--confirm-seeds",
-                                                              args.confirm_seeds, 2)):
-        if value < low:
-            raise UsageError(f"{flag} must be >= {low}, got {value}")
-    if not 0 < args.target <= 1:
-        raise UsageError(f"--target must be in (0, 1], got {args.target}")
-    if args.confirm < 0:
-        raise UsageError(f"--confirm must be >= 0, got {args.confirm}")
-    url = resolve_url(args.storage)
-    grid = run_grid(arms, args.seeds, args.n_trials, url=url, workers=args.workers,
-                    target=args.target, evaluate_test=not args.no_test,
-                    confirm_top=args.confirm, confirm_seeds=args.confirm_seeds,
-                    progress=not args.quiet,
-                    title=specs[0].name if len(specs) == 1 else args.title)
-    command = ("hpo compare " + " ".join(shlex.quote(p) for p in args.spec)
-               + (f" --title {shlex.quote(args.title)}" if len(specs) > 1 else "")
-               + (f" --storage {shlex.quote(mask_url(url))}" if args.storage else "")
-               + (f" --samplers {','.join(samplers)}" if samplers else "")
-               + f" --n-trials {args.n_trials} --seeds {args.seeds} --workers {args.workers}"
-               + f" --target {args.target}"
-               + (f" --confirm {args.confirm} --confirm-seeds {args.confirm_seeds}"
-                  if args.confirm else "")
-               + f" --out {shlex.quote(args.out)}" + (" --no-test" if args.no_test else ""))
-    paths = write_outputs(grid, args.out, command)
-    print(table(grid))
-    print(f"wrote {paths['plot']}, {paths['table']}, {paths['json']}", file=sys.stderr)
-    return 0

@@ -1,20 +1,41 @@
-"""Launching optuna-dashboard safely.
+"""optuna-dashboard: what hpo publishes into a study for it, and serving it safely.
 
-optuna-dashboard has no authentication, and its API creates, renames and deletes studies
-(``POST /api/studies``, ``DELETE /api/studies/{id}``). ``hpo dashboard`` therefore binds
-127.0.0.1 by default and serves it **read-only**: any request other than GET/HEAD is refused with
-405 unless ``--allow-writes`` is given. Pages, the study list, trials and plots are all GETs.
+**Publishing** (``hpo report``): the report's plotly figures (study system attributes
+``dashboard:plot_data:<id>:<i>``), the Best-N note (``dashboard:note_ver`` /
+``dashboard:note_str:<i>``) and, with an artifact store, each top trial's learning curve as an
+artifact of its trial.
+
+**Serving** (``hpo dashboard``): optuna-dashboard has no authentication, and its API creates,
+renames and deletes studies (``POST /api/studies``, ``DELETE /api/studies/{id}``). It is
+therefore bound to 127.0.0.1 by default and served **read-only**: any request other than
+GET/HEAD/OPTIONS is refused with 405 unless ``--allow-writes`` is given. Pages, the study list,
+trials and plots are all GETs.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from optuna.trial import FrozenTrial
+
+from hpo import optuna_compat as oc
+
+if TYPE_CHECKING:
+    import optuna
+    import plotly.graph_objects as go
+
+#: optuna-dashboard graph object ids (fixed, so that a second report replaces the first).
+GRAPH_IDS = {
+    "best_curves": "hpo-best-curves",
+    "acc_vs_params": "hpo-acc-vs-params",
+    "contour": "hpo-contour",
+    "stages": "hpo-stages",
+}
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -64,21 +85,88 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def serve(args: argparse.Namespace) -> int:
-    from hpo.cli import UsageError
-    from hpo.storage import mask_url, resolve_url
+def make_server_for(app: Callable, host: str, port: int) -> WSGIServer:
+    """A threading WSGI server for ``app`` on ``host:port`` (OSError if it cannot listen)."""
+    return make_server(host, port, app, server_class=_ThreadingServer,
+                       handler_class=_QuietHandler)
 
-    app = make_app(args.storage, allow_writes=args.allow_writes, artifact_dir=args.artifact_dir)
-    try:
-        server = make_server(args.host, args.port, app, server_class=_ThreadingServer,
-                             handler_class=_QuietHandler)
-    except OSError as e:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
-    mode = "read-write" if args.allow_writes else "read-only"
-    print(f"optuna-dashboard ({mode}) for {mask_url(resolve_url(args.storage))} at "
-          f"http://{args.host}:{args.port}/  (Ctrl-C stops)", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-    return 0
+
+# --- publishing -------------------------------------------------------------------------------
+
+
+#: Study system attribute prefix under which optuna-dashboard lists a trial's artifacts
+#: (``dashboard:artifacts:<trial_id>:<artifact_id>``). Optuna's ``upload_artifact`` cannot
+#: attach files to a finished trial (trial attributes are frozen), this location can.
+DASHBOARD_ARTIFACTS = "dashboard:artifacts:"
+
+
+def _has_artifact(study_attrs: dict[str, Any], trial: FrozenTrial, filename: str,
+                  store: Any) -> bool:
+    """Whether the dashboard already lists ``filename`` for ``trial`` and ``store`` holds it."""
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    prefix = f"{DASHBOARD_ARTIFACTS}{oc.trial_id(trial)}:"
+    values = [v for k, v in study_attrs.items() if k.startswith(prefix)]
+    values += [v for k, v in trial.system_attrs.items() if k.startswith("artifacts:")]
+    for value in values:
+        try:
+            meta = json.loads(value)
+            if meta["filename"] != filename:
+                continue
+            store.open_reader(meta["artifact_id"]).close()
+            return True
+        except (TypeError, ValueError, KeyError, ArtifactNotFound):  # deleted ones are "null"
+            continue
+    return False
+
+
+def upload_trial_artifact(
+    study: optuna.Study, trial: FrozenTrial, path: Path, artifact_dir: str
+) -> str:
+    """Store ``path`` in the FileSystemArtifactStore at ``artifact_dir`` and list it as an
+    artifact of the (finished) ``trial`` in optuna-dashboard. Returns the artifact id."""
+    import mimetypes
+    import uuid
+
+    from optuna.artifacts import FileSystemArtifactStore
+
+    artifact_id = str(uuid.uuid4())
+    with open(path, "rb") as f:
+        FileSystemArtifactStore(artifact_dir).write(artifact_id, f)
+    mimetype, encoding = mimetypes.guess_type(path.name)
+    meta = {"artifact_id": artifact_id, "filename": path.name,
+            "mimetype": mimetype or "application/octet-stream", "encoding": encoding}
+    oc.set_study_system_attr(study, f"{DASHBOARD_ARTIFACTS}{oc.trial_id(trial)}:{artifact_id}",
+                             json.dumps(meta))
+    return artifact_id
+
+
+def publish(
+    study: optuna.Study,
+    plots: dict[str, go.Figure],
+    note: str,
+    curves: Sequence[tuple[FrozenTrial, Path]] = (),
+    artifact_dir: str | None = None,
+) -> int:
+    """Save the plotly figures and the note into the study for optuna-dashboard and, with
+    ``artifact_dir``, each ``(trial, png)`` as an artifact of its trial (unless the trial
+    already has that file in this store).
+    Returns the number of artifacts uploaded."""
+    import optuna_dashboard
+
+    for key, fig in plots.items():
+        optuna_dashboard.save_plotly_graph_object(study, fig, graph_object_id=GRAPH_IDS[key])
+    optuna_dashboard.save_note(study, note)
+    if not artifact_dir or not curves:
+        return 0
+    from optuna.artifacts import FileSystemArtifactStore
+
+    Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(artifact_dir)
+    study_attrs = oc.study_system_attrs(study)
+    uploaded = 0
+    for trial, path in curves:
+        if not _has_artifact(study_attrs, trial, path.name, store):
+            upload_trial_artifact(study, trial, path, artifact_dir)
+            uploaded += 1
+    return uploaded

@@ -34,7 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-DATASETS = ("mnist5k", "mnist", "digits")
+from hpo import catalog
+from hpo.errors import DataError
+
+__all__ = ["DATASETS", "DataError", "SearchData", "TestData", "load_search", "load_test",
+           "load_training", "validate_split"]
+
+DATASETS = tuple(catalog.DATASETS)
 MNIST5K_TEST = 1000
 DIGITS_TEST = 297
 MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
@@ -56,10 +62,6 @@ MNIST_FILES = {  # name -> (size in bytes, sha256)
         "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
     ),
 }
-
-
-class DataError(ValueError):
-    """Bad dataset input: unknown name, impossible split, missing or corrupt files."""
 
 
 @dataclass(frozen=True)

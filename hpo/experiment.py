@@ -8,9 +8,6 @@ section of the book is about the train-test gap, so it reads the test split (the
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,24 +72,3 @@ def plot(outcome: Outcome, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def main(args: argparse.Namespace) -> int:
-    from hpo.cli import UsageError
-    from hpo.runner import pin_blas_threads
-
-    if args.epochs is not None and args.epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
-    pin_blas_threads()
-    outcome = run_experiment(args.name, dataset=args.dataset, epochs=args.epochs, seed=args.seed,
-                             data_dir=args.data_dir)
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create --out {args.out}: {e.strerror}") from None
-    path = os.path.join(args.out, f"{args.name}.png")
-    plot(outcome, path)
-    print(f"{args.name}: train acc {outcome.train_acc:.3f}, test acc {outcome.test_acc:.3f}, "
-          f"gap {outcome.gap:+.3f} ({len(outcome.train_curve)} epochs)")
-    print(f"wrote {path}", file=sys.stderr)
-    return 0

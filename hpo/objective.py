@@ -10,7 +10,7 @@ Design decisions:
 
 * **Reporting only with a pruner.** Each ``trial.report`` is a storage round trip; 50 of them per
   trial cost more than training on SQLite. With ``pruner = none`` nothing is reported; with a
-  pruner, only the epochs at which that pruner can act (:func:`report_steps`).
+  pruner, only the epochs at which that pruner can act (:func:`hpo.pruners.report_steps`).
 * **A diverging run is a COMPLETE trial** with the (chance-level) accuracy it reached and
   ``diverged = true``. Marking it FAIL would hide the region from the samplers (TPE and the
   narrowing sampler only learn from COMPLETE trials) and they would keep sampling there; as a
@@ -29,6 +29,7 @@ import optuna
 
 from hpo.data import SearchData, load_search
 from hpo.nn import MLP, TrainResult, make_optimizer, train
+from hpo.pruners import report_steps
 from hpo.spec import ModelSpec, Param, Spec
 
 
@@ -118,27 +119,11 @@ def fit(config: Config, data: SearchData, seed: int, callback=None,
     return net, result
 
 
-def report_steps(pruner: str, options: dict[str, Any], epochs: int) -> frozenset[int]:
-    """The epochs at which ``pruner`` can act: only those are reported to the storage.
-
-    median: every ``interval_steps`` epochs after ``n_warmup_steps``;
-    successive-halving / hyperband: the rungs ``min_resource * reduction_factor**k``.
-    """
-    if pruner == "none":
-        return frozenset()
-    if pruner == "median":
-        warmup = int(options.get("n_warmup_steps", 5))
-        every = int(options.get("interval_steps", 5))
-        return frozenset(e for e in range(1, epochs + 1) if e >= max(warmup, 1)
-                         and (e - max(warmup, 1)) % every == 0)
-    rf = int(options.get("reduction_factor", 3))
-    lo = options.get("min_resource", 5)
-    lo = 5 if lo == "auto" else int(lo)
-    steps, r = set(), lo
-    while r < epochs:
-        steps.add(r)
-        r *= rf
-    return frozenset(steps)
+def search_data(spec: Spec) -> SearchData:
+    """The training and validation splits of the spec's ``[data]`` (never the test split)."""
+    d = spec.data
+    return load_search(d.dataset, train_size=d.train_size, validation_rate=d.validation_rate,
+                       seed=d.seed, data_dir=d.data_dir)
 
 
 class Objective:
@@ -146,14 +131,8 @@ class Objective:
 
     def __init__(self, spec: Spec, data: SearchData | None = None) -> None:
         self.spec = spec
-        self.data = data if data is not None else load_search(
-            spec.data.dataset,
-            train_size=spec.data.train_size,
-            validation_rate=spec.data.validation_rate,
-            seed=spec.data.seed,
-            data_dir=spec.data.data_dir,
-        )
-        self.steps = report_steps(spec.pruner, spec.pruner_options, spec.model.epochs)
+        self.data = data if data is not None else search_data(spec)
+        self.steps = report_steps(spec.pruner, spec.pruner_kwargs(), spec.model.epochs)
         every, epochs = spec.model.eval_every, spec.model.epochs
         # None: every epoch (the book's Trainer); else the multiples of eval_every, the pruner's
         # report steps and (always, in train()) the last epoch
@@ -197,36 +176,3 @@ class Objective:
                     raise optuna.TrialPruned(f"pruned at epoch {epoch} (val acc {val_acc:.3f})")
 
         return on_epoch
-
-
-def make_pruner(name: str, options: dict[str, Any], epochs: int) -> optuna.pruners.BasePruner:
-    """Pruner by name; unknown options raise ValueError naming the allowed ones.
-
-    "median" is :class:`hpo.pruners.MedianPruner`: Optuna's rule with one storage read per
-    trial instead of one per report; hyperband and successive-halving are Optuna's own."""
-    import inspect
-
-    from hpo.pruners import MedianPruner
-
-    classes = {
-        "none": optuna.pruners.NopPruner,
-        "median": MedianPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-        "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
-    }
-    if name not in classes:
-        raise ValueError(f"unknown pruner {name!r}; allowed: {', '.join(classes)}")
-    cls = classes[name]
-    allowed = [p for p in inspect.signature(cls).parameters if p != "self"]
-    bad = [k for k in options if k not in allowed]
-    if bad:
-        raise ValueError(f"pruner {name!r} has no option {bad[0]!r}; allowed: "
-                         f"{', '.join(allowed) or 'none'}")
-    defaults: dict[str, Any] = {}
-    if name == "median":
-        defaults = {"n_startup_trials": 5, "n_warmup_steps": 5, "interval_steps": 5}
-    elif name == "hyperband":
-        defaults = {"min_resource": 5, "max_resource": epochs}
-    elif name == "successive-halving":
-        defaults = {"min_resource": 5}
-    return cls(**{**defaults, **options})

@@ -1,18 +1,23 @@
-"""Worker processes forked from an ``hpo`` process that has already imported everything.
+"""Worker processes: start them (forked, or fresh interpreters), supervise them, stop them.
 
-A fresh ``python -m hpo worker`` pays ~0.9 s before its first trial (interpreter, NumPy, Optuna,
-SQLAlchemy, Alembic imports), which is several trials of the book's task. ``hpo run --workers N``
-and ``hpo compare`` instead fork their workers: the child starts with the modules in memory, runs
-the very same ``hpo worker`` command line (:func:`hpo.cli.main`), and exits with its code.
+``hpo run --workers N`` and ``hpo compare --workers N`` share this. A fresh ``python -m hpo
+worker`` pays ~0.9 s before its first trial (interpreter, NumPy, Optuna, SQLAlchemy, Alembic
+imports), which is several trials of the book's task, so workers are *forked* from a process
+that has already imported everything; the child runs the worker's code and exits with its code.
 
 Rules that make forking safe here:
 
-* the parent holds no database connection across the fork: callers dispose of their engine's pool
-  first (:func:`fork_worker` takes the engines to dispose), and the child opens its own storage;
-* the child resets the signal handlers and hpo's stop state it inherited, sends its output to its
-  own log file, and leaves with ``os._exit`` so it never runs the parent's cleanup;
-* gRPC clients are not fork-safe: ``grpc://`` storages keep starting fresh interpreters
+* the parent holds no database connection across the fork: its engines' pools are disposed of
+  first (:func:`start_workers` takes them), and the child opens its own storage;
+* the child resets the signal handlers and stop state it inherited (:func:`hpo.signals.reset`),
+  sends its output to its own log file, and leaves with ``os._exit`` so it never runs the
+  parent's cleanup;
+* gRPC clients are not fork-safe: ``grpc://`` storages start fresh interpreters instead
   (:func:`can_fork`).
+
+Supervision (:func:`supervise`): the parent polls its workers, shows progress, and on SIGTERM or
+Ctrl-C passes SIGTERM on to every worker still running and waits for them (each fails its own
+running trial), so that nothing is left RUNNING, then re-raises.
 """
 
 from __future__ import annotations
@@ -22,13 +27,41 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hpo import signals
+from hpo.errors import run_command
+
+BLAS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+#: How long a stopped worker may take to fail its trial and exit before it is killed.
+STOP_GRACE = 60.0
+
+
+def pin_blas_threads() -> None:
+    """One BLAS thread per worker process: two workers with two OpenBLAS threads each on two
+    cores run several times slower."""
+    os.environ.update(BLAS_ENV)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 def can_fork(url: str) -> bool:
     """Whether workers for ``url`` may be forked (POSIX, and not a gRPC proxy client)."""
     return hasattr(os, "fork") and not url.startswith("grpc://")
+
+
+class Proc(Protocol):
+    """What supervision needs of a worker process (:class:`subprocess.Popen` has it too)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
 
 
 class ForkedWorker:
@@ -58,13 +91,12 @@ class ForkedWorker:
             os.kill(self.pid, sig)
 
 
-def fork_worker(
-    argv: Sequence[str], env: dict[str, str], log_path: str | None,
-    dispose: Iterable[Any] = (),
-) -> ForkedWorker:
-    """Fork a child that runs ``hpo <argv>`` with environment ``env`` and writes its stdout and
-    stderr to ``log_path`` (``None``: discarded). ``dispose``: SQLAlchemy engines of this process,
-    whose pooled connections are closed first so that no connection is shared with the child."""
+def fork_worker(target: Callable[[], int], env: dict[str, str], log_path: str | None,
+                dispose: Iterable[Any] = ()) -> ForkedWorker:
+    """Fork a child that runs ``target`` (an ``hpo worker``: its return value is the exit code)
+    with environment ``env``, its stdout and stderr going to ``log_path`` (``None``: discarded).
+    ``dispose``: SQLAlchemy engines of this process, whose pooled connections are closed first
+    so that no connection is shared with the child."""
     for engine in dispose:
         engine.dispose()
     sys.stdout.flush()
@@ -74,19 +106,14 @@ def fork_worker(
         return ForkedWorker(pid)
     code = 1
     try:  # the child: it never returns into the parent's stack
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signals.reset()
         os.environ.clear()
         os.environ.update(env)
         fd = os.open(log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
-        from hpo.cli import main
-        from hpo.runner import _STOP
-
-        _STOP.signum, _STOP.in_objective = None, False
-        code = main(list(argv))
+        code = run_command("hpo worker", target)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:  # noqa: BLE001 - whatever happened, the child ends here
@@ -99,3 +126,78 @@ def fork_worker(
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """How to start one worker of a study: ``target`` runs in a forked child, ``argv`` (the
+    ``hpo`` command line) in a fresh interpreter where forking is not possible."""
+
+    url: str
+    target: Callable[[], int]
+    argv: Sequence[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def start_workers(n: int, job: WorkerJob, log_dir: str | None,
+                  dispose: Iterable[Any] = ()) -> list[Proc]:
+    """Start ``n`` workers of ``job``, one BLAS thread each, logging to
+    ``log_dir/worker-<i>.log`` (``None``: discarded)."""
+    env = {**os.environ, **BLAS_ENV, **job.env}
+    logs = [os.path.join(log_dir, f"worker-{i}.log") if log_dir else None for i in range(n)]
+    if can_fork(job.url):
+        engines = list(dispose)
+        return [fork_worker(job.target, env, log, dispose=engines) for log in logs]
+    procs: list[Proc] = []
+    for log in logs:
+        cmd = [sys.executable, "-m", "hpo", *job.argv]
+        with open(log or os.devnull, "w") as out:
+            procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
+    return procs
+
+
+def stop_all(procs: Sequence[Proc], grace: float = STOP_GRACE) -> None:
+    """SIGTERM every running worker, wait for each (killing one that outlives ``grace``)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=10)
+
+
+def supervise(procs: Sequence[Proc], on_tick: Callable[[], None], every: float = 0.5) -> None:
+    """Wait for every worker to exit, calling ``on_tick`` every ``every`` seconds. A SIGTERM or
+    Ctrl-C of this process (see :mod:`hpo.signals`) stops the workers (:func:`stop_all`) and is
+    re-raised."""
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(every)
+            signals.check_stop()
+            on_tick()
+    except KeyboardInterrupt:
+        stop_all(procs)
+        raise
+
+
+def failures(procs: Sequence[Proc], log_dir: str | None) -> list[str]:
+    """One message per worker that exited with a non-zero code, with its log's last lines."""
+    out = []
+    for i, p in enumerate(procs):
+        if p.returncode in (0, None):
+            continue
+        text = f"worker {i} exited with code {p.returncode}"
+        if log_dir:
+            path = os.path.join(log_dir, f"worker-{i}.log")
+            try:
+                with open(path, errors="replace") as fh:
+                    tail = fh.read().splitlines()[-5:]
+            except OSError:
+                tail = []
+            text += f"; last lines of {path}:" + "".join(f"\n  {line}" for line in tail)
+        out.append(text)
+    return out

@@ -29,14 +29,14 @@ it equal to the workers' ``--grace-period``; both default to 60 s).
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
 import threading
-import time
 import warnings
 from typing import Any
+
+from hpo.errors import UsageError
 
 ENV_INTERVAL = "HPO_HEARTBEAT_INTERVAL"
 ENV_GRACE = "HPO_GRACE_PERIOD"
@@ -45,7 +45,6 @@ ENV_GRACE = "HPO_GRACE_PERIOD"
 def heartbeat_settings() -> tuple[int, int]:
     """(interval, grace period) in seconds for the proxy's own storage, from the environment or
     hpo's defaults; the grace period must be longer than the interval."""
-    from hpo.cli import UsageError
     from hpo.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
     def read(name: str, default: int | None) -> int | None:
@@ -135,8 +134,9 @@ def sweep_once(storage: Any) -> int:
     return failed
 
 
-def _sweeper(storage: Any, every: float, stop: threading.Event) -> None:
-    """Background loop around :func:`sweep_once`; database errors are reported, never fatal."""
+def sweeper(storage: Any, every: float, stop: threading.Event) -> None:
+    """Background loop around :func:`sweep_once` (run it in a daemon thread); database errors
+    are reported, never fatal."""
     while not stop.wait(every):
         try:
             n = sweep_once(storage)
@@ -150,11 +150,9 @@ def _sweeper(storage: Any, every: float, stop: threading.Event) -> None:
                   file=sys.stderr, flush=True)
 
 
-def _check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int) -> None:
     """gRPC binds with SO_REUSEPORT, so a second proxy on a busy port would silently share it:
     refuse a port that anything already listens on."""
-    from hpo.cli import UsageError
-
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
@@ -166,42 +164,3 @@ def _check_port_free(host: str, port: int) -> None:
             s.bind(addr)
         except OSError as e:
             raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-
-
-def serve(args: argparse.Namespace) -> int:
-    """``hpo proxy``: serve the storage over gRPC until interrupted."""
-    from hpo.cli import UsageError
-    from hpo.storage import mask_url, resolve_url
-
-    if not 1 <= args.port <= 65535:
-        raise UsageError(f"--port must be in 1..65535, got {args.port}")
-    if args.pool_size < 1:
-        raise UsageError(f"--pool-size must be >= 1, got {args.pool_size}")
-    url = resolve_url(args.storage)
-    if url.startswith("grpc://"):
-        raise UsageError("hpo proxy needs a database URL (--storage or $HPO_STORAGE), not "
-                         f"another proxy: {url}")
-    interval, grace = heartbeat_settings()
-    _check_port_free(args.host, args.port)
-    import optuna
-
-    storage = make_storage(url, args.pool_size, interval, grace)
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    stop = threading.Event()
-    threading.Thread(target=_sweeper, args=(storage, float(interval), stop), daemon=True,
-                     name="hpo-stale-sweeper").start()
-    print(f"hpo proxy: serving {mask_url(url)} at grpc://{args.host}:{args.port} with at most "
-          f"{args.pool_size} database connection(s); failing heartbeat-stale trials every "
-          f"{interval} s (grace {grace} s; proxied trials have no heartbeat)",
-          file=sys.stderr, flush=True)
-    started = time.monotonic()
-    try:
-        optuna.storages.run_grpc_proxy_server(storage, host=args.host, port=args.port)
-    except RuntimeError as e:  # grpcio: "Failed to bind to address"
-        if time.monotonic() - started < 5:
-            raise UsageError(f"cannot listen on {args.host}:{args.port}: {e}") from None
-        raise
-    finally:
-        stop.set()
-    return 0

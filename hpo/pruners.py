@@ -1,4 +1,5 @@
-"""Pruners that read the storage once per trial instead of once per report.
+"""Pruners by name, the epochs they act at, and a median pruner that reads the storage once
+per trial instead of once per report.
 
 Optuna's :class:`~optuna.pruners.MedianPruner` (a :class:`~optuna.pruners.PercentilePruner`)
 calls ``study.get_trials(states=(COMPLETE,))`` at *every* ``should_prune``: on an RDBStorage
@@ -29,13 +30,16 @@ reads the trials of its rung; hpo reports to them only at their rungs (a few rep
 from __future__ import annotations
 
 import copy
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["MedianPruner"]
+from hpo import catalog
+from hpo import optuna_compat as oc
+
+__all__ = ["MedianPruner", "make_pruner", "report_steps"]
 
 _COMPLETE = (TrialState.COMPLETE,)
 
@@ -74,20 +78,70 @@ class MedianPruner(optuna.pruners.MedianPruner):
         return super().prune(_CompletedView(study, self._completed(study, trial)), trial)
 
     def _completed(self, study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
-        key = (id(study._storage), study._study_id, trial._trial_id)
+        key = (id(oc.storage_of(study)), oc.study_id(study), oc.trial_id(trial))
         snapshot = self._snapshot
         if snapshot is not None and snapshot[0] == key:
             return snapshot[1]
-        trials: list[FrozenTrial] | None = None
-        cached = getattr(study, "_get_trials", None)
-        if cached is not None:
-            trials = cached(deepcopy=False, use_cache=True)
-            # holding a number >= the trial's, it was read after the trial was created;
-            # otherwise it is a stale list (this study object did not ask for the trial)
-            if not any(t.number >= trial.number for t in reversed(trials)):
-                trials = None
+        trials: list[FrozenTrial] | None = oc.cached_trials(study)
+        # holding a number >= the trial's, it was read after the trial was created; otherwise
+        # it is a stale list (this study object did not ask for the trial)
+        if not any(t.number >= trial.number for t in reversed(trials)):
+            trials = None
         if trials is None:
             trials = study.get_trials(deepcopy=False)
         completed = [t for t in trials if t.state == TrialState.COMPLETE]
         self._snapshot = (key, completed)
         return completed
+
+
+def make_pruner(name: str, options: Mapping[str, Any], epochs: int) -> optuna.pruners.BasePruner:
+    """The pruner called ``name`` (:data:`hpo.catalog.PRUNERS`) with hpo's defaults and
+    ``options``; unknown options and bad values raise ValueError naming the allowed ones.
+
+    "median" is :class:`MedianPruner`: Optuna's rule with one storage read per trial instead of
+    one per report; hyperband and successive-halving are Optuna's own."""
+    import importlib
+
+    component = catalog.PRUNERS.get(name)
+    if component is None:
+        raise ValueError(f"unknown pruner {name!r}; allowed: {', '.join(catalog.PRUNER_NAMES)}")
+    bad = [k for k in options if k not in component.option_names]
+    if bad:
+        raise ValueError(f"pruner {name!r} has no option {bad[0]!r}; allowed: "
+                         f"{', '.join(component.option_names) or 'none'}")
+    try:
+        checked = component.check(options, context={"epochs": epochs})
+    except catalog.OptionError as e:
+        raise ValueError(f"pruner {name!r}: {e}") from None
+    module, _, cls = component.target.partition(":")
+    return getattr(importlib.import_module(module), cls)(
+        **catalog.pruner_kwargs(name, checked, epochs))
+
+
+def report_steps(pruner: str, options: Mapping[str, Any], epochs: int) -> frozenset[int]:
+    """The epochs at which ``pruner`` can act: only those are reported to the storage.
+
+    median: every ``interval_steps`` epochs after ``n_warmup_steps``;
+    successive-halving / hyperband: the rungs ``min_resource * reduction_factor**k``.
+    """
+    if pruner == "none":
+        return frozenset()
+    kwargs = catalog.pruner_kwargs(pruner, options, epochs)
+    if pruner == "median":
+        warmup = max(int(kwargs["n_warmup_steps"]), 1)
+        every = int(kwargs["interval_steps"])
+        if every < 1:
+            raise ValueError(f"interval_steps must be >= 1, got {every}")
+        return frozenset(range(warmup, epochs + 1, every))
+    # Optuna's own defaults: hyperband reduces by 3, successive halving by 4
+    rf = int(kwargs.get("reduction_factor", 3 if pruner == "hyperband" else 4))
+    lo = kwargs.get("min_resource", 5)
+    lo = 5 if lo == "auto" else int(lo)
+    lo *= rf ** int(kwargs.get("min_early_stopping_rate", 0))  # successive halving's first rung
+    if rf < 2 or lo < 1:  # the loop below would never end
+        raise ValueError(f"reduction_factor must be >= 2 and min_resource >= 1, got {rf} and {lo}")
+    steps, r = set(), lo
+    while r < epochs:
+        steps.add(r)
+        r *= rf
+    return frozenset(steps)

@@ -13,7 +13,10 @@ search space::
     [pruner]   name, and the pruner's options as further keys
     [budget]   n_trials, timeout (seconds, 0 = none)
 
-Errors name the file, the key and what is allowed (:class:`SpecError`, one line).
+Every name and option is checked against :mod:`hpo.catalog`, the one declaration of what
+exists. Errors name the file, the key and what is allowed (:class:`SpecError`, one line).
+A validated spec hands out ready keyword arguments for its sampler and pruner
+(:meth:`Spec.sampler_kwargs`, :meth:`Spec.pruner_kwargs`).
 """
 
 from __future__ import annotations
@@ -25,35 +28,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpo import catalog
+from hpo.errors import SpecError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-DATASETS = ("mnist5k", "mnist", "digits")
-INITS = ("he", "xavier")
-OPTIMIZERS = ("sgd", "momentum", "adagrad", "adam")
-SAMPLINGS = ("replacement", "shuffle")
-DTYPES = ("float32", "float64")
-SAMPLERS = ("narrowing", "random", "tpe", "cmaes", "qmc", "gp")
-PRUNERS = ("none", "median", "hyperband", "successive-halving")
-PARAM_TYPES = ("float", "int", "categorical")
-# Search parameters the objective knows how to apply (name -> what it sets).
-SEARCHABLE = {
-    "lr": "optimizer learning rate",
-    "weight_decay": "L2 weight decay (lambda)",
-    "dropout": "dropout ratio of every hidden layer",
-    "hidden_width": "units in every hidden layer",
-    "hidden_layers": "number of hidden layers",
-    "batch_size": "minibatch size",
-    "optimizer": "optimizer name",
-    "init": "weight init",
-    "batchnorm": "BatchNorm after each hidden Affine",
-}
+__all__ = ["DataSpec", "ModelSpec", "Param", "Spec", "SpecError", "from_dict", "from_json",
+           "load_spec"]
 
-
-class SpecError(ValueError):
-    """A spec that cannot be used; the message is one line naming the file and the key."""
+# The catalog's names, under the names this module has always exported.
+DATASETS = tuple(catalog.DATASETS)
+INITS = catalog.INITS
+OPTIMIZERS = catalog.OPTIMIZERS
+SAMPLINGS = catalog.SAMPLINGS
+DTYPES = catalog.DTYPES
+SAMPLERS = catalog.SAMPLER_NAMES
+PRUNERS = catalog.PRUNER_NAMES
+PARAM_TYPES = catalog.PARAM_TYPES
+SEARCHABLE = {name: p.help for name, p in catalog.SEARCH_PARAMS.items()}
 
 
 @dataclass(frozen=True)
@@ -169,6 +164,23 @@ class Spec:
 
         return replace(self, **changes)
 
+    def sampler_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the sampler's class (without ``seed``): hpo's defaults, then
+        the spec's options. A narrowing spec with ``[sampler.bounds]`` starts stage 0 in
+        ``[search]`` (``initial``) while the objective asks for the bounds
+        (:meth:`suggest_space`); ``bounds`` itself is enforced by those distributions."""
+        kwargs = {**catalog.SAMPLERS[self.sampler].defaults(), **self.sampler_options}
+        bounds = kwargs.pop("bounds", None)
+        if self.sampler == "narrowing" and bounds:
+            kwargs["initial"] = {p.name: (p.low, p.high) for p in self.search
+                                 if p.type != "categorical"}
+        return kwargs
+
+    def pruner_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the pruner's class: hpo's defaults (hyperband's largest
+        resource is the trial's epochs), then the spec's options."""
+        return catalog.pruner_kwargs(self.pruner, self.pruner_options, self.model.epochs)
+
 
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a TOML spec file."""
@@ -254,7 +266,10 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
     _check_split(source, data)
     for p in search:
         _check_values(source, p)
-    _check_bounds(source, sampler, sm, search)
+    if "bounds" in sm:
+        _check_bounds(source, sampler, sm, search)
+    sm = v.options("sampler", catalog.SAMPLERS[sampler], sm, {})
+    pr = v.options("pruner", catalog.PRUNERS[pruner], pr, {"epochs": model.epochs})
     return Spec(name=name, search=search, data=data, model=model, sampler=sampler,
                 sampler_options=sm, pruner=pruner, pruner_options=pr, n_trials=n_trials,
                 timeout=timeout or None, seed=seed,
@@ -270,20 +285,6 @@ def _check_split(source: str, data: DataSpec) -> None:
         raise SpecError(f"{source}: data: {e}") from None
 
 
-_VALUE_RULES: dict[str, tuple[str, Any]] = {
-    # name -> (what is allowed, predicate on one value)
-    "lr": ("positive numbers", lambda x: _num(x) and x > 0),
-    "weight_decay": ("numbers >= 0", lambda x: _num(x) and x >= 0),
-    "dropout": ("numbers in [0, 1)", lambda x: _num(x) and 0 <= x < 1),
-    "hidden_width": ("integers >= 1", lambda x: _int(x) and x >= 1),
-    "hidden_layers": ("integers >= 0", lambda x: _int(x) and x >= 0),
-    "batch_size": ("integers >= 1", lambda x: _int(x) and x >= 1),
-    "optimizer": (", ".join(OPTIMIZERS), lambda x: x in OPTIMIZERS),
-    "init": (", ".join(INITS), lambda x: x in INITS),
-    "batchnorm": ("true, false", lambda x: isinstance(x, bool)),
-}
-
-
 def _num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -294,15 +295,15 @@ def _int(x: Any) -> bool:
 
 def _check_values(source: str, p: Param) -> None:
     """Every value the search can draw must be one the objective accepts."""
-    allowed, ok = _VALUE_RULES[p.name]
+    rule = catalog.SEARCH_PARAMS[p.name]
     values = p.choices if p.type == "categorical" else (p.low, p.high)
-    if p.name in ("hidden_width", "hidden_layers", "batch_size") and p.type == "float":
-        raise SpecError(f"{source}: search.{p.name}.type: must be int or categorical")
-    if p.name in ("optimizer", "init", "batchnorm") and p.type != "categorical":
-        raise SpecError(f"{source}: search.{p.name}.type: must be categorical")
+    if p.type not in rule.types:
+        raise SpecError(f"{source}: search.{p.name}.type: must be "
+                        f"{' or '.join(rule.types)}")
     for x in values:
-        if not ok(x):
-            raise SpecError(f"{source}: search.{p.name}: {x!r} is not allowed; allowed: {allowed}")
+        if not rule.ok(x):
+            raise SpecError(f"{source}: search.{p.name}: {x!r} is not allowed; "
+                            f"allowed: {rule.allowed}")
 
 
 def _check_bounds(
@@ -352,10 +353,10 @@ def _check_bounds(
             if any(abs(k - round(k)) > 1e-9 * max(1.0, abs(k)) for k in off):
                 raise fail(key, f"must lie on the step grid of search.{name} "
                                 f"({p.low} + k * {p.step}), got [{low}, {high}]")
-        allowed, ok = _VALUE_RULES[name]
+        rule = catalog.SEARCH_PARAMS[name]
         for x in (low, high):
-            if not ok(x):
-                raise fail(key, f"{x!r} is not allowed; allowed: {allowed}")
+            if not rule.ok(x):
+                raise fail(key, f"{x!r} is not allowed; allowed: {rule.allowed}")
 
 
 class _Validator:
@@ -416,10 +417,19 @@ class _Validator:
             raise self.fail(key, f"must be in {lo or '(-inf'}, {hi or 'inf)'}, got {value}")
         return float(value)
 
+    def options(self, table: str, component: catalog.Component, options: dict[str, Any],
+                context: dict[str, Any]) -> dict[str, Any]:
+        """The options of a sampler or pruner, checked against its catalog declaration."""
+        try:
+            return component.check(options, spec=True, context=context)
+        except catalog.OptionError as e:
+            raise self.fail(f"{table}.{e.key}", e.reason) from None
+
     def param(self, name: str, body: Any) -> Param:
         key = f"search.{name}"
-        if name not in SEARCHABLE:
-            raise self.fail(key, f"unknown parameter; allowed: {', '.join(SEARCHABLE)}")
+        if name not in catalog.SEARCH_PARAMS:
+            raise self.fail(key, "unknown parameter; allowed: "
+                                 + ", ".join(catalog.SEARCH_PARAMS))
         body = self.table(key, body)
         ptype = self.choice(f"{key}.type", body.get("type", "float"), PARAM_TYPES)
         if ptype == "categorical":

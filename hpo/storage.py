@@ -1,4 +1,5 @@
-"""Storage URLs, engine options, schema initialisation, heartbeats, study creation.
+"""Storage URLs, engine options, schema initialisation, study creation, and the storage side
+of liveness: trial counts by state, heartbeats and the stale-trial sweep, transient errors.
 
 One rule drives this module: the schema and the study are created **once, before any worker
 starts**. Several processes calling ``create_study(load_if_exists=True)`` on an empty database race
@@ -14,8 +15,11 @@ import sqlite3
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from hpo.errors import StorageError
+
 if TYPE_CHECKING:
     import optuna
+    from optuna.trial import TrialState
 
     from hpo.spec import Spec
 
@@ -27,11 +31,6 @@ METRIC_NAME = "val_acc"
 HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 60
 MAX_RETRY = 3
-
-
-class StorageError(RuntimeError):
-    """The storage cannot be used (unreachable, bad URL, unknown study): one line, password
-    masked."""
 
 
 def resolve_url(url: str | None) -> str:
@@ -247,3 +246,149 @@ def load_study_spec(storage: optuna.storages.BaseStorage, study_name: str) -> Sp
     if SPEC_ATTR not in attrs:
         raise StorageError(f"study {study_name!r} was not made by hpo (no spec recorded)")
     return from_dict(attrs[SPEC_ATTR], source=f"study {study_name!r}")
+
+
+# --- counting and liveness ---------------------------------------------------------------------
+
+
+def state_counts(study: optuna.Study, below: int | None = None) -> dict[TrialState, int]:
+    """Number of trials per state (of those numbered below ``below``, when given).
+
+    On an RDBStorage this is one SQL query on Optuna's ``trials`` table, not a
+    ``study.get_trials`` (which reads and rebuilds the trials, seven queries when incremental);
+    other storages read the trials. Connection errors propagate (:func:`is_transient`)."""
+    from collections import Counter
+
+    import sqlalchemy
+    from optuna.trial import TrialState
+
+    from hpo import optuna_compat as oc
+
+    rdb = oc.rdb_of(study)
+    if rdb is None:
+        return dict(Counter(
+            t.state for t in study.get_trials(deepcopy=False)
+            if below is None or t.number < below
+        ))
+    sql = "SELECT state, COUNT(*) FROM trials WHERE study_id = :study_id"
+    params = {"study_id": oc.study_id(study)}
+    if below is not None:
+        sql += " AND number < :below"
+        params["below"] = below
+    with rdb.engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.text(sql + " GROUP BY state"), params).all()
+    # the column is an Enum of TrialState names ('COMPLETE', ...); a native enum on PostgreSQL
+    return {TrialState[getattr(state, "name", state)]: int(n) for state, n in rows}
+
+
+def fail_trials_without_heartbeat(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials that never recorded a heartbeat and started more than the grace
+    period ago, and hand each to the storage's stale-trial callback (the retry), as Optuna's
+    ``fail_stale_trials`` does for trials whose heartbeat stopped. Returns their numbers.
+
+    Optuna never counts a trial without a heartbeat row as stale. A worker that loses the
+    database just after creating a trial leaves one: the heartbeat thread dies on its first beat,
+    the ``tell`` fails too, and the trial would hold its slot of the budget forever (seen about
+    once in 20 PostgreSQL restarts under two workers). RDB storages with heartbeats only."""
+    import copy
+    from datetime import datetime, timedelta
+
+    import optuna
+    import sqlalchemy
+    from optuna.trial import TrialState
+
+    from hpo import optuna_compat as oc
+
+    rdb = oc.rdb_of(study)
+    interval = rdb.get_heartbeat_interval() if rdb is not None else None
+    if interval is None:
+        return []
+    grace = rdb.grace_period or 2 * interval
+    cutoff = datetime.now() - timedelta(seconds=grace)  # datetime_start is the worker's local time
+    sql = sqlalchemy.text(
+        "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.study_id = :study_id AND t.state = 'RUNNING' AND h.trial_id IS NULL "
+        "AND t.datetime_start < :cutoff")
+    with rdb.engine.connect() as conn:
+        ids = [r[0] for r in conn.execute(sql, {"study_id": oc.study_id(study),
+                                                "cutoff": cutoff})]
+    storage = oc.storage_of(study)
+    callback = rdb.get_heartbeat_stale_trial_callback()
+    failed = []
+    for trial_id in ids:
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # told or failed meanwhile
+            continue
+        trial = copy.deepcopy(storage.get_trial(trial_id))
+        failed.append(trial.number)
+        if callback is not None:
+            callback(study, trial)
+    return failed
+
+
+def sweep_stale_trials(study: optuna.Study) -> None:
+    """Fail the study's stale RUNNING trials (heartbeat stopped, or never beat past the grace
+    period) and re-queue them through the retry callback. Nothing without heartbeats."""
+    import optuna
+
+    from hpo import optuna_compat as oc
+
+    if not oc.heartbeat_enabled(oc.storage_of(study)):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    fail_trials_without_heartbeat(study)
+
+
+def keep_alive(study: optuna.Study, trial: Any) -> None:
+    """For a trial that waits outside ``Study.optimize``'s own loop (a narrowing stage
+    boundary): record its heartbeat, and fail the stale trials it may be waiting for."""
+    from hpo import optuna_compat as oc
+
+    if oc.heartbeat_enabled(oc.storage_of(study)):
+        oc.record_heartbeat(study, trial)
+        sweep_stale_trials(study)
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The innermost exception of a chain (Optuna masks database errors in ``tell``)."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = e.__cause__ or e.__context__
+        if nxt is None:
+            break
+        e = nxt
+    return e
+
+
+def is_transient(e: BaseException) -> bool:
+    """True when the exception chain holds a connection-level database error: the server went
+    away or restarted. Optuna 5 surfaces these as ``UnboundLocalError``/``AssertionError`` from
+    ``tell``, so the whole ``__cause__``/``__context__`` chain is searched."""
+    import optuna
+    import sqlalchemy.exc
+
+    transient: tuple[type[BaseException], ...] = (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        optuna.exceptions.StorageInternalError,
+        ConnectionError,
+    )
+    try:
+        import grpc
+
+        transient += (grpc.RpcError,)
+    except ImportError:  # pragma: no cover
+        pass
+    seen = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, transient):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False

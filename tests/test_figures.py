@@ -16,9 +16,9 @@ from matplotlib.image import imread
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial
 
-from hpo import figures
+from hpo import figures, listing, plane, plots
 from hpo.cli import main
-from hpo.report import best_rows, format_row, ranked
+from hpo.listing import best_rows, format_row, ranked
 from tests.conftest import hpo
 
 SPEC = {"search": {"lr": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
@@ -131,7 +131,7 @@ def test_curves_measured_every_k_epochs_are_drawn_at_their_epochs():
     for fig in (figures.best_curves_figure([t], top=1), figures.curve_figure(t)):
         lines = [ln for ax in fig.axes for ln in ax.get_lines()]
         assert lines and all(list(ln.get_xdata()) == [25, 50] for ln in lines)
-    traces = figures.best_curves_plotly([t], top=1).data
+    traces = plots.best_curves_plotly([t], top=1).data
     assert len(traces) == 2 and all(list(tr.x) == [25, 50] for tr in traces)
     del t.user_attrs["curve_epochs"]
     assert [list(ln.get_xdata()) for ln in figures.curve_figure(t).axes[0].get_lines()] == \
@@ -148,10 +148,10 @@ def test_figures_use_log_axes_and_survive_degenerate_studies(tmp_path):
     # two trials cannot be interpolated, zero trials have nothing to show: no exception
     for few in (trials[:2], []):
         for build in (figures.acc_vs_params_figure, figures.contour_figure,
-                      figures.acc_vs_params_plotly, figures.contour_plotly):
+                      plots.acc_vs_params_plotly, plots.contour_plotly):
             build(few, SPEC)
         figures.best_curves_figure(few).savefig(tmp_path / "x.png")
-        figures.best_curves_plotly(few)
+        plots.best_curves_plotly(few)
 
 
 def test_summary_marks_small_gaps_and_skips_diverged_and_unknown():
@@ -162,26 +162,26 @@ def test_summary_marks_small_gaps_and_skips_diverged_and_unknown():
         _trial(3, 0.10, 1e-3, 1e-6, train=0.10, diverged=True),  # gap 0 but diverged
         _trial(4, 0.60, 1e-3, 1e-6, train=0.55),               # negative gap: marked
     ]
-    s = figures.summary(trials, SPEC, "s", top=20, max_gap=0.05)
-    marked = [_trial_no(x) for x in s.listing if x.endswith(figures.gap_mark(0.05))]
+    s = listing.summary(trials, SPEC, "s", top=20, max_gap=0.05)
+    marked = [_trial_no(x) for x in s.listing if x.endswith(listing.gap_mark(0.05))]
     assert marked == [1, 4] == _expected_small_gap(trials, 0.05)
     assert [_trial_no(x) for x in s.small_gap] == [1, 4]
     md = s.markdown()
     assert "## Best with gap < 0.05" in md and md.count("[trial 1]") == 2
-    unmarked = figures.summary(trials, SPEC, "s", top=20).markdown()
+    unmarked = listing.summary(trials, SPEC, "s", top=20).markdown()
     assert "<- gap" not in unmarked and "Best with gap" not in unmarked
-    none = figures.summary(trials[:1], SPEC, "s", max_gap=0.01)
+    none = listing.summary(trials[:1], SPEC, "s", max_gap=0.01)
     assert "No COMPLETE trial has a train-validation gap below 0.01" in none.markdown()
 
 
 def test_edge_warning_for_a_best_trial_near_an_edge():
     inside = [_trial(0, 0.9, 1e-4, 1e-6), _trial(1, 0.5, 9.5e-3, 1e-6)]
-    assert figures.edge_warnings(inside, SPEC) == []
+    assert listing.edge_warnings(inside, SPEC) == []
     edge = [_trial(0, 0.5, 1e-4, 1e-6), _trial(1, 0.9, 9.5e-3, 1e-6)]
-    (message,) = figures.edge_warnings(edge, SPEC)
+    (message,) = listing.edge_warnings(edge, SPEC)
     assert message.startswith("lr=0.0095 sits at the upper edge")
     assert "[1e-06, 0.01]" in message and message.endswith("the optimum may lie outside it")
-    assert message in figures.summary(edge, SPEC, "s").markdown()
+    assert message in listing.summary(edge, SPEC, "s").markdown()
 
 
 def test_summary_shows_confirmation_noise_floor_and_test():
@@ -195,11 +195,11 @@ def test_summary_shows_confirmation_noise_floor_and_test():
         "hpo:test": {"at": "2026-11-28T00:00:00+00:00", "trial": 1, "test_acc": 0.7512,
                      "n_test": 1000},
     }
-    md = figures.summary(trials, SPEC, "s", user_attrs=attrs).markdown()
+    md = listing.summary(trials, SPEC, "s", user_attrs=attrs).markdown()
     assert "## Confirmation and test" in md and "±0.031 (std)" in md
     assert "Confirmed-1(val acc:0.770 ± 0.010)" in md and "[trial 1]" in md
     assert "trial 1 test acc 0.7512 on 1000 images" in md
-    assert "Confirmation and test" not in figures.summary(trials, SPEC, "s").markdown()
+    assert "Confirmation and test" not in listing.summary(trials, SPEC, "s").markdown()
 
 
 def test_stages_tolerate_missing_narrowing_attrs():
@@ -212,13 +212,13 @@ def test_stages_tolerate_missing_narrowing_attrs():
         _trial(3, 0.7, 3e-4, 2e-6, system_attrs={"narrowing:stage": 2,
                                                   "narrowing:ranges": {"lr": [1e-4, 2e-4]}}),
     ]
-    found = figures.stages(trials, SPEC)
+    found = plane.stages(trials, SPEC)
     assert [s.number for s in found] == [0, 1, 2]
     assert found[0].ranges == {"lr": (1e-6, 1e-2), "weight_decay": (1e-8, 1e-4)}  # the spec's
     assert found[1].ranges == {"lr": (1e-4, 1e-3), "weight_decay": (1e-7, 1e-5)}
     assert found[2].ranges is None and len(found[2].trials) == 2
     assert figures.stages_figure(trials, SPEC) is not None
-    assert figures.stages_plotly(trials, SPEC) is not None
+    assert plots.stages_plotly(trials, SPEC) is not None
 
 
 # --- the command on real studies --------------------------------------------------------------
@@ -252,13 +252,13 @@ def test_report_on_a_random_study(tiny_spec, sqlite_url, tmp_path, capsys):
     lines = _listing_block(md)
     assert [x.split("  <- ")[0] for x in lines] == [format_row(r) for r in best_rows(study, 20)]
     small = set(_expected_small_gap(trials, g))
-    assert 0 < sum(x.endswith(figures.gap_mark(g)) for x in lines) < len(lines)
+    assert 0 < sum(x.endswith(listing.gap_mark(g)) for x in lines) < len(lines)
     for line in lines:
-        assert line.endswith(figures.gap_mark(g)) == (_trial_no(line) in small), line
+        assert line.endswith(listing.gap_mark(g)) == (_trial_no(line) in small), line
     section = md.split(f"## Best with gap < {g:g}", 1)[1]
     assert [_trial_no(x) for x in _listing_block(section)] == \
-        _expected_small_gap(trials, g)[:figures.GAP_LIST]
-    warnings = figures.edge_warnings(trials, study.user_attrs["hpo:spec"])
+        _expected_small_gap(trials, g)[:listing.GAP_LIST]
+    warnings = listing.edge_warnings(trials, study.user_attrs["hpo:spec"])
     for w in warnings:
         assert w in md
 
@@ -322,7 +322,7 @@ def test_report_on_a_narrowing_study(tiny_spec, sqlite_url, tmp_path):
 
     study = optuna.load_study(study_name="nar", storage=sqlite_url)
     trials = study.get_trials()
-    found = figures.stages(trials, study.user_attrs["hpo:spec"])
+    found = plane.stages(trials, study.user_attrs["hpo:spec"])
     assert [s.number for s in found] == [0, 1, 2] and [len(s.trials) for s in found] == [8] * 3
     for s in found[1:]:
         recorded = trials[8 * s.number].system_attrs["narrowing:ranges"]

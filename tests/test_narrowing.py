@@ -46,6 +46,13 @@ def make_study(sampler: NarrowingSampler, direction: str = "minimize", **kw: Any
     return optuna.create_study(direction=direction, sampler=sampler, **kw)
 
 
+def another_worker(study: optuna.Study, **kw: Any) -> optuna.Study:
+    """The same study as seen by another worker: its own sampler on the same storage (a trial
+    asked here is not the calling thread's own, which the sampler would not wait for)."""
+    return optuna.load_study(study_name=study.study_name, storage=study._storage,
+                             sampler=NarrowingSampler(**kw))
+
+
 def add(
     study: optuna.Study,
     params: dict[str, Any],
@@ -534,37 +541,69 @@ def test_a_restarted_worker_carries_on(tmp_path: Any) -> None:
 # ------------------------------------------------------------------------------ waiting
 
 
-def test_waits_for_a_running_trial_then_narrows_partially() -> None:
+class Clock:
+    """The sampler's clock, watched: its time moves only when it sleeps (each sleep also
+    really sleeps, so other threads move on), so what is checked is whether and how long the
+    sampler chose to wait, never the machine's speed."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        time.sleep(seconds)
+
+    def take(self) -> float:
+        """Seconds slept since the last call."""
+        total, self.slept = sum(self.slept), []
+        return total
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    import hpo.samplers.narrowing as module
+
+    watched = Clock()
+    monkeypatch.setattr(module, "time", watched)
+    return watched
+
+
+def test_waits_for_a_running_trial_then_narrows_partially(clock: Clock, tmp_path: Any) -> None:
     sampler = NarrowingSampler(
         stage_trials=2, keep_top=1, seed=0, wait_timeout=0.2, poll_interval=0.01
     )
-    study = make_study(sampler)
+    # on a database: the other worker could be another process (an in-memory study with no
+    # other thread could have nobody else finishing it, and the sampler would not wait)
+    study = make_study(sampler, storage=f"sqlite:///{tmp_path / 'w.db'}")
     t0 = study.ask()
     t0.suggest_float("lr", 1e-6, 1e-2, log=True)
     study.tell(t0, 0.5)
-    running = study.ask()  # trial 1, stage 0, left RUNNING
+    other = another_worker(study, stage_trials=2, keep_top=1, seed=0)
+    running = other.ask()  # trial 1, stage 0, another worker's, left RUNNING
     running.suggest_float("lr", 1e-6, 1e-2, log=True)
 
-    start = time.monotonic()
     t2 = study.ask()  # stage 1
-    waited = time.monotonic() - start
-    assert waited >= 0.2
+    waited = clock.take()
+    assert waited >= 0.2 - 1e-9
     a = attrs(study, t2.number)
     assert a[PARTIAL_ATTR] is True and a[STAGE_ATTR] == 1
     lo, hi = np.log10(a[RANGES_ATTR]["lr"])
     assert lo <= math.log10(t0.params["lr"]) <= hi and hi - lo < 0.1
     study.tell(t2, 1.0)
 
-    start = time.monotonic()
     t3 = study.ask()  # same stage, trial 1 still running: this instance does not wait again
-    assert time.monotonic() - start < 0.1
+    assert clock.take() == 0
     assert attrs(study, t3.number)[PARTIAL_ATTR] is True
     study.tell(t3, 1.0)
-    study.tell(running, 0.1)  # the stage finishes: ranges are final from now on
+    other.tell(running, 0.1)  # the stage finishes: ranges are final from now on
 
-    start = time.monotonic()
     t4 = study.ask()  # stage 2, stage 1 finished: no wait, not partial
-    assert time.monotonic() - start < 0.1
+    assert clock.take() == 0
     a = attrs(study, t4.number)
     assert PARTIAL_ATTR not in a and a[STAGE_ATTR] == 2
     # Trial 1 was the best of stage 0: stage 1's final ranges (and so stage 2's) surround it.
@@ -572,7 +611,7 @@ def test_waits_for_a_running_trial_then_narrows_partially() -> None:
     assert lo <= running.params["lr"] <= hi
 
 
-def test_wait_ends_when_the_other_worker_finishes() -> None:
+def test_wait_ends_when_the_other_worker_finishes(clock: Clock) -> None:
     sampler = NarrowingSampler(
         stage_trials=2, keep_top=1, seed=0, wait_timeout=30, poll_interval=0.01
     )
@@ -581,33 +620,32 @@ def test_wait_ends_when_the_other_worker_finishes() -> None:
     study.enqueue_trial({"lr": 1e-4})
     t0 = study.ask()
     study.tell(t0, t0.suggest_float("lr", 1e-6, 1e-2, log=True))
-    running = study.ask()
+    worker = another_worker(study, stage_trials=2, keep_top=1, seed=0)
+    running = worker.ask()
     running.suggest_float("lr", 1e-6, 1e-2, log=True)
 
     def finish() -> None:
         time.sleep(0.3)
-        study.tell(running, 1e-4)
+        worker.tell(running, 1e-4)
 
     other = threading.Thread(target=finish)
     other.start()
-    start = time.monotonic()
     trial = study.ask()
-    waited = time.monotonic() - start
+    waited = clock.take()
     other.join()
-    assert 0.25 <= waited < 10
+    assert 0 < waited < 30  # it waited, and not until its 30 s timeout
     a = attrs(study, trial.number)
     assert PARTIAL_ATTR not in a
     lo, hi = a[RANGES_ATTR]["lr"]
     assert lo <= 1e-4 <= hi and hi < 1e-3  # from the trial that finished while we waited
 
 
-def test_no_wait_once_the_previous_stage_has_finished() -> None:
+def test_no_wait_once_the_previous_stage_has_finished(clock: Clock) -> None:
     sampler = NarrowingSampler(stage_trials=3, keep_top=1, seed=0, wait_timeout=60)
     study = make_study(sampler)
     study.optimize(book_objective, n_trials=3)
-    start = time.monotonic()
     study.optimize(book_objective, n_trials=3)
-    assert time.monotonic() - start < 5
+    assert clock.take() == 0
     assert all(PARTIAL_ATTR not in attrs(study, n) for n in range(6))
 
 
@@ -682,7 +720,8 @@ def test_reseed_rng_keeps_a_given_seed_and_changes_a_random_one() -> None:
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-def test_waiting_fails_stale_trials_and_keeps_its_own_heartbeat(tmp_path: Any) -> None:
+def test_waiting_fails_stale_trials_and_keeps_its_own_heartbeat(tmp_path: Any,
+                                                                clock: Clock) -> None:
     storage = optuna.storages.RDBStorage(
         f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=2
     )
@@ -692,22 +731,22 @@ def test_waiting_fails_stale_trials_and_keeps_its_own_heartbeat(tmp_path: Any) -
     study = make_study(sampler, storage=storage)
     done = study.ask()
     study.tell(done, done.suggest_float("lr", 1e-6, 1e-2, log=True))
-    dead = study.ask()  # its worker records one heartbeat, then dies
+    dead = another_worker(study, stage_trials=2, keep_top=1, seed=0).ask()  # one heartbeat,
+    # then its worker dies
     storage.record_heartbeat(dead._trial_id)
     beats: list[int] = []
     record = storage.record_heartbeat
     storage.record_heartbeat = lambda trial_id: (beats.append(trial_id), record(trial_id))[1]
 
-    start = time.monotonic()
     trial = study.ask()  # waits until the dead worker's trial is failed as stale
-    waited = time.monotonic() - start
-    assert 1.0 < waited < 15
+    waited = clock.take()
+    assert 1.0 < waited < 30  # about the grace period, not the 30 s timeout
     assert study.trials[dead.number].state == TrialState.FAIL
     assert trial._trial_id in beats
     assert PARTIAL_ATTR not in attrs(study, trial.number)
 
 
-def test_hyperband_bracket_studies_see_every_trial() -> None:
+def test_hyperband_bracket_studies_see_every_trial(clock: Clock) -> None:
     # Optuna hands samplers a per-bracket view of the study under HyperbandPruner; stages are
     # made of all trials, so the wait must not look at one bracket only.
     sampler = NarrowingSampler(
@@ -725,17 +764,17 @@ def test_hyperband_bracket_studies_see_every_trial() -> None:
     study.tell(first, 1.0)
     for lr in (1e-3, 2e-3, 1e-6, 3e-6):
         add(study, {"lr": lr}, lr)
-    running = study.ask()
+    worker = another_worker(study, stage_trials=6, keep_top=2, seed=0)
+    running = worker.ask()
     running.suggest_float("lr", 1e-6, 1e-2, log=True)
-    other = threading.Thread(target=lambda: (time.sleep(0.3), study.tell(running, 1.0)))
+    other = threading.Thread(target=lambda: (time.sleep(0.3), worker.tell(running, 1.0)))
     other.start()
-    start = time.monotonic()
     trial = study.ask()
-    waited = time.monotonic() - start
+    waited = clock.take()
     other.join()
     brackets = {study.pruner._get_bracket_id(study, t) for t in study.trials[:6]}  # type: ignore
     assert len(brackets) > 1
-    assert waited < 10
+    assert waited < 20  # it did not wait for its 20 s timeout
     assert PARTIAL_ATTR not in attrs(study, trial.number)
     assert attrs(study, trial.number)[RANGES_ATTR]["lr"] == pytest.approx([1e-6, 3e-6])
 

@@ -13,7 +13,7 @@ from hpo.spec import load_spec
 
 
 def _trials(spec, n: int = 3) -> list[optuna.trial.FrozenTrial]:
-    from hpo.objective import make_pruner
+    from hpo.pruners import make_pruner
 
     study = optuna.create_study(
         direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3),

@@ -14,8 +14,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.runner import Surplus, _claim, count_states, state_counts, work
-from hpo.storage import get_storage
+from hpo.storage import get_storage, state_counts
+from hpo.trials import Surplus, _claim, count_states, work
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -116,7 +116,7 @@ def worker_args(url: str, study: str, *extra: str) -> list[str]:
 # the workers' first storage calls happen within milliseconds of each other.
 GATE = """
 import os, runpy, sys, time
-import numpy, optuna, sqlalchemy, psycopg, sklearn.datasets, hpo.objective, hpo.runner
+import numpy, optuna, sqlalchemy, psycopg, sklearn.datasets, hpo.objective, hpo.trials
 ready, go = sys.argv[1], sys.argv[2]
 open(ready, "w").close()
 while not os.path.exists(go):
@@ -169,7 +169,7 @@ def test_eight_workers_started_at_the_same_instant(tiny_spec, pg_url, tmp_path):
     assert [p.returncode for p in procs] == [0] * n_workers, "\n".join(outputs)
     # Optuna logs each surplus claim with its traceback; anything else is a crash
     for out in outputs:
-        assert out.count("Traceback") == out.count("hpo.runner.Surplus: "), out
+        assert out.count("Traceback") == out.count("hpo.trials.Surplus: "), out
     probe = Probe(pg_url, "stampede")
     try:
         trials = assert_exact(probe, n_trials)
@@ -418,8 +418,8 @@ def test_dashboard_is_read_only_unless_told(tiny_spec, sqlite_url, tmp_path):
 def test_state_counts_read_postgres_enum_states(pg_url):
     """The worker loop's one-query counts (a native enum column on PostgreSQL) agree with the
     trials, for every state, and the claim query counts only lower numbers."""
-    from hpo.runner import count_states, state_counts
-    from hpo.storage import get_storage
+    from hpo.storage import get_storage, state_counts
+    from hpo.trials import count_states
 
     storage = get_storage(pg_url, create_schema=True)
     study = optuna.create_study(storage=storage, study_name="counts", direction="maximize")
@@ -443,8 +443,8 @@ def test_a_worker_opens_no_connection_per_trial(pg_url):
     opened (a TCP connection and a server process) and closed again per trial."""
     from sqlalchemy import event
 
-    from hpo.runner import work
     from hpo.storage import get_storage
+    from hpo.trials import work
 
     storage = get_storage(pg_url, heartbeat=True, create_schema=True)
     study = optuna.create_study(storage=storage, study_name="conns", direction="maximize")

@@ -3,8 +3,9 @@
 import optuna
 import pytest
 
-from hpo.objective import Objective, make_pruner, report_steps
-from hpo.report import listing
+from hpo.listing import listing
+from hpo.objective import Objective
+from hpo.pruners import make_pruner, report_steps
 from hpo.spec import load_spec
 from tests.conftest import STUDIES, hpo
 

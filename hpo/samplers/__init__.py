@@ -3,7 +3,8 @@
 This package knows nothing about the model (it never imports :mod:`hpo.nn`).
 """
 
-from hpo.samplers.narrowing import NarrowingSampler, edge_warnings
+from hpo.samplers.edges import edge_warnings
+from hpo.samplers.narrowing import NarrowingSampler
 from hpo.samplers.registry import SAMPLER_NAMES, available_samplers, make_sampler
 
 __all__ = [

@@ -18,43 +18,22 @@ are not (``bounds`` of ``"narrowing"``, see :func:`make_sampler`).
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
-import inspect
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
 
-from hpo.samplers.narrowing import NarrowingSampler
+from hpo import catalog
 
 __all__ = ["SAMPLER_NAMES", "available_samplers", "make_sampler"]
 
-#: Every sampler name :func:`make_sampler` knows, available here or not.
-SAMPLER_NAMES: tuple[str, ...] = ("narrowing", "random", "tpe", "cmaes", "qmc", "gp")
-
-_CLASSES: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
-    "narrowing": NarrowingSampler,
-    "random": optuna.samplers.RandomSampler,
-    "tpe": optuna.samplers.TPESampler,
-    "cmaes": optuna.samplers.CmaEsSampler,
-    "qmc": optuna.samplers.QMCSampler,
-    "gp": optuna.samplers.GPSampler,
-}
-
-#: Defaults that differ from the sampler class's own.
-_DEFAULTS: dict[str, dict[str, Any]] = {"qmc": {"scramble": True}}
-
-#: Options of the spec that are not arguments of the sampler's class (see :func:`make_sampler`).
-_SPEC_OPTIONS: dict[str, tuple[str, ...]] = {"narrowing": ("bounds",)}
-
-#: name -> (module that must be importable, how to install it)
-_REQUIRES: dict[str, tuple[str, str]] = {
-    "cmaes": ("cmaes", "pip install cmaes"),
-    "gp": ("torch", "pip install 'hpo[gp]'"),
-}
+#: Every sampler name :func:`make_sampler` knows, available here or not (:mod:`hpo.catalog`).
+SAMPLER_NAMES: tuple[str, ...] = catalog.SAMPLER_NAMES
 
 
 def _importable(module: str) -> bool:
@@ -64,19 +43,15 @@ def _importable(module: str) -> bool:
 def available_samplers() -> tuple[str, ...]:
     """The names in :data:`SAMPLER_NAMES` whose dependencies are installed here."""
     return tuple(
-        name for name in SAMPLER_NAMES if name not in _REQUIRES or _importable(_REQUIRES[name][0])
+        name for name, c in catalog.SAMPLERS.items()
+        if c.requires is None or _importable(c.requires[0])
     )
 
 
-def _allowed_options(name: str) -> tuple[str, ...]:
-    parameters = inspect.signature(_CLASSES[name]).parameters.values()
-    return tuple(
-        p.name
-        for p in parameters
-        if p.name != "seed" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ) + _SPEC_OPTIONS.get(name, ())
-
-
+def load_class(target: str) -> Any:
+    """The class a catalog entry names (``"module:Class"``), imported now."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 def _pair(value: Any) -> tuple[float, float] | None:
     """``value`` as a finite ``(low, high)`` pair with low < high, else ``None``."""
     if isinstance(value, (str, bytes, Mapping)):
@@ -136,7 +111,7 @@ def make_sampler(
             the objective asks for (``hpo.spec.Spec.suggest_space`` widens ``[search]`` to
             them) and the sampler clips every range to those, so ``bounds`` is only checked
             here, not passed on; it needs ``initial`` (``[search]``'s ranges, which stage 0
-            draws from), each inside its bounds. ``hpo.runner`` passes both from the spec.
+            draws from), each inside its bounds. ``hpo.spec.Spec.sampler_kwargs`` makes both.
 
     Returns:
         A new sampler. Optuna's experimental-feature warnings (``"qmc"``) are silenced.
@@ -145,15 +120,16 @@ def make_sampler(
         ValueError: unknown name, unknown option, a ``seed`` inside ``options``, or a sampler
             whose dependency is not installed (the message says what to install).
     """
-    if name not in _CLASSES:
+    component = catalog.SAMPLERS.get(name)
+    if component is None:
         raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
-    if name in _REQUIRES and not _importable(_REQUIRES[name][0]):
-        module, install = _REQUIRES[name]
+    if component.requires is not None and not _importable(component.requires[0]):
+        module, install = component.requires
         raise ValueError(f"sampler {name!r} needs {module}: {install}")
     options = dict(options or {})
     if "seed" in options:
         raise ValueError(f"pass the seed of sampler {name!r} as seed=, not in options")
-    allowed = _allowed_options(name)
+    allowed = component.option_names
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(
@@ -162,7 +138,11 @@ def make_sampler(
         )
     if name == "narrowing":
         options = _narrowing_kwargs(options)
-    kwargs = {**_DEFAULTS.get(name, {}), **options, "seed": seed}
+    try:
+        options = component.check(options)
+    except catalog.OptionError as e:
+        raise ValueError(f"sampler {name!r}: {e}") from None
+    kwargs = {**component.defaults(), **options, "seed": seed}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        return _CLASSES[name](**kwargs)
+        return load_class(component.target)(**kwargs)

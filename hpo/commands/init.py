@@ -14,27 +14,21 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hpo.commands.run import spec_from_args
+from hpo.errors import UsageError
+from hpo.objective import Objective
+from hpo.storage import create_or_load_study, get_storage, mask_url, resolve_url
+from hpo.trials import build_sampler_and_pruner, count
+
 
 def init(args: argparse.Namespace) -> int:
     """Create (or check) the schema and the study of ``args.spec``; print one line."""
-    from hpo.cli import UsageError
-    from hpo.objective import Objective
-    from hpo.runner import _build_sampler_and_pruner, count
-    from hpo.spec import load_spec
-    from hpo.storage import create_or_load_study, get_storage, mask_url, resolve_url
-
-    spec = load_spec(args.spec)
-    n_trials = getattr(args, "n_trials", None)
-    if n_trials is not None:
-        if n_trials <= 0:
-            raise UsageError(f"--n-trials must be >= 1, got {n_trials}")
-        spec = spec.replace(n_trials=n_trials)
-    study_name = getattr(args, "study", None) or spec.name
+    spec, study_name = spec_from_args(args)
     url = resolve_url(args.storage)
     if url.startswith("grpc://"):
         raise UsageError("hpo init needs the database URL, not a gRPC proxy: the proxy does not "
                          "create schemas")
-    sampler, pruner = _build_sampler_and_pruner(spec)
+    sampler, pruner = build_sampler_and_pruner(spec)
     Objective(spec)  # loads the data: a data error stops us before anything is written
     storage = get_storage(url, create_schema=True)
     study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)

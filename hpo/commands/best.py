@@ -1,0 +1,62 @@
+"""``hpo best NAME`` (the book's Best-N listing) and ``hpo studies`` (every study)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from optuna.trial import TrialState
+
+from hpo import optuna_compat as oc
+from hpo.commands.common import open_storage, open_study, positive
+from hpo.errors import UsageError
+from hpo.listing import study_summary
+from hpo.storage import SPEC_ATTR
+
+
+def best(args: argparse.Namespace) -> int:
+    """``hpo best NAME``: the Best-N listing (``--json`` for machines)."""
+    positive("--top", args.top)
+    if args.max_gap is not None and not (math.isfinite(args.max_gap) and args.max_gap > 0):
+        raise UsageError(f"--max-gap must be > 0, got {args.max_gap}")
+    study = open_study(args)
+    info = study_summary(study, study.user_attrs.get(SPEC_ATTR, {}), args.top, args.max_gap)
+    print(info.json() if args.json else info.text())
+    return 0
+
+
+def studies(args: argparse.Namespace) -> int:
+    """``hpo studies``: every study with its trial counts and best value."""
+    storage = open_storage(args)
+    rows = []
+    for s in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
+        trials = storage.get_all_trials(oc.study_id(s), deepcopy=False)
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        done = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        spec = s.user_attrs.get(SPEC_ATTR, {})
+        rows.append({
+            "study": s.study_name,
+            "sampler": spec.get("sampler", {}).get("name", "?"),
+            "budget": spec.get("budget", {}).get("n_trials"),
+            "trials": counts,
+            "best_val_acc": max(done) if done else None,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no studies")
+        return 0
+    width = max(len(r["study"]) for r in rows)
+    print(f"{'study':<{width}}  {'sampler':<9} {'complete':>8} {'pruned':>6} {'fail':>4} "
+          f"{'running':>7} {'budget':>6}  best val acc")
+    for r in rows:
+        c = r["trials"]
+        best_acc = "-" if r["best_val_acc"] is None else f"{r['best_val_acc']:.3f}"
+        print(f"{r['study']:<{width}}  {r['sampler']:<9} {c.get('COMPLETE', 0):>8} "
+              f"{c.get('PRUNED', 0):>6} {c.get('FAIL', 0):>4} {c.get('RUNNING', 0):>7} "
+              f"{r['budget'] or '-':>6}  {best_acc}")
+    return 0

@@ -1,0 +1,49 @@
+"""``hpo test NAME`` (the test split, once) and ``hpo confirm NAME`` (fresh seeds)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from hpo.commands.common import open_study, positive
+from hpo.errors import UsageError
+from hpo.evaluate import AlreadyTested, choose_trial, confirm, evaluate_on_test
+from hpo.listing import format_confirm
+from hpo.procs import pin_blas_threads
+
+
+def test_cmd(args: argparse.Namespace) -> int:
+    """``hpo test NAME``: retrain the chosen trial and evaluate it on the test split, once."""
+    study = open_study(args)
+    try:
+        trial = choose_trial(study, args.trial)
+        record = evaluate_on_test(study, trial, force=args.force)
+    except (AlreadyTested, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    print(f"trial {record['trial']} | val acc {record['val_acc']:.4f} | "
+          f"train acc {record['train_acc']:.4f} | test acc {record['test_acc']:.4f} "
+          f"({record['n_test']} test images)")
+    if not record["reproduced"]:
+        print(f"warning: the retrained network's validation accuracy "
+              f"{record['retrained_val_acc']:.4f} differs from the stored "
+              f"{record['val_acc']:.4f}", file=sys.stderr)
+    return 0
+
+
+def confirm_cmd(args: argparse.Namespace) -> int:
+    """``hpo confirm NAME``: retrain the top K configurations with fresh seeds."""
+    positive("--top", args.top)
+    if args.seeds < 2:
+        raise UsageError(f"--seeds must be >= 2 (a standard error needs two), got {args.seeds}")
+    study = open_study(args)
+    pin_blas_threads()
+    try:
+        record = confirm(study, top=args.top, seeds=args.seeds)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(json.dumps(record, indent=2) if args.json else format_confirm(record))
+    return 0

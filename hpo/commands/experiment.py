@@ -1,0 +1,30 @@
+"""``hpo experiment overfit|weight-decay|dropout``: section 6.4 (:mod:`hpo.experiment`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from hpo.errors import UsageError
+from hpo.experiment import plot, run_experiment
+from hpo.procs import pin_blas_threads
+
+
+def experiment(args: argparse.Namespace) -> int:
+    """``hpo experiment NAME``: one of section 6.4's experiments, printed and plotted."""
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    pin_blas_threads()
+    outcome = run_experiment(args.name, dataset=args.dataset, epochs=args.epochs, seed=args.seed,
+                             data_dir=args.data_dir)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {args.out}: {e.strerror}") from None
+    path = os.path.join(args.out, f"{args.name}.png")
+    plot(outcome, path)
+    print(f"{args.name}: train acc {outcome.train_acc:.3f}, test acc {outcome.test_acc:.3f}, "
+          f"gap {outcome.gap:+.3f} ({len(outcome.train_curve)} epochs)")
+    print(f"wrote {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,48 @@
+"""``hpo proxy``: Optuna's gRPC storage proxy in front of the database (:mod:`hpo.proxy`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+
+import optuna
+
+from hpo.errors import UsageError
+from hpo.proxy import check_port_free, heartbeat_settings, make_storage, sweeper
+from hpo.storage import mask_url, resolve_url
+
+
+def proxy(args: argparse.Namespace) -> int:
+    """``hpo proxy``: serve the storage over gRPC until interrupted."""
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be in 1..65535, got {args.port}")
+    if args.pool_size < 1:
+        raise UsageError(f"--pool-size must be >= 1, got {args.pool_size}")
+    url = resolve_url(args.storage)
+    if url.startswith("grpc://"):
+        raise UsageError("hpo proxy needs a database URL (--storage or $HPO_STORAGE), not "
+                         f"another proxy: {url}")
+    interval, grace = heartbeat_settings()
+    check_port_free(args.host, args.port)
+    storage = make_storage(url, args.pool_size, interval, grace)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stop = threading.Event()
+    threading.Thread(target=sweeper, args=(storage, float(interval), stop), daemon=True,
+                     name="hpo-stale-sweeper").start()
+    print(f"hpo proxy: serving {mask_url(url)} at grpc://{args.host}:{args.port} with at most "
+          f"{args.pool_size} database connection(s); failing heartbeat-stale trials every "
+          f"{interval} s (grace {grace} s; proxied trials have no heartbeat)",
+          file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        optuna.storages.run_grpc_proxy_server(storage, host=args.host, port=args.port)
+    except RuntimeError as e:  # grpcio: "Failed to bind to address"
+        if time.monotonic() - started < 5:
+            raise UsageError(f"cannot listen on {args.host}:{args.port}: {e}") from None
+        raise
+    finally:
+        stop.set()
+    return 0

@@ -1,0 +1,108 @@
+"""``hpo report NAME``: the book's figures for a study, as PNGs, one HTML page and dashboard
+plots (figures: :mod:`hpo.figures` and :mod:`hpo.plots`; the page: :mod:`hpo.page`; publishing:
+:mod:`hpo.dashboard`; the listing: :mod:`hpo.listing`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from hpo.commands.common import open_storage, positive
+from hpo.dashboard import GRAPH_IDS, publish
+from hpo.errors import UsageError
+from hpo.figures import (
+    acc_vs_params_figure,
+    best_curves_figure,
+    contour_figure,
+    curve_figure,
+    stages_figure,
+)
+from hpo.listing import ranked, summary
+from hpo.page import SECTIONS, html_page
+from hpo.plane import PLANE, numeric_plane
+from hpo.plots import acc_vs_params_plotly, best_curves_plotly, contour_plotly, stages_plotly
+from hpo.storage import load_study_spec
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from matplotlib.figure import Figure
+
+
+def report(args: argparse.Namespace) -> int:
+    """``hpo report NAME``: PNGs, best.md and report.html in ``--out``; the plotly figures and
+    the listing in optuna-dashboard unless ``--no-dashboard``."""
+    positive("--top", args.top)
+    if args.max_gap is not None and not (math.isfinite(args.max_gap) and args.max_gap > 0):
+        raise UsageError(f"--max-gap must be > 0, got {args.max_gap}")
+    storage = open_storage(args)
+    spec = load_study_spec(storage, args.study).to_dict()
+    out = Path(args.out or Path("out", "report", *args.study.split("/")))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {out}: {e.strerror}") from None
+    study = optuna.load_study(study_name=args.study, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    written: list[Path] = []
+
+    def save(fig: Figure, name: str) -> None:
+        fig.savefig(out / name)
+        written.append(out / name)
+
+    shown = min(args.top, len(ranked(trials)))
+    save(best_curves_figure(trials, args.top, title=f"{args.study}: Best-{shown}, validation "
+                            "(solid) and training (dashed) accuracy"), "best_curves.png")
+    plots: dict[str, go.Figure] = {"best_curves": best_curves_plotly(trials, args.top)}
+    if numeric_plane(spec):
+        save(acc_vs_params_figure(trials, spec), "acc_vs_params.png")
+        save(contour_figure(trials, spec), "contour.png")
+        plots["acc_vs_params"] = acc_vs_params_plotly(trials, spec)
+        plots["contour"] = contour_plotly(trials, spec)
+        staged, staged_plotly = stages_figure(trials, spec), stages_plotly(trials, spec)
+        if staged is not None and staged_plotly is not None:
+            save(staged, "stages.png")
+            plots["stages"] = staged_plotly
+    else:
+        print(f"hpo report: the study does not search both {' and '.join(PLANE)}: no "
+              "accuracy-vs-params, contour or stages figures", file=sys.stderr)
+
+    info = summary(trials, spec, args.study, args.top, args.max_gap, study.user_attrs)
+    note = info.markdown()
+    (out / "best.md").write_text(note, encoding="utf-8")
+    written.append(out / "best.md")
+    page = html_page(args.study, info,
+                     [(*SECTIONS[k], fig) for k, fig in plots.items()])
+    (out / "report.html").write_text(page, encoding="utf-8")
+    written.append(out / "report.html")
+    for path in written:
+        print(f"hpo report: wrote {path}", file=sys.stderr)
+    for w in info.warnings:
+        print(f"hpo report: warning: {w}", file=sys.stderr)
+
+    if args.no_dashboard:
+        if args.artifact_dir:
+            print("hpo report: --artifact-dir ignored with --no-dashboard", file=sys.stderr)
+        return 0
+    curves: list[tuple[FrozenTrial, Path]] = []
+    if args.artifact_dir:
+        (out / "curves").mkdir(exist_ok=True)
+        for t in ranked(trials)[:args.top]:
+            path = out / "curves" / f"learning_curve_trial{t.number}.png"
+            curve_figure(t).savefig(path)
+            curves.append((t, path))
+    uploaded = publish(study, plots, note, curves, args.artifact_dir)
+    print(f"hpo report: published {len(plots)} figures ({', '.join(GRAPH_IDS[k] for k in plots)})"
+          f" and the Best-{len(info.listing)} note to optuna-dashboard for study "
+          f"{args.study!r}", file=sys.stderr)
+    if args.artifact_dir:
+        print(f"hpo report: uploaded {uploaded} learning curves to {args.artifact_dir} "
+              f"({len(curves) - uploaded} already there); serve them with "
+              f"`hpo dashboard --artifact-dir {args.artifact_dir}`", file=sys.stderr)
+    return 0
+

@@ -1,0 +1,100 @@
+"""``hpo run SPEC``: create or resume the study of a spec, run W workers, print Best-N."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+
+import optuna
+
+from hpo.commands.common import heartbeat_settings, positive, worker_storage
+from hpo.commands.worker import worker_job
+from hpo.errors import UsageError
+from hpo.listing import study_summary
+from hpo.objective import Objective
+from hpo.procs import failures, pin_blas_threads, start_workers, supervise
+from hpo.progress import Progress, best_value
+from hpo.signals import install_signal_handlers
+from hpo.spec import Spec, load_spec
+from hpo.storage import create_or_load_study, mask_url, resolve_url
+from hpo.trials import build_sampler_and_pruner, count, work
+
+
+def spec_from_args(args: argparse.Namespace) -> tuple[Spec, str]:
+    """The spec of ``args.spec`` with the flags applied, and the study's name: ``--study``, else
+    the spec's name with ``/data<D>`` and ``/seed<S>`` for ``--data-seed`` and ``--seed``."""
+    spec = load_spec(args.spec)
+    if getattr(args, "n_trials", None) is not None:
+        positive("--n-trials", args.n_trials)
+        spec = spec.replace(n_trials=args.n_trials)
+    suffix = ""
+    if getattr(args, "data_seed", None) is not None:
+        if args.data_seed < 0:
+            raise UsageError(f"--data-seed must be >= 0, got {args.data_seed}")
+        spec = spec.replace(data=replace(spec.data, seed=args.data_seed))
+        suffix += f"/data{args.data_seed}"
+    if getattr(args, "seed", None) is not None:
+        if args.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {args.seed}")
+        spec = spec.replace(seed=args.seed)
+        suffix += f"/seed{args.seed}"
+    return spec, getattr(args, "study", None) or spec.name + suffix
+
+
+def run(args: argparse.Namespace) -> int:
+    spec, study_name = spec_from_args(args)
+    positive("--workers", args.workers)
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError(f"--timeout must be > 0, got {args.timeout}")
+    interval, grace = heartbeat_settings(args)
+    timeout = args.timeout if args.timeout is not None else spec.timeout
+    sampler, pruner = build_sampler_and_pruner(spec)
+    objective = Objective(spec)  # loads the data: a data error stops us before any write
+    url = resolve_url(args.storage)
+    storage = worker_storage(url, interval, grace, create_schema=True)
+    study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
+    install_signal_handlers()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    print(f"study {study_name!r} on {mask_url(url)}: {spec.n_trials} trials, sampler "
+          f"{spec.sampler}, pruner {spec.pruner}, {args.workers} worker(s)", file=sys.stderr)
+    done, _ = count(study)
+    progress = Progress(spec.n_trials, done, enabled=not args.quiet)
+    failed = 0
+    try:
+        if args.workers == 1:
+            pin_blas_threads()
+            work(study, objective, n_trials=spec.n_trials, timeout=timeout,
+                 on_trial=progress.on_trial if progress.bar is not None else None)
+            progress.refresh(study)
+        else:
+            job = worker_job(study_name, url, spec.n_trials, timeout, interval, grace)
+            failed = _run_workers(study, job, args.workers, progress)
+    finally:
+        progress.close()
+    print(study_summary(study, spec.to_dict(), args.top).text())
+    return 1 if failed else 0
+
+
+def _run_workers(study: optuna.Study, job, n_workers: int, progress: Progress) -> int:
+    """Run ``n_workers`` worker processes and show progress until they exit. Returns how many
+    failed (their log's last lines go to stderr)."""
+    from hpo import optuna_compat as oc
+
+    log_dir = tempfile.mkdtemp(prefix="hpo-workers-")
+    rdb = oc.rdb_of(study)
+    procs = start_workers(n_workers, job, log_dir, dispose=[rdb.engine] if rdb else [])
+
+    def tick() -> None:
+        progress.update(count(study)[0], best_value(study))
+
+    supervise(procs, tick)
+    tick()
+    bad = failures(procs, log_dir)
+    for message in bad:
+        print(f"hpo run: {message}", file=sys.stderr)
+    if not bad:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return len(bad)

@@ -1,0 +1,72 @@
+"""``hpo worker --study NAME``: join an existing study with the spec stored in it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import optuna
+
+from hpo.commands.common import heartbeat_settings, positive, worker_storage
+from hpo.objective import Objective
+from hpo.procs import WorkerJob, pin_blas_threads
+from hpo.signals import install_signal_handlers
+from hpo.storage import check_schema, load_study_spec, resolve_url
+from hpo.trials import build_sampler_and_pruner, work
+
+
+def worker(args: argparse.Namespace) -> int:
+    positive("--n-trials", args.n_trials)
+    interval, grace = heartbeat_settings(args)
+    return run_worker(args.study, resolve_url(args.storage), args.n_trials, args.timeout,
+                      quiet=args.quiet, heartbeat_interval=interval, grace_period=grace)
+
+
+def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float | None, *,
+               quiet: bool, heartbeat_interval: int, grace_period: int) -> int:
+    """Run trials of ``study_name`` until it holds its budget (``n_trials``, else the stored
+    spec's) of finished trials, or ``timeout`` seconds pass. Returns the exit code."""
+    storage = worker_storage(url, heartbeat_interval, grace_period, create_schema=False)
+    check_schema(storage, url)
+    spec = load_study_spec(storage, study_name)
+    sampler, pruner = build_sampler_and_pruner(spec)
+    if spec.sampler != "narrowing":
+        # Every worker builds its sampler from the spec's seed; without this, W workers of a
+        # random or TPE study would draw the same points. The narrowing sampler seeds each draw
+        # by (seed, trial number) and stays reproducible whatever the number of workers.
+        sampler.reseed_rng()
+    objective = Objective(spec)
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
+                              pruner=pruner)
+    pin_blas_threads()
+    install_signal_handlers()
+    n_trials = n_trials or spec.n_trials
+    timeout = timeout if timeout is not None else spec.timeout
+
+    def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        value = "-" if t.value is None else f"{t.value:.3f}"
+        print(f"trial {t.number} {t.state.name} val_acc={value} params={t.params}", flush=True)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # with a callback, optimize() reads the finished trial back (a get_trial: six queries)
+    result = work(study, objective, n_trials=n_trials, timeout=timeout,
+                  on_trial=None if quiet else on_trial)
+    print(f"worker done: ran {result.trials_run} trial(s); study holds {result.finished} "
+          f"finished ({result.stopped_by})", file=sys.stderr)
+    return 0
+
+
+def worker_job(study_name: str, url: str, n_trials: int, timeout: float | None,
+               heartbeat_interval: int, grace_period: int) -> WorkerJob:
+    """How ``hpo run`` and ``hpo compare`` start a quiet worker of ``study_name`` with their
+    own heartbeat settings (forked, or ``hpo worker ...`` in a fresh interpreter)."""
+    argv = ["worker", "--study", study_name, "--n-trials", str(n_trials), "--quiet",
+            "--heartbeat-interval", str(heartbeat_interval), "--grace-period", str(grace_period)]
+    if timeout:
+        argv += ["--timeout", str(timeout)]
+
+    def target() -> int:
+        return run_worker(study_name, url, n_trials, timeout, quiet=True,
+                          heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+
+    return WorkerJob(url=url, target=target, argv=argv, env={"HPO_STORAGE": url})

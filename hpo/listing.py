@@ -1,0 +1,331 @@
+"""The book's Best-N listing: one path for ``hpo best``, ``hpo report``, the dashboard note and
+``hpo compare``.
+
+``Best-1(val acc:0.86) | lr:0.009212978164927667, weight decay:4.585885333273752e-08``
+is the book's line (section 6.5.3); hpo adds the final train accuracy and the train-validation gap
+beside it, because "is Best-8, with a small gap and train accuracy below 100%, the one to pick?"
+is the question the book leaves the reader with. :func:`summary` gathers everything said about
+a study (rows, small-gap rows, edge warnings, the confirmation and the test result) once;
+:class:`Summary` renders it as text, JSON, Markdown or HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.samplers.edges import edge_warnings as _edge_warnings
+from hpo.storage import SPEC_ATTR
+
+BOOK_NAMES = {"weight_decay": "weight decay"}
+#: How many trials the "Best with gap < G" section of best.md and the page lists.
+GAP_LIST = 5
+#: A param within this fraction of its range's width (log10 space for log params) of an edge.
+EDGE_FRACTION = 0.1
+EDGE_SUFFIX = ": the optimum may lie outside it"
+TEST_ATTR = "hpo:test"
+CONFIRM_ATTR = "hpo:confirm"
+
+
+@dataclass(frozen=True)
+class Row:
+    rank: int
+    number: int
+    val_acc: float
+    train_acc: float | None
+    params: dict[str, Any]
+    diverged: bool
+
+    @property
+    def gap(self) -> float | None:
+        return None if self.train_acc is None else self.train_acc - self.val_acc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "trial": self.number, "val_acc": self.val_acc,
+                "train_acc": self.train_acc, "gap": self.gap, "params": self.params,
+                "diverged": self.diverged}
+
+
+def ranked(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """COMPLETE trials, best validation accuracy first (ties: earlier trial first)."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+            and math.isfinite(t.value)]
+    return sorted(done, key=lambda t: (-t.value, t.number))
+
+
+def rows_from_trials(trials: Sequence[FrozenTrial]) -> list[Row]:
+    """Every COMPLETE trial as a :class:`Row`, best first."""
+    return [
+        Row(rank=i + 1, number=t.number, val_acc=float(t.value),
+            train_acc=t.user_attrs.get("train_acc"), params=dict(t.params),
+            diverged=bool(t.user_attrs.get("diverged", False)))
+        for i, t in enumerate(ranked(trials))
+    ]
+
+
+rows = rows_from_trials
+
+
+def best_rows(study: optuna.Study, top: int = 10) -> list[Row]:
+    return rows_from_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))[:top]
+
+
+def small_gap(row: Row, max_gap: float) -> bool:
+    """True when the trial's train-validation gap is below ``max_gap`` (diverged trials, whose
+    gap is chance minus chance, never count)."""
+    return row.gap is not None and not row.diverged and row.gap < max_gap
+
+
+def format_row(row: Row) -> str:
+    """One line in the book's format, then train accuracy and gap."""
+    params = ", ".join(f"{BOOK_NAMES.get(k, k)}:{v}" for k, v in row.params.items())
+    line = f"Best-{row.rank}(val acc:{row.val_acc:.2f}) | {params}"
+    if row.train_acc is not None:
+        line += f" | train acc:{row.train_acc:.2f}, gap:{row.gap:+.2f}"
+    if row.diverged:
+        line += " | diverged"
+    return line + f"  [trial {row.number}]"
+
+
+def gap_mark(max_gap: float) -> str:
+    """The suffix of a listing line whose gap is below ``max_gap``."""
+    return f"  <- gap < {max_gap:g}"
+
+
+def small_gap_rows(all_rows: Sequence[Row], max_gap: float, top: int) -> list[Row]:
+    """The best rows whose train-validation gap is below ``max_gap`` (the book's closing
+    question: a trial that does not overfit), ranked among themselves."""
+    picked = [r for r in all_rows if small_gap(r, max_gap)]
+    return [Row(i + 1, r.number, r.val_acc, r.train_acc, r.params, r.diverged)
+            for i, r in enumerate(picked[:top])]
+
+
+# --- edge warnings ----------------------------------------------------------------------------
+
+
+def search_limits(spec: Mapping[str, Any]) -> dict[str, BaseDistribution]:
+    """The hard limits of each numeric param of a spec (as a dict, ``hpo:spec``): the range the
+    objective asks for, i.e. ``[search]``, widened to ``[sampler.bounds]`` where a narrowing
+    spec moves outward. A best value at the edge of *these* says the search was too narrow."""
+    search = spec.get("search", {})
+    sampler = spec.get("sampler", {})
+    bounds = sampler.get("bounds", {}) if sampler.get("name") == "narrowing" else {}
+    limits: dict[str, BaseDistribution] = {}
+    for name, p in search.items():
+        kind = p.get("type", "float")
+        low, high = (bounds[name] if name in bounds else (p.get("low"), p.get("high")))
+        try:
+            if kind == "float":
+                limits[name] = FloatDistribution(low, high, log=p.get("log", False),
+                                                 step=p.get("step"))
+            elif kind == "int":
+                limits[name] = IntDistribution(low, high, log=p.get("log", False),
+                                               step=p.get("step") or 1)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return limits
+
+
+def edge_warnings(trials: Sequence[FrozenTrial], spec: Mapping[str, Any]) -> list[str]:
+    """Messages for each numeric param of the best trial that sits within 10% (log10 space for
+    log params) of an edge of the spec's search limits (:func:`search_limits`), e.g. "lr=0.0095
+    sits at the upper edge of its original range [1e-06, 0.01]: the optimum may lie outside
+    it"."""
+    best = ranked(trials)
+    if not best:
+        return []
+    messages = _edge_warnings(best[0], search_limits(spec), edge_fraction=EDGE_FRACTION)
+    return [m + EDGE_SUFFIX for m in messages]
+
+
+# --- what hpo confirm and hpo test stored -------------------------------------------------------
+
+
+def format_confirm(record: Mapping[str, Any]) -> str:
+    """The ``hpo confirm`` result: each configuration's mean over fresh seeds, best first."""
+    lines = [f"Confirmed over {record['n_seeds']} fresh seeds each (mean ± standard error; "
+             f"noise floor: one configuration's val acc moves by ±{record['noise_floor_std']:.3f}"
+             f" (std) across seeds on {record['n_val']} validation images):"]
+    for i, r in enumerate(record["rows"], 1):
+        params = ", ".join(f"{BOOK_NAMES.get(k, k)}:{v:.4g}" if isinstance(v, float)
+                           else f"{BOOK_NAMES.get(k, k)}:{v}" for k, v in r["params"].items())
+        lines.append(f"Confirmed-{i}(val acc:{r['mean']:.3f} ± {r['sem']:.3f}) | {params} | "
+                     f"search val acc:{r['search_val_acc']:.2f}  [trial {r['trial']}]")
+    return "\n".join(lines)
+
+
+def format_test(record: Mapping[str, Any]) -> str:
+    """The ``hpo test`` result in one line."""
+    return (f"Test (once, {record['at']}): trial {record['trial']} test acc "
+            f"{record['test_acc']:.4f} on {record['n_test']} images")
+
+
+# --- the summary --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Everything hpo says about a study's best trials, rendered by its methods."""
+
+    study: str
+    n_trials: int
+    rows: list[Row]  # every COMPLETE trial, best first
+    top: int
+    max_gap: float | None
+    warnings: list[str]
+    confirm: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_complete(self) -> int:
+        return len(self.rows)
+
+    @property
+    def listing(self) -> list[str]:
+        """The Best-``top`` lines, marked where the gap is below ``max_gap``."""
+        lines = []
+        for r in self.rows[:self.top]:
+            line = format_row(r)
+            if self.max_gap is not None and small_gap(r, self.max_gap):
+                line += gap_mark(self.max_gap)
+            lines.append(line)
+        return lines
+
+    @property
+    def small_gap(self) -> list[str]:
+        """The best ``GAP_LIST`` lines with a gap below ``max_gap`` (their overall ranks)."""
+        if self.max_gap is None:
+            return []
+        return [format_row(r) for r in self.rows if small_gap(r, self.max_gap)][:GAP_LIST]
+
+    @property
+    def after(self) -> list[str]:
+        """What ``hpo confirm`` (with the noise floor) and ``hpo test`` stored."""
+        lines = format_confirm(self.confirm).splitlines() if self.confirm else []
+        return lines + ([format_test(self.test)] if self.test else [])
+
+    # ---------------------------------------------------------------- renderings
+
+    def text(self) -> str:
+        """``hpo best``: the Best-N lines, then (when present) the small-gap ranking, the
+        confirmation, the test result and edge warnings."""
+        if not self.rows:
+            return f"study {self.study!r} has no COMPLETE trials yet"
+        lines = list(self.listing)
+        if self.max_gap is not None:
+            picked = small_gap_rows(self.rows, self.max_gap, self.top)
+            lines.append("")
+            lines.append(f"Best with train-val gap < {self.max_gap:g}:" if picked else
+                         f"no COMPLETE trial has a train-val gap < {self.max_gap:g}")
+            lines += [format_row(r).replace("Best-", "Gap-best-", 1) for r in picked]
+        if self.confirm:
+            lines += ["", format_confirm(self.confirm)]
+        if self.test:
+            lines += ["", format_test(self.test)]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def json(self) -> str:
+        """``hpo best --json``."""
+        out: dict[str, Any] = {"study": self.study, "trials": self.counts,
+                               "best": [r.to_dict() for r in self.rows[:self.top]]}
+        if self.max_gap is not None:
+            out["max_gap"] = self.max_gap
+            out["best_small_gap"] = [r.to_dict() for r in
+                                     small_gap_rows(self.rows, self.max_gap, self.top)]
+        if self.confirm:
+            out["confirm"] = self.confirm
+        if self.test:
+            out["test"] = self.test
+        out["warnings"] = self.warnings
+        return json.dumps(out, indent=2)
+
+    def header(self) -> str:
+        text = (f"{self.n_complete} COMPLETE of {self.n_trials} trials, ranked by final "
+                "validation accuracy; each line is the book's listing, then the final training "
+                "accuracy and the train-validation gap.")
+        if self.max_gap is not None:
+            text += (f" Lines marked `<- gap < {self.max_gap:g}` have a gap below "
+                     f"{self.max_gap:g} (diverged trials never count).")
+        return text
+
+    def gap_title(self) -> str:
+        return f"Best with gap < {self.max_gap:g}"
+
+    def no_gap_text(self) -> str:
+        return f"No COMPLETE trial has a train-validation gap below {self.max_gap:g}."
+
+    def markdown(self) -> str:
+        """The summary as Markdown (best.md, the optuna-dashboard note)."""
+        parts = [f"# Best-{len(self.listing)} of study `{self.study}`", "", self.header(), ""]
+        if self.warnings:
+            parts += ["**Edge warning:**", ""] + [f"- {w}" for w in self.warnings] + [""]
+        parts += ["```text", *(self.listing or ["no COMPLETE trials yet"]), "```", ""]
+        if self.max_gap is not None:
+            parts += [f"## {self.gap_title()}", ""]
+            parts += (["```text", *self.small_gap, "```"] if self.small_gap
+                      else [self.no_gap_text()])
+            parts.append("")
+        if self.after:
+            parts += ["## Confirmation and test", "", "```text", *self.after, "```", ""]
+        return "\n".join(parts)
+
+    def html(self) -> str:
+        """The summary as an HTML fragment."""
+        e = html.escape
+        parts = [f"<p>{e(self.header())}</p>"]
+        if self.warnings:
+            parts.append('<div class="warn"><b>Edge warning:</b><ul>'
+                         + "".join(f"<li>{e(w)}</li>" for w in self.warnings) + "</ul></div>")
+        parts.append("<pre>" + e("\n".join(self.listing or ["no COMPLETE trials yet"]))
+                     + "</pre>")
+        if self.max_gap is not None:
+            parts.append(f"<h3>{e(self.gap_title())}</h3>")
+            parts.append("<pre>" + e("\n".join(self.small_gap)) + "</pre>" if self.small_gap
+                         else f"<p>{e(self.no_gap_text())}</p>")
+        if self.after:
+            parts.append("<h3>Confirmation and test</h3>")
+            parts.append("<pre>" + e("\n".join(self.after)) + "</pre>")
+        return "\n".join(parts)
+
+
+def summary(
+    trials: Sequence[FrozenTrial],
+    spec: Mapping[str, Any],
+    study: str,
+    top: int = 20,
+    max_gap: float | None = None,
+    user_attrs: Mapping[str, Any] | None = None,
+) -> Summary:
+    """Everything said about a study's best trials, from its trials, its spec (as a dict) and
+    its user attributes (``hpo:confirm``, ``hpo:test``)."""
+    attrs = user_attrs or {}
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return Summary(study=study, n_trials=len(trials), rows=rows_from_trials(trials), top=top,
+                   max_gap=max_gap, warnings=edge_warnings(trials, spec),
+                   confirm=attrs.get(CONFIRM_ATTR), test=attrs.get(TEST_ATTR), counts=counts)
+
+
+def study_summary(study: optuna.Study, spec: Mapping[str, Any] | None = None, top: int = 10,
+                  max_gap: float | None = None) -> Summary:
+    """:func:`summary` of a live study (one read of its trials); ``spec`` defaults to the one
+    the study records."""
+    attrs = study.user_attrs
+    spec = attrs.get(SPEC_ATTR, {}) if spec is None else spec
+    return summary(study.get_trials(deepcopy=False), spec, study.study_name, top, max_gap, attrs)
+
+
+def listing(study: optuna.Study, top: int = 10, max_gap: float | None = None) -> str:
+    """The text ``hpo best`` prints for a study."""
+    return study_summary(study, None, top, max_gap).text()

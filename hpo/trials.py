@@ -1,0 +1,181 @@
+"""The trial loop and its budget: a worker runs trials until the study holds exactly N.
+
+The budget is *exact*: a study of N trials ends with exactly N finished (COMPLETE or PRUNED)
+trials however many workers share it and whichever of them die. Optuna's ``MaxTrialsCallback``
+can overshoot by one per extra worker, so each worker runs this loop instead:
+
+1. count finished and in-flight (RUNNING/WAITING) trials;
+2. done when finished >= N; if finished + in-flight >= N, the in-flight trials may fill the quota:
+   fail stale trials (heartbeat on: a dead worker's trial frees its slot, and its retry is
+   enqueued WAITING), wait and look again;
+3. otherwise run one trial with ``study.optimize(n_trials=1)`` (heartbeats work there, not with
+   ask/tell; ``optimize`` itself fails stale trials before each trial). Two workers can pass
+   step 2 at the same instant, so the trial *claims* its slot first: if N trials that are
+   finished or in flight already precede it (trial numbers are handed out atomically by the
+   storage), it is surplus and ends FAIL with ``hpo:surplus`` before sampling anything; the
+   budget counts it nowhere.
+
+Storage round trips are the overhead of a trial (each Optuna RDBStorage call is several SQL
+queries; a ``study.get_trials`` is seven on PostgreSQL even when incremental), so on an
+RDBStorage both counts are one ``SELECT state, COUNT(*) ... GROUP BY state`` query, the claim
+costs nothing while the trial's number is below N (fewer than N trials precede it at all), and
+when the count saw no WAITING trial, ``ask()`` does not read the trials to look for one
+(:func:`hpo.optuna_compat.skip_waiting_lookup`). Other storages (in-memory, the gRPC proxy
+client) count with ``study.get_trials``. Per trial the loop itself thus adds one count query
+and no trial read.
+
+SIGTERM and Ctrl-C (:mod:`hpo.signals`): the running trial is marked FAIL by Optuna (its loop
+catches KeyboardInterrupt), nothing is left RUNNING, and the process exits 143 / 130.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo import optuna_compat as oc
+from hpo.pruners import make_pruner
+from hpo.samplers import make_sampler
+from hpo.signals import check_stop, interruptible
+from hpo.spec import Spec
+from hpo.storage import is_transient, root_cause, state_counts, sweep_stale_trials
+
+__all__ = ["FINISHED", "IN_FLIGHT", "Surplus", "WorkerResult", "build_sampler_and_pruner",
+           "count", "count_states", "work"]
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+IN_FLIGHT = (TrialState.RUNNING, TrialState.WAITING)
+#: Trial system attribute of a trial failed because it fell beyond the budget.
+SURPLUS_ATTR = "hpo:surplus"
+
+
+class Surplus(Exception):
+    """This trial would exceed the study's budget: it ends FAIL and is not counted."""
+
+
+class _HideSurplus(logging.Filter):
+    """Optuna logs every FAIL with a traceback; a surplus trial is routine, not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Surplus(" not in record.getMessage()
+
+
+logging.getLogger(oc.OPTIMIZE_LOGGER).addFilter(_HideSurplus())
+
+
+def build_sampler_and_pruner(spec: Spec) -> tuple[optuna.samplers.BaseSampler,
+                                                   optuna.pruners.BasePruner]:
+    """The spec's sampler (seeded with its seed) and pruner, from its ready keyword arguments.
+    The spec was validated against the catalog: a failure here is a bug, not bad input."""
+    sampler = make_sampler(spec.sampler, seed=spec.seed, options=spec.sampler_kwargs())
+    pruner = make_pruner(spec.pruner, spec.pruner_options, spec.model.epochs)
+    return sampler, pruner
+
+
+def count_states(study: optuna.Study) -> tuple[int, int, int]:
+    """(finished, in flight, of which WAITING) trials of the study, from one query."""
+    counts = state_counts(study)
+    done = sum(counts.get(s, 0) for s in FINISHED)
+    in_flight = sum(counts.get(s, 0) for s in IN_FLIGHT)
+    return done, in_flight, counts.get(TrialState.WAITING, 0)
+
+
+def count(study: optuna.Study) -> tuple[int, int]:
+    """(finished, in flight) trials of the study."""
+    done, in_flight, _ = count_states(study)
+    return done, in_flight
+
+
+@dataclass
+class WorkerResult:
+    trials_run: int
+    finished: int
+    stopped_by: str  # "budget", "timeout", "n_trials"
+
+
+def _claim(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> None:
+    """Fail ``trial`` as surplus when ``n_trials`` finished or in-flight trials precede it.
+
+    Trial numbers are 0, 1, 2, ... in creation order, so a trial numbered below ``n_trials``
+    has fewer than ``n_trials`` predecessors of any state: it always fits, no query needed."""
+    if trial.number < n_trials:
+        return
+    counts = state_counts(study, below=trial.number)
+    ahead = sum(counts.get(s, 0) for s in FINISHED + IN_FLIGHT)
+    if ahead >= n_trials:
+        oc.set_trial_system_attr(study, trial, SURPLUS_ATTR, True)
+        raise Surplus(f"trial {trial.number} is beyond the budget of {n_trials}")
+
+
+def work(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    n_trials: int,
+    timeout: float | None = None,
+    max_runs: int | None = None,
+    poll: float = 0.5,
+    max_outage: float = 300.0,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> WorkerResult:
+    """Run trials of ``study`` until it holds ``n_trials`` finished trials (or ``timeout`` seconds
+    pass, or this worker ran ``max_runs`` trials).
+
+    Connection-level storage errors (a database restart, a dropped proxy) are retried with
+    backoff for up to ``max_outage`` seconds; a trial whose ``tell`` was lost stays RUNNING until
+    its heartbeat goes stale, then is failed and re-run with the same params."""
+    heartbeat = oc.heartbeat_enabled(oc.storage_of(study))
+    start = time.monotonic()
+    runs = 0
+
+    def claimed(trial: optuna.Trial) -> float:
+        _claim(study, trial, n_trials)
+        check_stop()  # a signal during ask: this trial fails now, inside Optuna's handler
+        with interruptible():
+            return objective(trial)
+
+    callbacks = [on_trial] if on_trial else None
+    outage: float | None = None  # when the current run of storage errors began
+    delay = 0.5
+    while True:
+        check_stop()
+        try:
+            done, in_flight, waiting = count_states(study)
+            outage, delay = None, 0.5
+            if done >= n_trials:
+                return WorkerResult(runs, done, "budget")
+            if timeout is not None and time.monotonic() - start >= timeout:
+                return WorkerResult(runs, done, "timeout")
+            if max_runs is not None and runs >= max_runs:
+                return WorkerResult(runs, done, "n_trials")
+            # a WAITING trial (the retry of a dead worker's trial) fills no slot until a worker
+            # runs it: optimize() pops it first and its claim decides whether it still fits
+            if done + in_flight >= n_trials and not waiting:
+                # Only now do stale trials matter: a dead worker's trial holds a slot until it is
+                # failed (its retry then comes back WAITING). optimize() fails stale trials
+                # itself before every trial, so the loop does not when it is about to run one.
+                if heartbeat:
+                    sweep_stale_trials(study)
+                time.sleep(poll)
+                continue
+            runs += 1
+            with oc.skip_waiting_lookup(study, skip=not waiting):
+                study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
+                               gc_after_trial=False)
+        except Exception as e:  # noqa: BLE001 - filtered just below
+            if not is_transient(e):
+                raise
+            now = time.monotonic()
+            outage = outage or now
+            if now - outage > max_outage:
+                raise
+            print(f"hpo worker: storage unavailable ({type(root_cause(e)).__name__}); "
+                  f"retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
