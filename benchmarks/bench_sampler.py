@@ -12,6 +12,11 @@ ranges of every stage so far (memoised afterwards) and where TPE has no cache ye
 Samplers are built by ``hpo.samplers.make_sampler`` with the options of the book's specs
 (narrowing: stage_trials 100, keep_top 10, margin 0; tpe: Optuna's defaults), seed 0.
 
+Then the narrowing sampler at its stage boundaries (what tests used to time, now measured
+here): ms for the first ask of a stage whose previous stage has finished (it derives the ranges
+once, then memoises them), against an ask inside a stage; and a batch ask-and-tell of three
+stages from one thread, which never waits for its own untold trials (sleeps counted).
+
 Run: ``.venv/bin/python benchmarks/bench_sampler.py [--sizes 100,1000,10000] [--asks 200]``
 """
 
@@ -75,6 +80,45 @@ def measure(name: str, n: int, asks: int) -> tuple[float, list[float]]:
     return times[0], times[1:]
 
 
+def stage_boundaries(stage_trials: int = 100, stages: int = 5) -> dict[str, float]:
+    """ms of the first ask of each stage (previous stage finished) and of the other asks; and
+    a batch of three stages asked before any tell: its ms per ask and its number of sleeps."""
+    import optuna
+
+    import hpo.samplers.narrowing as narrowing_module
+    from hpo.samplers import NarrowingSampler
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-6, 1e-2, log=True)
+        trial.suggest_float("weight_decay", 1e-8, 1e-4, log=True)
+        return min(0.9, 0.1 + 0.7 * max(0.0, (math.log10(lr) + 4) / 2) ** 2)
+
+    study = optuna.create_study(direction="maximize", sampler=NarrowingSampler(
+        stage_trials=stage_trials, keep_top=10, seed=0))
+    first, inside = [], []
+    for n in range(stage_trials * stages):
+        t0 = time.perf_counter()
+        trial = study.ask()
+        study.tell(trial, objective(trial))
+        (first if n % stage_trials == 0 and n else inside).append(
+            1e3 * (time.perf_counter() - t0))
+    sleeps: list[float] = []
+    real_sleep = narrowing_module.time.sleep
+    narrowing_module.time.sleep = sleeps.append
+    try:
+        batch = optuna.create_study(direction="maximize", sampler=NarrowingSampler(
+            stage_trials=stage_trials, keep_top=10, seed=0))
+        t0 = time.perf_counter()
+        asked = [batch.ask() for _ in range(3 * stage_trials)]
+        for trial in asked:
+            trial.suggest_float("lr", 1e-6, 1e-2, log=True)
+        batch_ms = 1e3 * (time.perf_counter() - t0) / len(asked)
+    finally:
+        narrowing_module.time.sleep = real_sleep
+    return {"first": median(first), "inside": median(inside), "batch": batch_ms,
+            "sleeps": float(len(sleeps))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100,1000,10000")
@@ -119,6 +163,14 @@ def main() -> None:
             prev, prev_n = med, n
     print("\nresult: " + " ".join(f"{name}@{n}={median(ts):.3f}ms"
                                   for (name, n), (_, ts) in res.items()))
+    if "narrowing" in names:
+        b = stage_boundaries()
+        print("\nnarrowing at stage boundaries (stage_trials 100, 5 stages, in-memory):\n")
+        print("| ask | ms, median |\n|---|---|")
+        print(f"| first of a stage, previous stage finished | {b['first']:.3f} |")
+        print(f"| inside a stage | {b['inside']:.3f} |")
+        print(f"| batch ask-and-tell, 300 asks before any tell (one thread) | {b['batch']:.3f} "
+              f"(sleeps: {b['sleeps']:.0f}) |")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ class Option:
     ``pairs`` (a table of param = [low, high]) or ``numbers`` (a table of param = number).
     ``low``/``high`` bound numbers (``open_low``/``open_high``: the bound itself is excluded).
     ``default``: the value hpo uses when the option is absent (``None``: the class's own).
-    ``in_spec``: whether a spec file may set it (some are set by hpo itself).
+    ``in_spec``: whether a spec file may set it (some are set by hpo itself); ``in_class``:
+    whether it is a keyword argument of the class (else hpo itself applies it).
     """
 
     name: str
@@ -111,6 +112,7 @@ class Option:
     open_high: bool = False
     choices: tuple[str, ...] = ()
     in_spec: bool = True
+    in_class: bool = True
 
     def allowed(self) -> str:
         """What values are allowed, in words."""
@@ -295,7 +297,7 @@ SAMPLERS: dict[str, Component] = {c.name: c for c in (
             Option("initial", "pairs", "stage 0's ranges (hpo sets them from [search])",
                    in_spec=False),
             Option("bounds", "pairs", "hard limits of a shift = true search: param = [low, high]"
-                   " around its [search] range"),
+                   " around its [search] range", in_class=False),
         ),
         rules=_narrowing_rules),
     Component("random", "optuna.samplers:RandomSampler", "uniform (log-uniform) random search"),
@@ -431,3 +433,7 @@ def _value_text(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return repr(v) if isinstance(v, str) else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+if __name__ == "__main__":  # python -m hpo.catalog: the README's tables
+    print(markdown(), end="")

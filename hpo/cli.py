@@ -29,6 +29,11 @@ def _heartbeat_args(p: argparse.ArgumentParser) -> None:
                    help="a trial silent this long is failed and retried (default 60)")
 
 
+SPEC_EPILOG = (f"A spec's [sampler] name is one of {', '.join(catalog.SAMPLER_NAMES)}; its "
+               f"[pruner] name one of {', '.join(catalog.PRUNER_NAMES)}; their options: "
+               "`python -m hpo.catalog` (the README's tables).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hpo",
@@ -40,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="create or resume a study from a spec and run it",
                        description="Create (or resume) the study of SPEC, run W local worker "
-                                   "processes until it holds N finished trials, print Best-N.")
+                                   "processes until it holds N finished trials, print Best-N.",
+                       epilog=SPEC_EPILOG)
     p.add_argument("spec", metavar="SPEC",
                    help="study spec file (TOML), e.g. studies/book-random.toml")
     _storage_arg(p)
@@ -57,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create the schema and the study of a spec, run nothing",
                        description="Create the Optuna schema and the study of SPEC once, before "
-                                   "any worker starts (the compose init service); safe to re-run.")
+                                   "any worker starts (the compose init service); safe to re-run.",
+                       epilog=SPEC_EPILOG)
     p.add_argument("spec", metavar="SPEC", help="study spec file (TOML)")
     _storage_arg(p)
     p.add_argument("--study", metavar="NAME", help="study name (default: the spec's name)")

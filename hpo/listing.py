@@ -54,6 +54,14 @@ class Row:
                 "diverged": self.diverged}
 
 
+def state_names(trials: Sequence[FrozenTrial]) -> dict[str, int]:
+    """How many trials are in each state, by the state's name ({"COMPLETE": 98, ...})."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
 def ranked(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """COMPLETE trials, best validation accuracy first (ties: earlier trial first)."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
@@ -309,12 +317,10 @@ def summary(
     """Everything said about a study's best trials, from its trials, its spec (as a dict) and
     its user attributes (``hpo:confirm``, ``hpo:test``)."""
     attrs = user_attrs or {}
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return Summary(study=study, n_trials=len(trials), rows=rows_from_trials(trials), top=top,
                    max_gap=max_gap, warnings=edge_warnings(trials, spec),
-                   confirm=attrs.get(CONFIRM_ATTR), test=attrs.get(TEST_ATTR), counts=counts)
+                   confirm=attrs.get(CONFIRM_ATTR), test=attrs.get(TEST_ATTR),
+                   counts=state_names(trials))
 
 
 def study_summary(study: optuna.Study, spec: Mapping[str, Any] | None = None, top: int = 10,

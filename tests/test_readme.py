@@ -21,3 +21,13 @@ def test_two_quick_start_commands():
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert _quick_start_commands()[1] in ci
+
+
+def test_sampler_and_pruner_tables_come_from_the_catalog():
+    from hpo import catalog
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- catalog -->\n", 1)[1].split("<!-- /catalog -->", 1)[0]
+    assert block == catalog.markdown()
+    for name in (*catalog.SAMPLER_NAMES, *catalog.PRUNER_NAMES):
+        assert f"| `{name}` |" in block

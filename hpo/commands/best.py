@@ -6,12 +6,10 @@ import argparse
 import json
 import math
 
-from optuna.trial import TrialState
-
 from hpo import optuna_compat as oc
 from hpo.commands.common import open_storage, open_study, positive
 from hpo.errors import UsageError
-from hpo.listing import study_summary
+from hpo.listing import rows_from_trials, state_names, study_summary
 from hpo.storage import SPEC_ATTR
 
 
@@ -32,17 +30,14 @@ def studies(args: argparse.Namespace) -> int:
     rows = []
     for s in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
         trials = storage.get_all_trials(oc.study_id(s), deepcopy=False)
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        done = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        best_row = rows_from_trials(trials)[:1]
         spec = s.user_attrs.get(SPEC_ATTR, {})
         rows.append({
             "study": s.study_name,
             "sampler": spec.get("sampler", {}).get("name", "?"),
             "budget": spec.get("budget", {}).get("n_trials"),
-            "trials": counts,
-            "best_val_acc": max(done) if done else None,
+            "trials": state_names(trials),
+            "best_val_acc": best_row[0].val_acc if best_row else None,
         })
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -1,5 +1,5 @@
-"""Storage round trips of the worker loop: what it reads per trial, and that the cheap paths keep
-the exact-budget rules (counts, claims, stale trials, WAITING retries).
+"""The trial loop and its budget (hpo/trials.py): exact counts and claims, stale trials and
+WAITING retries, and the storage round trips the loop makes per trial.
 
 The storages here are real (SQLite files, and the in-memory storage for the fallback path); calls
 are counted by wrapping methods of the RDBStorage instance, nothing is mocked.

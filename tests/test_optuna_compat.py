@@ -1,0 +1,117 @@
+"""What hpo relies on in Optuna's private names (hpo/optuna_compat.py), pinned.
+
+If a new Optuna release moves one of them, these tests fail, and hpo.optuna_compat is the one
+place to mend."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import InMemoryStorage, RDBStorage
+from optuna.trial import TrialState
+
+from hpo import optuna_compat as oc
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'c.db'}"
+
+
+def test_ids_match_the_storage(db: str) -> None:
+    study = optuna.create_study(study_name="s", storage=db)
+    trial = study.ask()
+    storage = oc.storage_of(study)
+    assert storage.get_study_id_from_name("s") == oc.study_id(study)
+    frozen = storage.get_trial(oc.trial_id(trial))
+    assert frozen.number == trial.number and oc.trial_id(frozen) == oc.trial_id(trial)
+    (summary,) = storage.get_all_studies()
+    assert oc.study_id(summary) == oc.study_id(study)
+
+
+def test_rdb_backend_is_found_inside_optunas_cache(db: str) -> None:
+    study = optuna.create_study(storage=db)
+    rdb = oc.rdb_of(study)
+    assert isinstance(rdb, RDBStorage) and rdb is not oc.storage_of(study)
+    assert oc.rdb_backend(rdb) is rdb
+    assert oc.rdb_of(optuna.create_study()) is None
+    assert oc.rdb_backend(InMemoryStorage()) is None
+
+
+def test_heartbeat_is_seen_through_the_cache(db: str) -> None:
+    beating = RDBStorage(db, heartbeat_interval=7, grace_period=20)
+    study = optuna.create_study(storage=beating)
+    assert oc.heartbeat_enabled(oc.storage_of(study))
+    assert oc.heartbeat_interval(oc.storage_of(study)) == 7.0
+    assert not oc.heartbeat_enabled(InMemoryStorage())
+    assert oc.heartbeat_interval(oc.storage_of(optuna.create_study(storage=db))) is None
+
+
+def test_record_heartbeat_writes_a_heartbeat_row(db: str) -> None:
+    import sqlalchemy
+
+    storage = RDBStorage(db, heartbeat_interval=7, grace_period=20)
+    study = optuna.create_study(storage=storage)
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        trial = study.ask()
+    oc.record_heartbeat(study, trial)
+    with storage.engine.connect() as conn:
+        ids = [r[0] for r in conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))]
+    assert ids == [oc.trial_id(trial)]
+
+
+def test_cached_trials_hold_the_trial_just_asked(db: str) -> None:
+    study = optuna.create_study(storage=db)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    trial = study.ask()
+    # ask() resets the per-trial cache; the sampler fills it: it holds the new trial
+    trial.suggest_float("x", 0, 1)
+    cached = oc.cached_trials(study)
+    assert [t.number for t in cached] == [0, 1, 2, 3]
+    assert oc.all_trials(study)[-1].number == trial.number
+
+
+def test_all_trials_are_not_a_bracket_view() -> None:
+    study = optuna.create_study(pruner=optuna.pruners.HyperbandPruner(min_resource=1,
+                                                                       max_resource=9))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=8)
+    assert [t.number for t in oc.all_trials(study)] == list(range(8))
+
+
+def test_skip_waiting_lookup_creates_a_new_trial_and_restores_ask(db: str) -> None:
+    study = optuna.create_study(storage=db)
+    study.enqueue_trial({"x": 0.5})
+    with oc.skip_waiting_lookup(study):
+        fresh = study.ask()
+    assert fresh.number == 1  # the WAITING trial 0 was not popped
+    assert oc.storage_of(study).get_trial(oc.trial_id(fresh)).state == TrialState.RUNNING
+    popped = study.ask()
+    assert popped.number == 0 and popped.suggest_float("x", 0, 1) == 0.5
+    with oc.skip_waiting_lookup(study, skip=False):
+        assert study.ask().number == 2
+
+
+def test_system_attrs_round_trip(db: str) -> None:
+    study = optuna.create_study(storage=db)
+    trial = study.ask()
+    oc.set_trial_system_attr(study, trial, "k", [1, 2])
+    oc.set_study_system_attr(study, "s", {"a": 1})
+    assert study.trials[0].system_attrs["k"] == [1, 2]
+    assert oc.study_system_attrs(study)["s"] == {"a": 1}
+
+
+def test_a_failed_trial_is_logged_on_the_optimize_logger(caplog: pytest.LogCaptureFixture) -> None:
+    study = optuna.create_study()
+
+    def boom(trial: optuna.Trial) -> float:
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.WARNING, logger=oc.OPTIMIZE_LOGGER):
+        study.optimize(boom, n_trials=1, catch=(RuntimeError,))
+    assert any(r.name == oc.OPTIMIZE_LOGGER and "boom" in r.getMessage() for r in caplog.records)
