@@ -42,8 +42,45 @@ MAX_EPOCHS = 10_000
 MAX_WIDTH = 4096
 MAX_LAYERS = 64
 MAX_BATCH = 100_000
-MAX_TRIALS = 1_000_000
+MAX_TRIALS = 100_000
 MAX_TIMEOUT = 366 * 24 * 3600.0
+MAX_SEED = 2**32 - 1  # Optuna's samplers seed NumPy's RandomState, which takes 32 bits
+MAX_WORKERS = 128
+MAX_HEARTBEAT = 3600  # seconds between heartbeats
+MAX_GRACE = 86400  # seconds a silent trial may live
+MAX_SPEC_BYTES = 1_000_000
+
+#: A study name: letters, digits and ``-_.``, at most 64 characters, not starting with ``-``
+#: or ``.``. Names hpo derives (``--seed``/``--data-seed``, ``hpo compare``) join such
+#: segments with ``/``; names become file and folder names (``hpo report``), so nothing else.
+NAME_CHARS = "letters, digits, '-', '_' and '.'"
+MAX_NAME = 64
+
+
+def name_problem(name: object, *, segments: bool = False) -> str | None:
+    """Why ``name`` cannot be a study name (``None`` if it can). With ``segments``, ``/``
+    may join several valid names (``book-random/seed3``), up to 4 x 64 characters."""
+    import re
+
+    if not isinstance(name, str):
+        return f"must be a string, got {name!r}"
+    parts = name.split("/") if segments else [name]
+    limit = MAX_NAME * (4 if segments else 1)
+    if not name or len(name) > limit:
+        return f"must be 1 to {limit} characters, got {len(name)}"
+    for part in parts:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", part) or len(part) > MAX_NAME:
+            what = f"{NAME_CHARS} (at most {MAX_NAME}, not starting with '-' or '.')"
+            if segments:
+                what += ", '/' joining such names"
+            return f"may hold only {what}; got {shown(name)}"
+    return None
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value as a message shows it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_int(x: Any) -> bool:
@@ -51,7 +88,12 @@ def _is_int(x: Any) -> bool:
 
 
 def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 @dataclass(frozen=True)
@@ -131,12 +173,12 @@ class Option:
     def _range(self) -> str:
         lo, hi = self.low, self.high
         if lo is not None and hi is not None:
-            return (f" in {'(' if self.open_low else '['}{_num_text(lo)}, {_num_text(hi)}"
+            return (f" in {'(' if self.open_low else '['}{num_text(lo)}, {num_text(hi)}"
                     f"{')' if self.open_high else ']'}")
         if lo is not None:
-            return f" {'>' if self.open_low else '>='} {_num_text(lo)}"
+            return f" {'>' if self.open_low else '>='} {num_text(lo)}"
         if hi is not None:
-            return f" {'<' if self.open_high else '<='} {_num_text(hi)}"
+            return f" {'<' if self.open_high else '<='} {num_text(hi)}"
         return ""
 
     def check(self, value: Any) -> Any:
@@ -157,7 +199,7 @@ class Option:
             number = _is_int(value) if self.kind in ("int", "int-or-auto") else _is_num(value)
             ok = number and self._in_range(value)
         if not ok:
-            raise ValueError(f"must be {self.allowed()}, got {value!r}")
+            raise ValueError(f"must be {self.allowed()}, got {shown(value)}")
         return value
 
     def _in_range(self, x: float) -> bool:
@@ -167,7 +209,7 @@ class Option:
                                                else x > self.high))
 
 
-def _num_text(x: float) -> str:
+def num_text(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 

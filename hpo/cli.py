@@ -8,6 +8,7 @@ nothing written), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -23,10 +24,92 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _heartbeat_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--heartbeat-interval", type=int, default=None, metavar="S",
-                   help="seconds between a running trial's heartbeats (default 10)")
-    p.add_argument("--grace-period", type=int, default=None, metavar="S",
-                   help="a trial silent this long is failed and retried (default 60)")
+    p.add_argument("--heartbeat-interval", type=count(catalog.MAX_HEARTBEAT), default=None,
+                   metavar="S", help="seconds between a running trial's heartbeats (default 10)")
+    p.add_argument("--grace-period", type=count(catalog.MAX_GRACE, low=2), default=None,
+                   metavar="S", help="a trial silent this long is failed and retried (default 60)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage on one line above the one-line error (exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        usage = " ".join(self.format_usage().split())
+        self.exit(2, f"{usage}\n{self.prog}: error: {message}\n")
+
+
+# --- flag types: every number and name is checked here, before any command runs ---------------
+
+
+def _int(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], "
+                                         f"got {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {value}")
+    return value
+
+
+def _float(text: str, low: float, high: float, open_low: bool = False) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    ok = math.isfinite(value) and (value > low if open_low else value >= low) and value <= high
+    if not ok:
+        lo = ("(" if open_low else "[") + catalog.num_text(low)
+        raise argparse.ArgumentTypeError(f"must be a finite number in {lo}, "
+                                         f"{catalog.num_text(high)}], got {text!r}")
+    return value
+
+
+def count(high: int, low: int = 1) -> Callable[[str], int]:
+    """An integer flag in [low, high]."""
+    def parse(text: str) -> int:
+        return _int(text, low, high)
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def seconds(high: float = catalog.MAX_TIMEOUT) -> Callable[[str], float]:
+    """A duration flag: a finite number of seconds > 0."""
+    def parse(text: str) -> float:
+        return _float(text, 0.0, high, open_low=True)
+
+    parse.__name__ = "seconds"
+    return parse
+
+
+def fraction(text: str) -> float:
+    """A number in (0, 1]."""
+    return _float(text, 0.0, 1.0, open_low=True)
+
+
+def positive_number(text: str) -> float:
+    return _float(text, 0.0, 1e6, open_low=True)
+
+
+def study_name(text: str) -> str:
+    problem = catalog.name_problem(text, segments=True)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def title(text: str) -> str:
+    """A plot title: printable, one line, at most 200 characters."""
+    if not text.isprintable() or not 0 < len(text) <= 200:
+        raise argparse.ArgumentTypeError("must be 1 to 200 printable characters on one line")
+    return text
+
+
+SEED = count(catalog.MAX_SEED, low=0)
+PORT = count(65535, low=0)
+TRIALS = count(catalog.MAX_TRIALS)
+TOP = count(catalog.MAX_TRIALS)
 
 
 SPEC_EPILOG = (f"A spec's [sampler] name is one of {', '.join(catalog.SAMPLER_NAMES)}; its "
@@ -35,13 +118,25 @@ SPEC_EPILOG = (f"A spec's [sampler] name is one of {', '.join(catalog.SAMPLER_NA
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hpo",
         description="Hyperparameter optimization on Optuna, after chapter 6 of "
                     "'Deep Learning from Scratch'.",
     )
     parser.add_argument("--version", action="version", version="hpo 0.1.0")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # `--debug` after the command too (the subparser's default must not reset it)
+    debug = _Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="print the traceback of an unexpected error")
+    add_parser = sub.add_parser
+
+    def add_command(*a, **kw):
+        return add_parser(*a, parents=[debug], **kw)
+
+    sub.add_parser = add_command  # type: ignore[method-assign]
 
     p = sub.add_parser("run", help="create or resume a study from a spec and run it",
                        description="Create (or resume) the study of SPEC, run W local worker "
@@ -50,14 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC",
                    help="study spec file (TOML), e.g. studies/book-random.toml")
     _storage_arg(p)
-    p.add_argument("--study", metavar="NAME", help="study name (default: the spec's name)")
-    p.add_argument("--n-trials", type=int, metavar="N", help="finished trials wanted in total")
-    p.add_argument("--workers", type=int, default=1, metavar="W", help="local worker processes")
-    p.add_argument("--seed", type=int, metavar="S", help="sampler/model seed (default: spec's)")
-    p.add_argument("--data-seed", type=int, metavar="D",
+    p.add_argument("--study", type=study_name, metavar="NAME",
+                   help="study name (default: the spec's name)")
+    p.add_argument("--n-trials", type=TRIALS, metavar="N", help="finished trials wanted in total")
+    p.add_argument("--workers", type=count(catalog.MAX_WORKERS), default=1, metavar="W",
+                   help="local worker processes")
+    p.add_argument("--seed", type=SEED, metavar="S", help="sampler/model seed (default: spec's)")
+    p.add_argument("--data-seed", type=SEED, metavar="D",
                    help="seed of the train/validation shuffle (default: the spec's data.seed)")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
-    p.add_argument("--top", type=int, default=10, metavar="K", help="Best-K to list (10)")
+    p.add_argument("--timeout", type=seconds(), metavar="S", help="stop after S seconds")
+    p.add_argument("--top", type=TOP, default=10, metavar="K", help="Best-K to list (10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _heartbeat_args(p)
 
@@ -67,25 +164,26 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=SPEC_EPILOG)
     p.add_argument("spec", metavar="SPEC", help="study spec file (TOML)")
     _storage_arg(p)
-    p.add_argument("--study", metavar="NAME", help="study name (default: the spec's name)")
-    p.add_argument("--n-trials", type=int, metavar="N", help="finished trials wanted in total")
+    p.add_argument("--study", type=study_name, metavar="NAME",
+                   help="study name (default: the spec's name)")
+    p.add_argument("--n-trials", type=TRIALS, metavar="N", help="finished trials wanted in total")
 
     p = sub.add_parser("worker", help="join an existing study and run trials",
                        description="Join study NAME (its spec is stored in it) and run trials "
                                    "until the study holds its budget of finished trials.")
-    p.add_argument("--study", required=True, metavar="NAME")
+    p.add_argument("--study", type=study_name, required=True, metavar="NAME")
     _storage_arg(p)
-    p.add_argument("--n-trials", type=int, metavar="N",
+    p.add_argument("--n-trials", type=TRIALS, metavar="N",
                    help="finished trials wanted in the study in total (default: the spec's)")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--timeout", type=seconds(), metavar="S", help="stop after S seconds")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     _heartbeat_args(p)
 
     p = sub.add_parser("best", help="the book's Best-N listing of a study")
-    p.add_argument("study", metavar="NAME")
+    p.add_argument("study", type=study_name, metavar="NAME")
     _storage_arg(p)
-    p.add_argument("--top", type=int, default=10, metavar="K")
-    p.add_argument("--max-gap", type=float, metavar="G",
+    p.add_argument("--top", type=TOP, default=10, metavar="K")
+    p.add_argument("--max-gap", type=fraction, metavar="G",
                    help="also rank the trials whose train-validation gap is below G")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -96,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage (read-only)")
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=PORT, default=8080, help="0 picks a free port")
     p.add_argument("--allow-writes", action="store_true",
                    help="let the dashboard create, rename, delete studies and write notes")
     p.add_argument("--artifact-dir", metavar="DIR", help="serve trial artifacts from DIR")
@@ -105,9 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Retrain the chosen configuration (best by default) with its "
                                    "seed on the training split and evaluate it on the test split "
                                    "once; the result is stored in the study.")
-    p.add_argument("study", metavar="NAME")
+    p.add_argument("study", type=study_name, metavar="NAME")
     _storage_arg(p)
-    p.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best)")
+    p.add_argument("--trial", type=count(2**31, low=0), metavar="N",
+                   help="trial number (default: the best)")
     p.add_argument("--force", action="store_true", help="evaluate again although done before")
     p.add_argument("--json", action="store_true")
 
@@ -116,10 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "initialisation seeds each (same train/validation split) and "
                                    "rank them by mean validation accuracy with its standard "
                                    "error; `hpo test` then uses the confirmed winner.")
-    p.add_argument("study", metavar="NAME")
+    p.add_argument("study", type=study_name, metavar="NAME")
     _storage_arg(p)
-    p.add_argument("--top", type=int, default=5, metavar="K")
-    p.add_argument("--seeds", type=int, default=5, metavar="S")
+    p.add_argument("--top", type=count(1000), default=5, metavar="K")
+    p.add_argument("--seeds", type=count(1000, low=2), default=5, metavar="S")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("compare", help="compare samplers fairly across seeds",
@@ -132,14 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samplers", metavar="LIST",
                    help="with one spec: comma-separated sampler names, of "
                         + ",".join(catalog.SAMPLER_NAMES))
-    p.add_argument("--confirm", type=int, default=0, metavar="K",
+    p.add_argument("--confirm", type=count(1000, low=0), default=0, metavar="K",
                    help="retrain each study's top K with fresh seeds and test the winner")
-    p.add_argument("--confirm-seeds", type=int, default=5, metavar="S")
-    p.add_argument("--title", default="comparison", help="title with several specs")
-    p.add_argument("--n-trials", type=int, default=100, metavar="N")
-    p.add_argument("--seeds", type=int, default=5, metavar="K")
-    p.add_argument("--workers", type=int, default=1, metavar="W")
-    p.add_argument("--target", type=float, default=0.80, help="accuracy to reach (0.80)")
+    p.add_argument("--confirm-seeds", type=count(1000, low=2), default=5, metavar="S")
+    p.add_argument("--title", type=title, default="comparison", help="title with several specs")
+    p.add_argument("--n-trials", type=TRIALS, default=100, metavar="N")
+    p.add_argument("--seeds", type=count(1000), default=5, metavar="K")
+    p.add_argument("--workers", type=count(catalog.MAX_WORKERS), default=1, metavar="W")
+    p.add_argument("--target", type=fraction, default=0.80, help="accuracy to reach (0.80)")
     p.add_argument("--out", default="out/compare", metavar="DIR")
     p.add_argument("--no-test", action="store_true", help="skip the test-set evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -148,11 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The book's Best-20 learning-curve grid, accuracy against lr "
                                    "and weight decay, a contour, narrowing stages; PNG + HTML, "
                                    "and the same figures in optuna-dashboard.")
-    p.add_argument("study", metavar="NAME")
+    p.add_argument("study", type=study_name, metavar="NAME")
     _storage_arg(p)
     p.add_argument("--out", metavar="DIR", help="where the files go (out/report/<NAME>)")
-    p.add_argument("--top", type=int, default=20, metavar="K")
-    p.add_argument("--max-gap", type=float, metavar="G",
+    p.add_argument("--top", type=TOP, default=20, metavar="K")
+    p.add_argument("--max-gap", type=fraction, metavar="G",
                    help="mark trials whose train-validation gap is below G")
     p.add_argument("--no-dashboard", action="store_true",
                    help="do not publish the figures and note to optuna-dashboard")
@@ -165,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "few database connections.")
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=13000)
-    p.add_argument("--pool-size", type=int, default=4, metavar="N",
+    p.add_argument("--port", type=count(65535), default=13000)
+    p.add_argument("--pool-size", type=count(1000), default=4, metavar="N",
                    help="database connections the proxy may hold (4)")
 
     p = sub.add_parser("experiment", help="reproduce section 6.4: overfitting and its cures",
@@ -174,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "train vs test accuracy per epoch.")
     p.add_argument("name", choices=["overfit", "weight-decay", "dropout"])
     p.add_argument("--out", default="out", metavar="DIR", help="where the PNG goes (out/)")
-    p.add_argument("--epochs", type=int, metavar="N", help="override the book's epoch count")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=count(catalog.MAX_EPOCHS), metavar="N",
+                   help="override the book's epoch count")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--dataset", default="mnist5k", choices=list(catalog.DATASETS),
                    help="mnist5k (default), mnist, digits")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX .gz files")
@@ -207,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     module, func = COMMANDS[args.command]
     handler: Callable[[argparse.Namespace], int] = getattr(import_module(module), func)
-    return run_command(f"hpo {args.command}", lambda: handler(args))
+    return run_command(f"hpo {args.command}", lambda: handler(args), debug=args.debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

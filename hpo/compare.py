@@ -352,7 +352,8 @@ def plot(grid: Grid, path: str) -> None:
     ax2.set_xlabel(f"seconds since the study's first trial ({grid.workers} worker"
                    f"{'s' if grid.workers > 1 else ''})")
     ax1.legend(loc="lower right")
-    fig.suptitle(f"{grid.title}: median and IQR over {grid.seeds} seeds")
+    title = grid.title.replace("$", r"\$")  # a user's text, not matplotlib's math
+    fig.suptitle(f"{title}: median and IQR over {grid.seeds} seeds")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

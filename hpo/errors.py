@@ -90,10 +90,16 @@ def run_command(prog: str, command: Callable[[], int], *, debug: bool = False) -
         print(f"{prog.split()[0]}: interrupted", file=sys.stderr)
         return EXIT_INT
     except BadInput as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeFailure as e:
         if debug:
             traceback.print_exc()
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as e:  # noqa: BLE001 - the contract: one line, the traceback on request
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (run with --debug for the traceback)"
+        print(f"{prog}: error: {type(e).__name__}: {one_line(e)}{hint}", file=sys.stderr)
         return EXIT_FAILURE

@@ -74,8 +74,9 @@ def make_storage(url: str, pool_size: int, interval: int, grace: int) -> Any:
     import optuna
     import sqlalchemy.exc
 
-    from hpo.storage import MAX_RETRY, StorageError, mask_url
+    from hpo.storage import MAX_RETRY, StorageError, mask_url, require_existing_sqlite
 
+    require_existing_sqlite(url)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     engine: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0, "pool_pre_ping": True}
     if url.startswith("sqlite"):

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo import catalog
+from hpo.catalog import shown
 from hpo.errors import SpecError
 
 if sys.version_info >= (3, 11):
@@ -49,6 +50,9 @@ SAMPLERS = catalog.SAMPLER_NAMES
 PRUNERS = catalog.PRUNER_NAMES
 PARAM_TYPES = catalog.PARAM_TYPES
 SEARCHABLE = {name: p.help for name, p in catalog.SEARCH_PARAMS.items()}
+MAX_STRING = 4096  # a path, a name
+MAX_TEXT = 10_000  # a description
+MAX_CHOICES = 1000
 
 
 @dataclass(frozen=True)
@@ -183,16 +187,33 @@ class Spec:
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate a TOML spec file."""
+    """Read and validate a TOML spec file (UTF-8, a byte-order mark allowed, at most 1 MB)."""
     p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"{p}: spec file not found")
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        if p.is_dir():
+            raise SpecError(f"{p}: is a directory, not a spec file (TOML)")
+        if not p.exists():
+            raise SpecError(f"{p}: spec file not found")
+        if not p.is_file():
+            raise SpecError(f"{p}: is not a regular file; a spec is a TOML file")
+        size = p.stat().st_size
+        if size > catalog.MAX_SPEC_BYTES:
+            raise SpecError(f"{p}: is {size} bytes; a spec is a TOML file of at most "
+                            f"{catalog.MAX_SPEC_BYTES} bytes")
+        data = p.read_bytes()
+    except OSError as e:
+        raise SpecError(f"{p}: cannot read: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{p}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                        f"{e.start}); save the spec as UTF-8") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{p}: not valid TOML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"{p}: cannot read: {e}") from None
+        raise SpecError(f"{p}: not valid TOML: {str(e).splitlines()[0]}") from None
+    except (RecursionError, ValueError) as e:  # pathological nesting, huge numbers
+        raise SpecError(f"{p}: not valid TOML: {type(e).__name__}") from None
     return from_dict(raw, source=str(p), default_name=p.stem)
 
 
@@ -206,9 +227,11 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
     v.keys("", raw, {"name", "description", "seed", "data", "model", "search", "sampler",
                      "pruner", "budget"})
     name = v.string("name", raw.get("name", default_name))
-    if not name.strip():
-        raise SpecError(f"{source}: name: must be a non-empty study name")
-    seed = v.integer("seed", raw.get("seed", 0), minimum=0)
+    problem = catalog.name_problem(name)
+    if problem:
+        where = "name" if "name" in raw else "name (from the file's name)"
+        raise SpecError(f"{source}: {where}: {problem}")
+    seed = v.integer("seed", raw.get("seed", 0), minimum=0, maximum=catalog.MAX_SEED)
 
     d = v.table("data", raw.get("data", {}))
     v.keys("data", d, {"dataset", "train_size", "validation_rate", "seed", "data_dir"})
@@ -217,7 +240,7 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
         train_size=v.integer("data.train_size", d.get("train_size", 500), minimum=2),
         validation_rate=v.number("data.validation_rate", d.get("validation_rate", 0.2),
                                  low=0.0, high=1.0, open_=True),
-        seed=v.integer("data.seed", d.get("seed", 0), minimum=0),
+        seed=v.integer("data.seed", d.get("seed", 0), minimum=0, maximum=catalog.MAX_SEED),
         data_dir=v.string("data.data_dir", d["data_dir"]) if "data_dir" in d else None,
     )
 
@@ -225,11 +248,11 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
     defaults = ModelSpec()
     v.keys("model", m, set(asdict(defaults)))
     hidden = m.get("hidden", list(defaults.hidden))
-    if not isinstance(hidden, list) or not all(
-        isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
-    ):
-        raise SpecError(f"{source}: model.hidden: must be a list of positive integers, "
-                        f"got {hidden!r}")
+    if (not isinstance(hidden, list) or len(hidden) > catalog.MAX_LAYERS or not all(
+            _int(h) and 0 < h <= catalog.MAX_WIDTH for h in hidden)):
+        raise SpecError(f"{source}: model.hidden: must be a list of positive integers (at most "
+                        f"{catalog.MAX_LAYERS} layers of at most {catalog.MAX_WIDTH} units), "
+                        f"got {catalog.shown(hidden)}")
     model = ModelSpec(
         hidden=tuple(hidden),
         init=v.choice("model.init", m.get("init", defaults.init), INITS),
@@ -239,13 +262,14 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
         optimizer=v.choice("model.optimizer", m.get("optimizer", defaults.optimizer), OPTIMIZERS),
         lr=v.number("model.lr", m.get("lr", defaults.lr), low=0.0, open_=True),
         weight_decay=v.number("model.weight_decay", m.get("weight_decay", 0.0), low=0.0),
-        epochs=v.integer("model.epochs", m.get("epochs", defaults.epochs), minimum=1),
+        epochs=v.integer("model.epochs", m.get("epochs", defaults.epochs), minimum=1,
+                         maximum=catalog.MAX_EPOCHS),
         batch_size=v.integer("model.batch_size", m.get("batch_size", defaults.batch_size),
-                             minimum=1),
+                             minimum=1, maximum=catalog.MAX_BATCH),
         sampling=v.choice("model.sampling", m.get("sampling", defaults.sampling), SAMPLINGS),
         dtype=v.choice("model.dtype", m.get("dtype", defaults.dtype), DTYPES),
         eval_every=v.integer("model.eval_every", m.get("eval_every", defaults.eval_every),
-                             minimum=1),
+                             minimum=1, maximum=catalog.MAX_EPOCHS),
     )
 
     s = v.table("search", raw.get("search"))
@@ -260,8 +284,9 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
 
     b = v.table("budget", raw.get("budget", {}))
     v.keys("budget", b, {"n_trials", "timeout"})
-    n_trials = v.integer("budget.n_trials", b.get("n_trials", 100), minimum=1)
-    timeout = v.number("budget.timeout", b.get("timeout", 0), low=0.0)
+    n_trials = v.integer("budget.n_trials", b.get("n_trials", 100), minimum=1,
+                         maximum=catalog.MAX_TRIALS)
+    timeout = v.number("budget.timeout", b.get("timeout", 0), low=0.0, high=catalog.MAX_TIMEOUT)
 
     _check_split(source, data)
     for p in search:
@@ -270,10 +295,12 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
         _check_bounds(source, sampler, sm, search)
     sm = v.options("sampler", catalog.SAMPLERS[sampler], sm, {})
     pr = v.options("pruner", catalog.PRUNERS[pruner], pr, {"epochs": model.epochs})
+    if "x0" in sm:
+        _check_x0(source, sm["x0"], search)
     return Spec(name=name, search=search, data=data, model=model, sampler=sampler,
                 sampler_options=sm, pruner=pruner, pruner_options=pr, n_trials=n_trials,
                 timeout=timeout or None, seed=seed,
-                description=v.string("description", raw.get("description", "")))
+                description=v.text("description", raw.get("description", "")))
 
 
 def _check_split(source: str, data: DataSpec) -> None:
@@ -287,6 +314,13 @@ def _check_split(source: str, data: DataSpec) -> None:
 
 def _num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _finite(x: float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _int(x: Any) -> bool:
@@ -306,6 +340,21 @@ def _check_values(source: str, p: Param) -> None:
                             f"allowed: {rule.allowed}")
 
 
+def _check_x0(source: str, x0: dict[str, Any], search: tuple[Param, ...]) -> None:
+    """CMA-ES's initial mean: a value inside [search] for numeric params only."""
+    params = {p.name: p for p in search}
+    for name, value in x0.items():
+        p = params.get(name)
+        if p is None or p.type == "categorical":
+            numeric = [q.name for q in search if q.type != "categorical"]
+            raise SpecError(f"{source}: sampler.x0.{name}: not a numeric parameter of [search]; "
+                            f"numeric ones: {', '.join(numeric) or 'none'}")
+        assert p.low is not None and p.high is not None
+        if not p.low <= value <= p.high:
+            raise SpecError(f"{source}: sampler.x0.{name}: must lie in [{p.low}, {p.high}], "
+                            f"got {shown(value)}")
+
+
 def _check_bounds(
     source: str, sampler: str, options: dict[str, Any], search: tuple[Param, ...]
 ) -> None:
@@ -323,7 +372,7 @@ def _check_bounds(
     if sampler != "narrowing":
         raise fail("", f"only the narrowing sampler takes bounds, not {sampler!r}")
     if not isinstance(bounds, dict):
-        raise fail("", f"must be a table of param = [low, high], got {bounds!r}")
+        raise fail("", f"must be a table of param = [low, high], got {shown(bounds)}")
     if bounds and options.get("shift") is not True:
         raise fail("", "needs shift = true (without it the ranges never leave [search])")
     params = {p.name: p for p in search}
@@ -338,7 +387,7 @@ def _check_bounds(
         if (not isinstance(value, list) or len(value) != 2 or not all(map(is_ok, value))
                 or not all(math.isfinite(x) for x in value)):
             kind = "integers" if p.type == "int" else "finite numbers"
-            raise fail(key, f"must be [low, high] of two {kind}, got {value!r}")
+            raise fail(key, f"must be [low, high] of two {kind}, got {shown(value)}")
         low, high = value
         if low >= high:
             raise fail(key, f"low must be < high, got low={low}, high={high}")
@@ -383,32 +432,42 @@ class _Validator:
 
     def string(self, key: str, value: Any) -> str:
         if not isinstance(value, str):
-            raise self.fail(key, f"must be a string, got {value!r}")
+            raise self.fail(key, f"must be a string, got {shown(value)}")
+        if len(value) > MAX_STRING:
+            raise self.fail(key, f"must be at most {MAX_STRING} characters, got {len(value)}")
+        return value
+
+    def text(self, key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, got {shown(value)}")
+        if len(value) > MAX_TEXT:
+            raise self.fail(key, f"must be at most {MAX_TEXT} characters, got {len(value)}")
         return value
 
     def boolean(self, key: str, value: Any) -> bool:
         if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, got {value!r}")
+            raise self.fail(key, f"must be true or false, got {shown(value)}")
         return value
 
     def choice(self, key: str, value: Any, allowed: tuple[str, ...]) -> str:
-        if value not in allowed:
-            raise self.fail(key, f"{value!r} is not one of {', '.join(allowed)}")
+        if not isinstance(value, str) or value not in allowed:
+            raise self.fail(key, f"{shown(value)} is not one of {', '.join(allowed)}")
         return value
 
-    def integer(self, key: str, value: Any, minimum: int | None = None) -> int:
+    def integer(self, key: str, value: Any, minimum: int | None = None,
+                maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be an integer, got {value!r}")
+            raise self.fail(key, f"must be an integer, got {shown(value)}")
         if minimum is not None and value < minimum:
-            raise self.fail(key, f"must be >= {minimum}, got {value}")
+            raise self.fail(key, f"must be >= {minimum}, got {shown(value)}")
+        if maximum is not None and value > maximum:
+            raise self.fail(key, f"must be <= {maximum}, got {shown(value)}")
         return value
 
     def number(self, key: str, value: Any, low: float | None = None, high: float | None = None,
                open_: bool = False, open_high: bool = False) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-            value
-        ):
-            raise self.fail(key, f"must be a finite number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            raise self.fail(key, f"must be a finite number, got {shown(value)}")
         lo_bad = low is not None and (value <= low if open_ else value < low)
         hi_bad = high is not None and (value >= high if (open_ or open_high) else value > high)
         if lo_bad or hi_bad:
@@ -435,10 +494,11 @@ class _Validator:
         if ptype == "categorical":
             self.keys(key, body, {"type", "choices"})
             choices = body.get("choices")
-            if not isinstance(choices, list) or not choices:
-                raise self.fail(f"{key}.choices", "must be a non-empty list")
+            if not isinstance(choices, list) or not choices or len(choices) > MAX_CHOICES:
+                raise self.fail(f"{key}.choices", f"must be a list of 1 to {MAX_CHOICES} "
+                                                  f"values, got {shown(choices)}")
             if len(set(map(repr, choices))) != len(choices):
-                raise self.fail(f"{key}.choices", f"has duplicates: {choices!r}")
+                raise self.fail(f"{key}.choices", f"has duplicates: {shown(choices)}")
             return Param(name, ptype, choices=tuple(choices))
         self.keys(key, body, {"type", "low", "high", "log", "step"})
         for k in ("low", "high"):
@@ -456,6 +516,9 @@ class _Validator:
             step = conv(f"{key}.step", step)
             if step <= 0:
                 raise self.fail(f"{key}.step", f"must be > 0, got {step}")
+            if step > high - low:
+                raise self.fail(f"{key}.step", f"must be <= high - low ({high - low:g}), "
+                                               f"got {step}")
             if log:
                 raise self.fail(f"{key}.step", "cannot be combined with log = true")
         return Param(name, ptype, low=low, high=high, log=log, step=step)

@@ -77,6 +77,16 @@ def _prepare_sqlite(url: str) -> None:
         raise StorageError(f"cannot open {url}: {e}") from None
 
 
+def require_existing_sqlite(url: str) -> None:
+    """A SQLite URL that must name an existing file (opening it would create an empty one)."""
+    if not url.startswith("sqlite:///"):
+        return
+    path = url.split("sqlite:///", 1)[1]
+    if path and path != ":memory:" and "?" not in path and not os.path.exists(path):
+        raise StorageError(f"storage {url} does not exist: create the study first with "
+                           "`hpo run SPEC`")
+
+
 def get_storage(
     url: str | None = None,
     *,
@@ -104,11 +114,8 @@ def get_storage(
         return _grpc_proxy(url)
     if url.startswith("sqlite") and create_schema:
         _prepare_sqlite(url)
-    elif url.startswith("sqlite:///") and not create_schema:
-        path = url.split("sqlite:///", 1)[1]
-        if path and path != ":memory:" and "?" not in path and not os.path.exists(path):
-            raise StorageError(f"storage {url} does not exist: create the study first with "
-                               "`hpo run SPEC`")
+    elif not create_schema:
+        require_existing_sqlite(url)
     kwargs: dict[str, Any] = {}
     if heartbeat:
         kwargs = dict(

@@ -40,6 +40,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo import optuna_compat as oc
+from hpo.errors import SpecError
 from hpo.pruners import make_pruner
 from hpo.samplers import make_sampler
 from hpo.signals import check_stop, interruptible
@@ -72,9 +73,16 @@ logging.getLogger(oc.OPTIMIZE_LOGGER).addFilter(_HideSurplus())
 def build_sampler_and_pruner(spec: Spec) -> tuple[optuna.samplers.BaseSampler,
                                                    optuna.pruners.BasePruner]:
     """The spec's sampler (seeded with its seed) and pruner, from its ready keyword arguments.
-    The spec was validated against the catalog: a failure here is a bug, not bad input."""
-    sampler = make_sampler(spec.sampler, seed=spec.seed, options=spec.sampler_kwargs())
-    pruner = make_pruner(spec.pruner, spec.pruner_options, spec.model.epochs)
+    The spec was validated against the catalog; what can still fail here is the machine (a
+    sampler whose dependency is not installed): a one-line error naming the key."""
+    try:
+        sampler = make_sampler(spec.sampler, seed=spec.seed, options=spec.sampler_kwargs())
+    except ValueError as e:
+        raise SpecError(f"spec {spec.name!r}: sampler.name: {e}") from None
+    try:
+        pruner = make_pruner(spec.pruner, spec.pruner_options, spec.model.epochs)
+    except ValueError as e:
+        raise SpecError(f"spec {spec.name!r}: pruner: {e}") from None
     return sampler, pruner
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 import optuna
 
@@ -50,6 +52,33 @@ def worker_storage(url: str, interval: int, grace: int, create_schema: bool
     after ``grace`` seconds and retried)."""
     return get_storage(url, heartbeat=True, heartbeat_interval=interval, grace_period=grace,
                        create_schema=create_schema)
+
+
+def output_dir(flag: str, path: str | os.PathLike) -> Path:
+    """``path`` as a folder hpo can create and write into, checked before anything is written:
+    a folder that does not exist yet is made and removed again at once (nothing is left)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {p}: exists and is not a folder")
+    made = []
+    try:
+        probe = p
+        while not probe.exists():
+            made.append(probe)
+            probe = probe.parent
+        for folder in reversed(made):
+            folder.mkdir()
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise UsageError(f"cannot create {flag} {p}: {e.strerror or e}") from None
+    finally:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+    return p
 
 
 def positive(flag: str, value: int | None) -> None:

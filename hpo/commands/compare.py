@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from hpo.commands.common import heartbeat_settings
+from hpo.commands.common import heartbeat_settings, output_dir
 from hpo.commands.worker import worker_job
 from hpo.compare import make_arms, run_grid, table, write_outputs
 from hpo.errors import UsageError
@@ -42,6 +42,7 @@ def compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--target must be in (0, 1], got {args.target}")
     if args.confirm < 0:
         raise UsageError(f"--confirm must be >= 0, got {args.confirm}")
+    output_dir("--out", args.out)
     url = resolve_url(args.storage)
     interval, grace = heartbeat_settings(args)
 

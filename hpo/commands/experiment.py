@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from hpo.commands.common import output_dir
 from hpo.errors import UsageError
 from hpo.experiment import plot, run_experiment
 from hpo.procs import pin_blas_threads
@@ -15,6 +16,7 @@ def experiment(args: argparse.Namespace) -> int:
     """``hpo experiment NAME``: one of section 6.4's experiments, printed and plotted."""
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    output_dir("--out", args.out)
     pin_blas_threads()
     outcome = run_experiment(args.name, dataset=args.dataset, epochs=args.epochs, seed=args.seed,
                              data_dir=args.data_dir)

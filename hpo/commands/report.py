@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpo.commands.common import open_storage, positive
+from hpo.commands.common import open_storage, output_dir, positive
 from hpo.dashboard import GRAPH_IDS, publish
 from hpo.errors import UsageError
 from hpo.figures import (
@@ -40,9 +40,11 @@ def report(args: argparse.Namespace) -> int:
     positive("--top", args.top)
     if args.max_gap is not None and not (math.isfinite(args.max_gap) and args.max_gap > 0):
         raise UsageError(f"--max-gap must be > 0, got {args.max_gap}")
+    out = output_dir("--out", args.out or Path("out", "report", *args.study.split("/")))
+    if args.artifact_dir and not args.no_dashboard:
+        output_dir("--artifact-dir", args.artifact_dir)
     storage = open_storage(args)
     spec = load_study_spec(storage, args.study).to_dict()
-    out = Path(args.out or Path("out", "report", *args.study.split("/")))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
