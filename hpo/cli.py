@@ -8,7 +8,6 @@ nothing written), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ from importlib import import_module
 
 from hpo import catalog
 from hpo.errors import EXIT_USAGE, run_command
+from hpo.flags import FRACTION, PORT, SECONDS, SEED, TOP, TRIALS, Parser, count, study_name, title
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:
@@ -30,95 +30,13 @@ def _heartbeat_args(p: argparse.ArgumentParser) -> None:
                    metavar="S", help="a trial silent this long is failed and retried (default 60)")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its usage on one line above the one-line error (exit 2)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        usage = " ".join(self.format_usage().split())
-        self.exit(2, f"{usage}\n{self.prog}: error: {message}\n")
-
-
-# --- flag types: every number and name is checked here, before any command runs ---------------
-
-
-def _int(text: str, low: int, high: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], "
-                                         f"got {text!r}") from None
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {value}")
-    return value
-
-
-def _float(text: str, low: float, high: float, open_low: bool = False) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    ok = math.isfinite(value) and (value > low if open_low else value >= low) and value <= high
-    if not ok:
-        lo = ("(" if open_low else "[") + catalog.num_text(low)
-        raise argparse.ArgumentTypeError(f"must be a finite number in {lo}, "
-                                         f"{catalog.num_text(high)}], got {text!r}")
-    return value
-
-
-def count(high: int, low: int = 1) -> Callable[[str], int]:
-    """An integer flag in [low, high]."""
-    def parse(text: str) -> int:
-        return _int(text, low, high)
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def seconds(high: float = catalog.MAX_TIMEOUT) -> Callable[[str], float]:
-    """A duration flag: a finite number of seconds > 0."""
-    def parse(text: str) -> float:
-        return _float(text, 0.0, high, open_low=True)
-
-    parse.__name__ = "seconds"
-    return parse
-
-
-def fraction(text: str) -> float:
-    """A number in (0, 1]."""
-    return _float(text, 0.0, 1.0, open_low=True)
-
-
-def positive_number(text: str) -> float:
-    return _float(text, 0.0, 1e6, open_low=True)
-
-
-def study_name(text: str) -> str:
-    problem = catalog.name_problem(text, segments=True)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return text
-
-
-def title(text: str) -> str:
-    """A plot title: printable, one line, at most 200 characters."""
-    if not text.isprintable() or not 0 < len(text) <= 200:
-        raise argparse.ArgumentTypeError("must be 1 to 200 printable characters on one line")
-    return text
-
-
-SEED = count(catalog.MAX_SEED, low=0)
-PORT = count(65535, low=0)
-TRIALS = count(catalog.MAX_TRIALS)
-TOP = count(catalog.MAX_TRIALS)
-
-
 SPEC_EPILOG = (f"A spec's [sampler] name is one of {', '.join(catalog.SAMPLER_NAMES)}; its "
                f"[pruner] name one of {', '.join(catalog.PRUNER_NAMES)}; their options: "
                "`python -m hpo.catalog` (the README's tables).")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="hpo",
         description="Hyperparameter optimization on Optuna, after chapter 6 of "
                     "'Deep Learning from Scratch'.",
@@ -128,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # `--debug` after the command too (the subparser's default must not reset it)
-    debug = _Parser(add_help=False)
+    debug = Parser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="print the traceback of an unexpected error")
     add_parser = sub.add_parser
@@ -153,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, metavar="S", help="sampler/model seed (default: spec's)")
     p.add_argument("--data-seed", type=SEED, metavar="D",
                    help="seed of the train/validation shuffle (default: the spec's data.seed)")
-    p.add_argument("--timeout", type=seconds(), metavar="S", help="stop after S seconds")
+    p.add_argument("--timeout", type=SECONDS, metavar="S", help="stop after S seconds")
     p.add_argument("--top", type=TOP, default=10, metavar="K", help="Best-K to list (10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _heartbeat_args(p)
@@ -175,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--n-trials", type=TRIALS, metavar="N",
                    help="finished trials wanted in the study in total (default: the spec's)")
-    p.add_argument("--timeout", type=seconds(), metavar="S", help="stop after S seconds")
+    p.add_argument("--timeout", type=SECONDS, metavar="S", help="stop after S seconds")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     _heartbeat_args(p)
 
@@ -183,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", type=study_name, metavar="NAME")
     _storage_arg(p)
     p.add_argument("--top", type=TOP, default=10, metavar="K")
-    p.add_argument("--max-gap", type=fraction, metavar="G",
+    p.add_argument("--max-gap", type=FRACTION, metavar="G",
                    help="also rank the trials whose train-validation gap is below G")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -238,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=TRIALS, default=100, metavar="N")
     p.add_argument("--seeds", type=count(1000), default=5, metavar="K")
     p.add_argument("--workers", type=count(catalog.MAX_WORKERS), default=1, metavar="W")
-    p.add_argument("--target", type=fraction, default=0.80, help="accuracy to reach (0.80)")
+    p.add_argument("--target", type=FRACTION, default=0.80, help="accuracy to reach (0.80)")
     p.add_argument("--out", default="out/compare", metavar="DIR")
     p.add_argument("--no-test", action="store_true", help="skip the test-set evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -251,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--out", metavar="DIR", help="where the files go (out/report/<NAME>)")
     p.add_argument("--top", type=TOP, default=20, metavar="K")
-    p.add_argument("--max-gap", type=fraction, metavar="G",
+    p.add_argument("--max-gap", type=FRACTION, metavar="G",
                    help="mark trials whose train-validation gap is below G")
     p.add_argument("--no-dashboard", action="store_true",
                    help="do not publish the figures and note to optuna-dashboard")
@@ -264,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "few database connections.")
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=count(65535), default=13000)
+    p.add_argument("--port", type=count(65535, span=True), default=13000)
     p.add_argument("--pool-size", type=count(1000), default=4, metavar="N",
                    help="database connections the proxy may hold (4)")
 

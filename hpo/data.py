@@ -44,6 +44,7 @@ DATASETS = tuple(catalog.DATASETS)
 MNIST5K_TEST = 1000
 DIGITS_TEST = 297
 MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+DOWNLOAD_TIMEOUT = 30  # seconds without a byte before a download gives up
 MNIST_FILES = {  # name -> (size in bytes, sha256)
     "train-images-idx3-ubyte.gz": (
         9912422,
@@ -244,7 +245,12 @@ def _mnist_dir(data_dir: str | None) -> Path:
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / (fname + f".{os.getpid()}.part")
         try:
-            urllib.request.urlretrieve(MNIST_URL + fname, tmp)
+            with urllib.request.urlopen(MNIST_URL + fname, timeout=DOWNLOAD_TIMEOUT) as src, \
+                    open(tmp, "wb") as dst:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    dst.write(block)
+                    if dst.tell() > size:  # not the file we expect: stop reading
+                        break
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise DataError(

@@ -31,6 +31,7 @@ from typing import Any
 from hpo import catalog
 from hpo.catalog import shown
 from hpo.errors import SpecError
+from hpo.spec_checks import MAX_CHOICES, Validator
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,9 +51,6 @@ SAMPLERS = catalog.SAMPLER_NAMES
 PRUNERS = catalog.PRUNER_NAMES
 PARAM_TYPES = catalog.PARAM_TYPES
 SEARCHABLE = {name: p.help for name, p in catalog.SEARCH_PARAMS.items()}
-MAX_STRING = 4096  # a path, a name
-MAX_TEXT = 10_000  # a description
-MAX_CHOICES = 1000
 
 
 @dataclass(frozen=True)
@@ -316,13 +314,6 @@ def _num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _finite(x: float) -> bool:
-    try:
-        return math.isfinite(x)
-    except OverflowError:  # an int too large for a float
-        return False
-
-
 def _int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -408,81 +399,8 @@ def _check_bounds(
                 raise fail(key, f"{x!r} is not allowed; allowed: {rule.allowed}")
 
 
-class _Validator:
-    """Small typed getters that raise one-line SpecErrors naming the file and the key."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, msg: str) -> SpecError:
-        return SpecError(f"{self.source}: {key}: {msg}")
-
-    def keys(self, where: str, table: dict, allowed: set[str]) -> None:
-        for k in table:
-            if k not in allowed:
-                key = f"{where}.{k}" if where else k
-                raise self.fail(key, f"unknown key; allowed: {', '.join(sorted(allowed))}")
-
-    def table(self, key: str, value: Any) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(key, f"must be a table, got {type(value).__name__}")
-        return value
-
-    def string(self, key: str, value: Any) -> str:
-        if not isinstance(value, str):
-            raise self.fail(key, f"must be a string, got {shown(value)}")
-        if len(value) > MAX_STRING:
-            raise self.fail(key, f"must be at most {MAX_STRING} characters, got {len(value)}")
-        return value
-
-    def text(self, key: str, value: Any) -> str:
-        if not isinstance(value, str):
-            raise self.fail(key, f"must be a string, got {shown(value)}")
-        if len(value) > MAX_TEXT:
-            raise self.fail(key, f"must be at most {MAX_TEXT} characters, got {len(value)}")
-        return value
-
-    def boolean(self, key: str, value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, got {shown(value)}")
-        return value
-
-    def choice(self, key: str, value: Any, allowed: tuple[str, ...]) -> str:
-        if not isinstance(value, str) or value not in allowed:
-            raise self.fail(key, f"{shown(value)} is not one of {', '.join(allowed)}")
-        return value
-
-    def integer(self, key: str, value: Any, minimum: int | None = None,
-                maximum: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be an integer, got {shown(value)}")
-        if minimum is not None and value < minimum:
-            raise self.fail(key, f"must be >= {minimum}, got {shown(value)}")
-        if maximum is not None and value > maximum:
-            raise self.fail(key, f"must be <= {maximum}, got {shown(value)}")
-        return value
-
-    def number(self, key: str, value: Any, low: float | None = None, high: float | None = None,
-               open_: bool = False, open_high: bool = False) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
-            raise self.fail(key, f"must be a finite number, got {shown(value)}")
-        lo_bad = low is not None and (value <= low if open_ else value < low)
-        hi_bad = high is not None and (value >= high if (open_ or open_high) else value > high)
-        if lo_bad or hi_bad:
-            lo = "" if low is None else ("(" if open_ else "[") + f"{low}"
-            hi = "" if high is None else f"{high}" + (")" if open_ or open_high else "]")
-            raise self.fail(key, f"must be in {lo or '(-inf'}, {hi or 'inf)'}, got {value}")
-        return float(value)
-
-    def options(self, table: str, component: catalog.Component, options: dict[str, Any],
-                context: dict[str, Any]) -> dict[str, Any]:
-        """The options of a sampler or pruner, checked against its catalog declaration."""
-        try:
-            return component.check(options, spec=True, context=context)
-        except catalog.OptionError as e:
-            raise self.fail(f"{table}.{e.key}", e.reason) from None
+class _Validator(Validator):
+    """The typed getters, plus the search space's parameters."""
 
     def param(self, name: str, body: Any) -> Param:
         key = f"search.{name}"

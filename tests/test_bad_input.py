@@ -231,12 +231,12 @@ def with_storage(argv: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "s.toml", "--timeout", "nan"], "argument --timeout: must be a finite number"),
-    (["best", "mut", "--top", "0"], "argument --top: must be an integer in [1,"),
-    (["run", "s.toml", "--heartbeat-interval", "0"], "argument --heartbeat-interval"),
-    (["dashboard", "--port", "70000"], "argument --port: must be an integer in [0, 65535]"),
-    (["run", "s.toml", "--study", "x<img src=x onerror=alert(1)>"], "argument --study: may hold"),
-    (["run", "s.toml", "--study", "../../etc"], "argument --study"),
+    (["run", "s.toml", "--timeout", "nan"], "hpo run: error: --timeout must be a finite number"),
+    (["best", "mut", "--top", "0"], "hpo best: error: --top must be >= 1, got 0"),
+    (["run", "s.toml", "--heartbeat-interval", "0"], "--heartbeat-interval must be >= 1"),
+    (["dashboard", "--port", "70000"], "--port must be in 0..65535, got 70000"),
+    (["run", "s.toml", "--study", "x<img src=x onerror=alert(1)>"], "--study may hold only"),
+    (["run", "s.toml", "--study", "../../etc"], "--study may hold only"),
     (["report", "mut", "--out", "s.toml"], "--out s.toml: exists and is not a folder"),
     (["experiment", "overfit", "--out", "s.toml"], "--out s.toml: exists and is not a folder"),
 ])
@@ -245,6 +245,7 @@ def test_examples_name_the_flag(tmp_path, argv, message):
     before = listing(tmp_path)
     code, err, _ = run_cli(with_storage(argv), tmp_path)
     assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1, err
     assert_refused_or_ran(code, err, before, listing(tmp_path))
 
 

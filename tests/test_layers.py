@@ -18,8 +18,8 @@ PACKAGE = ROOT / "hpo"
 #: Bottom to top. A module may import modules of its own layer or below (no circle), never above.
 LAYERS: list[tuple[str, ...]] = [
     ("hpo.errors", "hpo.catalog"),
-    ("hpo.nn", "hpo.data", "hpo.signals"),
-    ("hpo.spec",),
+    ("hpo.nn", "hpo.data", "hpo.signals", "hpo.flags"),
+    ("hpo.spec", "hpo.spec_checks"),
     ("hpo.optuna_compat", "hpo.storage"),
     ("hpo.samplers", "hpo.pruners", "hpo.objective"),
     ("hpo.trials", "hpo.procs", "hpo.progress"),
