@@ -80,3 +80,18 @@ def test_sample_best_1_is_what_the_quick_start_prints(tmp_path):
     again = subprocess.run([sys.executable, "-m", "hpo", "best"], cwd=tmp_path, text=True,
                            capture_output=True, env={**os.environ, "HPO_STORAGE": ""})
     assert again.stdout.splitlines()[0] == best_1  # hpo best: no NAME needed on one study
+
+
+def test_docs_stand_alone():
+    """Nothing in the repository points at files outside it (the project's shared notes)."""
+    outside = re.compile("|".join(["shared/" + "notes", "shared/" + "ARCHITECTURE",
+                                   r"\.\./" + "shared", "/work/" + "shared"]))
+    found = []
+    for path in ROOT.rglob("*"):
+        rel = path.relative_to(ROOT)
+        if (path.is_file() and rel.parts[0] not in (".git", ".venv", "out", "runs")
+                and not any(p.endswith((".egg-info", "_cache", "__pycache__")) for p in rel.parts)
+                and path.suffix in {".md", ".toml", ".py", ".yml", ".txt", ""}
+                and outside.search(path.read_text(errors="replace"))):
+            found.append(str(rel))
+    assert found == []
