@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import textwrap
 import time
 import warnings
@@ -37,7 +38,7 @@ from hpo.objective import Objective
 from hpo.procs import WorkerJob, failures, pin_blas_threads, start_workers, supervise
 from hpo.progress import Progress
 from hpo.signals import install_signal_handlers
-from hpo.storage import create_or_load_study, get_storage
+from hpo.storage import create_or_load_study, get_storage, mask_url
 from hpo.trials import build_sampler_and_pruner, count, work
 
 CHECKPOINTS = (10, 25, 50, 100, 200, 300, 500, 1000)
@@ -161,16 +162,21 @@ def summarize_study(study: optuna.Study, sampler: str, seed: int) -> StudyRun:
 def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: int,
              target: float, evaluate_test: bool, confirm_top: int = 0, confirm_seeds: int = 5,
              progress: bool = True, title: str | None = None,
-             worker_job: Callable[[str, int], WorkerJob] | None = None) -> Grid:
+             worker_job: Callable[[str, int], WorkerJob] | None = None,
+             data: Any = None) -> Grid:
     """Run (or resume) every (arm, seed) study; optionally confirm its top trials with fresh
     seeds (``confirm_top`` > 0); evaluate each chosen trial on the test split once.
 
     With ``workers`` > 1, ``worker_job(study_name, n_trials)`` says how to start a worker of a
-    cell's study; the workers are supervised as ``hpo run``'s are (:mod:`hpo.procs`)."""
+    cell's study; the workers are supervised as ``hpo run``'s are (:mod:`hpo.procs`). ``data``:
+    the arms' shared split, when the caller loaded it already (else loaded here)."""
     if workers > 1 and worker_job is None:
         raise ValueError("run_grid: several workers need worker_job")
+    if data is None:  # one data load for the whole grid: the split is shared
+        data = Objective(arms[0].spec).data
     storage = get_storage(url, heartbeat=True, create_schema=True)
-    data = Objective(arms[0].spec).data  # one data load for the whole grid: the split is shared
+    print(f"hpo compare: {len(arms)} arms x {seeds} seeds, studies in {mask_url(url)}",
+          file=sys.stderr)
     pin_blas_threads()
     install_signal_handlers()
     grid = Grid(title or arms[0].spec.name, arms, seeds, n_trials, target,

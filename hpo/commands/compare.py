@@ -18,6 +18,7 @@ from hpo.commands.common import heartbeat_settings
 from hpo.commands.worker import worker_job
 from hpo.compare import cell_names, make_arms, run_grid, table, write_outputs
 from hpo.errors import StorageError, UsageError
+from hpo.objective import Objective
 from hpo.procs import WorkerJob
 from hpo.samplers import available_samplers
 from hpo.spec import load_spec
@@ -106,13 +107,12 @@ def compare(args: argparse.Namespace) -> int:
     interval, grace = heartbeat_settings(args)
     url = storage_url(args)
     check_resume(args, url, cell_names(arms, args.seeds))
+    data = Objective(arms[0].spec).data  # a data error is bad input: before anything is written
     if args.storage is None:
         try:
             os.makedirs(args.out, exist_ok=True)
         except OSError as e:
             raise UsageError(f"cannot create --out {args.out}: {e.strerror}") from None
-    print(f"hpo compare: {len(arms)} arms x {args.seeds} seeds, studies in {mask_url(url)}"
-          + (" (resumed)" if args.resume else ""), file=sys.stderr)
 
     def job(study_name: str, n_trials: int) -> WorkerJob:
         return worker_job(study_name, url, n_trials, None, interval, grace)
@@ -121,7 +121,8 @@ def compare(args: argparse.Namespace) -> int:
                     target=args.target, evaluate_test=not args.no_test,
                     confirm_top=args.confirm, confirm_seeds=args.confirm_seeds,
                     progress=not args.quiet,
-                    title=specs[0].name if len(specs) == 1 else args.title, worker_job=job)
+                    title=specs[0].name if len(specs) == 1 else args.title, worker_job=job,
+                    data=data)
     command = ("hpo compare " + " ".join(shlex.quote(p) for p in args.spec)
                + (f" --title {shlex.quote(args.title)}" if len(specs) > 1 else "")
                + (f" --storage {shlex.quote(mask_url(url))}" if args.storage else "")
