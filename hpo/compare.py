@@ -370,14 +370,15 @@ def best_so_far_figure(grid: Grid):
         curves = np.array([_pad(r.best_so_far, grid.n_trials) for r in grid.runs[s]])
         med, lo, hi = (np.percentile(curves, q, axis=0) for q in (50, 25, 75))
         every = max(1, grid.n_trials // 8)
-        ax1.plot(x, med, label=f"{s} (n={len(curves)})",
+        ax1.plot(x, med, label=f"{s} (n={len(curves)})".replace("$", r"\$"),
                  markevery=(min(i * every // n_arms, grid.n_trials - 1), every), **style)
         ax1.fill_between(x, lo, hi, color=c, alpha=0.15, linewidth=0)
         timed = np.array([_at_times(r, t_grid) for r in grid.runs[s]])
         with warnings.catch_warnings():  # before every seed's first trial ended: all NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             med, lo, hi = (np.nanpercentile(timed, q, axis=0) for q in (50, 25, 75))
-        ax2.plot(t_grid, med, label=s, markevery=(i * 37 // n_arms, 37), **style)
+        ax2.plot(t_grid, med, label=s.replace("$", r"\$"),
+                 markevery=(i * 37 // n_arms, 37), **style)
         ax2.fill_between(t_grid, lo, hi, color=c, alpha=0.15, linewidth=0)
     for ax in (ax1, ax2):
         ax.axhline(grid.target, color="grey", linestyle=":", linewidth=1)
@@ -390,8 +391,8 @@ def best_so_far_figure(grid: Grid):
     ax2.set_xlabel(f"seconds since the study's first trial ({grid.workers} worker"
                    f"{'s' if grid.workers > 1 else ''})")
     ax1.legend(loc="lower right")
-    lines = textwrap.wrap(f"{grid.title}: {', '.join(grid.labels)}", 110,
-                          break_on_hyphens=False)
+    title = f"{grid.title}: {', '.join(grid.labels)}".replace("$", r"\$")  # not mathtext
+    lines = textwrap.wrap(title, 110, break_on_hyphens=False)
     lines.append(f"best validation accuracy so far, median and IQR over {grid.seeds} "
                  f"seed{'s' if grid.seeds > 1 else ''}")
     fig.suptitle("\n".join(lines), fontsize=11)
