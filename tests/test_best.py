@@ -7,12 +7,36 @@ import json
 import re
 
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 
 from hpo import listing
 from hpo.listing import TOP, clean_floats, fmt_param, format_row, rows_from_trials
 from tests.conftest import hpo
 
+TINY = """
+name = "many"
+seed = 1
+[data]
+dataset = "digits"
+train_size = 300
+[model]
+hidden = [16, 16]
+epochs = 5
+batch_size = 50
+[search.lr]
+low = 1e-3
+high = 0.5
+log = true
+[search.weight_decay]
+low = 1e-8
+high = 1e-4
+log = true
+[sampler]
+name = "random"
+[budget]
+n_trials = 23
+"""
 NOISY = re.compile(r"\d\.\d*(0000000|9999999)\d")  # 0.16500000000000004, 0.7999999999999999
 
 
@@ -20,19 +44,28 @@ def _best_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("Best-")]
 
 
-def test_run_best_and_report_list_the_same_best_20(tiny_spec, sqlite_url, tmp_path):
-    r = hpo("run", str(tiny_spec(name="many", n_trials=23)), "--storage", sqlite_url, "--quiet")
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """A one-study storage of 23 trials, and what `hpo run` printed."""
+    tmp = tmp_path_factory.mktemp("best")
+    spec = tmp / "many.toml"
+    spec.write_text(TINY)
+    url = f"sqlite:///{tmp / 'hpo.db'}"
+    r = hpo("run", str(spec), "--storage", url, "--quiet")
     assert r.returncode == 0, r.stderr
-    from_run = _best_lines(r.stdout)
+    return url, tmp, r.stdout
+
+
+def test_run_best_and_report_list_the_same_best_20(many):
+    url, tmp, printed = many
+    from_run = _best_lines(printed)
     assert len(from_run) == TOP == 20
-    b = hpo("best", "--storage", sqlite_url)  # the storage holds one study: no NAME needed
+    b = hpo("best", "--storage", url)  # the storage holds one study: no NAME needed
     assert b.returncode == 0, b.stderr
-    assert _best_lines(b.stdout) == from_run
-    assert b.stdout == hpo("best", "many", "--storage", sqlite_url).stdout
-    rep = hpo("report", "many", "--storage", sqlite_url, "--out", str(tmp_path / "rep"),
-              "--no-dashboard")
+    assert b.stdout == printed
+    rep = hpo("report", "many", "--storage", url, "--out", str(tmp / "rep"), "--no-dashboard")
     assert rep.returncode == 0, rep.stderr
-    md = (tmp_path / "rep" / "best.md").read_text()
+    md = (tmp / "rep" / "best.md").read_text()
     assert md.startswith("# Best-20 of study `many`")
     assert _best_lines(md) == from_run
     for line in from_run:  # params as a person reads them
@@ -41,36 +74,36 @@ def test_run_best_and_report_list_the_same_best_20(tiny_spec, sqlite_url, tmp_pa
             assert len(value) <= 10 and float(value) > 0, line  # 0.008985, 1.573e-05
 
 
-def test_best_without_name_needs_one_study(tiny_spec, sqlite_url, tmp_path):
-    empty = hpo("best", "--storage", f"sqlite:///{tmp_path / 'none.db'}")
-    assert empty.returncode == 2 and len(empty.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "none.db").exists()
-    for name in ("one", "two"):
-        r = hpo("run", str(tiny_spec(name=name, n_trials=2)), "--storage", sqlite_url, "--quiet")
-        assert r.returncode == 0, r.stderr
-    r = hpo("best", "--storage", sqlite_url)
-    assert r.returncode == 2 and r.stdout == ""
-    (line,) = r.stderr.strip().splitlines()
-    assert line == ("hpo best: error: this storage holds 2 studies (one, two): name one, e.g. "
-                    "hpo best one (hpo studies lists them)")
-
-
-def test_json_carries_no_float_noise(tiny_spec, sqlite_url):
-    r = hpo("run", str(tiny_spec(name="js", n_trials=6)), "--storage", sqlite_url, "--quiet")
-    assert r.returncode == 0, r.stderr
-    out = hpo("best", "--storage", sqlite_url, "--json", "--max-gap", "0.5")
+def test_json_carries_no_float_noise(many):
+    url, _, _ = many
+    out = hpo("best", "many", "--storage", url, "--json", "--max-gap", "0.5")
     assert out.returncode == 0, out.stderr
     assert not NOISY.search(out.stdout), out.stdout
     data = json.loads(out.stdout)
-    study = optuna.load_study(study_name="js", storage=sqlite_url)
+    assert len(data["best"]) == TOP
+    study = optuna.load_study(study_name="many", storage=url)
     for row in data["best"]:
         t = study.trials[row["trial"]]
         assert abs(row["val_acc"] - t.value) <= 1e-11 * t.value
         assert abs(row["gap"] - (t.user_attrs["train_acc"] - t.value)) < 1e-11
         for k, v in row["params"].items():
             assert abs(v - t.params[k]) <= 1e-11 * abs(t.params[k])
-    studies = hpo("studies", "--storage", sqlite_url, "--json")
+    studies = hpo("studies", "--storage", url, "--json")
     assert studies.returncode == 0 and not NOISY.search(studies.stdout)
+
+
+def test_best_without_name_needs_one_study(tiny_spec, sqlite_url, tmp_path):
+    empty = hpo("best", "--storage", f"sqlite:///{tmp_path / 'none.db'}")
+    assert empty.returncode == 2 and len(empty.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "none.db").exists()
+    for name in ("one", "two"):
+        r = hpo("run", str(tiny_spec(name=name, n_trials=1)), "--storage", sqlite_url, "--quiet")
+        assert r.returncode == 0, r.stderr
+    r = hpo("best", "--storage", sqlite_url)
+    assert r.returncode == 2 and r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert line == ("hpo best: error: this storage holds 2 studies (one, two): name one, e.g. "
+                    "hpo best one (hpo studies lists them)")
 
 
 def test_noisy_floats_read_as_a_person_would():

@@ -23,7 +23,7 @@ def test_postfix_and_stage_arithmetic():
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_bar_shows_pruned_trials_and_the_stage(tiny_spec, sqlite_url, workers):
-    spec = tiny_spec(name="bar", sampler="narrowing", n_trials=12, epochs=6, sampler_options=(
+    spec = tiny_spec(name="bar", sampler="narrowing", n_trials=8, epochs=4, sampler_options=(
         "stage_trials = 4\nkeep_top = 2\n[pruner]\nname = \"median\"\nn_startup_trials = 2\n"
         "n_warmup_steps = 1\ninterval_steps = 1"))
     r = hpo("run", str(spec), "--storage", sqlite_url, "--workers", workers)
@@ -33,7 +33,7 @@ def test_bar_shows_pruned_trials_and_the_stage(tiny_spec, sqlite_url, workers):
     last = frames[-1]
     study = optuna.load_study(study_name="bar", storage=sqlite_url)
     pruned = sum(t.state.name == "PRUNED" for t in study.trials)
-    assert "12/12" in last and f"pruned {pruned}, stage 3/3" in last, last
+    assert "8/8" in last and f"pruned {pruned}, stage 2/2" in last, last
     assert f"best val acc {study.best_value:.3f}" in last
     quiet = hpo("run", str(spec), "--storage", sqlite_url, "--quiet")
     assert "%|" not in quiet.stderr and not re.search(r"pruned \d", quiet.stderr)
