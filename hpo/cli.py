@@ -35,6 +35,10 @@ SPEC_EPILOG = (f"A spec's [sampler] name is one of {', '.join(catalog.SAMPLER_NA
                "`python -m hpo.catalog` (the README's tables).")
 
 
+#: hpo run, hpo best and hpo report list the same Best-N (hpo.listing.TOP).
+TOP_HELP = "how many best trials to list (default 20, the book's figure)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="hpo",
@@ -72,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=SEED, metavar="D",
                    help="seed of the train/validation shuffle (default: the spec's data.seed)")
     p.add_argument("--timeout", type=SECONDS, metavar="S", help="stop after S seconds")
-    p.add_argument("--top", type=TOP, default=10, metavar="K", help="Best-K to list (10)")
+    p.add_argument("--top", type=TOP, metavar="K", help=TOP_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _heartbeat_args(p)
 
@@ -98,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     _heartbeat_args(p)
 
     p = sub.add_parser("best", help="the book's Best-N listing of a study")
-    p.add_argument("study", type=study_name, metavar="NAME")
+    p.add_argument("study", type=study_name, metavar="NAME", nargs="?",
+                   help="the study (may be left out when the storage holds only one)")
     _storage_arg(p)
-    p.add_argument("--top", type=TOP, default=10, metavar="K")
+    p.add_argument("--top", type=TOP, metavar="K", help=TOP_HELP)
     p.add_argument("--max-gap", type=FRACTION, metavar="G",
                    help="also rank the trials whose train-validation gap is below G")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -145,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "several specs (same [data]), each spec is an arm with its own "
                                    "sampler and space.")
     p.add_argument("spec", metavar="SPEC", nargs="+")
-    _storage_arg(p)
+    p.add_argument("--storage", metavar="URL",
+                   help="SQLAlchemy URL of the comparison's studies (default: "
+                        "sqlite:///DIR/compare.db under --out; $HPO_STORAGE is not used)")
     p.add_argument("--samplers", metavar="LIST",
                    help="with one spec: comma-separated sampler names, of "
                         + ",".join(catalog.SAMPLER_NAMES))
@@ -157,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=count(1000), default=5, metavar="K")
     p.add_argument("--workers", type=count(catalog.MAX_WORKERS), default=1, metavar="W")
     p.add_argument("--target", type=FRACTION, default=0.80, help="accuracy to reach (0.80)")
-    p.add_argument("--out", default="out/compare", metavar="DIR")
+    p.add_argument("--out", default="out/compare", metavar="DIR",
+                   help="table, plot and the comparison's own storage "
+                        "(DIR/compare.db unless --storage) go here (out/compare)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the studies an earlier run of this comparison left")
     p.add_argument("--no-test", action="store_true", help="skip the test-set evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -168,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", type=study_name, metavar="NAME")
     _storage_arg(p)
     p.add_argument("--out", metavar="DIR", help="where the files go (out/report/<NAME>)")
-    p.add_argument("--top", type=TOP, default=20, metavar="K")
+    p.add_argument("--top", type=TOP, metavar="K", help=TOP_HELP)
     p.add_argument("--max-gap", type=FRACTION, metavar="G",
                    help="mark trials whose train-validation gap is below G")
     p.add_argument("--no-dashboard", action="store_true",

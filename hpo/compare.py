@@ -6,8 +6,9 @@ Fairness rules:
   split** (the spec's ``data.seed``); seed k sets the sampler's seed and the trials' network seeds,
   so trial n of every sampler at seed k starts from the same initial weights (common random
   numbers: a difference between samplers is the samplers', not the initialisations');
-* the budget is exact (:func:`hpo.trials.work`), reruns resume: finished studies are skipped,
-  unfinished ones completed;
+* the budget is exact (:func:`hpo.trials.work`); the studies live in their own storage,
+  ``<out>/compare.db`` unless ``--storage`` says otherwise, and a rerun continues them only when
+  asked (``--resume``: finished studies are skipped, unfinished ones completed);
 * what is compared is the best **validation** accuracy so far, with its spread over seeds (median
   and interquartile range), and the **test** accuracy of each study's chosen trial, measured once
   per study by :mod:`hpo.evaluate` (stored; a rerun reuses it).
@@ -18,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
+import textwrap
 import time
 import warnings
 from collections.abc import Callable
@@ -30,12 +33,12 @@ from optuna.trial import TrialState
 
 from hpo import optuna_compat as oc
 from hpo.evaluate import CONFIRM_ATTR, choose_trial, confirm, evaluate_on_test
-from hpo.listing import TEST_ATTR
+from hpo.listing import TEST_ATTR, clean_floats
 from hpo.objective import Objective
 from hpo.procs import WorkerJob, failures, pin_blas_threads, start_workers, supervise
 from hpo.progress import Progress
 from hpo.signals import install_signal_handlers
-from hpo.storage import create_or_load_study, get_storage
+from hpo.storage import create_or_load_study, get_storage, mask_url
 from hpo.trials import build_sampler_and_pruner, count, work
 
 CHECKPOINTS = (10, 25, 50, 100, 200, 300, 500, 1000)
@@ -97,6 +100,11 @@ def study_name(spec_name: str, sampler: str, seed: int) -> str:
     return f"{spec_name}/{sampler}/seed{seed}"
 
 
+def cell_names(arms: list[Arm], seeds: int) -> list[str]:
+    """The study name of every (arm, seed) cell, seed-major (the order they run in)."""
+    return [study_name(a.spec.name, a.spec.sampler, k) for k in range(seeds) for a in arms]
+
+
 def variant(spec, sampler: str, seed: int, n_trials: int):
     """The spec as run by ``sampler`` at ``seed``: same data, model and space."""
     options = dict(spec.sampler_options) if spec.sampler == sampler else (
@@ -154,16 +162,21 @@ def summarize_study(study: optuna.Study, sampler: str, seed: int) -> StudyRun:
 def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: int,
              target: float, evaluate_test: bool, confirm_top: int = 0, confirm_seeds: int = 5,
              progress: bool = True, title: str | None = None,
-             worker_job: Callable[[str, int], WorkerJob] | None = None) -> Grid:
+             worker_job: Callable[[str, int], WorkerJob] | None = None,
+             data: Any = None) -> Grid:
     """Run (or resume) every (arm, seed) study; optionally confirm its top trials with fresh
     seeds (``confirm_top`` > 0); evaluate each chosen trial on the test split once.
 
     With ``workers`` > 1, ``worker_job(study_name, n_trials)`` says how to start a worker of a
-    cell's study; the workers are supervised as ``hpo run``'s are (:mod:`hpo.procs`)."""
+    cell's study; the workers are supervised as ``hpo run``'s are (:mod:`hpo.procs`). ``data``:
+    the arms' shared split, when the caller loaded it already (else loaded here)."""
     if workers > 1 and worker_job is None:
         raise ValueError("run_grid: several workers need worker_job")
+    if data is None:  # one data load for the whole grid: the split is shared
+        data = Objective(arms[0].spec).data
     storage = get_storage(url, heartbeat=True, create_schema=True)
-    data = Objective(arms[0].spec).data  # one data load for the whole grid: the split is shared
+    print(f"hpo compare: {len(arms)} arms x {seeds} seeds, studies in {mask_url(url)}",
+          file=sys.stderr)
     pin_blas_threads()
     install_signal_handlers()
     grid = Grid(title or arms[0].spec.name, arms, seeds, n_trials, target,
@@ -173,11 +186,12 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
     cells = [(a.label, k) for k in range(seeds) for a in arms]  # seed-major: early partial views
     studies: dict[tuple[str, int], optuna.Study] = {}
     objectives: dict[tuple[str, int], Objective] = {}
+    names = dict(zip(cells, cell_names(arms, seeds), strict=True))
     for s, k in cells:
         base_spec = by_label[s].spec
         v = base_spec.replace(seed=k, n_trials=n_trials)
         sampler, pruner = build_sampler_and_pruner(v)
-        studies[s, k] = create_or_load_study(storage, v, study_name(v.name, v.sampler, k),
+        studies[s, k] = create_or_load_study(storage, v, names[s, k],
                                              sampler=sampler, pruner=pruner)
         objectives[s, k] = Objective(v, data=data)  # seed k: the trials' network seeds
     done0 = sum(min(count(st)[0], n_trials) for st in studies.values())
@@ -190,6 +204,9 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
 
             def on_trial(st, t, base=base):
                 bar.update(base + min(count(st)[0], n_trials), None)
+
+            if bar.bar is not None:
+                bar.bar.set_description_str(study.study_name, refresh=False)
 
             if count(study)[0] < n_trials:
                 if workers == 1:
@@ -318,45 +335,81 @@ def _median_or_more(values: list[float | None], cap: int | None, fmt: str) -> st
 # --- figure -----------------------------------------------------------------------------------
 
 
+#: Line styles and markers per arm, so that arms whose medians coincide stay visible.
+STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
 def plot(grid: Grid, path: str) -> None:
-    """Best-so-far validation accuracy: median line and interquartile band per sampler, against
-    trial number (left) and against elapsed seconds (right)."""
-    import matplotlib
+    """Save :func:`best_so_far_figure` to ``path``."""
+    best_so_far_figure(grid).savefig(path)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=110)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+def best_so_far_figure(grid: Grid):
+    """Best-so-far validation accuracy: median line and interquartile band per arm, against
+    trial number (left) and against elapsed seconds (right). Each arm has its own colour, line
+    style and markers (placed at different trials per arm), so equal medians do not hide one
+    another; the trial axis has whole-number ticks. A matplotlib Figure (no pyplot state)."""
+    from matplotlib import rcParams
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(12, 4.6), dpi=110)
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
     x = np.arange(1, grid.n_trials + 1)
     t_max = max((r.elapsed[-1] for rs in grid.runs.values() for r in rs if r.elapsed), default=1)
     t_grid = np.linspace(0, t_max, 300)
+    n_arms = len(grid.labels)
     for i, s in enumerate(grid.labels):
         c = colors[i % len(colors)]
+        style = {"color": c, "linestyle": STYLES[i % len(STYLES)], "linewidth": 1.8,
+                 "marker": MARKERS[i % len(MARKERS)], "markersize": 5, "zorder": 3 + i}
         curves = np.array([_pad(r.best_so_far, grid.n_trials) for r in grid.runs[s]])
         med, lo, hi = (np.percentile(curves, q, axis=0) for q in (50, 25, 75))
-        ax1.plot(x, med, color=c, label=f"{s} (n={len(curves)})")
-        ax1.fill_between(x, lo, hi, color=c, alpha=0.18, linewidth=0)
+        every = max(1, grid.n_trials // 8)
+        ax1.plot(x, med, label=f"{s} (n={len(curves)})".replace("$", r"\$"),
+                 markevery=(min(i * every // n_arms, grid.n_trials - 1), every), **style)
+        ax1.fill_between(x, lo, hi, color=c, alpha=0.15, linewidth=0)
         timed = np.array([_at_times(r, t_grid) for r in grid.runs[s]])
         with warnings.catch_warnings():  # before every seed's first trial ended: all NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             med, lo, hi = (np.nanpercentile(timed, q, axis=0) for q in (50, 25, 75))
-        ax2.plot(t_grid, med, color=c, label=s)
-        ax2.fill_between(t_grid, lo, hi, color=c, alpha=0.18, linewidth=0)
+        ax2.plot(t_grid, med, label=s.replace("$", r"\$"),
+                 markevery=(i * 37 // n_arms, 37), **style)
+        ax2.fill_between(t_grid, lo, hi, color=c, alpha=0.15, linewidth=0)
     for ax in (ax1, ax2):
         ax.axhline(grid.target, color="grey", linestyle=":", linewidth=1)
         ax.set_ylabel("best validation accuracy so far")
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 1)
     ax1.set_xlabel("trial")
+    ax1.set_xlim(1, max(grid.n_trials, 2))
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.set_xlabel(f"seconds since the study's first trial ({grid.workers} worker"
                    f"{'s' if grid.workers > 1 else ''})")
     ax1.legend(loc="lower right")
-    title = grid.title.replace("$", r"\$")  # a user's text, not matplotlib's math
-    fig.suptitle(f"{title}: median and IQR over {grid.seeds} seeds")
+    title = f"{grid.title}: {', '.join(grid.labels)}".replace("$", r"\$")  # not mathtext
+    lines = textwrap.wrap(title, 110, break_on_hyphens=False)
+    lines.append(f"best validation accuracy so far, median and IQR over {grid.seeds} "
+                 f"seed{'s' if grid.seeds > 1 else ''}")
+    fig.suptitle("\n".join(lines), fontsize=11)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
+
+
+def grid_from_summary(path: str) -> Grid:
+    """A :class:`Grid` rebuilt from a ``summary.json`` that :func:`write_outputs` wrote (its
+    runs and figures, without the studies): ``scripts/replot_compare.py`` redraws from it."""
+    with open(path) as fh:
+        raw = json.load(fh)
+    runs = {label: [StudyRun(**r) for r in rs] for label, rs in raw["runs"].items()}
+    grid = Grid(raw["spec"], [Arm(label, None) for label in runs], raw["seeds"],
+                raw["n_trials"], raw["target"], runs=runs, workers=raw.get("workers", 1))
+    grid.confirmed = any(r.confirmed_val is not None for rs in runs.values() for r in rs)
+    return grid
 
 
 def _pad(curve: list[float], n: int) -> list[float]:
@@ -423,6 +476,7 @@ def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
         fh.write("\n".join(md))
     raw = {s: [vars(r) for r in runs] for s, runs in grid.runs.items()}
     with open(paths["json"], "w") as fh:
-        json.dump({"spec": grid.title, "n_trials": grid.n_trials, "seeds": grid.seeds,
-                   "target": grid.target, "runs": raw}, fh)
+        json.dump(clean_floats({"spec": grid.title, "n_trials": grid.n_trials,
+                                "seeds": grid.seeds, "target": grid.target,
+                                "workers": grid.workers, "runs": raw}), fh)
     return paths

@@ -9,7 +9,9 @@ artifact of its trial.
 renames and deletes studies (``POST /api/studies``, ``DELETE /api/studies/{id}``). It is
 therefore bound to 127.0.0.1 by default and served **read-only**: any request other than
 GET/HEAD/OPTIONS is refused with 405 unless ``--allow-writes`` is given. Pages, the study list,
-trials and plots are all GETs.
+trials and plots are all GETs. Its HTML page gets one small stylesheet (:data:`PAGE_CSS`): a
+trial's learning curves (user attributes of 50 numbers) wrap inside their box instead of
+widening the trial page beyond the window.
 """
 
 from __future__ import annotations
@@ -58,6 +60,57 @@ def read_only(app: Callable) -> Callable:
     return wrapped
 
 
+#: optuna-dashboard 0.21 lays a trial's rows out as a label (``<p>``) and a value box that does
+#: not wrap and may not shrink (``white-space: nowrap``, ``min-width: auto``), so one long
+#: user attribute widens the whole page. This lets the value boxes wrap instead.
+PAGE_CSS = (b"<style>/* hpo: long values wrap in their box */ p.MuiTypography-root + "
+            b"div.MuiBox-root { min-width: 0; white-space: normal; overflow-wrap: anywhere; }"
+            b"</style>")
+
+
+def with_page_css(app: Callable) -> Callable:
+    """Wrap a WSGI app so that its HTML responses carry :data:`PAGE_CSS` (other responses pass
+    through untouched, unbuffered)."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        got: list[tuple[str, list[tuple[str, str]], Any]] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None):
+            got.append((status, headers, exc_info))
+            return lambda data: None  # optuna-dashboard (bottle) never calls write()
+
+        body = app(environ, capture)
+        chunks = iter(body)
+        first = next(chunks, b"") if not got else None  # start_response may come lazily
+        status, headers, exc_info = got[-1]
+        is_html = any(k.lower() == "content-type" and v.startswith("text/html")
+                      for k, v in headers)
+        if not is_html or environ.get("REQUEST_METHOD", "GET").upper() != "GET":
+            start_response(status, headers, exc_info)
+            return body if first is None else _chain(first, chunks, body)
+        data = (first or b"") + b"".join(chunks)
+        if hasattr(body, "close"):
+            body.close()
+        if b"</head>" in data:
+            data = data.replace(b"</head>", PAGE_CSS + b"</head>", 1)
+            headers = [(k, v) for k, v in headers
+                       if k.lower() not in ("content-length", "etag")]
+            headers.append(("Content-Length", str(len(data))))
+        start_response(status, headers, exc_info)
+        return [data]
+
+    return wrapped
+
+
+def _chain(first: bytes, rest: Iterable[bytes], body: Any) -> Iterable[bytes]:
+    try:
+        yield first
+        yield from rest
+    finally:
+        if hasattr(body, "close"):
+            body.close()
+
+
 def make_app(storage_url: str | None, *, allow_writes: bool = False,
              artifact_dir: str | None = None) -> Callable:
     import optuna_dashboard
@@ -72,7 +125,7 @@ def make_app(storage_url: str | None, *, allow_writes: bool = False,
         from optuna.artifacts import FileSystemArtifactStore
 
         artifact_store = FileSystemArtifactStore(artifact_dir)
-    app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
+    app = with_page_css(optuna_dashboard.wsgi(storage, artifact_store=artifact_store))
     return app if allow_writes else read_only(app)
 
 

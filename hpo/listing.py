@@ -2,9 +2,10 @@
 ``hpo compare``.
 
 ``Best-1(val acc:0.86) | lr:0.009212978164927667, weight decay:4.585885333273752e-08``
-is the book's line (section 6.5.3); hpo adds the final train accuracy and the train-validation gap
-beside it, because "is Best-8, with a small gap and train accuracy below 100%, the one to pick?"
-is the question the book leaves the reader with. :func:`summary` gathers everything said about
+is the book's line (section 6.5.3); hpo prints params as a person reads them (``lr:0.009213``,
+:func:`fmt_param`) and adds the final train accuracy and the train-validation gap beside it,
+because "is Best-8, with a small gap and train accuracy below 100%, the one to pick?" is the
+question the book leaves the reader with. :func:`summary` gathers everything said about
 a study (rows, small-gap rows, edge warnings, the confirmation and the test result) once;
 :class:`Summary` renders it as text, JSON, Markdown or HTML.
 """
@@ -26,6 +27,12 @@ from hpo.samplers.edges import edge_warnings as _edge_warnings
 from hpo.storage import SPEC_ATTR
 
 BOOK_NAMES = {"weight_decay": "weight decay"}
+#: How many Best-N lines ``hpo run``, ``hpo best`` and ``hpo report`` list by default: the
+#: book's figure shows the top 20 trials (``graph_draw_num = 20``).
+TOP = 20
+#: Significant digits of a float param in text (``lr:0.009213``) and of every float in JSON.
+TEXT_DIGITS = 4
+JSON_DIGITS = 12
 #: How many trials the "Best with gap < G" section of best.md and the page lists.
 GAP_LIST = 5
 #: A param within this fraction of its range's width (log10 space for log params) of an edge.
@@ -33,6 +40,37 @@ EDGE_FRACTION = 0.1
 EDGE_SUFFIX = ": the optimum may lie outside it"
 TEST_ATTR = "hpo:test"
 CONFIRM_ATTR = "hpo:confirm"
+
+
+def round_sig(x: float, digits: int) -> float:
+    """``x`` rounded to ``digits`` significant digits (non-finite values unchanged)."""
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else x
+
+
+def fmt_param(value: Any) -> str:
+    """A param as a person reads it: floats to :data:`TEXT_DIGITS` significant digits, without
+    binary noise (``0.15`` not ``0.15000000000000002``, ``0.009213``, ``2.56e-08``); other values
+    as they are."""
+    if isinstance(value, float):
+        return repr(round_sig(value, TEXT_DIGITS))
+    return str(value)
+
+
+def clean_floats(obj: Any, digits: int = JSON_DIGITS) -> Any:
+    """``obj`` with every float (in dicts, lists and tuples, recursively) rounded to ``digits``
+    significant digits: what JSON output carries (``0.165``, not ``0.16500000000000004``)."""
+    if isinstance(obj, float):
+        return round_sig(obj, digits)
+    if isinstance(obj, Mapping):
+        return {k: clean_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_floats(v, digits) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of :func:`clean_floats` (``hpo best --json``, ``hpo studies --json``)."""
+    return json.dumps(clean_floats(obj), **kwargs)
 
 
 @dataclass(frozen=True)
@@ -82,7 +120,7 @@ def rows_from_trials(trials: Sequence[FrozenTrial]) -> list[Row]:
 rows = rows_from_trials
 
 
-def best_rows(study: optuna.Study, top: int = 10) -> list[Row]:
+def best_rows(study: optuna.Study, top: int = TOP) -> list[Row]:
     return rows_from_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))[:top]
 
 
@@ -94,7 +132,7 @@ def small_gap(row: Row, max_gap: float) -> bool:
 
 def format_row(row: Row) -> str:
     """One line in the book's format, then train accuracy and gap."""
-    params = ", ".join(f"{BOOK_NAMES.get(k, k)}:{v}" for k, v in row.params.items())
+    params = ", ".join(f"{BOOK_NAMES.get(k, k)}:{fmt_param(v)}" for k, v in row.params.items())
     line = f"Best-{row.rank}(val acc:{row.val_acc:.2f}) | {params}"
     if row.train_acc is not None:
         line += f" | train acc:{row.train_acc:.2f}, gap:{row.gap:+.2f}"
@@ -163,8 +201,8 @@ def format_confirm(record: Mapping[str, Any]) -> str:
              f"noise floor: one configuration's val acc moves by ±{record['noise_floor_std']:.3f}"
              f" (std) across seeds on {record['n_val']} validation images):"]
     for i, r in enumerate(record["rows"], 1):
-        params = ", ".join(f"{BOOK_NAMES.get(k, k)}:{v:.4g}" if isinstance(v, float)
-                           else f"{BOOK_NAMES.get(k, k)}:{v}" for k, v in r["params"].items())
+        params = ", ".join(f"{BOOK_NAMES.get(k, k)}:{fmt_param(v)}"
+                           for k, v in r["params"].items())
         lines.append(f"Confirmed-{i}(val acc:{r['mean']:.3f} ± {r['sem']:.3f}) | {params} | "
                      f"search val acc:{r['search_val_acc']:.2f}  [trial {r['trial']}]")
     return "\n".join(lines)
@@ -255,7 +293,7 @@ class Summary:
         if self.test:
             out["test"] = self.test
         out["warnings"] = self.warnings
-        return json.dumps(out, indent=2)
+        return dumps(out, indent=2)
 
     def header(self) -> str:
         text = (f"{self.n_complete} COMPLETE of {self.n_trials} trials, ranked by final "
@@ -310,21 +348,22 @@ def summary(
     trials: Sequence[FrozenTrial],
     spec: Mapping[str, Any],
     study: str,
-    top: int = 20,
+    top: int | None = TOP,
     max_gap: float | None = None,
     user_attrs: Mapping[str, Any] | None = None,
 ) -> Summary:
     """Everything said about a study's best trials, from its trials, its spec (as a dict) and
     its user attributes (``hpo:confirm``, ``hpo:test``)."""
     attrs = user_attrs or {}
-    return Summary(study=study, n_trials=len(trials), rows=rows_from_trials(trials), top=top,
+    return Summary(study=study, n_trials=len(trials), rows=rows_from_trials(trials),
+                   top=TOP if top is None else top,
                    max_gap=max_gap, warnings=edge_warnings(trials, spec),
                    confirm=attrs.get(CONFIRM_ATTR), test=attrs.get(TEST_ATTR),
                    counts=state_names(trials))
 
 
-def study_summary(study: optuna.Study, spec: Mapping[str, Any] | None = None, top: int = 10,
-                  max_gap: float | None = None) -> Summary:
+def study_summary(study: optuna.Study, spec: Mapping[str, Any] | None = None,
+                  top: int | None = TOP, max_gap: float | None = None) -> Summary:
     """:func:`summary` of a live study (one read of its trials); ``spec`` defaults to the one
     the study records."""
     attrs = study.user_attrs
@@ -332,6 +371,6 @@ def study_summary(study: optuna.Study, spec: Mapping[str, Any] | None = None, to
     return summary(study.get_trials(deepcopy=False), spec, study.study_name, top, max_gap, attrs)
 
 
-def listing(study: optuna.Study, top: int = 10, max_gap: float | None = None) -> str:
+def listing(study: optuna.Study, top: int | None = TOP, max_gap: float | None = None) -> str:
     """The text ``hpo best`` prints for a study."""
     return study_summary(study, None, top, max_gap).text()

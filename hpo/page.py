@@ -1,9 +1,16 @@
-"""``report.html``: the summary and the plotly figures of a study on one page."""
+"""``report.html``: the summary and the plotly figures of a study on one page.
+
+plotly.js (4.8 MB) is not inlined: it is written once beside the page as
+``plotly-<version>.min.js`` (:func:`write_plotly_js`) and loaded from there, so the page itself
+stays small (tens of kB for the book's study), opens offline from ``file://``, and several
+reports in one directory share the one file. A page copied without it says so.
+"""
 
 from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpo.listing import Summary
@@ -19,12 +26,43 @@ p.caption { color: #555; font-size: 14px; }
 """
 
 
-def html_page(study: str, summary_: Summary, figures: Sequence[tuple[str, str, go.Figure]]) -> str:
-    """One self-contained HTML page: plotly.js inline (no network), the summary, then each
-    ``(title, caption, figure)``."""
+def plotly_js_name() -> str:
+    """The file name of the plotly.js that plotly (Python) ships: ``plotly-4.1.1.min.js``."""
+    from plotly.offline import get_plotlyjs_version
+
+    return f"plotly-{get_plotlyjs_version()}.min.js"
+
+
+def write_plotly_js(out: Path) -> Path:
+    """Write plotly.js beside the page (once: an existing file of the same size is kept)."""
     from plotly.offline import get_plotlyjs
 
+    path = Path(out) / plotly_js_name()
+    js = get_plotlyjs().encode("utf-8")
+    if not (path.exists() and path.stat().st_size == len(js)):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(js)
+        tmp.replace(path)
+    return path
+
+
+_MISSING_JS = """<script>if (typeof Plotly === "undefined") {
+  document.addEventListener("DOMContentLoaded", function () {
+    var p = document.createElement("p"); p.className = "warn";
+    p.textContent = "The figures need %s beside this page (hpo report writes it there); "
+      + "the PNG files in the same directory show the same figures.";
+    document.body.insertBefore(p, document.body.children[1]);
+  });
+}</script>"""
+
+
+def html_page(study: str, summary_: Summary, figures: Sequence[tuple[str, str, go.Figure]],
+              plotly_js: str | None = None) -> str:
+    """One HTML page: the summary, then each ``(title, caption, figure)``, drawn by the plotly.js
+    file ``plotly_js`` beside the page (:func:`write_plotly_js`; default
+    :func:`plotly_js_name`). No network is needed."""
     e = html.escape
+    src = plotly_js or plotly_js_name()
     body = [f"<h1>hpo report: {e(study)}</h1>", "<h2>Best trials</h2>", summary_.html()]
     for i, (title, caption, fig) in enumerate(figures):
         body += [f"<h2>{e(title)}</h2>", f'<p class="caption">{e(caption)}</p>',
@@ -33,7 +71,8 @@ def html_page(study: str, summary_: Summary, figures: Sequence[tuple[str, str, g
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f"<title>hpo report: {e(study)}</title>", f"<style>{_CSS}</style>",
-        f'<script type="text/javascript">{get_plotlyjs()}</script>', "</head>", "<body>",
+        f'<script type="text/javascript" src="{e(src)}"></script>',
+        _MISSING_JS % src, "</head>", "<body>",
         *body, "</body>", "</html>", ""])
 
 

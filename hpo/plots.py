@@ -1,5 +1,11 @@
 """The report's figures as plotly figures: the HTML page (:mod:`hpo.page`) and
 optuna-dashboard (:mod:`hpo.dashboard`) show these. Same data as :mod:`hpo.figures`.
+
+Each builder draws for the page by default, and with ``card=True`` for a card of
+optuna-dashboard's study page, which draws a saved figure in a box of fixed height
+(:data:`CARD_HEIGHT`, about half the page wide): there the figure takes that height, its width
+from the card, and keeps its titles, labels and legend inside (the Best-20 grid as 4 x 5 small
+panels, as the book draws it).
 """
 
 from __future__ import annotations
@@ -19,6 +25,36 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 _TEMPLATE = "plotly_white"
+#: optuna-dashboard 0.21 draws a saved plotly figure in a box 450 px high (``height: 450px`` in
+#: its bundle.js); the card mode of the builders stays inside it.
+CARD_HEIGHT = 450
+#: In a card the title sits below plotly's tool bar (top right, about 30 px high), which would
+#: otherwise cover its end; ``margin["t"]`` counts from the top of the card.
+_CARD_TITLE = {"font": {"size": 13}, "x": 0.01, "xanchor": "left", "yref": "container",
+               "y": 1 - 32 / CARD_HEIGHT, "yanchor": "top"}
+
+
+def _card_layout(fig: go.Figure, title: str, margin: dict[str, int], **layout: Any) -> None:
+    """Lay ``fig`` out for a dashboard card: its height, width from the card, small title."""
+    fig.update_layout(template=_TEMPLATE, height=CARD_HEIGHT, autosize=True,
+                      title={"text": title, **_CARD_TITLE}, margin=margin,
+                      font={"size": 11}, **layout)
+
+
+def report_figures(trials: Sequence[FrozenTrial], spec: dict[str, Any], top: int,
+                   card: bool = False) -> dict[str, go.Figure]:
+    """The report's figures by key (``best_curves``, and with a numeric lr x weight-decay
+    plane ``acc_vs_params``, ``contour`` and, for a narrowing study, ``stages``)."""
+    from hpo.plane import numeric_plane
+
+    figs = {"best_curves": best_curves_plotly(trials, top, card=card)}
+    if numeric_plane(spec):
+        figs["acc_vs_params"] = acc_vs_params_plotly(trials, spec, card=card)
+        figs["contour"] = contour_plotly(trials, spec, card=card)
+        staged = stages_plotly(trials, spec, card=card)
+        if staged is not None:
+            figs["stages"] = staged
+    return figs
 
 
 def _hover(params: Sequence[str]) -> str:
@@ -49,7 +85,8 @@ def _colour_values(spec: dict[str, Any], name: str, values: np.ndarray) -> tuple
     return np.round(logs, 4).tolist(), bar
 
 
-def best_curves_plotly(trials: Sequence[FrozenTrial], top: int = 20) -> go.Figure:
+def best_curves_plotly(trials: Sequence[FrozenTrial], top: int = 20,
+                       card: bool = False) -> go.Figure:
     """Plotly version of :func:`best_curves_figure`."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -63,7 +100,9 @@ def best_curves_plotly(trials: Sequence[FrozenTrial], top: int = 20) -> go.Figur
     fig = make_subplots(rows=nrows, cols=GRID_COLUMNS, shared_xaxes=True, shared_yaxes=True,
                         subplot_titles=[f"Best-{i + 1} ({t.value:.2f})"
                                         for i, t in enumerate(best)],
-                        vertical_spacing=min(0.3 / nrows, 0.08), horizontal_spacing=0.02)
+                        vertical_spacing=(min(0.5 / nrows, 0.12) if card
+                                          else min(0.3 / nrows, 0.08)),
+                        horizontal_spacing=0.02)
     for i, t in enumerate(best):
         r, c = i // GRID_COLUMNS + 1, i % GRID_COLUMNS + 1
         for key, dash, name, colour in (("val_acc_curve", "solid", "validation", "#1f77b4"),
@@ -75,16 +114,22 @@ def best_curves_plotly(trials: Sequence[FrozenTrial], top: int = 20) -> go.Figur
                 hovertemplate=f"Best-{i + 1}, trial {t.number}<br>{name} "
                               "%{y:.3f} at epoch %{x}<extra></extra>"), row=r, col=c)
     fig.update_yaxes(range=[0, 1])
-    fig.update_layout(template=_TEMPLATE, height=200 * nrows + 120,
-                      title={"text": f"Best-{n}: validation (solid) and training (dashed) "
-                                     "accuracy per epoch"},
+    title = f"Best-{n}: validation (solid) and training (dashed) accuracy per epoch"
+    if card:
+        fig.update_yaxes(tickvals=[0, 0.5, 1], tickfont_size=9)
+        fig.update_xaxes(tickfont_size=9, nticks=3)
+        _card_layout(fig, title, {"l": 30, "r": 8, "t": 72, "b": 24}, showlegend=False)
+        fig.update_annotations(font_size=10)
+        return fig
+    fig.update_layout(template=_TEMPLATE, height=200 * nrows + 120, title={"text": title},
                       margin={"l": 40, "r": 20, "t": 90, "b": 40})
     fig.update_annotations(font_size=11)
     return fig
 
 
 def acc_vs_params_plotly(
-    trials: Sequence[FrozenTrial], spec: dict[str, Any], params: Sequence[str] = PLANE
+    trials: Sequence[FrozenTrial], spec: dict[str, Any], params: Sequence[str] = PLANE,
+    card: bool = False,
 ) -> go.Figure:
     """Plotly version of :func:`acc_vs_params_figure`."""
     import plotly.graph_objects as go
@@ -99,6 +144,8 @@ def acc_vs_params_plotly(
                                                   (2, params[1], params[0], y, x)):
             colours, bar = _colour_values(spec, other, colour)
             bar.update(x=0.42 if col == 1 else 1.0, len=0.9)
+            if card:
+                bar.update(thickness=12)
             fig.add_trace(go.Scatter(
                 x=values.tolist(), y=v.tolist(), mode="markers", name=f"by {label(along)}",
                 showlegend=False, customdata=custom, hovertemplate=_hover(params),
@@ -111,15 +158,21 @@ def acc_vs_params_plotly(
                         "line": {"width": 2}}), row=1, col=col)
             fig.update_xaxes(_axis(spec, along), row=1, col=col)
     fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
-    fig.update_layout(template=_TEMPLATE, height=430,
-                      title={"text": f"validation accuracy against {label(params[0])} and "
-                                     f"{label(params[1])} ({len(points)} trials)"},
+    title = (f"validation accuracy against {label(params[0])} and {label(params[1])} "
+             f"({len(points)} trials)")
+    if card:
+        _card_layout(fig, title, {"l": 50, "r": 10, "t": 80, "b": 50},
+                     legend={"x": 1.0, "y": 1.0, "xanchor": "right", "yanchor": "bottom",
+                             "orientation": "h"})
+        return fig
+    fig.update_layout(template=_TEMPLATE, height=430, title={"text": title},
                       legend={"x": 0.0, "y": -0.2, "orientation": "h"})
     return fig
 
 
 def contour_plotly(
-    trials: Sequence[FrozenTrial], spec: dict[str, Any], params: Sequence[str] = PLANE
+    trials: Sequence[FrozenTrial], spec: dict[str, Any], params: Sequence[str] = PLANE,
+    card: bool = False,
 ) -> go.Figure:
     """Plotly version of :func:`contour_figure` (a 60 x 60 grid, to keep the JSON small)."""
     import numpy as np
@@ -150,17 +203,22 @@ def contour_plotly(
             customdata=_custom(points, params)[:1], hovertemplate=_hover(params),
             marker={"symbol": "star", "size": 18, "color": "#d62728",
                     "line": {"width": 1, "color": "white"}}))
+    title = (f"validation accuracy over {label(params[0])} x {label(params[1])} "
+             f"({len(points)} trials, linear interpolation)")
+    if card:
+        _card_layout(fig, title, {"l": 60, "r": 10, "t": 80, "b": 50},
+                     xaxis=_axis(spec, params[0]), yaxis=_axis(spec, params[1]),
+                     legend={"x": 0.0, "y": 1.0, "yanchor": "bottom", "orientation": "h"})
+        return fig
     fig.update_layout(template=_TEMPLATE, height=560, xaxis=_axis(spec, params[0]),
-                      yaxis=_axis(spec, params[1]),
-                      title={"text": f"validation accuracy over {label(params[0])} x "
-                                     f"{label(params[1])} ({len(points)} trials, linear "
-                                     "interpolation)"},
+                      yaxis=_axis(spec, params[1]), title={"text": title},
                       legend={"x": 0.0, "y": -0.15, "orientation": "h"})
     return fig
 
 
 def stages_plotly(
-    trials: Sequence[FrozenTrial], spec: dict[str, Any], params: Sequence[str] = PLANE
+    trials: Sequence[FrozenTrial], spec: dict[str, Any], params: Sequence[str] = PLANE,
+    card: bool = False,
 ) -> go.Figure | None:
     """Plotly version of :func:`stages_figure`; ``None`` for a study without stages."""
     import plotly.graph_objects as go
@@ -186,8 +244,12 @@ def stages_plotly(
                 name=f"stage {s.number} trials ({len(s.trials)})",
                 customdata=_custom(s.trials, params), hovertemplate=_hover(params),
                 marker={"color": colour, "size": 7, "line": {"width": 0.5, "color": "white"}}))
+    title = f"narrowing: each stage's ranges and trials ({len(found)} stages)"
+    if card:
+        _card_layout(fig, title, {"l": 60, "r": 10, "t": 60, "b": 50},
+                     xaxis=_axis(spec, params[0]), yaxis=_axis(spec, params[1]),
+                     legend={"font": {"size": 10}})
+        return fig
     fig.update_layout(template=_TEMPLATE, height=560, xaxis=_axis(spec, params[0]),
-                      yaxis=_axis(spec, params[1]),
-                      title={"text": f"narrowing: each stage's ranges and trials "
-                                     f"({len(found)} stages)"})
+                      yaxis=_axis(spec, params[1]), title={"text": title})
     return fig

@@ -1,8 +1,14 @@
-"""optuna-dashboard on a study made by `hpo run`, rendered by a real headless Chromium."""
+"""optuna-dashboard on a study made by `hpo run`, and report.html, rendered by a real headless
+Chromium: the analytics page, the report's cards sized to their content, a trial page as wide as
+the window, the report page drawn offline.
+
+Without a browser these tests skip outside CI (the skip says how to install one); with
+HPO_REQUIRE_BROWSER=1 (CI) a missing browser fails them.
+"""
 
 import json
 import os
-import shutil
+import re
 import socket
 import subprocess
 import sys
@@ -10,16 +16,40 @@ import time
 import urllib.request
 
 import numpy as np
+import optuna
 import pytest
 
+from tests import browser
 from tests.conftest import hpo
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--virtual-time-budget=10000"]
+CHROMIUM = browser.find_chromium()
+FLAGS = [f for f in browser.FLAGS if f != "--hide-scrollbars"]
 
 pytestmark = pytest.mark.slow
+
+TINY = """
+name = "tiny"
+seed = 1
+[data]
+dataset = "digits"
+train_size = 300
+[model]
+hidden = [16, 16]
+epochs = 5
+batch_size = 50
+[search.lr]
+low = 1e-3
+high = 0.5
+log = true
+[search.weight_decay]
+low = 1e-8
+high = 1e-4
+log = true
+[sampler]
+name = "random"
+[budget]
+n_trials = 25
+"""
 
 
 def _free_port() -> int:
@@ -55,11 +85,16 @@ def dashboard(tiny_spec, sqlite_url):
         proc.wait(timeout=10)
 
 
-def test_dashboard_renders_and_has_lr_and_weight_decay(dashboard, tmp_path):
+def _need_chromium() -> str:
     if CHROMIUM is None:
         if os.environ.get("HPO_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium is not installed and HPO_REQUIRE_BROWSER=1")
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+            pytest.fail(f"no Chromium found and HPO_REQUIRE_BROWSER=1: {browser.HINT}")
+        pytest.skip(f"no Chromium found: {browser.HINT}")
+    return CHROMIUM
+
+
+def test_dashboard_renders_and_has_lr_and_weight_decay(dashboard, tmp_path):
+    _need_chromium()
     studies = json.loads(_get(dashboard + "/api/studies"))["study_summaries"]
     study_id = next(s["study_id"] for s in studies if s["study_name"] == "tiny")
     detail = json.loads(_get(f"{dashboard}/api/studies/{study_id}?after=0"))
@@ -87,3 +122,67 @@ def test_dashboard_renders_and_has_lr_and_weight_decay(dashboard, tmp_path):
                           "--dump-dom", f"{dashboard}/dashboard/studies/{study_id}/analytics"],
                          capture_output=True, text=True, timeout=120, check=False).stdout
     assert "Hyperparameter Relationships" in dom and "weight_decay" in dom
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """A 25-trial study with `hpo report` published into it (and its report.html)."""
+    tmp = tmp_path_factory.mktemp("reported")
+    spec = tmp / "rep.toml"
+    spec.write_text(TINY.replace('name = "tiny"', 'name = "rep"'))
+    url = f"sqlite:///{tmp / 'rep.db'}"
+    r = hpo("run", str(spec), "--storage", url, "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = hpo("report", "rep", "--storage", url, "--out", str(tmp / "report"))
+    assert r.returncode == 0, r.stderr
+    return url, tmp
+
+
+def test_report_cards_fit_their_boxes_and_trial_pages_the_window(reported, tmp_path):
+    """optuna-dashboard draws each published figure in a box 450 px high: every figure, title,
+    axis label and legend of the report must lie inside its box (before, the Best-20 grid was
+    920 px high and showed 10 of 20 panels, the contour lost its x label). A trial page must be
+    no wider than the window (the 50-number learning curves used to widen it)."""
+    chromium = _need_chromium()
+    url, _ = reported
+    with browser.dashboard(url) as base:
+        page = f"{base}/dashboard/studies/1"
+        seen = browser.probe(chromium, tmp_path / "p1", page)
+        cards = seen["cards"]
+        assert set(cards) == {"hpo-best-curves", "hpo-acc-vs-params", "hpo-contour"}
+        for name, card in cards.items():
+            assert browser.outside(card) == [], name
+            assert card["plot"]["h"] >= card["box"]["h"] - 1, name  # and it fills its box
+        panels = sorted(t["text"] for t in cards["hpo-best-curves"]["texts"]
+                        if re.fullmatch(r"Best-\d+ \(\d\.\d\d\)", t["text"]))
+        assert len(panels) == 20 and {p.split(" ")[0] for p in panels} == \
+            {f"Best-{i}" for i in range(1, 21)}
+        contour = {t["text"] for t in cards["hpo-contour"]["texts"]}
+        assert {"lr", "weight decay"} <= contour
+
+        shot = browser.screenshot(chromium, tmp_path / "p2", page, tmp_path / "study.png")
+        card = browser.crop(shot, cards["hpo-best-curves"]["box"], tmp_path / "card.png")
+        import matplotlib.image
+
+        img = matplotlib.image.imread(card)[..., :3]
+        assert img.shape[0] >= 440 and img.std() > 0.05  # the card itself, drawn
+
+        best = optuna.load_study(study_name="rep", storage=url).best_trial.number
+        trial = browser.probe(chromium, tmp_path / "p3",
+                              f"{page}/trials?numbers={best}", width=1000, height=900)
+        assert trial["scroll_width"] <= trial["window_width"], trial
+
+
+def test_report_page_draws_its_figures_offline(reported, tmp_path):
+    """report.html opened from disk, with the network off: plotly.js beside it draws every
+    figure."""
+    chromium = _need_chromium()
+    _, tmp = reported
+    page = tmp / "report" / "report.html"
+    assert page.stat().st_size < 1_000_000
+    dom = browser.run_chromium(chromium, tmp_path / "p", "--window-size=1200,1200",
+                               "--dump-dom", page.as_uri())
+    for i in range(3):  # best curves, acc vs params, contour: each drawn as an SVG by plotly
+        div = dom.split(f'id="figure-{i}"', 1)[1].split('id="figure-', 1)[0]
+        assert "main-svg" in div, i
+    assert "The figures need" not in dom.split("<body", 1)[1].split("<script", 1)[0]

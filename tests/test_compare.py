@@ -6,7 +6,15 @@ import numpy as np
 import optuna
 import pytest
 
-from hpo.compare import _fmt_q, study_name
+from hpo.compare import (
+    Arm,
+    Grid,
+    StudyRun,
+    _fmt_q,
+    best_so_far_figure,
+    grid_from_summary,
+    study_name,
+)
 from tests.conftest import hpo
 
 SAMPLERS = ["narrowing", "random", "tpe"]
@@ -93,9 +101,15 @@ def test_table_cells_recomputed_from_storage(grid):
 def test_rerun_resumes_without_new_trials(grid, tmp_path):
     url, out, first = grid
     spec = out.parent / "cmp.toml"
-    r = hpo("compare", str(spec), "--storage", url, "--samplers", ",".join(SAMPLERS),
+    args = ["compare", str(spec), "--storage", url, "--samplers", ",".join(SAMPLERS),
             "--n-trials", "16", "--seeds", "2", "--target", "0.5", "--out", str(tmp_path),
-            "--quiet")
+            "--quiet"]
+    refused = hpo(*args)  # the studies exist: continuing them must be asked for
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "pass --resume" in refused.stderr and "6 of this comparison's 6 studies" in \
+        refused.stderr
+    assert not (tmp_path / "summary.md").exists()
+    r = hpo(*args, "--resume")
     assert r.returncode == 0, r.stderr
     assert r.stdout == first.stdout  # nothing re-run, test accuracies reused
     for s in SAMPLERS:
@@ -188,3 +202,76 @@ def test_sigterm_during_a_two_worker_compare_exits_143_with_nothing_running(tmp_
              for t in storage.get_all_trials(s._study_id, deepcopy=False)]
     assert again == states
     assert not (tmp_path / "out").exists()  # interrupted: no summary written
+
+
+def test_own_storage_under_out_and_resume_only_when_asked(tmp_path, tiny_spec):
+    """Without --storage the studies go to <out>/compare.db, never ./hpo.db or $HPO_STORAGE;
+    a second run refuses to continue them without --resume (exit 2, nothing written) and
+    refuses another comparison's --out even with it."""
+    spec = tiny_spec(name="own")
+    out = tmp_path / "cmp"
+    args = ["compare", str(spec), "--samplers", "random,tpe", "--n-trials", "3", "--seeds", "1",
+            "--no-test", "--out", str(out), "--quiet"]
+    elsewhere = f"sqlite:///{tmp_path / 'env.db'}"
+    r = hpo(*args, cwd=tmp_path, env={"HPO_STORAGE": elsewhere})
+    assert r.returncode == 0, r.stderr
+    assert f"studies in sqlite:///{out / 'compare.db'}" in r.stderr
+    assert not (tmp_path / "hpo.db").exists() and not (tmp_path / "env.db").exists()
+    url = f"sqlite:///{out / 'compare.db'}"
+    names = {s.study_name for s in optuna.get_all_study_summaries(url)}
+    assert names == {"own/random/seed0", "own/tpe/seed0"}
+    summary = (out / "summary.md").read_bytes()
+
+    again = hpo(*args, "--n-trials", "4", cwd=tmp_path)
+    assert again.returncode == 2, again.stderr
+    assert again.stderr.strip().splitlines() == [
+        f"hpo compare: error: --out {out} already holds this comparison (2 of its 2 studies in "
+        f"{url}); pass --resume to continue it, or choose another --out"]
+    assert (out / "summary.md").read_bytes() == summary
+    for name in names:  # nothing ran
+        assert len(optuna.load_study(study_name=name, storage=url).trials) == 3
+
+    resumed = hpo(*args, "--n-trials", "4", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    for name in names:
+        assert len(optuna.load_study(study_name=name, storage=url).trials) == 4
+
+    other = tiny_spec(name="other")
+    for extra in ([], ["--resume"]):
+        r = hpo("compare", str(other), "--samplers", "random", "--n-trials", "2", "--seeds", "1",
+                "--no-test", "--out", str(out), "--quiet", *extra, cwd=tmp_path)
+        assert r.returncode == 2 and "holds another comparison" in r.stderr, r.stderr
+    assert {s.study_name for s in optuna.get_all_study_summaries(url)} == names
+
+
+def _run(label: str, seed: int, curve: list[float]) -> StudyRun:
+    return StudyRun(label, seed, f"x/{label}/seed{seed}", curve,
+                    [float(i + 1) for i in range(len(curve))])
+
+
+def test_plot_keeps_equal_arms_visible_with_whole_trial_ticks(tmp_path):
+    """Two arms with the same median (the narrowing arms share their first stage) are drawn in
+    different line styles; trial ticks are whole numbers; the title names every arm; the plot
+    can be redrawn from summary.json alone."""
+    from hpo.compare import write_outputs
+
+    same = [0.1, 0.5, 0.5, 0.6, 0.7, 0.7, 0.8]
+    grid = Grid("two specs", [Arm("a", None), Arm("b", None), Arm("c", None)], 2, len(same),
+                0.75, runs={s: [_run(s, k, same if s != "c" else [0.2] * 7) for k in range(2)]
+                            for s in ("a", "b", "c")})
+    fig = best_so_far_figure(grid)
+    trials_ax = fig.axes[0]
+    medians = [ln for ln in trials_ax.get_lines() if ln.get_label() in
+               ("a (n=2)", "b (n=2)", "c (n=2)")]
+    assert len(medians) == 3
+    assert list(medians[0].get_ydata()) == list(medians[1].get_ydata())  # they coincide...
+    styles = {(ln.get_linestyle(), ln.get_marker()) for ln in medians}
+    assert len(styles) == 3  # ...and still look different
+    ticks = [t for t in trials_ax.get_xticks() if 1 <= t <= len(same)]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    title = fig._suptitle.get_text()
+    assert title.startswith("two specs: a, b, c\n")
+
+    paths = write_outputs(grid, str(tmp_path), "hpo compare x")
+    again = grid_from_summary(paths["json"])
+    assert again.labels == grid.labels and again.runs["a"][1].best_so_far == same

@@ -17,6 +17,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial
 
 from hpo import figures, listing, plane, plots
+from hpo import page as page_module
 from hpo.cli import main
 from hpo.listing import best_rows, format_row, ranked
 from tests.conftest import hpo
@@ -262,9 +263,15 @@ def test_report_on_a_random_study(tiny_spec, sqlite_url, tmp_path, capsys):
     for w in warnings:
         assert w in md
 
-    # report.html: self-contained, with the plotly figures' JSON and the listing
+    # report.html: light and offline, with the plotly figures' JSON and the listing; its one
+    # script file is plotly.js, written beside it (nothing is fetched from the network)
     page = (out / "report.html").read_text()
-    assert not re.search(r"<script[^>]*\ssrc\s*=", page)
+    assert (out / "report.html").stat().st_size < 1_000_000
+    sources = re.findall(r"<script[^>]*\ssrc\s*=\s*[\"']([^\"']+)", page)
+    assert sources == [page_module.plotly_js_name()]
+    js = out / sources[0]
+    assert js.stat().st_size > 1_000_000 and b"plotly" in js.read_bytes()[:2000].lower()
+    assert f"wrote {js}" in r.stderr
     assert not re.search(r"<link[^>]*\shref\s*=\s*[\"']https?:", page)
     assert page.count("Plotly.newPlot(") == 3 and '"type":"contour"' in page
     assert "Best-1(val acc:" in page and "Best with gap &lt;" in page

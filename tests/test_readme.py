@@ -1,8 +1,17 @@
-"""The README's quick start is a contract: exactly two commands, and CI runs the second one."""
+"""The README's quick start is a contract: exactly two commands, CI runs the second one, and the
+sample output it shows is what the first one prints."""
 
+import os
 import re
+import subprocess
+import sys
+
+import pytest
 
 from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import readme_sample  # noqa: E402
 
 
 def _quick_start_commands() -> list[str]:
@@ -31,3 +40,65 @@ def test_sampler_and_pruner_tables_come_from_the_catalog():
     assert block == catalog.markdown()
     for name in (*catalog.SAMPLER_NAMES, *catalog.PRUNER_NAMES):
         assert f"| `{name}` |" in block
+
+
+def _sample_lines() -> list[str]:
+    block = readme_sample.readme_sample((ROOT / "README.md").read_text())
+    assert block.startswith("```text\n") and block.endswith("\n```")
+    return block.splitlines()[1:-1]
+
+
+def test_sample_is_a_run_of_the_quick_start():
+    """The sample is the quick start's command and its output: the study line, the Best-20
+    listing in the book's format (hpo's default, listing.TOP)."""
+    from hpo.listing import TOP
+
+    lines = _sample_lines()
+    first_command = _quick_start_commands()[0]
+    assert lines[0] == f"$ .venv/bin/{readme_sample.COMMAND}"
+    assert first_command.endswith(f".venv/bin/{readme_sample.COMMAND}")
+    assert lines[1].startswith("study 'book-random' on sqlite:///hpo.db: 100 trials")
+    best = [x for x in lines if x.startswith("Best-")]
+    assert [x.split("(", 1)[0] for x in best] == [f"Best-{i}" for i in range(1, TOP + 1)]
+    assert re.fullmatch(r"Best-1\(val acc:0\.\d\d\) \| lr:[0-9.e-]+, weight decay:[0-9.e-]+ \| "
+                        r"train acc:0\.\d\d, gap:[+-]0\.\d\d  \[trial \d+\]", best[0]), best[0]
+
+
+@pytest.mark.slow
+@pytest.mark.quickstart
+def test_sample_best_1_is_what_the_quick_start_prints(tmp_path, request):
+    """Runs the quick start's `hpo run studies/book-random.toml` for real, in an empty directory
+    (its own ./hpo.db, as on a fresh clone): about a minute, so only in CI (.ci/run sets
+    HPO_QUICKSTART=1) or when asked: `HPO_QUICKSTART=1 pytest tests/test_readme.py` or
+    `pytest -m quickstart`."""
+    if (os.environ.get("HPO_QUICKSTART") != "1"
+            and "quickstart" not in (request.config.getoption("markexpr") or "")):
+        pytest.skip("runs the quick start for real (about a minute): set HPO_QUICKSTART=1 or "
+                    "select -m quickstart (CI does)")
+    run = readme_sample.quick_start_output(str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    printed = run.stdout.splitlines()
+    sample = _sample_lines()
+    best_1 = next(x for x in sample if x.startswith("Best-1("))
+    assert printed[0] == best_1
+    assert [x for x in printed if x.startswith("warning:")] == \
+        [x for x in sample if x.startswith("warning:")]
+    assert (tmp_path / "hpo.db").exists()
+    again = subprocess.run([sys.executable, "-m", "hpo", "best"], cwd=tmp_path, text=True,
+                           capture_output=True, env={**os.environ, "HPO_STORAGE": ""})
+    assert again.stdout.splitlines()[0] == best_1  # hpo best: no NAME needed on one study
+
+
+def test_docs_stand_alone():
+    """Nothing in the repository points at files outside it (the project's shared notes)."""
+    outside = re.compile("|".join(["shared/" + "notes", "shared/" + "ARCHITECTURE",
+                                   r"\.\./" + "shared", "/work/" + "shared"]))
+    found = []
+    for path in ROOT.rglob("*"):
+        rel = path.relative_to(ROOT)
+        if (path.is_file() and rel.parts[0] not in (".git", ".venv", "out", "runs")
+                and not any(p.endswith((".egg-info", "_cache", "__pycache__")) for p in rel.parts)
+                and path.suffix in {".md", ".toml", ".py", ".yml", ".txt", ""}
+                and outside.search(path.read_text(errors="replace"))):
+            found.append(str(rel))
+    assert found == []

@@ -1,27 +1,43 @@
-"""``hpo best NAME`` (the book's Best-N listing) and ``hpo studies`` (every study)."""
+"""``hpo best [NAME]`` (the book's Best-N listing) and ``hpo studies`` (every study)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+
+import optuna
 
 from hpo import optuna_compat as oc
 from hpo.commands.common import open_storage, open_study, positive
 from hpo.errors import UsageError
-from hpo.listing import rows_from_trials, state_names, study_summary
+from hpo.listing import dumps, rows_from_trials, state_names, study_summary
 from hpo.storage import SPEC_ATTR
 
 
 def best(args: argparse.Namespace) -> int:
-    """``hpo best NAME``: the Best-N listing (``--json`` for machines)."""
+    """``hpo best [NAME]``: the Best-N listing (``--json`` for machines)."""
     positive("--top", args.top)
     if args.max_gap is not None and not (math.isfinite(args.max_gap) and args.max_gap > 0):
         raise UsageError(f"--max-gap must be > 0, got {args.max_gap}")
+    if args.study is None:
+        args.study = only_study(open_storage(args))
     study = open_study(args)
     info = study_summary(study, study.user_attrs.get(SPEC_ATTR, {}), args.top, args.max_gap)
     print(info.json() if args.json else info.text())
     return 0
+
+
+def only_study(storage: optuna.storages.BaseStorage) -> str:
+    """The name of the storage's one study; bad input (one line naming them) when it holds none
+    or several, since then a NAME must be given."""
+    names = sorted(s.study_name for s in storage.get_all_studies())
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise UsageError("this storage holds no study yet: run one first (hpo run SPEC)")
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    raise UsageError(f"this storage holds {len(names)} studies ({shown}): name one, e.g. "
+                     f"hpo best {names[0]} (hpo studies lists them)")
 
 
 def studies(args: argparse.Namespace) -> int:
@@ -40,7 +56,7 @@ def studies(args: argparse.Namespace) -> int:
             "best_val_acc": best_row[0].val_acc if best_row else None,
         })
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps(rows, indent=2))
         return 0
     if not rows:
         print("no studies")

@@ -1,19 +1,81 @@
-"""``hpo compare SPEC...``: samplers or specs compared fairly across seeds (:mod:`hpo.compare`)."""
+"""``hpo compare SPEC...``: samplers or specs compared fairly across seeds (:mod:`hpo.compare`).
+
+The comparison keeps its studies in its own storage, ``sqlite:///<out>/compare.db``, beside its
+table and plot (``--storage`` chooses another; ``$HPO_STORAGE`` does not apply: a comparison's
+dozens of studies do not belong among a project's studies by accident). Studies of the same
+comparison already there are continued only with ``--resume``; without it the command refuses
+before writing anything.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
 from hpo.commands.common import heartbeat_settings, output_dir
 from hpo.commands.worker import worker_job
-from hpo.compare import make_arms, run_grid, table, write_outputs
-from hpo.errors import UsageError
+from hpo.compare import cell_names, make_arms, run_grid, table, write_outputs
+from hpo.errors import StorageError, UsageError
+from hpo.objective import Objective
 from hpo.procs import WorkerJob
 from hpo.samplers import available_samplers
 from hpo.spec import load_spec
-from hpo.storage import mask_url, resolve_url
+from hpo.storage import get_storage, mask_url
+
+#: The comparison's own storage, inside --out.
+STORAGE_FILE = "compare.db"
+
+
+def storage_url(args: argparse.Namespace) -> str:
+    """``--storage``, else ``sqlite:///<out>/compare.db``."""
+    return args.storage or f"sqlite:///{os.path.join(args.out, STORAGE_FILE)}"
+
+
+def studies_in(url: str) -> list[str]:
+    """The names of the studies already in ``url``, read without creating anything (an absent
+    SQLite file or a database without Optuna's schema holds none)."""
+    if url.startswith("sqlite:///"):
+        path = url.split("sqlite:///", 1)[1]
+        if "?" not in path and path != ":memory:" and not os.path.exists(path):
+            return []
+    try:
+        storage = get_storage(url)
+    except StorageError as e:
+        if "has no Optuna schema" in str(e):
+            return []
+        raise
+    try:
+        return sorted(s.study_name for s in storage.get_all_studies())
+    finally:
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+
+def check_resume(args: argparse.Namespace, url: str, names: list[str]) -> None:
+    """Refuse (bad input) to continue earlier studies without ``--resume``, and to mix another
+    comparison's studies into ``--out``'s own storage even with it."""
+    existing = studies_in(url)
+    ours = [n for n in names if n in existing]
+
+    def listed(found: list[str]) -> str:
+        return ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+
+    if args.storage is None:
+        where = f"--out {args.out}"
+        if existing and not ours:
+            raise UsageError(f"{where} holds another comparison ({len(existing)} studies in "
+                             f"{url}: {listed(existing)}); choose another --out")
+        if existing and not args.resume:
+            raise UsageError(f"{where} already holds this comparison ({len(ours)} of its "
+                             f"{len(names)} studies in {url}); pass --resume to continue it, "
+                             "or choose another --out")
+    elif ours and not args.resume:
+        raise UsageError(f"--storage {mask_url(url)} already holds {len(ours)} of this "
+                         f"comparison's {len(names)} studies ({listed(ours)}); pass --resume to "
+                         "continue them, or choose another --storage")
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -43,8 +105,15 @@ def compare(args: argparse.Namespace) -> int:
     if args.confirm < 0:
         raise UsageError(f"--confirm must be >= 0, got {args.confirm}")
     output_dir("--out", args.out)
-    url = resolve_url(args.storage)
     interval, grace = heartbeat_settings(args)
+    url = storage_url(args)
+    check_resume(args, url, cell_names(arms, args.seeds))
+    data = Objective(arms[0].spec).data  # a data error is bad input: before anything is written
+    if args.storage is None:
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create --out {args.out}: {e.strerror}") from None
 
     def job(study_name: str, n_trials: int) -> WorkerJob:
         return worker_job(study_name, url, n_trials, None, interval, grace)
@@ -53,7 +122,8 @@ def compare(args: argparse.Namespace) -> int:
                     target=args.target, evaluate_test=not args.no_test,
                     confirm_top=args.confirm, confirm_seeds=args.confirm_seeds,
                     progress=not args.quiet,
-                    title=specs[0].name if len(specs) == 1 else args.title, worker_job=job)
+                    title=specs[0].name if len(specs) == 1 else args.title, worker_job=job,
+                    data=data)
     command = ("hpo compare " + " ".join(shlex.quote(p) for p in args.spec)
                + (f" --title {shlex.quote(args.title)}" if len(specs) > 1 else "")
                + (f" --storage {shlex.quote(mask_url(url))}" if args.storage else "")
@@ -62,7 +132,8 @@ def compare(args: argparse.Namespace) -> int:
                + f" --target {args.target}"
                + (f" --confirm {args.confirm} --confirm-seeds {args.confirm_seeds}"
                   if args.confirm else "")
-               + f" --out {shlex.quote(args.out)}" + (" --no-test" if args.no_test else ""))
+               + f" --out {shlex.quote(args.out)}" + (" --no-test" if args.no_test else "")
+               + (" --resume" if args.resume else ""))
     paths = write_outputs(grid, args.out, command)
     print(table(grid))
     print(f"wrote {paths['plot']}, {paths['table']}, {paths['json']}", file=sys.stderr)

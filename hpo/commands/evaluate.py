@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from hpo.commands.common import open_study, positive
 from hpo.errors import UsageError
 from hpo.evaluate import AlreadyTested, choose_trial, confirm, evaluate_on_test
-from hpo.listing import format_confirm
+from hpo.listing import dumps, format_confirm
 from hpo.procs import pin_blas_threads
 
 
@@ -22,7 +21,7 @@ def test_cmd(args: argparse.Namespace) -> int:
     except (AlreadyTested, ValueError) as e:
         raise UsageError(str(e)) from None
     if args.json:
-        print(json.dumps(record, indent=2))
+        print(dumps(record, indent=2))
         return 0
     print(f"trial {record['trial']} | val acc {record['val_acc']:.4f} | "
           f"train acc {record['train_acc']:.4f} | test acc {record['test_acc']:.4f} "
@@ -45,5 +44,5 @@ def confirm_cmd(args: argparse.Namespace) -> int:
         record = confirm(study, top=args.top, seeds=args.seeds)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    print(json.dumps(record, indent=2) if args.json else format_confirm(record))
+    print(dumps(record, indent=2) if args.json else format_confirm(record))
     return 0

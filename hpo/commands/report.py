@@ -23,10 +23,10 @@ from hpo.figures import (
     curve_figure,
     stages_figure,
 )
-from hpo.listing import ranked, summary
-from hpo.page import SECTIONS, html_page
+from hpo.listing import TOP, ranked, summary
+from hpo.page import SECTIONS, html_page, write_plotly_js
 from hpo.plane import PLANE, numeric_plane
-from hpo.plots import acc_vs_params_plotly, best_curves_plotly, contour_plotly, stages_plotly
+from hpo.plots import report_figures
 from hpo.storage import load_study_spec
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ def report(args: argparse.Namespace) -> int:
     """``hpo report NAME``: PNGs, best.md and report.html in ``--out``; the plotly figures and
     the listing in optuna-dashboard unless ``--no-dashboard``."""
     positive("--top", args.top)
+    top = TOP if args.top is None else args.top
     if args.max_gap is not None and not (math.isfinite(args.max_gap) and args.max_gap > 0):
         raise UsageError(f"--max-gap must be > 0, got {args.max_gap}")
     out = output_dir("--out", args.out or Path("out", "report", *args.study.split("/")))
@@ -57,31 +58,29 @@ def report(args: argparse.Namespace) -> int:
         fig.savefig(out / name)
         written.append(out / name)
 
-    shown = min(args.top, len(ranked(trials)))
-    save(best_curves_figure(trials, args.top, title=f"{args.study}: Best-{shown}, validation "
+    shown = min(top, len(ranked(trials)))
+    save(best_curves_figure(trials, top, title=f"{args.study}: Best-{shown}, validation "
                             "(solid) and training (dashed) accuracy"), "best_curves.png")
-    plots: dict[str, go.Figure] = {"best_curves": best_curves_plotly(trials, args.top)}
+    plots: dict[str, go.Figure] = report_figures(trials, spec, top)
     if numeric_plane(spec):
         save(acc_vs_params_figure(trials, spec), "acc_vs_params.png")
         save(contour_figure(trials, spec), "contour.png")
-        plots["acc_vs_params"] = acc_vs_params_plotly(trials, spec)
-        plots["contour"] = contour_plotly(trials, spec)
-        staged, staged_plotly = stages_figure(trials, spec), stages_plotly(trials, spec)
-        if staged is not None and staged_plotly is not None:
+        staged = stages_figure(trials, spec)
+        if staged is not None:
             save(staged, "stages.png")
-            plots["stages"] = staged_plotly
     else:
         print(f"hpo report: the study does not search both {' and '.join(PLANE)}: no "
               "accuracy-vs-params, contour or stages figures", file=sys.stderr)
 
-    info = summary(trials, spec, args.study, args.top, args.max_gap, study.user_attrs)
+    info = summary(trials, spec, args.study, top, args.max_gap, study.user_attrs)
     note = info.markdown()
     (out / "best.md").write_text(note, encoding="utf-8")
     written.append(out / "best.md")
+    js = write_plotly_js(out)
     page = html_page(args.study, info,
-                     [(*SECTIONS[k], fig) for k, fig in plots.items()])
+                     [(*SECTIONS[k], fig) for k, fig in plots.items()], js.name)
     (out / "report.html").write_text(page, encoding="utf-8")
-    written.append(out / "report.html")
+    written += [out / "report.html", js]
     for path in written:
         print(f"hpo report: wrote {path}", file=sys.stderr)
     for w in info.warnings:
@@ -94,11 +93,12 @@ def report(args: argparse.Namespace) -> int:
     curves: list[tuple[FrozenTrial, Path]] = []
     if args.artifact_dir:
         (out / "curves").mkdir(exist_ok=True)
-        for t in ranked(trials)[:args.top]:
+        for t in ranked(trials)[:top]:
             path = out / "curves" / f"learning_curve_trial{t.number}.png"
             curve_figure(t).savefig(path)
             curves.append((t, path))
-    uploaded = publish(study, plots, note, curves, args.artifact_dir)
+    cards = report_figures(trials, spec, top, card=True)  # sized for the dashboard's cards
+    uploaded = publish(study, cards, note, curves, args.artifact_dir)
     print(f"hpo report: published {len(plots)} figures ({', '.join(GRAPH_IDS[k] for k in plots)})"
           f" and the Best-{len(info.listing)} note to optuna-dashboard for study "
           f"{args.study!r}", file=sys.stderr)

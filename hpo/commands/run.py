@@ -16,7 +16,7 @@ from hpo.errors import UsageError
 from hpo.listing import study_summary
 from hpo.objective import Objective
 from hpo.procs import failures, pin_blas_threads, start_workers, supervise
-from hpo.progress import Progress, best_value
+from hpo.progress import Progress
 from hpo.signals import install_signal_handlers
 from hpo.spec import Spec, load_spec
 from hpo.storage import create_or_load_study, mask_url, resolve_url
@@ -88,7 +88,7 @@ def _run_workers(study: optuna.Study, job, n_workers: int, progress: Progress) -
     procs = start_workers(n_workers, job, log_dir, dispose=[rdb.engine] if rdb else [])
 
     def tick() -> None:
-        progress.update(count(study)[0], best_value(study))
+        progress.refresh(study)
 
     supervise(procs, tick)
     tick()

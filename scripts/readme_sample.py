@@ -1,0 +1,69 @@
+"""Regenerate the README's sample output from a real run of the quick start.
+
+    .venv/bin/python scripts/readme_sample.py            # rewrite the block in README.md
+    .venv/bin/python scripts/readme_sample.py --print    # only print it
+
+Runs ``hpo run studies/book-random.toml`` (the quick start's command) in a fresh temporary
+directory, so that it starts from an empty ``./hpo.db`` as a new user's first run does, and puts
+what it printed between ``<!-- sample -->`` and ``<!-- /sample -->`` in README.md: the command,
+its first stderr line, the progress bar's last state (its timings are this run's) and all of
+stdout. tests/test_readme.py checks that the sample's Best-1 line is what the quick start prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+COMMAND = "hpo run studies/book-random.toml"
+START, END = "<!-- sample -->", "<!-- /sample -->"
+
+
+def quick_start_output(cwd: str) -> subprocess.CompletedProcess:
+    """The quick start's run, in ``cwd`` (its ./hpo.db), as ``.venv/bin/hpo`` runs it."""
+    return subprocess.run([sys.executable, "-m", "hpo", *COMMAND.split()[1:-1],
+                           str(ROOT / COMMAND.split()[-1])], cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, "HPO_STORAGE": ""}, timeout=1800)
+
+
+def sample_block(run: subprocess.CompletedProcess) -> str:
+    frames = [f for f in re.split(r"[\r\n]", run.stderr) if f.strip()]
+    first = frames[0]
+    bar = [f for f in frames if "%|" in f]
+    lines = [f"$ .venv/bin/{COMMAND}", first, *bar[-1:], *run.stdout.rstrip("\n").splitlines()]
+    return "```text\n" + "\n".join(lines) + "\n```"
+
+
+def readme_sample(text: str) -> str:
+    """The sample block of a README's text (between the markers)."""
+    return text.split(START + "\n", 1)[1].split("\n" + END, 1)[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--print", action="store_true", help="print, do not write README.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hpo-quick-start-") as tmp:
+        run = quick_start_output(tmp)
+    if run.returncode != 0:
+        print(run.stderr, file=sys.stderr)
+        return 1
+    block = sample_block(run)
+    if args.print:
+        print(block)
+        return 0
+    text = README.read_text()
+    README.write_text(text.replace(readme_sample(text), block))
+    print(f"README.md: sample updated ({block.count(chr(10)) - 1} lines)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

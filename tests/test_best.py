@@ -1,0 +1,128 @@
+"""`hpo best` as a newcomer meets it: without a NAME on a one-study storage, the same Best-20 as
+`hpo run` and `hpo report`, params without float noise in text and in JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+
+from hpo import listing
+from hpo.listing import TOP, clean_floats, fmt_param, format_row, rows_from_trials
+from tests.conftest import hpo
+
+TINY = """
+name = "many"
+seed = 1
+[data]
+dataset = "digits"
+train_size = 300
+[model]
+hidden = [16, 16]
+epochs = 5
+batch_size = 50
+[search.lr]
+low = 1e-3
+high = 0.5
+log = true
+[search.weight_decay]
+low = 1e-8
+high = 1e-4
+log = true
+[sampler]
+name = "random"
+[budget]
+n_trials = 23
+"""
+NOISY = re.compile(r"\d\.\d*(0000000|9999999)\d")  # 0.16500000000000004, 0.7999999999999999
+
+
+def _best_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("Best-")]
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """A one-study storage of 23 trials, and what `hpo run` printed."""
+    tmp = tmp_path_factory.mktemp("best")
+    spec = tmp / "many.toml"
+    spec.write_text(TINY)
+    url = f"sqlite:///{tmp / 'hpo.db'}"
+    r = hpo("run", str(spec), "--storage", url, "--quiet")
+    assert r.returncode == 0, r.stderr
+    return url, tmp, r.stdout
+
+
+def test_run_best_and_report_list_the_same_best_20(many):
+    url, tmp, printed = many
+    from_run = _best_lines(printed)
+    assert len(from_run) == TOP == 20
+    b = hpo("best", "--storage", url)  # the storage holds one study: no NAME needed
+    assert b.returncode == 0, b.stderr
+    assert b.stdout == printed
+    rep = hpo("report", "many", "--storage", url, "--out", str(tmp / "rep"), "--no-dashboard")
+    assert rep.returncode == 0, rep.stderr
+    md = (tmp / "rep" / "best.md").read_text()
+    assert md.startswith("# Best-20 of study `many`")
+    assert _best_lines(md) == from_run
+    for line in from_run:  # params as a person reads them
+        assert not NOISY.search(line), line
+        for value in re.findall(r"(?:lr|weight decay):([^,| ]+)", line):
+            assert len(value) <= 10 and float(value) > 0, line  # 0.008985, 1.573e-05
+
+
+def test_json_carries_no_float_noise(many):
+    url, _, _ = many
+    out = hpo("best", "many", "--storage", url, "--json", "--max-gap", "0.5")
+    assert out.returncode == 0, out.stderr
+    assert not NOISY.search(out.stdout), out.stdout
+    data = json.loads(out.stdout)
+    assert len(data["best"]) == TOP
+    study = optuna.load_study(study_name="many", storage=url)
+    for row in data["best"]:
+        t = study.trials[row["trial"]]
+        assert abs(row["val_acc"] - t.value) <= 1e-11 * t.value
+        assert abs(row["gap"] - (t.user_attrs["train_acc"] - t.value)) < 1e-11
+        for k, v in row["params"].items():
+            assert abs(v - t.params[k]) <= 1e-11 * abs(t.params[k])
+    studies = hpo("studies", "--storage", url, "--json")
+    assert studies.returncode == 0 and not NOISY.search(studies.stdout)
+
+
+def test_best_without_name_needs_one_study(tiny_spec, sqlite_url, tmp_path):
+    empty = hpo("best", "--storage", f"sqlite:///{tmp_path / 'none.db'}")
+    assert empty.returncode == 2 and len(empty.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "none.db").exists()
+    for name in ("one", "two"):
+        r = hpo("run", str(tiny_spec(name=name, n_trials=1)), "--storage", sqlite_url, "--quiet")
+        assert r.returncode == 0, r.stderr
+    r = hpo("best", "--storage", sqlite_url)
+    assert r.returncode == 2 and r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert line == ("hpo best: error: this storage holds 2 studies (one, two): name one, e.g. "
+                    "hpo best one (hpo studies lists them)")
+
+
+def test_noisy_floats_read_as_a_person_would():
+    assert fmt_param(0.15000000000000002) == "0.15"
+    assert fmt_param(0.008984529773922553) == "0.008985"
+    assert fmt_param(2.55964209015266e-08) == "2.56e-08"
+    assert fmt_param(64) == "64" and fmt_param("sgd") == "sgd"
+    assert clean_floats({"gap": 0.16500000000000004, "xs": [0.7999999999999999, 3],
+                         "nan": float("nan")})["gap"] == 0.165
+    assert clean_floats([0.7999999999999999])[0] == 0.8
+    dists = {"lr": FloatDistribution(1e-6, 1e-2, log=True),
+             "dropout": FloatDistribution(0.0, 0.5, step=0.05)}
+    t = optuna.trial.create_trial(params={"lr": 0.008984529773922553,
+                                          "dropout": 0.15000000000000002},
+                                  distributions=dists, value=0.74,
+                                  user_attrs={"train_acc": 0.9125})
+    t.number = 0
+    (row,) = rows_from_trials([t])
+    assert format_row(row) == ("Best-1(val acc:0.74) | lr:0.008985, dropout:0.15 | "
+                               "train acc:0.91, gap:+0.17  [trial 0]")
+    s = listing.summary([t], {}, "s")
+    assert "dropout:0.15 " in s.markdown() and '"dropout": 0.15' in s.json()
