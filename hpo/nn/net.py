@@ -90,6 +90,7 @@ class MLP:
         self._forward_order = list(self.layers.values())
         self._backward_order = self._forward_order[::-1]
         self._weights = [self.params[f"W{i}"] for i in range(1, n_affine + 1)]
+        self._decay: dict[str, np.ndarray] = {}  # weight_decay * W, per weight, reused
 
     def predict(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         """Scores (before softmax), shape ``(batch, output)``."""
@@ -116,7 +117,11 @@ class MLP:
         for name, layer, key, is_weight in self._slots:
             g = layer.grads[key]
             if is_weight and wd:
-                g += wd * layer.params[key]
+                decay = self._decay.get(name)
+                if decay is None:
+                    decay = self._decay[name] = np.empty_like(g)
+                np.multiply(layer.params[key], wd, out=decay)
+                g += decay
             grads[name] = g
         return grads
 

@@ -12,15 +12,21 @@ Params = dict[str, np.ndarray]
 
 
 class SGD:
-    """``W -= lr * dW``."""
+    """``W -= lr * dW`` (``lr * dW`` goes into an array kept per parameter: nothing is
+    allocated per step)."""
 
     def __init__(self, lr: float = 0.01) -> None:
         self.lr = float(lr)
+        self._step: Params = {}
 
     def update(self, params: Params, grads: Params) -> None:
         lr = self.lr
         for key, p in params.items():
-            p -= lr * grads[key]
+            step = self._step.get(key)
+            if step is None or step.shape != p.shape or step.dtype != p.dtype:
+                step = self._step[key] = np.empty_like(p)
+            np.multiply(grads[key], lr, out=step)
+            p -= step
 
 
 class Momentum:
