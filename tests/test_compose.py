@@ -126,11 +126,16 @@ def test_dockerfile_runs_hpo_as_non_root():
     topology test below relies on that when it runs ``python -m hpo <command>``."""
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r'^ENTRYPOINT \["hpo"\]$', text, re.M)
-    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
-    assert re.search(r"^USER (?!root)\w+$", text, re.M)
+    # the user's build (no build arguments) starts from python:3.11-slim and PyPI
+    assert re.search(r"^ARG BASE=python:3\.11-slim$", text, re.M)
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${BASE}", "${BASE}"]
+    assert re.search(r"^ARG OFFLINE_WHEELS=$", text, re.M)
+    # numeric, so that Kubernetes' runAsNonRoot can check it (deploy/k8s runs it as 10001)
+    assert re.search(r"^USER 10001:10001$", text, re.M)
+    assert "useradd --create-home --uid 10001" in text
     ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
-    for src in re.findall(r"^COPY (.+) \S+$", text, re.M):
+    for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
         for item in src.split():
             assert (ROOT / item).exists(), f"Dockerfile copies missing {item}"
             assert item.rstrip("/") not in ignored, f".dockerignore drops {item}"
