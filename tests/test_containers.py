@@ -456,3 +456,119 @@ def test_killed_proxied_worker_trial_is_failed_and_rerun(stack):
     assert exit_codes(workers[1:]) == [0, 0]
     assert_exact(s, budget)
     assert len(retried(s)) == 1
+
+
+# --- the Kubernetes pods' containers, under their security contexts, on the engine ---------------
+
+
+def _docker_run_args(c: dict, pod: dict, env: dict[str, str], name: str, network: str,
+                     project: str) -> list[str]:
+    """``docker run`` options for a Kubernetes container: its user, read-only root, dropped
+    capabilities, no privilege escalation, memory and CPU limits, /tmp emptyDir as a tmpfs."""
+    sc, psc = c["securityContext"], pod["securityContext"]
+    limits = c["resources"]["limits"]
+    args = ["docker", "run", "--name", name, "--network", network,
+            "--label", f"com.docker.compose.project={project}",
+            "--user", f"{psc['runAsUser']}:{psc['runAsGroup']}",
+            "--memory", limits["memory"].replace("Mi", "m").replace("Gi", "g"),
+            "--cap-drop", "ALL"]
+    if sc["allowPrivilegeEscalation"] is False:
+        args += ["--security-opt", "no-new-privileges"]
+    if sc.get("readOnlyRootFilesystem"):
+        args.append("--read-only")
+    if any(m["mountPath"] == "/tmp" for m in c.get("volumeMounts", [])):
+        args += ["--tmpfs", "/tmp"]
+    if "cpu" in limits:
+        args += ["--cpus", limits["cpu"]]
+    for key, value in env.items():
+        args += ["-e", f"{key}={value}"]
+    return args
+
+
+@pytest.mark.timeout(600)
+def test_k8s_pods_run_in_containers_under_their_security_context(engine, tmp_path):
+    """deploy/k8s/base's hpo containers (init containers included) as containers of hpo:local
+    with the manifests' user, read-only root filesystem, `drop: [ALL]` capabilities,
+    no-new-privileges and limits, their env expanded as Kubernetes does from the ConfigMap and
+    a Secret pointing at a database container named `postgres`: the init Job, 2 workers (the
+    base's parallelism) and the dashboard, whose readiness probe answers. The database is the
+    local stand-in image (not postgres:16 under the StatefulSet's security context)."""
+    from tests.test_kubernetes import K8S, container_env, expand, pod_spec, render
+
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render(K8S / "base")}
+    project = f"hpo-it-{secrets.token_hex(3)}"
+    network = f"{project}_k8s"
+    password = secrets.token_hex(12)
+    budget = 8
+    cms = {"hpo-study": {**docs[("ConfigMap", "hpo-study")]["data"],
+                         "HPO_N_TRIALS": str(budget)}}
+    sec = {"hpo-db": {"POSTGRES_USER": "hpo", "POSTGRES_PASSWORD": password,
+                      "POSTGRES_DB": "hpo", "POSTGRES_HOST": "postgres",
+                      "POSTGRES_PORT": "5432"}}
+    port = _free_port()
+
+    def run(doc: dict, c: dict, name: str, detach: bool, publish: str = "") -> str:
+        env = container_env(c, cms, sec)
+        cmd = _docker_run_args(c, pod_spec(doc), env, name, network, project)
+        if publish:
+            cmd += ["-p", publish]
+        if "command" in c:
+            cmd += ["--entrypoint", c["command"][0]]
+        cmd += ["-d"] if detach else []
+        cmd.append(c["image"])
+        cmd += [expand(a, env) for a in [*c.get("command", [])[1:], *c.get("args", [])]]
+        r = _run(*cmd, timeout=300)
+        assert r.returncode == 0, f"{name} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+        return r.stdout
+
+    def pod(doc: dict, name: str, publish: str = "") -> str:
+        spec = pod_spec(doc)
+        for i, c in enumerate(spec.get("initContainers", [])):
+            run(doc, c, f"{name}-init{i}", detach=False)
+        (c,) = spec["containers"]
+        run(doc, c, name, detach=True, publish=publish)
+        return name
+
+    _run("docker", "network", "create", "--label", f"com.docker.compose.project={project}",
+         network, check=True)
+    try:
+        _run("docker", "run", "-d", "--name", f"{project}-postgres", "--network", network,
+             "--network-alias", "postgres", "--label",
+             f"com.docker.compose.project={project}", "-e", "POSTGRES_USER=hpo", "-e",
+             f"POSTGRES_PASSWORD={password}", "-e", "POSTGRES_DB=hpo", "local/postgres:15",
+             check=True)
+        init = pod(docs[("Job", "hpo-init")], f"{project}-init")
+        wait_for(lambda: exited([init]), 120, "the init Job's container")
+        assert exit_codes([init]) == [0], _run("docker", "logs", init).stderr
+        job = docs[("Job", "hpo-workers")]
+        workers = [pod(job, f"{project}-worker-{i}") for i in range(job["spec"]["parallelism"])]
+        dashboard = pod(docs[("Deployment", "hpo-dashboard")], f"{project}-dashboard",
+                        publish=f"127.0.0.1:{port}:8080")
+        wait_for(lambda: exited(workers), 300, "the workers to finish the budget")
+        assert exit_codes(workers) == [0] * len(workers), [
+            _run("docker", "logs", w).stderr[-2000:] for w in workers]
+        info = inspect(workers[0])
+        assert info["HostConfig"]["ReadonlyRootfs"] is True
+        assert info["Config"]["User"] == "10001:10001"
+        r = _run("docker", "exec", f"{project}-postgres", "psql", "-U", "hpo", "-d", "hpo",
+                 "-Atc", "SELECT state, count(*) FROM trials GROUP BY state", check=True)
+        assert r.stdout.split() == [f"COMPLETE|{budget}"], r.stdout
+        probe = pod_spec(docs[("Deployment", "hpo-dashboard")])["containers"][0]
+        path = probe["readinessProbe"]["httpGet"]["path"]
+        wait_for(lambda: _probe(f"http://127.0.0.1:{port}{path}") == 200, 60,
+                 "the dashboard's readiness probe")
+        assert http(f"http://127.0.0.1:{port}/api/studies", "POST", b"{}") == 405
+        assert inspect(dashboard)["State"]["Running"] is True
+    finally:
+        label = f"label=com.docker.compose.project={project}"
+        ids = _run("docker", "ps", "-aq", "--filter", label).stdout.split()
+        if ids:
+            _run("docker", "rm", "-f", "-v", *ids, timeout=120)
+        _run("docker", "network", "rm", network)
+
+
+def _probe(url: str) -> int | None:
+    try:
+        return http(url)
+    except OSError:
+        return None
