@@ -96,6 +96,15 @@ def test_validator_rejects_broken_copies(name, env_file, tmp_path):
     assert r.returncode != 0, f"{name}: the validator accepted a broken file"
 
 
+def test_project_name_comes_from_the_env_file(env_file):
+    """No top-level `name:` (Compose v1 1.29 rejects it: docs/compose.md); the project is still
+    `hpo` whatever the folder, from COMPOSE_PROJECT_NAME in .env."""
+    import yaml
+
+    assert "name" not in yaml.safe_load(COMPOSE_FILE.read_text())
+    assert resolved(env_file)["name"] == "hpo"
+
+
 def test_missing_credentials_are_refused(env_file):
     """The file demands the credentials (``${VAR:?...}``) instead of running with empty ones."""
     env_file.write_text("\n".join(line for line in env_file.read_text().splitlines()

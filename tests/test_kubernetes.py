@@ -287,7 +287,7 @@ def test_workers_are_a_work_queue_job(rendered):
         assert worker["resources"]["requests"]["cpu"] == "1"
         assert worker["resources"]["limits"]["cpu"] == "1"
     proxied = rendered["overlays/proxy"][("Job", "hpo-workers-proxied")]
-    assert proxied["spec"]["parallelism"] == 16 and "completions" not in proxied["spec"]
+    assert proxied["spec"]["parallelism"] == 8 and "completions" not in proxied["spec"]
     assert pod_spec(proxied)["containers"][0]["resources"]["requests"]["cpu"] == "1"
 
 
@@ -541,9 +541,8 @@ def test_topology_runs_locally(rendered, tiny_spec, pg_url, tmp_path):
     try:
         for p in pods:
             p.start()
-        time.sleep(4)
+        _wait_for_log(pods, "waiting for study k8s-topo")
         assert not any(p.started_main.is_set() for p in pods), "did not wait for the study"
-        assert "waiting for study k8s-topo" in pods[0].log.read_text()
         init.start()
         assert init.finish(120) == 0, init.log.read_text()
         assert init.init_codes == [0]
@@ -565,6 +564,17 @@ def test_topology_runs_locally(rendered, tiny_spec, pg_url, tmp_path):
             p.stop()
 
 
+def _wait_for_log(pods: list[LocalPod], text: str, timeout: float = 90) -> None:
+    """Until every pod's init container has looked once and printed ``text`` (not there yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(p.log.exists() and text in p.log.read_text() for p in pods):
+            return
+        time.sleep(0.2)
+    pytest.fail(f"no {text!r} in {timeout:.0f} s: " + " | ".join(
+        p.log.read_text()[-500:] for p in pods if p.log.exists()))
+
+
 def _status_or_none(url: str) -> int | None:
     try:
         return _status(url)
@@ -575,7 +585,7 @@ def _status_or_none(url: str) -> int | None:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_proxy_topology_runs_locally(rendered, tiny_spec, pg_url, tmp_path):
-    """overlays/proxy: proxied workers (3 of its 16 here) and the proxy start first; the init Job
+    """overlays/proxy: proxied workers (3 of its 8 here) and the proxy start first; the init Job
     makes the study; the workers, talking to the proxy's Service address, finish the budget."""
     docs = rendered["overlays/proxy"]
     n_trials = 9
@@ -596,7 +606,7 @@ def test_proxy_topology_runs_locally(rendered, tiny_spec, pg_url, tmp_path):
     try:
         for p in [*pods, server]:
             p.start()
-        time.sleep(3)
+        _wait_for_log([server], "waiting for study k8s-proxy")
         assert not server.started_main.is_set(), "the proxy did not wait for the study"
         init.start()
         assert init.finish(120) == 0, init.log.read_text()
