@@ -332,7 +332,9 @@ def test_killed_worker_trial_is_failed_after_60s_and_rerun(stack):
     (fails,), = s.sql("SELECT count(*) FROM trials t WHERE t.state = 'FAIL' AND NOT EXISTS "
                       "(SELECT 1 FROM trial_system_attributes a WHERE a.trial_id = t.trial_id "
                       "AND a.key = 'hpo:surplus')")
-    assert fails == "1", states
+    assert fails == "1", (states, s.sql(
+        "SELECT t.number, string_agg(a.key, ',') FROM trials t LEFT JOIN trial_system_attributes "
+        "a USING (trial_id) WHERE t.state = 'FAIL' GROUP BY t.number"))
     pairs = retried(s)
     assert len(pairs) == 1, pairs
     (failed, rerun, state), = pairs
