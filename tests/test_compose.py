@@ -96,6 +96,15 @@ def test_validator_rejects_broken_copies(name, env_file, tmp_path):
     assert r.returncode != 0, f"{name}: the validator accepted a broken file"
 
 
+def test_project_name_comes_from_the_env_file(env_file):
+    """No top-level `name:` (Compose v1 1.29 rejects it: docs/compose.md); the project is still
+    `hpo` whatever the folder, from COMPOSE_PROJECT_NAME in .env."""
+    import yaml
+
+    assert "name" not in yaml.safe_load(COMPOSE_FILE.read_text())
+    assert resolved(env_file)["name"] == "hpo"
+
+
 def test_missing_credentials_are_refused(env_file):
     """The file demands the credentials (``${VAR:?...}``) instead of running with empty ones."""
     env_file.write_text("\n".join(line for line in env_file.read_text().splitlines()
@@ -126,11 +135,16 @@ def test_dockerfile_runs_hpo_as_non_root():
     topology test below relies on that when it runs ``python -m hpo <command>``."""
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r'^ENTRYPOINT \["hpo"\]$', text, re.M)
-    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
-    assert re.search(r"^USER (?!root)\w+$", text, re.M)
+    # the user's build (no build arguments) starts from python:3.11-slim and PyPI
+    assert re.search(r"^ARG BASE=python:3\.11-slim$", text, re.M)
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${BASE}", "${BASE}"]
+    assert re.search(r"^ARG OFFLINE_WHEELS=$", text, re.M)
+    # numeric, so that Kubernetes' runAsNonRoot can check it (deploy/k8s runs it as 10001)
+    assert re.search(r"^USER 10001:10001$", text, re.M)
+    assert "useradd --create-home --uid 10001" in text
     ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
-    for src in re.findall(r"^COPY (.+) \S+$", text, re.M):
+    for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
         for item in src.split():
             assert (ROOT / item).exists(), f"Dockerfile copies missing {item}"
             assert item.rstrip("/") not in ignored, f".dockerignore drops {item}"
