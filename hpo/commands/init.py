@@ -17,6 +17,7 @@ import sys
 from hpo.commands.run import spec_from_args
 from hpo.errors import UsageError
 from hpo.objective import Objective
+from hpo.retry import with_retries
 from hpo.storage import create_or_load_study, get_storage, mask_url, resolve_url
 from hpo.trials import build_sampler_and_pruner, count
 
@@ -32,7 +33,8 @@ def init(args: argparse.Namespace) -> int:
     Objective(spec)  # loads the data: a data error stops us before anything is written
     storage = get_storage(url, create_schema=True)
     study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
-    done, in_flight = count(study)
+    done, in_flight = with_retries(lambda: count(study), who="hpo init",
+                                   what=f"the storage {mask_url(url)}")
     print(f"hpo init: study {study_name!r} ready on {mask_url(url)}: budget {spec.n_trials} "
           f"trials ({done} finished, {in_flight} in flight), sampler {spec.sampler}; "
           f"join with `hpo worker --study {study_name}`", file=sys.stderr, flush=True)
