@@ -73,11 +73,13 @@ def make_storage(url: str, pool_size: int, interval: int, grace: int) -> Any:
     import optuna
 
     from hpo.heartbeats import relay_storage_class
-    from hpo.storage import get_storage
+    from hpo.storage import CONNECT_TIMEOUT, get_storage
 
     engine: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0, "pool_pre_ping": True}
     if url.startswith("sqlite"):
         engine["connect_args"] = {"timeout": 60}
+    elif url.startswith("postgresql"):
+        engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     rdb = get_storage(url, heartbeat=True, heartbeat_interval=interval, grace_period=grace,
                       who="hpo proxy", storage_class=relay_storage_class(),
                       engine=engine)

@@ -50,6 +50,8 @@ GRACE_PERIOD = 60
 MAX_RETRY = 3
 #: Seconds a joining process waits for a creator started at the same moment (see above).
 JOIN_WAIT = 10.0
+#: Seconds a PostgreSQL connection attempt may take.
+CONNECT_TIMEOUT = 10
 #: PostgreSQL advisory lock key held while a process opens the storage ("hpo_lock").
 LOCK_KEY = 0x68706F5F6C6F636B
 
@@ -73,11 +75,17 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     fails) and at most 2 connections per worker process, both kept open: the trial's thread and
     its heartbeat thread each hold one. (With 1 + 1 overflow, the overflow connection was closed
     whenever the two were returned together and a new one opened at the next trial: a TCP
-    connection and a server process per trial, about 5 ms on PostgreSQL.)
+    connection and a server process per trial, about 5 ms on PostgreSQL.) On PostgreSQL a
+    connection attempt gives up after 10 s (an unreachable host otherwise hangs for minutes in
+    TCP retries): it is then retried like any outage.
     """
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 0, "pool_recycle": 300}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 0,
+                              "pool_recycle": 300}
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    return kwargs
 
 
 def _sqlite_path(url: str) -> str:
@@ -118,7 +126,8 @@ def creation_lock(url: str) -> Iterator[None]:
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
-    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool,
+                                      connect_args={"connect_timeout": CONNECT_TIMEOUT})
     try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sqlalchemy.text("SET lock_timeout = '60s'"))
