@@ -216,37 +216,53 @@ OUTAGE = Outage()
 def with_retries(attempt: Callable[[], T], *, who: str, what: str, wait: float | None = None,
                  races: bool = False, still_missing: Callable[[BaseException], bool]
                  | None = None, missing_wait: float = 0.0) -> T:
-    """Call ``attempt`` until it succeeds, retrying transient errors for ``wait`` seconds
-    (default :func:`db_wait`) with backoff and one line on stderr, then failing with one line
-    (:class:`~hpo.errors.RuntimeFailure`, exit 1). With ``races``, creation races are retried
-    too, silently. ``still_missing(e)``: errors that mean "not created yet" (another process
-    may be creating it right now), retried silently for ``missing_wait`` seconds, then raised.
+    """Call ``attempt`` until it succeeds; ``what`` names the storage in messages.
+
+    * transient errors are retried with backoff for ``wait`` seconds (default :func:`db_wait`),
+      saying so in one line; then one line and exit 1 (:class:`~hpo.errors.RuntimeFailure`);
+    * with ``races``, creation races are retried too (bounded), saying so in one line;
+    * ``still_missing(e)``: errors that mean "not created yet" (a process started at the same
+      moment may be creating it), retried silently for ``missing_wait`` seconds and then raised
+      as they are (bad input: one line); one line when the wait was not in vain.
+
     A SIGTERM or Ctrl-C ends the wait (:func:`hpo.signals.check_stop`)."""
     wait = db_wait() if wait is None else wait
     start = time.monotonic()
     delay = 0.1
-    announced = False
+    said: set[str] = set()
+
+    def say(kind: str, line: str) -> None:
+        if kind not in said:
+            said.add(kind)
+            print(f"{who}: {line}", file=sys.stderr, flush=True)
+
     while True:
         check_stop()
         try:
-            return attempt()
+            result = attempt()
         except Exception as e:  # noqa: BLE001 - sorted just below
             elapsed = time.monotonic() - start
             if races and is_creation_race(e):
                 if elapsed > max(wait, 10.0):
                     raise
+                say("race", f"{what} was being created by another process at the same moment "
+                            f"({reason(e)}); retrying")
             elif still_missing is not None and still_missing(e):
                 if elapsed > missing_wait:
                     raise
+                said.add("missing")
             elif is_transient(e):
                 if elapsed > wait:
-                    raise RuntimeFailure(f"{what}: still failing after {elapsed:.0f} s "
+                    raise RuntimeFailure(f"{what} is still unavailable after {elapsed:.0f} s "
                                          f"({reason(e)})") from None
-                if not announced:
-                    announced = True
-                    print(f"{who}: {what}: {reason(e)}; retrying for up to {wait:g} s "
-                          f"(${DB_WAIT_ENV})", file=sys.stderr, flush=True)
+                say("transient", f"{what} is unavailable ({reason(e)}); retrying for up to "
+                                 f"{wait:g} s (${DB_WAIT_ENV})")
             else:
                 raise
+        else:
+            if "missing" in said:
+                say("found", f"waited {time.monotonic() - start:.1f} s for {what} to be made "
+                             "by another process started at the same moment")
+            return result
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 2.0)

@@ -1,8 +1,9 @@
 """``hpo init SPEC``: create the schema and the study once, before any worker starts.
 
-This is what the compose ``init`` service runs. Several workers creating the schema or the study
-at the same time on an empty database race and crash in Optuna 5 (see :mod:`hpo.storage`), so the
-schema and the study are made here, exactly once, and every ``hpo worker`` only loads them.
+This is what the compose ``init`` service runs: the schema and the study are made here, and
+every ``hpo worker`` only loads them (it needs nothing but the study's name). Started together
+with workers, other ``hpo init`` or ``hpo run`` on an empty database, it is safe: creation is
+serialised and retried, and the workers wait for it (:mod:`hpo.storage`).
 
 Running it again is safe: the study is loaded, its recorded spec compared with SPEC (a different
 spec is refused, exit 2), and a new ``--n-trials`` budget is recorded. It writes nothing before
