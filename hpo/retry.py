@@ -243,8 +243,9 @@ def with_retries(attempt: Callable[[], T], *, who: str, what: str, wait: float |
         except Exception as e:  # noqa: BLE001 - sorted just below
             elapsed = time.monotonic() - start
             if races and is_creation_race(e):
-                if elapsed > max(wait, 10.0):
-                    raise
+                if elapsed > max(wait, 10.0):  # never bad input: a runtime failure
+                    raise RuntimeFailure(f"{what} kept being changed by other processes for "
+                                         f"{elapsed:.0f} s ({reason(e)})") from None
                 say("race", f"{what} was being created by another process at the same moment "
                             f"({reason(e)}); retrying")
             elif still_missing is not None and still_missing(e):
