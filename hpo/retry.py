@@ -229,6 +229,7 @@ def with_retries(attempt: Callable[[], T], *, who: str, what: str, wait: float |
     wait = db_wait() if wait is None else wait
     start = time.monotonic()
     delay = 0.1
+    down: float | None = None  # when the first transient failure happened
     said: set[str] = set()
 
     def say(kind: str, line: str) -> None:
@@ -253,9 +254,12 @@ def with_retries(attempt: Callable[[], T], *, who: str, what: str, wait: float |
                     raise
                 said.add("missing")
             elif is_transient(e):
-                if elapsed > wait:
-                    raise RuntimeFailure(f"{what} is still unavailable after {elapsed:.0f} s "
-                                         f"({reason(e)})") from None
+                # the wait counts from the first failure (a slow first attempt, on a loaded
+                # machine, does not eat it), and is always announced
+                down = down or time.monotonic()
+                if "transient" in said and time.monotonic() - down > wait:
+                    raise RuntimeFailure(f"{what} is still unavailable after "
+                                         f"{time.monotonic() - down:.0f} s ({reason(e)})") from None
                 say("transient", f"{what} is unavailable ({reason(e)}); retrying for up to "
                                  f"{wait:g} s (${DB_WAIT_ENV})")
             else:
