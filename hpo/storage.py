@@ -2,7 +2,7 @@
 side of liveness: trial counts by state, heartbeats and the stale-trial sweep.
 
 **Any number of processes may start together on an empty database** (``hpo run``, ``hpo init``,
-``hpo worker``, the dashboard, the proxy). Optuna 5 alone crashes there: concurrent
+``hpo worker``, the dashboard). Optuna 5 alone crashes there: concurrent
 ``create_study(load_if_exists=True)`` race on schema creation (``UniqueViolation`` on
 ``pg_type``, ``table ... already exists``). Here:
 
@@ -13,11 +13,13 @@ side of liveness: trial counts by state, heartbeats and the stale-trial sweep.
   (:func:`hpo.retry.with_retries`);
 * a study is created by ``create_new_study``, which exactly one process wins; only the winner
   records the spec and the metric name, and the others wait (bounded) until the spec is there;
-* a process that only *joins* (``hpo worker``, the dashboard, the proxy) and finds the storage
-  empty (no SQLite file, no schema, no study yet) waits up to ``join_wait`` seconds for a
-  creator started at the same moment, silently, then reports what is missing (exit 2);
+* a process that only *joins* (``hpo worker``, the dashboard) and finds the storage empty (no
+  SQLite file, no schema, no study in it yet, a study without its spec yet) waits up to
+  ``join_wait`` seconds for a creator started at the same moment, then reports what is missing
+  (exit 2); a study missing from a storage that holds others is reported at once (a typo);
 * a database that refuses connections (down, starting up, "too many clients") is retried with
-  backoff for ``$HPO_DB_WAIT`` seconds (30) with one line, then exit 1.
+  backoff for ``$HPO_DB_WAIT`` seconds (30) with one line, then exit 1; one that cannot be used
+  (unknown database or role, a file that is not SQLite) is bad input at once (exit 2).
 """
 
 from __future__ import annotations
