@@ -115,10 +115,11 @@ def make_app(storage_url: str | None, *, allow_writes: bool = False,
              artifact_dir: str | None = None) -> Callable:
     import optuna_dashboard
 
-    from hpo.storage import check_schema, get_storage, resolve_url
+    from hpo.storage import JOIN_WAIT, check_schema, get_storage, resolve_url
 
     url = resolve_url(storage_url)
-    storage = get_storage(url)
+    # started together with the `hpo run` / `hpo init` that creates the storage: wait for it
+    storage = get_storage(url, join_wait=JOIN_WAIT, who="hpo dashboard")
     check_schema(storage, url)
     artifact_store = None
     if artifact_dir:

@@ -111,3 +111,42 @@ def skip_waiting_lookup(study: optuna.Study, skip: bool = True) -> Iterator[None
         yield
     finally:
         del study._pop_waiting_trial_id
+
+
+def heartbeat_grpc_client(host: str, port: int, interval: int | None, beat_attr: str,
+                          on_beat_error: Any = None) -> BaseStorage:
+    """A gRPC storage proxy client (``GrpcStorageProxy``) that Optuna treats as a heartbeat
+    storage when ``interval`` is given: ``Study.optimize`` then runs its heartbeat thread around
+    the objective, as it does for an RDBStorage, and each beat writes the trial system attribute
+    ``beat_attr`` through the proxy (the gRPC API has no heartbeat call; ``hpo proxy`` turns
+    that write into a heartbeat row, with the database's clock). Stale trials are the proxy's
+    to fail: this client reports none (``_get_stale_trial_ids``) and has no stale-trial
+    callback. ``on_beat_error(exc)``: called instead of raising when a beat fails (the
+    heartbeat thread would die on it); it may re-raise.
+
+    Relies on Optuna's private ``optuna.storages._heartbeat.BaseHeartbeat`` (what
+    ``is_heartbeat_enabled`` checks) and on ``HeartbeatThread`` beating at once, then every
+    interval."""
+    from optuna.storages import GrpcStorageProxy
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    class HeartbeatGrpcStorageProxy(GrpcStorageProxy, BaseHeartbeat):
+        def record_heartbeat(self, trial_id: int) -> None:
+            try:
+                self.set_trial_system_attr(trial_id, beat_attr, True)
+            except Exception as e:  # noqa: BLE001 - handed to on_beat_error
+                if on_beat_error is None:
+                    raise
+                on_beat_error(e)
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            return []
+
+        def get_heartbeat_interval(self) -> int | None:
+            return interval
+
+        def get_heartbeat_stale_trial_callback(self) -> None:
+            return None
+
+    return HeartbeatGrpcStorageProxy(host=host, port=port)
+

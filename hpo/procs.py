@@ -185,19 +185,23 @@ def supervise(procs: Sequence[Proc], on_tick: Callable[[], None], every: float =
 
 
 def failures(procs: Sequence[Proc], log_dir: str | None) -> list[str]:
-    """One message per worker that exited with a non-zero code, with its log's last lines."""
+    """One message per worker that exited with a non-zero code, with the last lines of its
+    log (the log folder is temporary: the lines are copied into the message)."""
     out = []
     for i, p in enumerate(procs):
         if p.returncode in (0, None):
             continue
-        text = f"worker {i} exited with code {p.returncode}"
+        code = p.returncode
+        how = (f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in
+               signal.valid_signals() else f"exited with code {code}")
+        text = f"worker {i} {how}"
         if log_dir:
-            path = os.path.join(log_dir, f"worker-{i}.log")
             try:
-                with open(path, errors="replace") as fh:
-                    tail = fh.read().splitlines()[-5:]
+                with open(os.path.join(log_dir, f"worker-{i}.log"), errors="replace") as fh:
+                    tail = [line for line in fh.read().splitlines() if line.strip()][-5:]
             except OSError:
                 tail = []
-            text += f"; last lines of {path}:" + "".join(f"\n  {line}" for line in tail)
+            if tail:
+                text += "; its last lines:" + "".join(f"\n  {line}" for line in tail)
         out.append(text)
     return out

@@ -3,28 +3,26 @@
 Workers started with ``--storage grpc://HOST:PORT`` talk to this process, which holds at most
 ``--pool-size`` database connections for all of them (a direct worker holds about two, and
 PostgreSQL refuses clients beyond ``max_connections``). The proxy does not create the schema:
-``hpo init`` / ``hpo run`` must have made it, as for direct workers.
+``hpo init`` / ``hpo run`` make it (the compose ``proxy`` service starts after ``init``).
 
-**Heartbeats do not cross the proxy (Optuna 5.0, checked).** ``GrpcStorageProxy`` is not a
-heartbeat storage and the gRPC API has no heartbeat call, so a worker behind the proxy records no
-heartbeat and fails no stale trials. Optuna only fails RUNNING trials that *have* a heartbeat
-record, so nothing can tell a dead proxied worker from a live one: **a trial whose proxied worker
-was killed (SIGKILL, OOM, lost machine) stays RUNNING**, and since the exact-budget loop counts
-in-flight trials, the other workers wait for it (until their ``--timeout``) instead of finishing
-the budget. Fail such a trial by hand (``set_trial_state_values(trial_id, TrialState.FAIL)`` on
-an ``RDBStorage``; docs/compose.md has the command) and they carry on.
-SIGTERM and Ctrl-C are fine: the worker fails its own trial before it exits.
+**Heartbeats cross the proxy.** Optuna 5's gRPC API has no heartbeat call, so a proxied worker
+beats by writing the trial system attribute ``hpo:beat`` every ``--heartbeat-interval``
+(:mod:`hpo.heartbeats`), and the proxy's storage records each such write as the trial's
+heartbeat row instead (:func:`hpo.heartbeats.relay_storage_class`): the database's clock, in
+Optuna's own table. A proxied trial is then like a direct worker's: when its worker dies
+(SIGKILL, OOM, a lost machine), its heartbeat goes stale.
 
-What the proxy *does* do: its own storage has heartbeats on (interval and grace period from
-``$HPO_HEARTBEAT_INTERVAL`` / ``$HPO_GRACE_PERIOD``, else hpo's defaults) and a background thread
-runs Optuna's ``fail_stale_trials`` on every study every interval. That covers the trials of
-*direct* workers sharing the database (the compose ``worker`` service next to
-``worker-proxied``): when they all die, their stale trials are still failed and re-queued (with
-``RetryHeartbeatStaleTrialCallback``), and proxied workers pick the retries up. Trials created
-through the proxy have no heartbeat record, so the sweep never touches them. The sweep applies
-the *proxy's* grace period to every study in the database: it must not be shorter than the
-``--heartbeat-interval`` of any direct worker there, or the proxy fails their live trials (keep
-it equal to the workers' ``--grace-period``; both default to 60 s).
+**The sweep.** A background thread fails, every heartbeat interval, the stale RUNNING trials of
+every hpo study (those whose heartbeat is older than the grace period, and those that never
+beat and started more than the grace period ago) and re-queues each with the same params
+(``RetryHeartbeatStaleTrialCallback``); proxied workers, which cannot sweep through the gRPC
+API, pick the retries up. Its first sweep waits one grace period, so that after a restart of
+the proxy every live worker has beaten again before anything is judged stale. The interval and
+grace period come from ``$HPO_HEARTBEAT_INTERVAL`` / ``$HPO_GRACE_PERIOD`` (else 10 s / 60 s)
+and apply to every hpo study in the database: keep the grace period longer than the
+``--heartbeat-interval`` of every worker (direct or proxied), or their live trials are failed;
+the workers' own ``--grace-period`` should match it. Studies not made by hpo are left alone.
+SIGTERM and Ctrl-C of a worker are fine as before: it fails its own trial before it exits.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ import os
 import socket
 import sys
 import threading
-import warnings
 from typing import Any
 
 from hpo.errors import UsageError
@@ -69,86 +66,74 @@ def heartbeat_settings() -> tuple[int, int]:
 
 
 def make_storage(url: str, pool_size: int, interval: int, grace: int) -> Any:
-    """The proxy's RDBStorage (``pool_size`` connections, no overflow, pre-ping, heartbeats with
-    retries), wrapped in Optuna's cache as ``run_grpc_proxy_server`` recommends."""
+    """The proxy's storage: ``pool_size`` connections, no overflow, pre-ping, heartbeats with
+    retries, ``hpo:beat`` writes recorded as heartbeats; opened like any hpo storage (a
+    database that refuses connections is waited for, ``$HPO_DB_WAIT``; the schema must exist),
+    and wrapped in Optuna's cache as ``run_grpc_proxy_server`` recommends."""
     import optuna
-    import sqlalchemy.exc
 
-    from hpo.storage import MAX_RETRY, StorageError, mask_url, require_existing_sqlite
+    from hpo.heartbeats import relay_storage_class
+    from hpo.storage import CONNECT_TIMEOUT, get_storage
 
-    require_existing_sqlite(url)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     engine: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0, "pool_pre_ping": True}
     if url.startswith("sqlite"):
         engine["connect_args"] = {"timeout": 60}
-    try:
-        rdb = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine,
-            skip_table_creation=True,  # the schema is made once by `hpo init` / `hpo run`
-            heartbeat_interval=interval,
-            grace_period=grace,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=MAX_RETRY
-            ),
-        )
-    except optuna.exceptions.StorageInternalError as e:
-        # Optuna wraps *every* database error of its schema check in StorageInternalError: only
-        # a missing version_info table means "no schema"; "too many clients", a refused
-        # connection or an unknown database must be reported as what they are.
-        cause = e.__cause__ or e
-        if "version_info" in str(cause):
-            raise StorageError(
-                f"storage {mask_url(url)} has no Optuna schema: create the study first with "
-                "`hpo init SPEC` (compose: the init service) or `hpo run SPEC`"
-            ) from None
-        raise StorageError(f"cannot use storage {mask_url(url)}: {_first_line(cause)}") from None
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        raise StorageError(f"cannot use storage {mask_url(url)}: {_first_line(e)}") from None
+    elif url.startswith("postgresql"):
+        engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    rdb = get_storage(url, heartbeat=True, heartbeat_interval=interval, grace_period=grace,
+                      who="hpo proxy", storage_class=relay_storage_class(),
+                      engine=engine)
     return optuna.storages.get_storage(rdb)
 
 
-def _first_line(e: BaseException) -> str:
-    from hpo.storage import mask_url
-
-    text = str(e).strip()
-    return mask_url(text.splitlines()[0]) if text else type(e).__name__
-
-
 def sweep_once(storage: Any) -> int:
-    """Fail the heartbeat-stale trials of every study (re-queueing them per the retry callback);
-    return how many trials this call failed."""
+    """Fail the stale trials of every hpo study (heartbeat stale, or never beat past the grace
+    period), re-queueing them per the retry callback; return how many this call failed."""
     import optuna
     from optuna.trial import TrialState
 
+    from hpo.storage import SPEC_ATTR, sweep_stale_trials
+
     failed = 0
     for frozen in storage.get_all_studies():
+        if SPEC_ATTR not in frozen.user_attrs:
+            continue  # not an hpo study: its workers may not beat at all
         study = optuna.load_study(study_name=frozen.study_name, storage=storage,
                                   sampler=optuna.samplers.RandomSampler())
         running = {t.number for t in study.get_trials(deepcopy=False,
                                                        states=(TrialState.RUNNING,))}
         if not running:
             continue
-        optuna.storages.fail_stale_trials(study)
+        sweep_stale_trials(study)
         failed += sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                       if t.number in running and "hpo:surplus" not in t.system_attrs)
     return failed
 
 
-def sweeper(storage: Any, every: float, stop: threading.Event) -> None:
-    """Background loop around :func:`sweep_once` (run it in a daemon thread); database errors
-    are reported, never fatal."""
-    while not stop.wait(every):
+def sweeper(storage: Any, every: float, stop: threading.Event, first: float = 0.0) -> None:
+    """Background loop around :func:`sweep_once` (run it in a daemon thread): the first sweep
+    after ``first`` seconds, then every ``every``; database errors are reported, never
+    fatal."""
+    if stop.wait(first):
+        return
+    from hpo.retry import OUTAGE, is_transient, reason
+
+    while True:
         try:
             n = sweep_once(storage)
         except Exception as e:  # noqa: BLE001 - a database outage must not stop the proxy
-            print(f"hpo proxy: stale-trial sweep failed ({type(e).__name__}: "
-                  f"{_first_line(e)[:200]}); retrying in {every:g} s", file=sys.stderr,
-                  flush=True)
-            continue
-        if n:
-            print(f"hpo proxy: failed {n} stale trial(s) (re-queued up to the retry limit)",
-                  file=sys.stderr, flush=True)
+            if is_transient(e):
+                OUTAGE.failed("hpo proxy", e, f"the stale-trial sweep retries every {every:g} s")
+            else:
+                print(f"hpo proxy: stale-trial sweep failed ({reason(e)}); retrying in "
+                      f"{every:g} s", file=sys.stderr, flush=True)
+        else:
+            OUTAGE.ok()
+            if n:
+                print(f"hpo proxy: failed {n} stale trial(s) (re-queued up to the retry "
+                      "limit)", file=sys.stderr, flush=True)
+        if stop.wait(every):
+            return
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -1,21 +1,40 @@
-"""Storage URLs, engine options, schema initialisation, study creation, and the storage side
-of liveness: trial counts by state, heartbeats and the stale-trial sweep, transient errors.
+"""Storage URLs, engine options, opening a storage, schema and study creation, and the storage
+side of liveness: trial counts by state, heartbeats and the stale-trial sweep.
 
-One rule drives this module: the schema and the study are created **once, before any worker
-starts**. Several processes calling ``create_study(load_if_exists=True)`` on an empty database race
-on schema creation and crash (Optuna 5, SQLite and PostgreSQL alike), so ``hpo run`` and the
-compose ``init`` service call :func:`create_or_load_study` first, and workers only ever *load*.
+**Any number of processes may start together on an empty database** (``hpo run``, ``hpo init``,
+``hpo worker``, the dashboard). Optuna 5 alone crashes there: concurrent
+``create_study(load_if_exists=True)`` race on schema creation (``UniqueViolation`` on
+``pg_type``, ``table ... already exists``). Here:
+
+* on PostgreSQL every opening of the storage (schema creation included) holds a session
+  advisory lock (:func:`creation_lock`), so one process at a time creates or checks the schema;
+* on every backend, creation races (a table, type or row created twice at the same moment:
+  SQLite, MySQL, or a process without the lock) are retried, bounded
+  (:func:`hpo.retry.with_retries`);
+* a study is created by ``create_new_study``, which exactly one process wins; only the winner
+  records the spec and the metric name, and the others wait (bounded) until the spec is there;
+* a process that only *joins* (``hpo worker``, the dashboard) and finds the storage empty (no
+  SQLite file, no schema, no study in it yet, a study without its spec yet) waits up to
+  ``join_wait`` seconds for a creator started at the same moment, then reports what is missing
+  (exit 2); a study missing from a storage that holds others is reported at once (a typo);
+* a database that refuses connections (down, starting up, "too many clients") is retried with
+  backoff for ``$HPO_DB_WAIT`` seconds (30) with one line, then exit 1; one that cannot be used
+  (unknown database or role, a file that is not SQLite) is bad input at once (exit 2).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from hpo.errors import StorageError
+from hpo.errors import BadInput, RuntimeFailure, StorageError
+from hpo.heartbeats import grpc_client, rdb_storage_class
+from hpo.retry import bad_database, reason, with_retries
 
 if TYPE_CHECKING:
     import optuna
@@ -31,6 +50,12 @@ METRIC_NAME = "val_acc"
 HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 60
 MAX_RETRY = 3
+#: Seconds a joining process waits for a creator started at the same moment (see above).
+JOIN_WAIT = 10.0
+#: Seconds a PostgreSQL connection attempt may take.
+CONNECT_TIMEOUT = 10
+#: PostgreSQL advisory lock key held while a process opens the storage ("hpo_lock").
+LOCK_KEY = 0x68706F5F6C6F636B
 
 
 def resolve_url(url: str | None) -> str:
@@ -52,17 +77,29 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     fails) and at most 2 connections per worker process, both kept open: the trial's thread and
     its heartbeat thread each hold one. (With 1 + 1 overflow, the overflow connection was closed
     whenever the two were returned together and a new one opened at the next trial: a TCP
-    connection and a server process per trial, about 5 ms on PostgreSQL.)
+    connection and a server process per trial, about 5 ms on PostgreSQL.) On PostgreSQL a
+    connection attempt gives up after 10 s (an unreachable host otherwise hangs for minutes in
+    TCP retries): it is then retried like any outage.
     """
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 0, "pool_recycle": 300}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 0,
+                              "pool_recycle": 300}
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    return kwargs
+
+
+def _sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///PATH`` URL ("" for in-memory and URLs with options)."""
+    path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
+    return "" if path == ":memory:" or "?" in path else path
 
 
 def _prepare_sqlite(url: str) -> None:
     """Put a SQLite file in WAL mode (persistent in the file): readers stop blocking the writer."""
-    path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
-    if not path or path == ":memory:" or "?" in path:
+    path = _sqlite_path(url)
+    if not path:
         return
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -73,49 +110,71 @@ def _prepare_sqlite(url: str) -> None:
             con.execute("PRAGMA journal_mode=WAL")
         finally:
             con.close()
-    except sqlite3.Error as e:
+    except sqlite3.DatabaseError as e:
+        if "not a database" in str(e):
+            raise StorageError(f"{path} is not an SQLite database (--storage {url})") from None
         raise StorageError(f"cannot open {url}: {e}") from None
 
 
-def require_existing_sqlite(url: str) -> None:
-    """A SQLite URL that must name an existing file (opening it would create an empty one)."""
-    if not url.startswith("sqlite:///"):
+@contextlib.contextmanager
+def creation_lock(url: str) -> Iterator[None]:
+    """On PostgreSQL, hold a session advisory lock (on its own connection, closed afterwards:
+    a dead holder's lock goes with its session) so that processes opening the same empty
+    database create the schema one at a time; waits at most 60 s (``lock_timeout``). Elsewhere
+    nothing."""
+    if not url.startswith("postgresql"):
+        yield
         return
-    path = url.split("sqlite:///", 1)[1]
-    if path and path != ":memory:" and "?" not in path and not os.path.exists(path):
-        raise StorageError(f"storage {url} does not exist: create the study first with "
-                           "`hpo run SPEC`")
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool,
+                                      connect_args={"connect_timeout": CONNECT_TIMEOUT})
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sqlalchemy.text("SET lock_timeout = '60s'"))
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+            yield
+    finally:
+        engine.dispose()
+
+
+class _NotYet(StorageError):
+    """Something a creator started at the same moment may still be making (the SQLite file,
+    the schema, the study, its spec)."""
 
 
 def get_storage(
     url: str | None = None,
     *,
-    heartbeat: bool = False,  # ignored for grpc:// (the proxy has no heartbeat)
+    heartbeat: bool = False,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = GRACE_PERIOD,
     max_retry: int = MAX_RETRY,
     create_schema: bool = False,
+    join_wait: float = 0.0,
+    who: str = "hpo",
+    storage_class: type | None = None,
+    engine: dict[str, Any] | None = None,
 ) -> optuna.storages.BaseStorage:
     """An RDBStorage for ``url`` with hpo's engine options (a gRPC proxy client for
-    ``grpc://HOST:PORT``).
+    ``grpc://HOST:PORT``), opened as the module docstring says.
 
-    ``create_schema=False`` (workers) skips table creation: the tables must exist, made by a call
-    with ``create_schema=True`` (``hpo run``, compose ``init``) before any worker starts.
-    ``heartbeat=True`` turns on Optuna's heartbeat: a trial whose worker died is failed after
-    ``grace_period`` seconds and re-queued with the same params, at most ``max_retry`` times.
+    ``create_schema=False`` (workers, reports) only opens: the tables must exist.
+    ``join_wait``: seconds to wait for an empty storage to be created by a process started at
+    the same moment. ``heartbeat=True`` turns on Optuna's heartbeat: a trial whose worker died
+    is failed after ``grace_period`` seconds and re-queued with the same params, at most
+    ``max_retry`` times; through the gRPC proxy the worker's beats go to ``hpo proxy``, which
+    fails its stale trials. ``storage_class`` / ``engine``: another RDBStorage subclass and
+    engine options (the proxy's).
     """
     import optuna
-    import sqlalchemy.exc
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # hpo prints its own progress
     url = resolve_url(url)
     if url.startswith("grpc://"):
-        return _grpc_proxy(url)
-    if url.startswith("sqlite") and create_schema:
-        _prepare_sqlite(url)
-    elif not create_schema:
-        require_existing_sqlite(url)
+        return grpc_client(url, heartbeat_interval if heartbeat else None, who)
     kwargs: dict[str, Any] = {}
     if heartbeat:
         kwargs = dict(
@@ -125,31 +184,55 @@ def get_storage(
                 max_retry=max_retry
             ),
         )
+    path = _sqlite_path(url)
+    cls = storage_class or rdb_storage_class()
+
+    def attempt() -> Any:
+        if create_schema and url.startswith("sqlite"):
+            _prepare_sqlite(url)
+        elif path and not os.path.exists(path):
+            raise _NotYet(f"storage {url} does not exist: create the study first with "
+                          "`hpo run SPEC` or `hpo init SPEC`")
+        with creation_lock(url):
+            return cls(url, engine_kwargs=engine or engine_kwargs(url),
+                       skip_table_creation=not create_schema, **kwargs)
+
+    def not_yet(e: BaseException) -> bool:
+        return isinstance(e, _NotYet) or (not create_schema and _no_schema(e))
+
     try:
-        storage = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs(url),
-            skip_table_creation=not create_schema,
-            **kwargs,
-        )
-    except optuna.exceptions.StorageInternalError as e:
-        # Optuna wraps every database error of its schema check in StorageInternalError: only a
-        # missing version_info table means "no schema"
-        cause = e.__cause__ or e
-        if "version_info" not in str(cause):
-            text = str(cause).strip()
-            first = text.splitlines()[0] if text else type(cause).__name__
-            raise StorageError(f"cannot use storage {mask_url(url)}: {mask_url(first)}") from None
-        raise StorageError(
-            f"storage {mask_url(url)} has no Optuna schema: create the study first with "
-            "`hpo run SPEC` or the compose `init` service"
-        ) from None
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise StorageError(f"cannot use storage {mask_url(url)}: {mask_url(first)}") from None
+        storage = with_retries(attempt, who=who, what=f"the storage {mask_url(url)}",
+                               races=True, still_missing=not_yet, missing_wait=join_wait)
+    except (BadInput, RuntimeFailure):
+        raise
+    except Exception as e:  # noqa: BLE001 - one line for whatever is left
+        raise _storage_error(url, path, e) from None
     if url.startswith("sqlite"):
         _sqlite_synchronous_normal(storage.engine)
     return storage
+
+
+def _no_schema(e: BaseException) -> bool:
+    """Whether opening failed because the database has no Optuna schema (no ``version_info``
+    table), and not because it is not a database at all."""
+    from hpo.retry import chain
+
+    if bad_database(e):
+        return False
+    text = " | ".join(str(x) for x in chain(e)).lower()
+    return "version_info" in text and ("no such table" in text or "does not exist" in text
+                                       or "undefinedtable" in text)
+
+
+def _storage_error(url: str, path: str, e: BaseException) -> StorageError:
+    """The one line for a storage that cannot be used as asked."""
+    bad = bad_database(e)
+    if path and bad and "not a database" in bad:
+        return StorageError(f"{path} is not an SQLite database (--storage {url})")
+    if _no_schema(e):
+        return StorageError(f"storage {mask_url(url)} has no Optuna schema: create the study "
+                            "first with `hpo run SPEC` or `hpo init SPEC`")
+    return StorageError(f"cannot use storage {mask_url(url)}: {mask_url(bad or reason(e))}")
 
 
 def _sqlite_synchronous_normal(engine: Any) -> None:
@@ -170,32 +253,16 @@ def _sqlite_synchronous_normal(engine: Any) -> None:
     engine.dispose()  # connections opened before the listener existed
 
 
-def _grpc_proxy(url: str) -> optuna.storages.BaseStorage:
-    """``grpc://host:port``: a worker behind ``hpo proxy`` (Optuna's gRPC storage proxy), which
-    holds the few real database connections for any number of workers."""
-    import optuna
-
-    m = re.fullmatch(r"grpc://([^:/]+):(\d+)/?", url)
-    if not m:
-        raise StorageError(f"bad gRPC storage URL {url!r}: use grpc://HOST:PORT")
-    proxy = optuna.storages.GrpcStorageProxy(host=m.group(1), port=int(m.group(2)))
+def check_schema(storage: optuna.storages.BaseStorage, url: str) -> None:
+    """Fail clearly when the database has no hpo/Optuna schema (nobody ran init)."""
     try:
-        proxy.wait_server_ready(timeout=float(os.environ.get("HPO_GRPC_WAIT", "60")))
-    except Exception as e:  # noqa: BLE001 - grpc raises its own FutureTimeoutError
-        raise StorageError(f"no hpo proxy answers at {url}: {type(e).__name__}") from None
-    return proxy
-
-
-def check_schema(storage: optuna.storages.RDBStorage, url: str) -> None:
-    """Fail clearly when a worker's database has no hpo/Optuna schema (nobody ran init)."""
-    import sqlalchemy.exc
-
-    try:
-        storage.get_all_studies()
-    except sqlalchemy.exc.SQLAlchemyError:
+        with_retries(storage.get_all_studies, who="hpo", what=f"the storage {mask_url(url)}")
+    except (BadInput, RuntimeFailure):
+        raise
+    except Exception:  # noqa: BLE001 - what is left is a missing table
         raise StorageError(
             f"storage {mask_url(url)} has no studies table: create the study first with "
-            "`hpo run SPEC` or the compose `init` service"
+            "`hpo run SPEC` or `hpo init SPEC`"
         ) from None
 
 
@@ -205,54 +272,85 @@ def create_or_load_study(
     study_name: str | None = None,
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
+    *,
+    wait: float = JOIN_WAIT,
 ) -> optuna.Study:
     """Create the study for ``spec`` (recording the spec in its user attributes and the metric
     name ``val_acc``) or load it when it exists with the same spec. A different budget is not a
-    different spec: resuming with ``--n-trials`` records the new budget."""
+    different spec: resuming with ``--n-trials`` records the new budget.
+
+    Any number of processes may call this at once for the same new study: ``create_new_study``
+    lets exactly one of them create it, and only that one records the spec; the others wait up
+    to ``wait`` seconds for it. Connection errors are retried (:func:`hpo.retry.with_retries`).
+    """
     import optuna
+    from optuna.study import StudyDirection
 
     name = study_name or spec.name
-    try:
+    wanted = spec.to_dict()
+    created = False
+
+    def attempt() -> optuna.Study:
+        nonlocal created
+        try:
+            storage.get_study_id_from_name(name)
+        except KeyError:
+            try:
+                storage.create_new_study([StudyDirection.MAXIMIZE], name)
+                created = True
+            except optuna.exceptions.DuplicatedStudyError:
+                pass  # another process created it a moment ago
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler,
                                   pruner=pruner)
-    except KeyError:
-        study = optuna.create_study(
-            study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-            direction="maximize", load_if_exists=True,
-        )
-        study.set_metric_names([METRIC_NAME])
-        study.set_user_attr(SPEC_ATTR, spec.to_dict())
+        if created:
+            if SPEC_ATTR not in study.user_attrs:
+                study.set_metric_names([METRIC_NAME])
+                study.set_user_attr(SPEC_ATTR, wanted)
+            return study
+        stored = study.user_attrs.get(SPEC_ATTR)
+        if stored is None:
+            raise _NotYet(f"study {name!r} exists but was not made by hpo (no spec recorded)")
+        if _without_budget(stored) != _without_budget(wanted):
+            raise StorageError(
+                f"study {name!r} exists with a different spec: pick another --study name, or "
+                f"resume it with `hpo worker --study {name}`"
+            )
+        if stored.get("budget") != wanted["budget"]:
+            study.set_user_attr(SPEC_ATTR, wanted)
         return study
-    stored = study.user_attrs.get(SPEC_ATTR)
-    if stored is None:
-        raise StorageError(f"study {name!r} exists but was not made by hpo (no spec recorded)")
-    wanted = spec.to_dict()
-    if {k: v for k, v in stored.items() if k != "budget"} != {
-        k: v for k, v in wanted.items() if k != "budget"
-    }:
-        raise StorageError(
-            f"study {name!r} exists with a different spec: pick another --study name, or resume "
-            f"it with `hpo worker --study {name}`"
-        )
-    if stored.get("budget") != wanted["budget"]:
-        study.set_user_attr(SPEC_ATTR, wanted)
-    return study
+
+    return with_retries(attempt, who="hpo", what=f"the study {name!r}", races=True,
+                        still_missing=lambda e: isinstance(e, _NotYet), missing_wait=wait)
 
 
-def load_study_spec(storage: optuna.storages.BaseStorage, study_name: str) -> Spec:
-    """The spec stored in an hpo study (``hpo worker`` needs nothing but the storage)."""
+def _without_budget(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k != "budget"}
+
+
+def load_study_spec(storage: optuna.storages.BaseStorage, study_name: str,
+                    wait: float = 0.0) -> Spec:
+    """The spec stored in an hpo study (``hpo worker`` needs nothing but the storage). With
+    ``wait``, a storage that holds no study yet, or a study whose creator has not recorded its
+    spec yet, is waited for that many seconds (a creator may have started at the same moment)."""
     from hpo.spec import from_dict
 
-    try:
-        study_id = storage.get_study_id_from_name(study_name)
-    except KeyError:
-        names = sorted(s.study_name for s in storage.get_all_studies())
-        hint = f"; studies here: {', '.join(names[:10])}" if names else "; this storage is empty"
-        raise StorageError(f"no study named {study_name!r}{hint}") from None
-    attrs = storage.get_study_user_attrs(study_id)
-    if SPEC_ATTR not in attrs:
-        raise StorageError(f"study {study_name!r} was not made by hpo (no spec recorded)")
-    return from_dict(attrs[SPEC_ATTR], source=f"study {study_name!r}")
+    def attempt() -> dict[str, Any]:
+        try:
+            study_id = storage.get_study_id_from_name(study_name)
+        except KeyError:
+            names = sorted(s.study_name for s in storage.get_all_studies())
+            if not names:
+                raise _NotYet(f"no study named {study_name!r}; this storage is empty") from None
+            raise StorageError(f"no study named {study_name!r}; studies here: "
+                               f"{', '.join(names[:10])}") from None
+        attrs = storage.get_study_user_attrs(study_id)
+        if SPEC_ATTR not in attrs:
+            raise _NotYet(f"study {study_name!r} was not made by hpo (no spec recorded)")
+        return attrs[SPEC_ATTR]
+
+    stored = with_retries(attempt, who="hpo", what=f"the study {study_name!r}",
+                          still_missing=lambda e: isinstance(e, _NotYet), missing_wait=wait)
+    return from_dict(stored, source=f"study {study_name!r}")
 
 
 # --- counting and liveness ---------------------------------------------------------------------
@@ -358,44 +456,3 @@ def keep_alive(study: optuna.Study, trial: Any) -> None:
     if oc.heartbeat_enabled(oc.storage_of(study)):
         oc.record_heartbeat(study, trial)
         sweep_stale_trials(study)
-
-
-def root_cause(e: BaseException) -> BaseException:
-    """The innermost exception of a chain (Optuna masks database errors in ``tell``)."""
-    seen = set()
-    while id(e) not in seen:
-        seen.add(id(e))
-        nxt = e.__cause__ or e.__context__
-        if nxt is None:
-            break
-        e = nxt
-    return e
-
-
-def is_transient(e: BaseException) -> bool:
-    """True when the exception chain holds a connection-level database error: the server went
-    away or restarted. Optuna 5 surfaces these as ``UnboundLocalError``/``AssertionError`` from
-    ``tell``, so the whole ``__cause__``/``__context__`` chain is searched."""
-    import optuna
-    import sqlalchemy.exc
-
-    transient: tuple[type[BaseException], ...] = (
-        sqlalchemy.exc.OperationalError,
-        sqlalchemy.exc.InterfaceError,
-        optuna.exceptions.StorageInternalError,
-        ConnectionError,
-    )
-    try:
-        import grpc
-
-        transient += (grpc.RpcError,)
-    except ImportError:  # pragma: no cover
-        pass
-    seen = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, transient):
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False

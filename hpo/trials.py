@@ -25,12 +25,22 @@ client) count with ``study.get_trials``. Per trial the loop itself thus adds one
 and no trial read.
 
 SIGTERM and Ctrl-C (:mod:`hpo.signals`): the running trial is marked FAIL by Optuna (its loop
-catches KeyboardInterrupt), nothing is left RUNNING, and the process exits 143 / 130.
+catches KeyboardInterrupt), nothing is left RUNNING, and the process exits 143 / 130 with one
+line (``hpo worker: terminated``): Optuna's own report of that failed trial, with its traceback,
+is not printed (:class:`_QuietFailures`).
+
+A database restart (or a lost proxy) is one line per outage: the loop retries with backoff for
+up to ``max_outage`` seconds, the heartbeat thread keeps beating (:mod:`hpo.heartbeats`), and a
+trial whose ``tell`` was lost is failed once its heartbeat is stale and re-run with the same
+params. A trial that a sweeper failed while this worker still ran it (it looked dead: a long
+outage, a paused machine) cannot be told; the worker says so in one line and carries on, its
+retry runs on whichever worker is free.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -40,12 +50,13 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo import optuna_compat as oc
-from hpo.errors import SpecError
+from hpo.errors import RuntimeFailure, SpecError
 from hpo.pruners import make_pruner
+from hpo.retry import OUTAGE, finished_elsewhere, is_transient, reason
 from hpo.samplers import make_sampler
 from hpo.signals import check_stop, interruptible
 from hpo.spec import Spec
-from hpo.storage import is_transient, root_cause, state_counts, sweep_stale_trials
+from hpo.storage import state_counts, sweep_stale_trials
 
 __all__ = ["FINISHED", "IN_FLIGHT", "Surplus", "WorkerResult", "build_sampler_and_pruner",
            "count", "count_states", "work"]
@@ -60,14 +71,44 @@ class Surplus(Exception):
     """This trial would exceed the study's budget: it ends FAIL and is not counted."""
 
 
-class _HideSurplus(logging.Filter):
-    """Optuna logs every FAIL with a traceback; a surplus trial is routine, not an error."""
+class _QuietFailures(logging.Filter):
+    """Optuna logs every failed trial with its traceback, then its value, in two records. A
+    trial failed because this worker was stopped (SIGTERM, Ctrl-C), because it was surplus,
+    because the storage went away (one line per outage says so) or because a sweeper failed it
+    first is routine, and the command says it in one line: both records are dropped. Any other
+    failure (a bug in an objective) is logged as Optuna logs it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hidden: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Surplus(" not in record.getMessage()
+        message = record.getMessage()
+        match = re.match(r"Trial (\d+) failed ", message)
+        if match is None:
+            return True
+        number = match.group(1)
+        if record.exc_info and record.exc_info[1] is not None:
+            if _routine(record.exc_info[1]):
+                self._hidden.add(number)
+                return False
+            return True
+        if "Surplus(" in message:
+            self._hidden.add(number)
+            return False
+        if message.startswith(f"Trial {number} failed with value"):
+            if number in self._hidden:
+                self._hidden.discard(number)
+                return False
+        return True
 
 
-logging.getLogger(oc.OPTIMIZE_LOGGER).addFilter(_HideSurplus())
+def _routine(e: BaseException) -> bool:
+    return (isinstance(e, (KeyboardInterrupt, Surplus)) or finished_elsewhere(e)
+            or is_transient(e))
+
+
+logging.getLogger(oc.OPTIMIZE_LOGGER).addFilter(_QuietFailures())
 
 
 def build_sampler_and_pruner(spec: Spec) -> tuple[optuna.samplers.BaseSampler,
@@ -156,6 +197,7 @@ def work(
         try:
             done, in_flight, waiting = count_states(study)
             outage, delay = None, 0.5
+            OUTAGE.ok()
             if done >= n_trials:
                 return WorkerResult(runs, done, "budget")
             if timeout is not None and time.monotonic() - start >= timeout:
@@ -177,13 +219,19 @@ def work(
                 study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
                                gc_after_trial=False)
         except Exception as e:  # noqa: BLE001 - filtered just below
+            if finished_elsewhere(e):
+                # a sweeper failed this trial while it ran: its retry runs elsewhere
+                print("hpo worker: a trial of this worker was failed by another process (its "
+                      "heartbeat looked stale) and will be re-run; carrying on",
+                      file=sys.stderr, flush=True)
+                continue
             if not is_transient(e):
                 raise
             now = time.monotonic()
             outage = outage or now
             if now - outage > max_outage:
-                raise
-            print(f"hpo worker: storage unavailable ({type(root_cause(e)).__name__}); "
-                  f"retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+                raise RuntimeFailure(f"storage unavailable for {now - outage:.0f} s "
+                                     f"({reason(e)})") from None
+            OUTAGE.failed("hpo worker", e, f"retrying for up to {max_outage:g} s")
             time.sleep(delay)
             delay = min(delay * 2, 15.0)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,19 +85,76 @@ def _plain(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 
 
-@pytest.fixture
-def pg_url():
-    """A fresh, empty PostgreSQL database on the test server; dropped afterwards."""
+def require_pg() -> None:
+    """Skip (or fail, with HPO_REQUIRE_POSTGRES=1) when the test server is not reachable."""
     if not _pg_available():
         if os.environ.get("HPO_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"PostgreSQL not reachable at {PG_URL} and HPO_REQUIRE_POSTGRES=1")
         pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+
+
+@contextlib.contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A new, empty database on the test server (its URL); dropped afterwards."""
     import psycopg
 
     name = f"hpo_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(_plain(PG_URL), autocommit=True) as con:
         con.execute(f'CREATE DATABASE "{name}"')
     base = PG_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    with psycopg.connect(_plain(PG_URL), autocommit=True) as con:
-        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(_plain(PG_URL), autocommit=True) as con:
+            con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty PostgreSQL database on the test server; dropped afterwards."""
+    require_pg()
+    with fresh_pg_database() as url:
+        yield url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bin() -> Path:
+    version = sorted(os.listdir("/etc/postgresql"), key=float)[-1]
+    return Path(f"/usr/lib/postgresql/{version}/bin")
+
+
+def _as_postgres(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture
+def small_cluster():
+    """A private PostgreSQL cluster with max_connections=10 on a free port: (url, log path)."""
+    if os.geteuid() != 0 or shutil.which("runuser") is None or not os.path.isdir(
+            "/etc/postgresql"):
+        why = "a private PostgreSQL cluster needs root, runuser and the PostgreSQL server binaries"
+        if os.environ.get("HPO_REQUIRE_POSTGRES") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    base = Path(tempfile.mkdtemp(prefix="hpo-pg-"))  # /tmp: reachable by the postgres user
+    shutil.chown(base, "postgres", "postgres")
+    data, log, port = base / "data", base / "server.log", free_port()
+    bin_dir = _pg_bin()
+    r = _as_postgres(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                     "--no-sync")
+    assert r.returncode == 0, r.stderr
+    opts = f"-p {port} -c max_connections=10 -k {base} -c listen_addresses=127.0.0.1"
+    try:
+        r = _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
+                         "-o", opts, "start")
+        assert r.returncode == 0, r.stderr + (log.read_text() if log.exists() else "")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", log
+    finally:
+        _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)

@@ -165,8 +165,14 @@ def test_unknown_study_lists_what_exists(tiny_spec, sqlite_url):
 
 def test_unreachable_storage(tmp_path, tiny_spec):
     spec = tiny_spec()
-    r = hpo("run", str(spec), "--storage", "postgresql+psycopg://bob:secret@127.0.0.1:1/x")
-    assert r.returncode == 2 and "cannot use storage" in r.stderr
+    # unreachable is a runtime failure, not bad input: retried for $HPO_DB_WAIT seconds with one
+    # progress line, then one line and exit 1
+    r = hpo("run", str(spec), "--storage", "postgresql+psycopg://bob:secret@127.0.0.1:1/x",
+            env={"HPO_DB_WAIT": "1"})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 2, r.stderr
+    assert "retrying for up to 1 s" in lines[0] and "still unavailable after" in lines[1], r.stderr
+    assert "Connection refused" in lines[1] and "Traceback" not in r.stderr
     assert "secret" not in r.stderr and "bob:***@" in r.stderr
     r = hpo("run", str(spec), "--storage", f"sqlite:///{tmp_path}/no/such/dir/x.db")
     assert r.returncode == 2 and "does not exist" in r.stderr

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("hpo.errors", "hpo.catalog"),
     ("hpo.nn", "hpo.data", "hpo.signals", "hpo.flags"),
     ("hpo.spec", "hpo.spec_checks"),
-    ("hpo.optuna_compat", "hpo.storage"),
+    ("hpo.optuna_compat", "hpo.storage", "hpo.heartbeats", "hpo.retry"),
     ("hpo.samplers", "hpo.pruners", "hpo.objective"),
     ("hpo.trials", "hpo.procs", "hpo.progress"),
     ("hpo.listing", "hpo.evaluate", "hpo.plane", "hpo.figures", "hpo.plots", "hpo.page",

@@ -115,3 +115,41 @@ def test_a_failed_trial_is_logged_on_the_optimize_logger(caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING, logger=oc.OPTIMIZE_LOGGER):
         study.optimize(boom, n_trials=1, catch=(RuntimeError,))
     assert any(r.name == oc.OPTIMIZE_LOGGER and "boom" in r.getMessage() for r in caplog.records)
+
+
+def test_a_grpc_client_with_an_interval_beats_inside_optimize(db: str) -> None:
+    """Optuna treats the client as a heartbeat storage (it is a ``BaseHeartbeat`` with an
+    interval), so ``optimize`` runs its heartbeat thread, which beats at once: a trial of
+    0.2 s gets a heartbeat row, written by hpo's proxy end from the ``hpo:beat`` write (the
+    attribute itself is not stored). Stale trials are the proxy's to fail: the client reports
+    none. Served in-process by Optuna's own gRPC server."""
+    import time
+
+    import sqlalchemy
+    from optuna.storages._grpc.server import make_server
+
+    from hpo.heartbeats import BEAT_ATTR, relay_storage_class
+    from tests.conftest import free_port
+
+    rdb = relay_storage_class()(db, heartbeat_interval=1, grace_period=2)
+    optuna.create_study(study_name="s", storage=rdb)
+    port = free_port()
+    server = make_server(optuna.storages.get_storage(rdb), "127.0.0.1", port)
+    server.start()
+    try:
+        client = oc.heartbeat_grpc_client("127.0.0.1", port, 1, BEAT_ATTR)
+        client.wait_server_ready(timeout=30)
+        assert oc.heartbeat_enabled(client) and oc.heartbeat_interval(client) == 1.0
+        assert not oc.heartbeat_enabled(oc.heartbeat_grpc_client("127.0.0.1", port, None,
+                                                                 BEAT_ATTR))
+        study = optuna.load_study(study_name="s", storage=client)
+        study.optimize(lambda t: time.sleep(0.2) or t.suggest_float("x", 0, 1), n_trials=1)
+        optuna.storages.fail_stale_trials(study)  # nothing to report from this side
+        (trial,) = study.trials
+        assert trial.state == TrialState.COMPLETE and BEAT_ATTR not in trial.system_attrs
+        with rdb.engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats")).all()
+        assert [r[0] for r in rows] == [oc.trial_id(trial)]
+        client.close()
+    finally:
+        server.stop(0)

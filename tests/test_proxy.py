@@ -1,4 +1,4 @@
-"""``hpo proxy``: many workers, few database connections; what the proxy can and cannot fail.
+"""``hpo proxy``: many workers, few database connections; workers that die behind it.
 
 The main test runs a private PostgreSQL cluster with ``max_connections=10`` (12 direct workers
 would need ~24) and puts 12 workers behind ``hpo proxy --pool-size 4``.
@@ -7,12 +7,10 @@ would need ~24) and puts 12 workers behind ``hpo proxy --pool-size 4``.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -22,57 +20,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import hpo
+from tests.conftest import free_port, hpo
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pg_bin() -> Path:
-    version = sorted(os.listdir("/etc/postgresql"), key=float)[-1]
-    return Path(f"/usr/lib/postgresql/{version}/bin")
-
-
-def _as_postgres(*cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True,
-                          text=True, timeout=120)
-
-
-@pytest.fixture
-def small_cluster():
-    """A private PostgreSQL cluster with max_connections=10 on a free port: (url, log path)."""
-    if os.geteuid() != 0 or shutil.which("runuser") is None or not os.path.isdir(
-            "/etc/postgresql"):
-        why = "a private PostgreSQL cluster needs root, runuser and the PostgreSQL server binaries"
-        if os.environ.get("HPO_REQUIRE_POSTGRES") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
-    base = Path(tempfile.mkdtemp(prefix="hpo-pg-"))  # /tmp: reachable by the postgres user
-    shutil.chown(base, "postgres", "postgres")
-    data, log, port = base / "data", base / "server.log", _free_port()
-    bin_dir = _pg_bin()
-    r = _as_postgres(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                     "--no-sync")
-    assert r.returncode == 0, r.stderr
-    opts = f"-p {port} -c max_connections=10 -k {base} -c listen_addresses=127.0.0.1"
-    try:
-        r = _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
-                         "-o", opts, "start")
-        assert r.returncode == 0, r.stderr + (log.read_text() if log.exists() else "")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", log
-    finally:
-        _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def _start_proxy(url: str, log: Path, pool_size: int = 4,
                  env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpo", "proxy", "--storage", url, "--port", str(port),
          "--pool-size", str(pool_size)],
@@ -165,74 +120,75 @@ def test_twelve_workers_behind_the_proxy_on_ten_connections(small_cluster, tiny_
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_proxy_fails_stale_direct_trials_but_cannot_see_dead_proxied_workers(
+def test_workers_killed_behind_the_proxy_and_beside_it_have_their_trials_rerun(
         pg_url, tiny_spec, tmp_path):
-    """The proxy's sweep fails (and re-queues) the trial of a killed *direct* worker although no
-    other direct worker is left; a killed *proxied* worker's trial has no heartbeat and stays
-    RUNNING (Optuna 5: no heartbeats through the gRPC proxy; see hpo/proxy.py). If this second
-    assertion ever fails, heartbeats cross the proxy: update hpo/proxy.py and docs/compose.md."""
-    grace = 3
-    _init(tiny_spec(name="sweep", n_trials=4, epochs=4000), pg_url)  # ~2 s per trial
+    """A proxied worker and a direct worker are SIGKILLed mid-trial; a second proxied worker,
+    alone with the proxy, finishes the study: both dead trials are failed by the proxy's sweep
+    once their heartbeat is older than the grace period (3 s here, not the default 60 s) and
+    re-run with the same params, exactly the budget ends COMPLETE and nothing RUNNING. The
+    survivor's own trials last longer than the grace period and are not failed: its beats cross
+    the proxy and keep them alive."""
+    grace, n_trials = 3, 2
+    _init(tiny_spec(name="sweep", n_trials=n_trials, epochs=12000), pg_url)  # ~4 s a trial
     proxy, port = _start_proxy(pg_url, tmp_path / "proxy.log", env={
         "HPO_HEARTBEAT_INTERVAL": "1", "HPO_GRACE_PERIOD": str(grace)})
+    hb = ["--heartbeat-interval", "1", "--grace-period", str(grace)]
+    grpc = f"grpc://127.0.0.1:{port}"
     storage = optuna.storages.RDBStorage(pg_url, skip_table_creation=True)
     study_id = storage.get_study_id_from_name("sweep")
 
-    def running_trial(exclude: set[int]) -> optuna.trial.FrozenTrial:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            for t in storage.get_all_trials(study_id, states=(TrialState.RUNNING,)):
-                if t._trial_id not in exclude:
-                    return t
-            time.sleep(0.1)
-        pytest.fail("no trial started within 60 s")
+    def beating() -> list[int]:
+        """RUNNING trials that have a heartbeat row (recorded by the database's clock)."""
+        import sqlalchemy
 
-    def kill_mid_trial(proc: subprocess.Popen, exclude: set[int]) -> int:
-        try:
-            trial = running_trial(exclude)
-            time.sleep(0.5)
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        assert storage.get_trial(trial._trial_id).state == TrialState.RUNNING
-        return trial._trial_id
+        with storage.engine.connect() as conn:
+            return [r[0] for r in conn.execute(sqlalchemy.text(
+                "SELECT t.trial_id FROM trials t JOIN trial_heartbeats h USING (trial_id) "
+                "WHERE t.state = 'RUNNING' AND t.study_id = :s"), {"s": study_id})]
 
+    victims = [_worker(grpc, "sweep", tmp_path / "proxied.log", *hb),
+               _worker(pg_url, "sweep", tmp_path / "direct.log", *hb)]
+    survivor = None
     try:
-        proxied = kill_mid_trial(
-            _worker(f"grpc://127.0.0.1:{port}", "sweep", tmp_path / "proxied.log"), set())
-        killed_at = time.monotonic()
-        direct = kill_mid_trial(
-            _worker(pg_url, "sweep", tmp_path / "direct.log", "--heartbeat-interval", "1",
-                    "--grace-period", str(grace)), {proxied})
-
-        deadline = time.monotonic() + 30
-        while storage.get_trial(direct).state == TrialState.RUNNING:
-            assert time.monotonic() < deadline, "the proxy never failed the stale direct trial"
-            time.sleep(0.2)
-        assert storage.get_trial(direct).state == TrialState.FAIL
-        number = storage.get_trial(direct).number
-
-        def retries() -> list:  # the retry is added just after the trial is failed
-            waiting = storage.get_all_trials(study_id, states=(TrialState.WAITING,))
-            return [t.system_attrs.get("failed_trial") for t in waiting]
-
-        while not retries():
-            assert time.monotonic() < deadline, "the stale direct trial was not re-queued"
+        deadline = time.monotonic() + 90
+        while len(beating()) < 2:  # both mid-trial, both beating (the proxied one too)
+            assert time.monotonic() < deadline and all(v.poll() is None for v in victims), \
+                "".join(p.read_text() for p in (tmp_path / "proxied.log", tmp_path / "direct.log"))
             time.sleep(0.1)
-        assert retries() == [number]
-
-        time.sleep(max(0.0, killed_at + grace + 3 - time.monotonic()))
-        assert storage.get_trial(proxied).state == TrialState.RUNNING, \
-            "a dead proxied worker's trial was failed: heartbeats now cross the proxy?"
-        assert proxy.poll() is None
-        deadline = time.monotonic() + 10  # the sweep logs after it has re-queued the trial
-        while "failed 1 stale trial" not in (tmp_path / "proxy.log").read_text():
-            assert time.monotonic() < deadline, (tmp_path / "proxy.log").read_text()
-            time.sleep(0.1)
+        dead = beating()
+        for v in victims:
+            v.send_signal(signal.SIGKILL)
+            v.wait(timeout=10)
+        assert all(storage.get_trial(t).state == TrialState.RUNNING for t in dead), \
+            "a trial finished before the kill: make it longer"
+        survivor = _worker(grpc, "sweep", tmp_path / "survivor.log", *hb)
+        assert survivor.wait(timeout=180) == 0, (tmp_path / "survivor.log").read_text()
+        assert proxy.poll() is None, (tmp_path / "proxy.log").read_text()
     finally:
+        for p in [*victims, survivor]:
+            if p is not None and p.poll() is None:
+                p.kill()
         proxy.terminate()
         proxy.wait(timeout=30)
+    try:
+        trials = storage.get_all_trials(study_id)
+    finally:
         storage.engine.dispose()
+    states = Counter(t.state.name for t in trials)
+    assert states["COMPLETE"] == n_trials and states["RUNNING"] == states["WAITING"] == 0, states
+    by_id = {t._trial_id: t for t in trials}
+    for trial_id in dead:
+        failed = by_id[trial_id]
+        assert failed.state == TrialState.FAIL
+        age = (failed.datetime_complete - failed.datetime_start).total_seconds()
+        assert grace <= age < 60, f"failed after {age:.1f} s: the proxy's 3 s grace applied?"
+        (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
+        assert retry.state == TrialState.COMPLETE and retry.params == failed.params
+        # the survivor ran it through the proxy for longer than the grace period, unharmed
+        assert (retry.datetime_complete - retry.datetime_start).total_seconds() > grace
+    assert not any("hpo:beat" in t.system_attrs for t in trials)  # recorded as heartbeats
+    assert "Traceback" not in (tmp_path / "survivor.log").read_text()
+    assert "failed" in (tmp_path / "proxy.log").read_text()
 
 
 @pytest.mark.parametrize("args, env, message", [
@@ -258,11 +214,14 @@ def test_proxy_refuses_a_busy_port_and_a_database_without_schema(sqlite_url, tmp
         r = hpo("proxy", "--storage", sqlite_url, "--port", str(port), timeout=60)
     assert r.returncode == 2 and "cannot listen on" in r.stderr, r.stderr
     (tmp_path / "hpo.db").touch()  # a database without the Optuna schema
-    r = hpo("proxy", "--storage", sqlite_url, "--port", str(_free_port()), timeout=60)
+    r = hpo("proxy", "--storage", sqlite_url, "--port", str(free_port()), timeout=60)
     assert r.returncode == 2 and "no Optuna schema" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    # an unreachable server is reported as such (not as a missing schema), password masked
-    url = f"postgresql+psycopg://hpo:s3cret@127.0.0.1:{_free_port()}/hpo"
-    r = hpo("proxy", "--storage", url, "--port", str(_free_port()), timeout=60)
-    assert r.returncode == 2 and "cannot use storage" in r.stderr, r.stderr
+    # an unreachable server is a runtime failure (not a missing schema, not bad input): one
+    # progress line while it is retried for $HPO_DB_WAIT seconds, then one line; password masked
+    url = f"postgresql+psycopg://hpo:s3cret@127.0.0.1:{free_port()}/hpo"
+    r = hpo("proxy", "--storage", url, "--port", str(free_port()), timeout=60,
+            env={"HPO_DB_WAIT": "1"})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 2 and "still unavailable" in lines[1], r.stderr
     assert "Connection refused" in r.stderr and "s3cret" not in r.stderr, r.stderr

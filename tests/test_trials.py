@@ -171,3 +171,53 @@ def test_a_young_trial_without_heartbeat_is_left_alone(sqlite_url):
     result = work(study, objective, n_trials=1, poll=0.1, timeout=1.5)
     assert result.stopped_by == "timeout"
     assert study.trials[young.number].state == TrialState.RUNNING and len(study.trials) == 1
+
+
+def test_a_trial_failed_by_a_sweeper_while_it_ran_does_not_stop_the_worker(sqlite_url, capsys):
+    """A sweeper that took this worker for dead fails its trial mid-run (a long outage, a paused
+    machine); the tell is refused. The worker says so in one line and goes on to the budget."""
+    study, storage = make_study(sqlite_url)
+    swept = []
+
+    def objective_swept_once(trial: optuna.Trial) -> float:
+        value = objective(trial)
+        if not swept:  # another process fails this trial while it runs
+            swept.append(trial.number)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        return value
+
+    result = work(study, objective_swept_once, n_trials=3)
+    assert (result.finished, result.stopped_by) == (3, "budget")
+    states = Counter(t.state for t in study.trials)
+    assert states == {TrialState.COMPLETE: 3, TrialState.FAIL: 1}, states
+    err = capsys.readouterr().err
+    assert err.count("was failed by another process") == 1 and "Traceback" not in err, err
+
+
+def test_routine_failures_are_not_logged_but_a_broken_objective_is(sqlite_url, caplog):
+    """Optuna logs a failed trial with its traceback, then its value. A stop (SIGTERM, Ctrl-C)
+    or a surplus claim is routine (the command says it in one line): neither record is kept.
+    A bug in the objective is logged as Optuna logs it."""
+    import logging
+
+    from hpo import optuna_compat as oc
+    from hpo.errors import Terminated
+
+    study, _ = make_study(sqlite_url)
+
+    def stopped(trial: optuna.Trial) -> float:
+        raise Terminated()
+
+    def broken(trial: optuna.Trial) -> float:
+        raise RuntimeError("a bug")
+
+    with caplog.at_level(logging.WARNING, logger=oc.OPTIMIZE_LOGGER):
+        with pytest.raises(Terminated):
+            study.optimize(stopped, n_trials=1)
+        study.optimize(lambda t: (_ for _ in ()).throw(Surplus("beyond")), n_trials=1,
+                       catch=(Surplus,))
+        assert [r for r in caplog.records if r.name == oc.OPTIMIZE_LOGGER] == []
+        study.optimize(broken, n_trials=1, catch=(RuntimeError,))
+    logged = [r.getMessage() for r in caplog.records if r.name == oc.OPTIMIZE_LOGGER]
+    assert len(logged) == 2 and "a bug" in logged[0] and "failed with value" in logged[1]
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 3

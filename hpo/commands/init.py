@@ -1,8 +1,9 @@
 """``hpo init SPEC``: create the schema and the study once, before any worker starts.
 
-This is what the compose ``init`` service runs. Several workers creating the schema or the study
-at the same time on an empty database race and crash in Optuna 5 (see :mod:`hpo.storage`), so the
-schema and the study are made here, exactly once, and every ``hpo worker`` only loads them.
+This is what the compose ``init`` service runs: the schema and the study are made here, and
+every ``hpo worker`` only loads them (it needs nothing but the study's name). Started together
+with workers, other ``hpo init`` or ``hpo run`` on an empty database, it is safe: creation is
+serialised and retried, and the workers wait for it (:mod:`hpo.storage`).
 
 Running it again is safe: the study is loaded, its recorded spec compared with SPEC (a different
 spec is refused, exit 2), and a new ``--n-trials`` budget is recorded. It writes nothing before
@@ -17,6 +18,7 @@ import sys
 from hpo.commands.run import spec_from_args
 from hpo.errors import UsageError
 from hpo.objective import Objective
+from hpo.retry import with_retries
 from hpo.storage import create_or_load_study, get_storage, mask_url, resolve_url
 from hpo.trials import build_sampler_and_pruner, count
 
@@ -32,7 +34,8 @@ def init(args: argparse.Namespace) -> int:
     Objective(spec)  # loads the data: a data error stops us before anything is written
     storage = get_storage(url, create_schema=True)
     study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
-    done, in_flight = count(study)
+    done, in_flight = with_retries(lambda: count(study), who="hpo init",
+                                   what=f"the storage {mask_url(url)}")
     print(f"hpo init: study {study_name!r} ready on {mask_url(url)}: budget {spec.n_trials} "
           f"trials ({done} finished, {in_flight} in flight), sampler {spec.sampler}; "
           f"join with `hpo worker --study {study_name}`", file=sys.stderr, flush=True)

@@ -30,11 +30,13 @@ def proxy(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop = threading.Event()
-    threading.Thread(target=sweeper, args=(storage, float(interval), stop), daemon=True,
-                     name="hpo-stale-sweeper").start()
+    # the first sweep waits a grace period: after a restart of the proxy, every live worker
+    # beats again before anything is judged stale
+    threading.Thread(target=sweeper, args=(storage, float(interval), stop, float(grace)),
+                     daemon=True, name="hpo-stale-sweeper").start()
     print(f"hpo proxy: serving {mask_url(url)} at grpc://{args.host}:{args.port} with at most "
-          f"{args.pool_size} database connection(s); failing heartbeat-stale trials every "
-          f"{interval} s (grace {grace} s; proxied trials have no heartbeat)",
+          f"{args.pool_size} database connection(s); failing stale trials of hpo studies "
+          f"every {interval} s (grace {grace} s; proxied workers beat through the proxy)",
           file=sys.stderr, flush=True)
     started = time.monotonic()
     try:

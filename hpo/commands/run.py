@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from dataclasses import replace
@@ -17,6 +16,7 @@ from hpo.listing import study_summary
 from hpo.objective import Objective
 from hpo.procs import failures, pin_blas_threads, start_workers, supervise
 from hpo.progress import Progress
+from hpo.retry import OUTAGE, is_transient, with_retries
 from hpo.signals import install_signal_handlers
 from hpo.spec import Spec, load_spec
 from hpo.storage import create_or_load_study, mask_url, resolve_url
@@ -54,13 +54,13 @@ def run(args: argparse.Namespace) -> int:
     sampler, pruner = build_sampler_and_pruner(spec)
     objective = Objective(spec)  # loads the data: a data error stops us before any write
     url = resolve_url(args.storage)
+    install_signal_handlers()  # a SIGTERM while waiting for the database ends the wait
     storage = worker_storage(url, interval, grace, create_schema=True)
     study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
-    install_signal_handlers()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"study {study_name!r} on {mask_url(url)}: {spec.n_trials} trials, sampler "
           f"{spec.sampler}, pruner {spec.pruner}, {args.workers} worker(s)", file=sys.stderr)
-    done, _ = count(study)
+    done, _ = with_retries(lambda: count(study), who="hpo run", what=f"the study {study_name!r}")
     progress = Progress(spec.n_trials, done, enabled=not args.quiet)
     failed = 0
     try:
@@ -74,27 +74,43 @@ def run(args: argparse.Namespace) -> int:
             failed = _run_workers(study, job, args.workers, progress)
     finally:
         progress.close()
-    print(study_summary(study, spec.to_dict(), args.top).text())
-    return 1 if failed else 0
+    summary = with_retries(lambda: study_summary(study, spec.to_dict(), args.top),
+                           who="hpo run", what=f"the study {study_name!r}")
+    print(summary.text())
+    if failed and _finished(study) < spec.n_trials:
+        return 1
+    return 0  # workers may die: the study still holds its budget (their failures were shown)
+
+
+def _finished(study: optuna.Study) -> int:
+    """Finished trials of the study (retried through an outage)."""
+    return with_retries(lambda: count(study)[0], who="hpo run",
+                        what=f"the study {study.study_name!r}")
 
 
 def _run_workers(study: optuna.Study, job, n_workers: int, progress: Progress) -> int:
     """Run ``n_workers`` worker processes and show progress until they exit. Returns how many
-    failed (their log's last lines go to stderr)."""
+    failed (the last lines of their logs go to stderr). The workers' log folder is removed on
+    every way out."""
     from hpo import optuna_compat as oc
 
-    log_dir = tempfile.mkdtemp(prefix="hpo-workers-")
     rdb = oc.rdb_of(study)
-    procs = start_workers(n_workers, job, log_dir, dispose=[rdb.engine] if rdb else [])
 
     def tick() -> None:
-        progress.refresh(study)
+        try:
+            progress.refresh(study)
+        except Exception as e:  # noqa: BLE001 - a database outage must not stop supervision
+            if not is_transient(e):
+                raise
+            OUTAGE.failed("hpo run", e, "the workers retry; progress resumes when it is back")
+        else:
+            OUTAGE.ok()
 
-    supervise(procs, tick)
-    tick()
-    bad = failures(procs, log_dir)
+    with tempfile.TemporaryDirectory(prefix="hpo-workers-") as log_dir:
+        procs = start_workers(n_workers, job, log_dir, dispose=[rdb.engine] if rdb else [])
+        supervise(procs, tick)
+        tick()
+        bad = failures(procs, log_dir)
     for message in bad:
         print(f"hpo run: {message}", file=sys.stderr)
-    if not bad:
-        shutil.rmtree(log_dir, ignore_errors=True)
     return len(bad)

@@ -7,11 +7,12 @@ import sys
 
 import optuna
 
-from hpo.commands.common import heartbeat_settings, positive, worker_storage
+from hpo.commands.common import heartbeat_settings, positive
 from hpo.objective import Objective
 from hpo.procs import WorkerJob, pin_blas_threads
+from hpo.retry import with_retries
 from hpo.signals import install_signal_handlers
-from hpo.storage import check_schema, load_study_spec, resolve_url
+from hpo.storage import JOIN_WAIT, check_schema, get_storage, load_study_spec, resolve_url
 from hpo.trials import build_sampler_and_pruner, work
 
 
@@ -25,10 +26,16 @@ def worker(args: argparse.Namespace) -> int:
 def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float | None, *,
                quiet: bool, heartbeat_interval: int, grace_period: int) -> int:
     """Run trials of ``study_name`` until it holds its budget (``n_trials``, else the stored
-    spec's) of finished trials, or ``timeout`` seconds pass. Returns the exit code."""
-    storage = worker_storage(url, heartbeat_interval, grace_period, create_schema=False)
+    spec's) of finished trials, or ``timeout`` seconds pass. Returns the exit code.
+
+    A worker started together with the ``hpo run`` / ``hpo init`` that creates its study waits
+    for it (up to :data:`~hpo.storage.JOIN_WAIT` seconds, while the storage is still empty);
+    a database that refuses connections is retried (``$HPO_DB_WAIT``)."""
+    install_signal_handlers()  # a SIGTERM while waiting for the database ends the wait
+    storage = get_storage(url, heartbeat=True, heartbeat_interval=heartbeat_interval,
+                          grace_period=grace_period, join_wait=JOIN_WAIT, who="hpo worker")
     check_schema(storage, url)
-    spec = load_study_spec(storage, study_name)
+    spec = load_study_spec(storage, study_name, wait=JOIN_WAIT)
     sampler, pruner = build_sampler_and_pruner(spec)
     if spec.sampler != "narrowing":
         # Every worker builds its sampler from the spec's seed; without this, W workers of a
@@ -36,10 +43,10 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
         # by (seed, trial number) and stays reproducible whatever the number of workers.
         sampler.reseed_rng()
     objective = Objective(spec)
-    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
-                              pruner=pruner)
+    study = with_retries(lambda: optuna.load_study(study_name=study_name, storage=storage,
+                                                    sampler=sampler, pruner=pruner),
+                         who="hpo worker", what=f"the study {study_name!r}")
     pin_blas_threads()
-    install_signal_handlers()
     n_trials = n_trials or spec.n_trials
     timeout = timeout if timeout is not None else spec.timeout
 

@@ -1,0 +1,119 @@
+"""Heartbeats on every path to the database: direct workers, workers behind ``hpo proxy``, and
+the proxy's end of their beats.
+
+* **Direct** (:func:`rdb_storage_class`): Optuna's ``RDBStorage`` heartbeat, except that a beat
+  lost to a database outage is one line per outage and the next beat comes on time (Optuna's
+  heartbeat thread dies on the first failed beat, with a traceback, and the trial runs on with
+  no heartbeat).
+* **Through the proxy** (:func:`grpc_client`): Optuna's gRPC API has no heartbeat call, so the
+  client is a ``GrpcStorageProxy`` that Optuna treats as a heartbeat storage
+  (:func:`hpo.optuna_compat.heartbeat_grpc_client`): ``Study.optimize`` runs its heartbeat
+  thread around the objective as it does for a database, and each beat writes the trial system
+  attribute ``hpo:beat`` through the proxy.
+* **The proxy's end** (:func:`relay_storage_class`): ``hpo proxy`` serves an RDBStorage that
+  turns each ``hpo:beat`` write into a heartbeat row (``record_heartbeat``: the database's
+  clock, Optuna's own table) instead of storing the attribute. A proxied trial is then a trial
+  like any other: the proxy's sweep, any direct worker and Optuna's ``fail_stale_trials`` fail
+  it once its heartbeat is older than the grace period, and its retry (same params) runs on
+  whichever worker is free. No clock of a worker's machine is ever compared with another's.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from hpo.errors import RuntimeFailure, StorageError, UsageError
+from hpo.retry import OUTAGE, finished_elsewhere, is_transient
+from hpo.signals import check_stop
+
+if TYPE_CHECKING:
+    import optuna
+
+#: Trial system attribute a worker behind ``hpo proxy`` writes as its heartbeat.
+BEAT_ATTR = "hpo:beat"
+#: Seconds a worker waits for ``hpo proxy`` to answer at start-up (``$HPO_GRPC_WAIT``).
+GRPC_WAIT = 60.0
+
+
+def beat_failed(e: BaseException) -> None:
+    """A heartbeat that could not be recorded: a transient error is one line per outage (the
+    heartbeat thread beats again next interval); a trial failed elsewhere is for its ``tell``
+    to notice; anything else is raised."""
+    if finished_elsewhere(e):
+        return
+    if not is_transient(e):
+        raise e
+    OUTAGE.failed("hpo worker", e, "heartbeats and the trial loop retry until it is back")
+
+
+@functools.cache
+def rdb_storage_class() -> type:
+    """``RDBStorage`` with a heartbeat that outlives database outages (module docstring)."""
+    import optuna
+
+    class HpoRDBStorage(optuna.storages.RDBStorage):
+        def record_heartbeat(self, trial_id: int) -> None:
+            try:
+                super().record_heartbeat(trial_id)
+            except Exception as e:  # noqa: BLE001 - sorted by beat_failed
+                beat_failed(e)
+            else:
+                OUTAGE.ok()
+
+    return HpoRDBStorage
+
+
+@functools.cache
+def relay_storage_class() -> type:
+    """``RDBStorage`` for ``hpo proxy``: a write of the trial system attribute ``hpo:beat`` is
+    recorded as the trial's heartbeat, not stored. Errors go back to the worker, whose beat
+    then fails (one line per outage there)."""
+    import optuna
+
+    class RelayRDBStorage(optuna.storages.RDBStorage):
+        def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+            if key == BEAT_ATTR:
+                self.record_heartbeat(trial_id)
+            else:
+                super().set_trial_system_attr(trial_id, key, value)
+
+    return RelayRDBStorage
+
+
+def grpc_client(url: str, interval: int | None, who: str) -> optuna.storages.BaseStorage:
+    """The client of ``hpo proxy`` at ``grpc://HOST:PORT``, beating every ``interval`` seconds
+    inside ``Study.optimize`` (no beats with ``None``). Waits for the proxy to answer, bounded
+    by ``$HPO_GRPC_WAIT`` (60 s), saying so in one line; then exit 1."""
+    from hpo import optuna_compat as oc
+
+    m = re.fullmatch(r"grpc://([^:/]+):(\d+)/?", url)
+    if not m:
+        raise StorageError(f"bad gRPC storage URL {url!r}: use grpc://HOST:PORT")
+    raw = os.environ.get("HPO_GRPC_WAIT", "").strip()
+    try:
+        wait = float(raw) if raw else GRPC_WAIT
+    except ValueError:
+        raise UsageError(f"$HPO_GRPC_WAIT must be a number of seconds, got {raw!r}") from None
+    client = oc.heartbeat_grpc_client(m.group(1), int(m.group(2)), interval, BEAT_ATTR,
+                                      on_beat_error=beat_failed)
+    deadline = time.monotonic() + wait
+    announced = False
+    while True:
+        check_stop()
+        try:
+            client.wait_server_ready(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            return client
+        except Exception as e:  # noqa: BLE001 - grpc raises its own FutureTimeoutError
+            if time.monotonic() >= deadline:
+                client.close()
+                raise RuntimeFailure(f"no hpo proxy answers at {url} after {wait:g} s "
+                                     f"({type(e).__name__})") from None
+        if not announced:
+            announced = True
+            print(f"{who}: no hpo proxy answers at {url} yet; waiting up to {wait:g} s "
+                  "($HPO_GRPC_WAIT)", file=sys.stderr, flush=True)

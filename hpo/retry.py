@@ -1,0 +1,273 @@
+"""Database errors sorted into what they mean, bounded retries, and one line per outage.
+
+A storage error is one of four things, and each gets its own answer:
+
+* **bad input** (:func:`bad_database`): the database does not exist, the role or password is
+  wrong, the file is not an SQLite database. Exit 2 at once, one line naming the storage.
+* **transient** (:func:`is_transient`): the server is down, restarting, starting up, refusing
+  connections ("too many clients"), the SQLite file is locked, the gRPC proxy does not answer.
+  Retried with backoff for a bounded time, saying so in one line; then a runtime failure
+  (exit 1, :class:`~hpo.errors.RuntimeFailure`).
+* **a creation race** (:func:`is_creation_race`): two processes created the same table, type or
+  row at the same moment on an empty database. Retried: the loser finds the winner's work.
+* **a trial finished elsewhere** (:func:`finished_elsewhere`): a sweeper failed this worker's
+  trial while it still ran (it looked dead). The trial's retry runs elsewhere; the worker
+  carries on.
+
+Nothing here imports Optuna or SQLAlchemy at module level.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from hpo.errors import RuntimeFailure, UsageError
+from hpo.signals import check_stop
+
+T = TypeVar("T")
+
+#: Seconds a command keeps retrying a database that refuses or drops connections at start-up.
+DB_WAIT_ENV = "HPO_DB_WAIT"
+DB_WAIT = 30.0
+
+# Messages of connection errors that no retry can mend (PostgreSQL reports these at connect
+# time without an SQLSTATE through psycopg; SQLite's own wording for a file it cannot use).
+_BAD_DATABASE = re.compile(
+    r'(database|role) "[^"]*" does not exist'   # PostgreSQL, at connect time
+    r"|authentication failed"                    # password authentication failed for user "x"
+    r"|no pg_hba\.conf entry"
+    r"|file is not a database"                   # SQLite: a file of something else
+    r"|unable to open database file"
+    r"|invalid dsn|invalid connection option|invalid integer value")
+# Errors of two processes creating the same schema objects at once (PostgreSQL, SQLite).
+_RACE = ("already exists", "duplicate key value", "unique constraint failed",
+         "pg_type_typname_nsp_index", "tuple concurrently updated", "deadlock detected")
+
+
+def db_wait() -> float:
+    """Seconds to keep retrying an unreachable database at start-up: ``$HPO_DB_WAIT`` or 30."""
+    raw = os.environ.get(DB_WAIT_ENV, "").strip()
+    if not raw:
+        return DB_WAIT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"${DB_WAIT_ENV} must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value <= 86400:
+        raise UsageError(f"${DB_WAIT_ENV} must be in 0..86400 seconds, got {raw}")
+    return value
+
+
+def chain(e: BaseException) -> list[BaseException]:
+    """``e`` and every exception behind it (``__cause__``, else ``__context__``), outermost
+    first. Optuna masks database errors (a lost ``tell`` surfaces as ``UnboundLocalError`` or
+    ``AssertionError``), so the chain is what tells them apart."""
+    out: list[BaseException] = []
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The innermost exception of a chain."""
+    return chain(e)[-1]
+
+
+def reason(e: BaseException) -> str:
+    """One short line saying what went wrong: the database driver's error (the first in the
+    chain), else the gRPC status, else the innermost error; its type and first line."""
+    cause = _telling(e)
+    if callable(getattr(cause, "code", None)) and callable(getattr(cause, "details", None)):
+        try:  # a gRPC error: its status and details
+            return f"gRPC {cause.code().name}: {(cause.details() or '')[:160]}"
+        except Exception:  # noqa: BLE001, S110 - fall back to its text
+            pass
+    text = str(cause).strip()
+    first = text.splitlines()[0] if text else ""
+    if first.startswith("connection failed: "):
+        first = first[len("connection failed: "):]
+    first = first[:160]
+    return f"{type(cause).__name__}: {first}" if first else type(cause).__name__
+
+
+def _telling(e: BaseException) -> BaseException:
+    """The exception of a chain that says most about a storage failure."""
+    import sqlalchemy.exc
+
+    for x in chain(e):
+        if isinstance(x, sqlalchemy.exc.DBAPIError) and x.orig is not None:
+            return x.orig
+        if type(x).__module__.startswith(("psycopg", "sqlite3", "pymysql", "grpc")):
+            return x
+    return root_cause(e)
+
+
+def _messages(e: BaseException) -> str:
+    return " | ".join(str(x) for x in chain(e)).lower()
+
+
+def bad_database(e: BaseException) -> str | None:
+    """The reason, when ``e`` says the storage itself is wrong (unknown database or role, bad
+    password, not an SQLite file); else ``None``."""
+    return reason(e) if _BAD_DATABASE.search(_messages(e)) else None
+
+
+def is_transient(e: BaseException) -> bool:
+    """True when the chain holds a connection-level error (the server went away, restarted,
+    refuses clients; SQLite locked; the gRPC proxy unavailable) and nothing that says the
+    storage is wrong."""
+    import optuna
+    import sqlalchemy.exc
+
+    transient: tuple[type[BaseException], ...] = (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        optuna.exceptions.StorageInternalError,
+        ConnectionError,
+        TimeoutError,
+    )
+    try:
+        import grpc
+
+        transient += (grpc.RpcError,)
+    except ImportError:  # pragma: no cover
+        pass
+    if not any(isinstance(x, transient) for x in chain(e)):
+        return False
+    return bad_database(e) is None and not _missing_schema(e)
+
+
+def _missing_schema(e: BaseException) -> bool:
+    text = _messages(e)
+    return "version_info" in text and ("no such table" in text or "does not exist" in text
+                                       or "undefined" in text)
+
+
+def is_creation_race(e: BaseException) -> bool:
+    """True for the errors of two processes creating the same schema object or row at once."""
+    import sqlalchemy.exc
+
+    if any(isinstance(x, sqlalchemy.exc.IntegrityError) for x in chain(e)):
+        return True
+    text = _messages(e)
+    return any(pattern in text for pattern in _RACE)
+
+
+def finished_elsewhere(e: BaseException) -> bool:
+    """True when this worker's trial was finished (failed as stale) by someone else while it
+    ran: Optuna then refuses the ``tell`` or an attribute write."""
+    import optuna
+
+    for x in chain(e):
+        if isinstance(x, optuna.exceptions.UpdateFinishedTrialError):
+            return True
+        if isinstance(x, ValueError) and str(x).startswith("Cannot tell a "):
+            return True
+    return False
+
+
+class Outage:
+    """One line per outage: the first failure of a run of storage errors is reported, the
+    next ones are not, until an operation succeeds again. Shared by every thread of the
+    process (the trial loop, Optuna's heartbeat thread, a supervisor's progress)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.since: float | None = None
+        self.count = 0
+
+    def failed(self, who: str, e: BaseException, what: str = "retrying") -> bool:
+        """Note a transient failure; print one line if it starts an outage. True if it did."""
+        with self._lock:
+            if self.since is not None:
+                return False
+            self.since = time.monotonic()
+            self.count += 1
+        print(f"{who}: storage unavailable ({reason(e)}); {what}", file=sys.stderr, flush=True)
+        return True
+
+    def ok(self) -> None:
+        """An operation succeeded: the outage, if any, is over."""
+        if self.since is not None:
+            with self._lock:
+                self.since = None
+
+    def elapsed(self) -> float:
+        """Seconds since the current outage began (0 when there is none)."""
+        since = self.since
+        return 0.0 if since is None else time.monotonic() - since
+
+
+#: The process's outage reporter.
+OUTAGE = Outage()
+
+
+def with_retries(attempt: Callable[[], T], *, who: str, what: str, wait: float | None = None,
+                 races: bool = False, still_missing: Callable[[BaseException], bool]
+                 | None = None, missing_wait: float = 0.0) -> T:
+    """Call ``attempt`` until it succeeds; ``what`` names the storage in messages.
+
+    * transient errors are retried with backoff for ``wait`` seconds (default :func:`db_wait`),
+      saying so in one line; then one line and exit 1 (:class:`~hpo.errors.RuntimeFailure`);
+    * with ``races``, creation races are retried too (bounded), saying so in one line;
+    * ``still_missing(e)``: errors that mean "not created yet" (a process started at the same
+      moment may be creating it), retried silently for ``missing_wait`` seconds and then raised
+      as they are (bad input: one line); one line when the wait was not in vain.
+
+    A SIGTERM or Ctrl-C ends the wait (:func:`hpo.signals.check_stop`)."""
+    wait = db_wait() if wait is None else wait
+    start = time.monotonic()
+    delay = 0.1
+    down: float | None = None  # when the first transient failure happened
+    said: set[str] = set()
+
+    def say(kind: str, line: str) -> None:
+        if kind not in said:
+            said.add(kind)
+            print(f"{who}: {line}", file=sys.stderr, flush=True)
+
+    while True:
+        check_stop()
+        try:
+            result = attempt()
+        except Exception as e:  # noqa: BLE001 - sorted just below
+            elapsed = time.monotonic() - start
+            if races and is_creation_race(e):
+                if elapsed > max(wait, 10.0):  # never bad input: a runtime failure
+                    raise RuntimeFailure(f"{what} kept being changed by other processes for "
+                                         f"{elapsed:.0f} s ({reason(e)})") from None
+                say("race", f"{what} was being created by another process at the same moment "
+                            f"({reason(e)}); retrying")
+            elif still_missing is not None and still_missing(e):
+                if elapsed > missing_wait:
+                    raise
+                said.add("missing")
+            elif is_transient(e):
+                # the wait counts from the first failure (a slow first attempt, on a loaded
+                # machine, does not eat it), and is always announced
+                down = down or time.monotonic()
+                if "transient" in said and time.monotonic() - down > wait:
+                    raise RuntimeFailure(f"{what} is still unavailable after "
+                                         f"{time.monotonic() - down:.0f} s ({reason(e)})") from None
+                say("transient", f"{what} is unavailable ({reason(e)}); retrying for up to "
+                                 f"{wait:g} s (${DB_WAIT_ENV})")
+            else:
+                raise
+        else:
+            if "missing" in said:
+                say("found", f"waited {time.monotonic() - start:.1f} s for {what} to be made "
+                             "by another process started at the same moment")
+            return result
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 2.0)
