@@ -38,7 +38,7 @@ DTYPES = ("float32", "float64")
 PARAM_TYPES = ("float", "int", "categorical")
 
 #: Limits on what sizes a trial: beyond them one trial would take hours or all the memory.
-MAX_EPOCHS = 10_000
+MAX_EPOCHS = 100_000
 MAX_WIDTH = 4096
 MAX_LAYERS = 64
 MAX_BATCH = 100_000

@@ -262,7 +262,7 @@ def test_examples_name_the_flag(tmp_path, argv, message):
     ({"name": "x<img src=x onerror=alert(1)>"}, "s.toml: name: may hold only"),
     ({"budget": {"timeout": math.nan}}, "s.toml: budget.timeout: must be a finite number"),
     ({"model": {"hidden": [10**9]}}, "s.toml: model.hidden: must be a list of positive"),
-    ({"model": {"epochs": 10**9}}, "s.toml: model.epochs: must be <= 10000"),
+    ({"model": {"epochs": 10**9}}, "s.toml: model.epochs: must be <= 100000"),
     ({"sampler": {"name": "cmaes", "x0": {"colour": 1.0}}},
      "s.toml: sampler.x0.colour: not a numeric parameter"),
 ])

@@ -387,9 +387,6 @@ def test_stop_fails_running_trials_and_exits_143(stopped):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=True, reason="hpo/runner.py: Optuna logs the interrupted trial's "
-                   "traceback (logger optuna.study._optimize, exc_info=Terminated) on SIGTERM; "
-                   "fix pending in hpo/")
 def test_stop_prints_one_line_and_no_traceback(stopped):
     """What a stopped worker prints after its last finished trial: one line, no traceback."""
     for log in stopped["logs"]:
@@ -445,8 +442,6 @@ def test_proxy_profile_runs_stops_resumes_and_down_v_removes_it(stack):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=True, reason="needs proxy liveness (issue 13): a killed proxied "
-                   "worker's trial has no heartbeat and stays RUNNING")
 def test_killed_proxied_worker_trial_is_failed_and_rerun(stack):
     budget = 12
     s = stack(HPO_SPEC=SLOW_SPEC, HPO_STUDY="slow", HPO_N_TRIALS=str(budget),

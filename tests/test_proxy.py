@@ -129,7 +129,7 @@ def test_workers_killed_behind_the_proxy_and_beside_it_have_their_trials_rerun(
     survivor's own trials last longer than the grace period and are not failed: its beats cross
     the proxy and keep them alive."""
     grace, n_trials = 3, 2
-    _init(tiny_spec(name="sweep", n_trials=n_trials, epochs=12000), pg_url)  # ~4 s a trial
+    _init(tiny_spec(name="sweep", n_trials=n_trials, epochs=30000), pg_url)  # 7-10 s a trial
     proxy, port = _start_proxy(pg_url, tmp_path / "proxy.log", env={
         "HPO_HEARTBEAT_INTERVAL": "1", "HPO_GRACE_PERIOD": str(grace)})
     hb = ["--heartbeat-interval", "1", "--grace-period", str(grace)]
