@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("hpo.samplers", "hpo.pruners", "hpo.objective"),
     ("hpo.trials", "hpo.procs", "hpo.progress"),
     ("hpo.listing", "hpo.evaluate", "hpo.plane", "hpo.figures", "hpo.plots", "hpo.page",
-     "hpo.dashboard", "hpo.compare", "hpo.experiment", "hpo.proxy"),
+     "hpo.dashboard", "hpo.compare", "hpo.experiment", "hpo.proxy", "hpo.warmstart"),
     ("hpo.commands",),
     ("hpo.cli",),
     ("hpo.__main__", "hpo"),

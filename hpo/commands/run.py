@@ -19,8 +19,9 @@ from hpo.progress import Progress
 from hpo.retry import OUTAGE, is_transient, with_retries
 from hpo.signals import install_signal_handlers
 from hpo.spec import Spec, load_spec
-from hpo.storage import create_or_load_study, mask_url, resolve_url
+from hpo.storage import create_or_load_study, get_storage, load_study_spec, mask_url, resolve_url
 from hpo.trials import build_sampler_and_pruner, count, work
+from hpo.warmstart import best_configs, warm_start
 
 
 def spec_from_args(args: argparse.Namespace) -> tuple[Spec, str]:
@@ -54,12 +55,20 @@ def run(args: argparse.Namespace) -> int:
     sampler, pruner = build_sampler_and_pruner(spec)
     objective = Objective(spec)  # loads the data: a data error stops us before any write
     url = resolve_url(args.storage)
+    warm = getattr(args, "warm_start", None)
+    configs = _warm_configs(url, warm, study_name, args.warm_start_top) if warm else None
     install_signal_handlers()  # a SIGTERM while waiting for the database ends the wait
     storage = worker_storage(url, interval, grace, create_schema=True)
     study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"study {study_name!r} on {mask_url(url)}: {spec.n_trials} trials, sampler "
           f"{spec.sampler}, pruner {spec.pruner}, {args.workers} worker(s)", file=sys.stderr)
+    if configs is not None:
+        enqueued = warm_start(study, spec, warm, configs)
+        print(f"warm start from {warm!r}: its best {len(enqueued)} configuration(s) (trials "
+              f"{', '.join(map(str, enqueued))}) run first" if enqueued else
+              f"warm start from {warm!r} skipped: study {study_name!r} already holds trials",
+              file=sys.stderr)
     done, _ = with_retries(lambda: count(study), who="hpo run", what=f"the study {study_name!r}")
     progress = Progress(spec.n_trials, done, enabled=not args.quiet)
     failed = 0
@@ -86,6 +95,19 @@ def _finished(study: optuna.Study) -> int:
     """Finished trials of the study (retried through an outage)."""
     return with_retries(lambda: count(study)[0], who="hpo run",
                         what=f"the study {study.study_name!r}")
+
+
+def _warm_configs(url: str, source: str, study_name: str, top: int) -> list:
+    """The best ``top`` configurations of the study ``source`` in the same storage, read
+    before anything is written (bad input: no such study, or nothing finished in it)."""
+    if source == study_name:
+        raise UsageError(f"--warm-start {source}: name another study than the one being run")
+    storage = get_storage(url)
+    load_study_spec(storage, source)  # a clear error for an unknown or foreign study
+    configs = best_configs(optuna.load_study(study_name=source, storage=storage), top)
+    if not configs:
+        raise UsageError(f"--warm-start {source}: the study has no COMPLETE trial to start from")
+    return configs
 
 
 def _run_workers(study: optuna.Study, job, n_workers: int, progress: Progress) -> int:

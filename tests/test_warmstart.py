@@ -1,0 +1,69 @@
+"""Warm start: a new study begins with the best configurations of an earlier one."""
+
+from __future__ import annotations
+
+import optuna
+
+from hpo.listing import ranked
+from tests.conftest import hpo
+
+
+def test_a_new_study_runs_the_earlier_studys_best_first(tiny_spec, sqlite_url):
+    r = hpo("run", str(tiny_spec("first", n_trials=6)), "--storage", sqlite_url, "--quiet")
+    assert r.returncode == 0, r.stderr
+    first = optuna.load_study(study_name="first", storage=sqlite_url)
+    top3 = ranked(first.trials)[:3]
+    spec = tiny_spec("second", n_trials=5)
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet", "--warm-start", "first",
+            "--warm-start-top", "3")
+    assert r.returncode == 0, r.stderr
+    assert "warm start from 'first': its best 3 configuration(s)" in r.stderr
+    second = optuna.load_study(study_name="second", storage=sqlite_url)
+    assert len(second.trials) == 5
+    for t, source in zip(second.trials[:3], top3, strict=True):
+        assert t.params == source.params
+        assert t.user_attrs["hpo:warm_start"] == f"first#{source.number}"
+    assert "hpo:warm_start" not in second.trials[3].user_attrs
+    record = second.user_attrs["hpo:warm_start"]
+    assert record["study"] == "first" and record["trials"] == [t.number for t in top3]
+    # resumed: nothing enqueued twice
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet", "--warm-start", "first",
+            "--n-trials", "6")
+    assert r.returncode == 0 and "skipped" in r.stderr, r.stderr
+    second = optuna.load_study(study_name="second", storage=sqlite_url)
+    assert len(second.trials) == 6
+    assert sum("hpo:warm_start" in t.user_attrs for t in second.trials) == 3
+
+
+def test_only_values_the_new_space_can_take_are_carried(tiny_spec, sqlite_url):
+    r = hpo("run", str(tiny_spec("wide", n_trials=4)), "--storage", sqlite_url, "--quiet")
+    assert r.returncode == 0, r.stderr
+    narrow = tiny_spec("narrow", n_trials=4)
+    text = narrow.read_text()
+    narrow.write_text(text.replace("low = 1e-3\nhigh = 0.5", "low = 1e-3\nhigh = 2e-3"))
+    r = hpo("run", str(narrow), "--storage", sqlite_url, "--quiet", "--warm-start", "wide",
+            "--warm-start-top", "4")
+    assert r.returncode == 0, r.stderr
+    wide = optuna.load_study(study_name="wide", storage=sqlite_url)
+    new = optuna.load_study(study_name="narrow", storage=sqlite_url)
+    for t in new.trials:
+        assert 1e-3 <= t.params["lr"] <= 2e-3  # every lr inside the new range
+    carried = [t for t in new.trials if "hpo:warm_start" in t.user_attrs]
+    assert carried  # weight decays carried over even where the lr was out of range
+    by_number = {t.number: t for t in wide.trials}
+    for t in carried:
+        source = by_number[int(t.user_attrs["hpo:warm_start"].split("#")[1])]
+        assert t.params["weight_decay"] == source.params["weight_decay"]
+
+
+def test_a_bad_source_is_refused_before_anything_is_written(tiny_spec, sqlite_url, tmp_path):
+    spec = tiny_spec("x", n_trials=2)
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--warm-start", "ghost")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "hpo.db").exists()
+    assert hpo("run", str(spec), "--storage", sqlite_url, "--quiet").returncode == 0
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--warm-start", "x")
+    assert r.returncode == 2 and "name another study" in r.stderr, r.stderr
+    r = hpo("run", str(tiny_spec("y")), "--storage", sqlite_url, "--warm-start", "ghost")
+    assert r.returncode == 2 and "ghost" in r.stderr, r.stderr
+    assert optuna.get_all_study_names(sqlite_url) == ["x"]
