@@ -52,7 +52,7 @@ class Run:
 def spec_path(name: str) -> Path:
     p = Path(name)
     if p.suffix == ".toml" and p.exists():
-        return p
+        return p.resolve()
     return STUDIES / f"{name}.toml"
 
 
