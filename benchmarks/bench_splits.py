@@ -13,6 +13,11 @@ study, forking the workers) is included. A run that never reaches a target count
 wall time and is marked. With ``--stop`` a run is stopped (SIGTERM) once it holds the highest
 target, for quick screening.
 
+With ``--warm-from S`` each spec also runs warm started: a study of the same spec on split S is
+run to its budget first, and each warm run begins with that study's best ``--warm-top``
+configurations (``hpo run --warm-start``), in a copy of its storage; start-up includes the
+warm start's reads and enqueues.
+
 Splits 0-10 are where hpo's recommended spec was chosen; 100-109 were kept for reporting it.
 
 Run: ``.venv/bin/python benchmarks/bench_splits.py --splits 100-109 --workers 2
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,14 +74,21 @@ def parse_splits(text: str) -> list[int]:
 
 
 def run_once(spec: Path, split: int, workers: int, targets: list[float], n_trials: int | None,
-             stop: bool, cap: float, workdir: str) -> Run:
-    db = os.path.join(workdir, f"{spec.stem}-{split}.db")
+             stop: bool, cap: float, workdir: str, warm: tuple[str, int] | None = None) -> Run:
+    """One ``hpo run`` of ``spec`` on ``split``; with ``warm = (source_db, top)``, the run's
+    storage starts as a copy of ``source_db`` and the study is warm started from its study
+    ``source`` (``--warm-start source --warm-start-top top``)."""
+    label = spec.stem + ("+warm" if warm else "")
+    db = os.path.join(workdir, f"{label}-{split}.db")
     url, study = f"sqlite:///{db}", "s"
     cmd = [HPO, "run", str(spec), "--storage", url, "--study", study, "--quiet",
            "--seed", str(split), "--data-seed", str(split), "--workers", str(workers), "--top", "1"]
     if n_trials:
         cmd += ["--n-trials", str(n_trials)]
-    with open(os.path.join(workdir, f"{spec.stem}-{split}.log"), "w") as log:
+    if warm:
+        shutil.copyfile(warm[0], db)
+        cmd += ["--warm-start", "source", "--warm-start-top", str(warm[1])]
+    with open(os.path.join(workdir, f"{label}-{split}.log"), "w") as log:
         t0 = time.time()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=workdir)
@@ -108,8 +121,30 @@ def run_once(spec: Path, split: int, workers: int, targets: list[float], n_trial
         trials_to[key] = None if hit is None else hit + 1
     values = [r.value for r in finished if r.state == "COMPLETE" and r.value is not None]
     starts = [r.start for r in rows if r.start]
-    return Run(spec.stem, split, to, trials_to, max(values) if values else None, len(finished),
+    return Run(label, split, to, trials_to, max(values) if values else None, len(finished),
                wall, min(starts) - t0 if starts else None)
+
+
+def report(r: Run) -> None:
+    got = ", ".join(f"{t}: {'-' if s is None else f'{s:.1f} s'}" for t, s in r.to.items())
+    print(f"  split {r.split} {r.spec}: {got}; best {r.best} in {r.trials} trials, "
+          f"{r.wall:.1f} s (load {loadavg()})", flush=True)
+
+
+def source_study(spec: Path, split: int, workers: int, n_trials: int | None,
+                 workdir: str) -> str:
+    """Run ``spec`` on ``split`` to its budget as the study ``source`` of a new SQLite file (the
+    study a warm start begins from); returns the file's path."""
+    db = os.path.join(workdir, f"source-{spec.stem}-{split}.db")
+    cmd = [HPO, "run", str(spec), "--storage", f"sqlite:///{db}", "--study", "source",
+           "--quiet", "--seed", str(split), "--data-seed", str(split), "--workers", str(workers),
+           "--top", "3"]
+    if n_trials:
+        cmd += ["--n-trials", str(n_trials)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, check=True)
+    print(f"  warm-start source: {spec.stem} on split {split}:\n    "
+          + out.stdout.strip().replace("\n", "\n    "), flush=True)
+    return db
 
 
 def summary(runs: list[Run], targets: list[float]) -> list[str]:
@@ -167,6 +202,10 @@ def main() -> None:
     ap.add_argument("--stop", action="store_true", help="stop a run at the highest target")
     ap.add_argument("--cap", type=float, default=600.0, help="seconds before a run is stopped")
     ap.add_argument("--json", help="also write the runs to this file")
+    ap.add_argument("--warm-from", type=int, metavar="SPLIT",
+                    help="also run each spec warm started (`hpo run --warm-start`) from a study "
+                    "of the same spec on this split, run first to its budget")
+    ap.add_argument("--warm-top", type=int, default=10, help="configurations carried over")
     args = ap.parse_args()
     specs = [spec_path(s) for s in args.specs.split(",")]
     splits = parse_splits(args.splits)
@@ -177,15 +216,19 @@ def main() -> None:
           f"{targets}; SQLite; a fresh process per run{stopped}\n", flush=True)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-splits-") as workdir:
+        sources: dict[Path, str] = {}
+        if args.warm_from is not None:
+            for spec in specs:
+                sources[spec] = source_study(spec, args.warm_from, args.workers, args.n_trials,
+                                             workdir)
         for k in splits:
             for spec in specs:
-                r = run_once(spec, k, args.workers, targets, args.n_trials, args.stop, args.cap,
-                             workdir)
-                runs.append(r)
-                got = ", ".join(f"{t}: {'-' if s is None else f'{s:.1f} s'}"
-                                for t, s in r.to.items())
-                print(f"  split {k} {spec.stem}: {got}; best {r.best} in {r.trials} trials, "
-                      f"{r.wall:.1f} s (load {loadavg()})", flush=True)
+                arms = [None] + ([(sources[spec], args.warm_top)] if sources else [])
+                for warm in arms:
+                    r = run_once(spec, k, args.workers, targets, args.n_trials, args.stop,
+                                 args.cap, workdir, warm)
+                    runs.append(r)
+                    report(r)
     print(f"\nload average at end {loadavg()}\n")
     print("\n".join(summary(runs, targets)))
     for t in targets:
