@@ -309,3 +309,19 @@ def test_divergence_between_measured_epochs_still_stops_training():
         _, res = run(lr=1e6, epochs=40, eval_epochs=())  # only the last epoch is measured
     assert res.diverged and res.epochs_run < 40
     assert res.curve_epochs == [res.epochs_run] and 0.0 <= res.val_acc <= 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_plain_net_loop_matches_the_layers_bit_for_bit(dtype):
+    """A plain net (no BatchNorm, no dropout) runs its passes in one loop over its arrays; run
+    layer by layer instead, it trains to exactly the same parameters and scores."""
+    x, t, xv, tv = blobs()
+    nets = []
+    for plain in (True, False):
+        net = MLP([8, 16, 16, 3], weight_decay=0.01, dtype=dtype, rng=np.random.default_rng(5))
+        net._plain = plain
+        train(net, SGD(0.1), x, t, xv, tv, epochs=3, batch_size=20, rng=np.random.default_rng(6))
+        nets.append(net)
+    for name in nets[0].params:
+        np.testing.assert_array_equal(nets[0].params[name], nets[1].params[name], err_msg=name)
+    np.testing.assert_array_equal(nets[0].predict(xv), nets[1].predict(xv))

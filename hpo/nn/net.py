@@ -107,10 +107,41 @@ class MLP:
         self._forward_order = list(self.layers.values())
         self._backward_order = self._forward_order[::-1]
         self._weights = [self.params[f"W{i}"] for i in range(1, n_affine + 1)]
+        # A plain net (Affine -> Relu only: the book's search) runs its passes in one loop over
+        # its arrays, not layer by layer: the same NumPy operations in the same order, so the
+        # same numbers bit for bit, without ~30 method calls and their checks per update.
+        self._plain = not batchnorm and not dropout
+        self._affines = [self.layers[f"Affine{i}"] for i in range(1, n_affine + 1)]
+        self._buffers: dict[int, tuple] = {}  # rows -> the plain passes' arrays for that many
+
+    def _plain_buffers(self, n: int) -> tuple:
+        b = self._buffers.get(n)
+        if b is None:
+            if len(self._buffers) > 3:  # e.g. an evaluation's last, shorter chunk
+                self._buffers.clear()
+            hidden = [np.empty((n, a.W.shape[1]), self.dtype) for a in self._affines[:-1]]
+            b = self._buffers[n] = (
+                hidden,  # each hidden Affine's output, then its ReLU in place
+                [np.zeros_like(h) for h in hidden],  # np.maximum(h, zeros) runs the SIMD loop
+                [np.empty(h.shape, dtype=bool) for h in hidden],  # ReLU masks
+                [np.empty_like(h) for h in hidden],  # dx of Affine2, 3, ...
+                np.ones(n, dtype=self.dtype),  # db = ones @ dout, one BLAS call
+            )
+        return b
 
     def predict(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         """Scores (before softmax), shape ``(batch, output)``."""
         x = np.asarray(x, dtype=self.dtype)
+        if self._plain:
+            hidden, zeros = self._plain_buffers(x.shape[0])[:2]
+            for a, h, z in zip(self._affines, hidden, zeros, strict=False):  # all but the last
+                np.matmul(x, a.W, out=h)
+                h += a.b
+                x = np.maximum(h, z, out=h)
+            last = self._affines[-1]
+            out = x @ last.W
+            out += last.b
+            return out
         for layer in self._forward_order:
             x = layer.forward(x, train)
         return x
@@ -127,10 +158,22 @@ class MLP:
 
         The dict and its arrays are the network's own, overwritten by the next call.
         """
+        x = np.asarray(x, dtype=self.dtype)
         self.last_layer.forward(self.predict(x, train=True), t, loss=False)
         dout = self.last_layer.backward(1.0)
-        for layer in self._backward_order:
-            dout = layer.backward(dout)  # Affine1 returns None, last in the loop
+        if self._plain:  # what Affine.backward and Relu.backward do, in one loop
+            hidden, _, masks, dxs, ones = self._buffers[x.shape[0]]
+            for i in range(len(self._affines) - 1, -1, -1):
+                a = self._affines[i]
+                h = hidden[i - 1] if i else x
+                np.matmul(h.T, dout, out=a.grads["W"])
+                np.matmul(ones, dout, out=a.grads["b"])
+                if i:
+                    dout = np.matmul(dout, a.W.T, out=dxs[i - 1])
+                    np.multiply(dout, np.greater(h, 0, out=masks[i - 1]), out=dout)
+        else:
+            for layer in self._backward_order:
+                dout = layer.backward(dout)  # Affine1 returns None, last in the loop
         if self.weight_decay:  # dW += weight_decay * W for every weight, in one BLAS call
             n = self._n_weights
             axpy(self.weight_decay, self._flat[:n], self._flat_grad[:n])
