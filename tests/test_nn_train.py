@@ -325,3 +325,22 @@ def test_plain_net_loop_matches_the_layers_bit_for_bit(dtype):
     for name in nets[0].params:
         np.testing.assert_array_equal(nets[0].params[name], nets[1].params[name], err_msg=name)
     np.testing.assert_array_equal(nets[0].predict(xv), nets[1].predict(xv))
+
+
+def test_sgd_uses_blas_on_the_flat_arrays_and_numpy_elsewhere():
+    """SciPy's BLAS axpy is found (a SciPy that moved it would silently cost speed, not
+    correctness); SGD updates an MLP's parameters in one call and any other arrays one by one,
+    non-contiguous ones included, with the book's rule."""
+    from hpo.nn.layers import _AXPY
+    from hpo.nn.optim import flat_pair
+
+    assert set(_AXPY) == {np.dtype(np.float32), np.dtype(np.float64)}
+    net = MLP([8, 16, 3], weight_decay=0.01, rng=np.random.default_rng(0))
+    assert flat_pair(net.params, net.gradient(*blobs()[:2])) is not None
+    p = {"w": np.arange(12.0).reshape(3, 4)[:, ::2], "v": np.ones(3, dtype=np.float32)}
+    g = {"w": np.ones((3, 2)), "v": np.full(3, 2.0, dtype=np.float32)}
+    assert flat_pair(p, g) is None
+    w_before = p["w"].copy()
+    SGD(0.5).update(p, g)
+    np.testing.assert_array_equal(p["w"], w_before - 0.5)
+    np.testing.assert_array_equal(p["v"], np.zeros(3, dtype=np.float32))
