@@ -112,21 +112,23 @@ class MLP:
         # same numbers bit for bit, without ~30 method calls and their checks per update.
         self._plain = not batchnorm and not dropout
         self._affines = [self.layers[f"Affine{i}"] for i in range(1, n_affine + 1)]
-        self._buffers: dict[int, tuple] = {}  # rows -> the plain passes' arrays for that many
+        self._buffers: dict[int, list] = {}  # rows -> the plain passes' arrays for that many
 
-    def _plain_buffers(self, n: int) -> tuple:
+    def _plain_buffers(self, n: int, backward: bool = False) -> list:
         b = self._buffers.get(n)
         if b is None:
             if len(self._buffers) > 3:  # e.g. an evaluation's last, shorter chunk
                 self._buffers.clear()
             hidden = [np.empty((n, a.W.shape[1]), self.dtype) for a in self._affines[:-1]]
-            b = self._buffers[n] = (
-                hidden,  # each hidden Affine's output, then its ReLU in place
-                [np.zeros_like(h) for h in hidden],  # np.maximum(h, zeros) runs the SIMD loop
-                [np.empty(h.shape, dtype=bool) for h in hidden],  # ReLU masks
-                [np.empty_like(h) for h in hidden],  # dx of Affine2, 3, ...
-                np.ones(n, dtype=self.dtype),  # db = ones @ dout, one BLAS call
-            )
+            zeros: dict[tuple, np.ndarray] = {}  # np.maximum(h, zeros) runs the SIMD loop
+            for h in hidden:
+                zeros.setdefault(h.shape, np.zeros(h.shape, self.dtype))
+            # each hidden Affine's output (then its ReLU in place), and zeros of its shape
+            b = self._buffers[n] = [hidden, [zeros[h.shape] for h in hidden]]
+        if backward and len(b) == 2:  # only for batch sizes that train
+            b += [[np.empty(h.shape, dtype=bool) for h in b[0]],  # ReLU masks
+                  [np.empty_like(h) for h in b[0]],  # dx of Affine2, 3, ...
+                  np.ones(n, dtype=self.dtype)]  # db = ones @ dout, one BLAS call
         return b
 
     def predict(self, x: np.ndarray, train: bool = False) -> np.ndarray:
@@ -162,7 +164,7 @@ class MLP:
         self.last_layer.forward(self.predict(x, train=True), t, loss=False)
         dout = self.last_layer.backward(1.0)
         if self._plain:  # what Affine.backward and Relu.backward do, in one loop
-            hidden, _, masks, dxs, ones = self._buffers[x.shape[0]]
+            hidden, _, masks, dxs, ones = self._plain_buffers(x.shape[0], backward=True)
             for i in range(len(self._affines) - 1, -1, -1):
                 a = self._affines[i]
                 h = hidden[i - 1] if i else x
