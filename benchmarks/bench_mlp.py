@@ -219,6 +219,14 @@ def main() -> None:
             f"| {k} | {med:.3f} | {lo:.3f} | {base / med:.2f}x | {flops / 1e9:.2f} "
             f"| {flops / med / 1e9:.1f} | {acc} |"
         )
+    hpo_t, ceil_t = times["hpo.nn float32"], times["matmuls only, float32"]
+    per_round = sorted(h / c for h, c in zip(hpo_t, ceil_t, strict=True))
+    print(
+        "\ntrial speed vs the ceiling (hpo.nn float32 / matmuls only, float32): "
+        f"{statistics.median(hpo_t) / statistics.median(ceil_t):.3f} median to median, "
+        f"{min(hpo_t) / min(ceil_t):.3f} min to min, per round "
+        f"{', '.join(f'{r:.3f}' for r in per_round)} (sorted)"
+    )
     print(
         "\nhpo.nn float64 vs book after the same seed: max relative parameter difference "
         f"{same_updates(book_data):.1e} (round-off: the same updates)"

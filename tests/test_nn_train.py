@@ -309,3 +309,38 @@ def test_divergence_between_measured_epochs_still_stops_training():
         _, res = run(lr=1e6, epochs=40, eval_epochs=())  # only the last epoch is measured
     assert res.diverged and res.epochs_run < 40
     assert res.curve_epochs == [res.epochs_run] and 0.0 <= res.val_acc <= 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_plain_net_loop_matches_the_layers_bit_for_bit(dtype):
+    """A plain net (no BatchNorm, no dropout) runs its passes in one loop over its arrays; run
+    layer by layer instead, it trains to exactly the same parameters and scores."""
+    x, t, xv, tv = blobs()
+    nets = []
+    for plain in (True, False):
+        net = MLP([8, 16, 16, 3], weight_decay=0.01, dtype=dtype, rng=np.random.default_rng(5))
+        net._plain = plain
+        train(net, SGD(0.1), x, t, xv, tv, epochs=3, batch_size=20, rng=np.random.default_rng(6))
+        nets.append(net)
+    for name in nets[0].params:
+        np.testing.assert_array_equal(nets[0].params[name], nets[1].params[name], err_msg=name)
+    np.testing.assert_array_equal(nets[0].predict(xv), nets[1].predict(xv))
+
+
+def test_sgd_uses_blas_on_the_flat_arrays_and_numpy_elsewhere():
+    """SciPy's BLAS axpy is found (a SciPy that moved it would silently cost speed, not
+    correctness); SGD updates an MLP's parameters in one call and any other arrays one by one,
+    non-contiguous ones included, with the book's rule."""
+    from hpo.nn.layers import _AXPY
+    from hpo.nn.optim import flat_pair
+
+    assert set(_AXPY) == {np.dtype(np.float32), np.dtype(np.float64)}
+    net = MLP([8, 16, 3], weight_decay=0.01, rng=np.random.default_rng(0))
+    assert flat_pair(net.params, net.gradient(*blobs()[:2])) is not None
+    p = {"w": np.arange(12.0).reshape(3, 4)[:, ::2], "v": np.ones(3, dtype=np.float32)}
+    g = {"w": np.ones((3, 2)), "v": np.full(3, 2.0, dtype=np.float32)}
+    assert flat_pair(p, g) is None
+    w_before = p["w"].copy()
+    SGD(0.5).update(p, g)
+    np.testing.assert_array_equal(p["w"], w_before - 0.5)
+    np.testing.assert_array_equal(p["v"], np.zeros(3, dtype=np.float32))

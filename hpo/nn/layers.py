@@ -11,7 +11,49 @@ Inputs are 2-D: ``(batch, features)``. Labels ``t`` are integer class indices.
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
 import numpy as np
+
+
+def _blas_axpy() -> dict:
+    """SciPy's BLAS ``saxpy`` / ``daxpy`` by dtype, or {} (then ``axpy`` uses NumPy).
+
+    They are loaded straight from SciPy's wrapper module: ``import scipy.linalg`` costs ~0.3 s
+    at every start, the wrappers alone ~0.03 s. Loading happens at import, before any
+    ``threadpool_limits``, so limits set later cover the BLAS SciPy brings as well.
+    """
+    name = "scipy.linalg._fblas"
+    try:
+        mod = sys.modules.get(name)
+        if mod is None:
+            import scipy
+
+            folder = os.path.join(os.path.dirname(scipy.__file__), "linalg")
+            found = importlib.machinery.PathFinder.find_spec("_fblas", [folder])
+            spec = importlib.util.spec_from_file_location(name, found.origin)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        return {np.dtype(np.float32): mod.saxpy, np.dtype(np.float64): mod.daxpy}
+    except Exception:  # noqa: BLE001 - any failure: NumPy does the work, a little slower
+        return {}
+
+
+_AXPY = _blas_axpy()
+
+
+def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
+    """``y += a * x`` in place, in one pass over the arrays (BLAS) when they are contiguous and
+    of one float dtype; else with NumPy (two passes and a temporary)."""
+    f = _AXPY.get(y.dtype)
+    if f is not None and x.dtype == y.dtype and x.shape == y.shape and x.flags.c_contiguous \
+            and y.flags.c_contiguous and y.size:
+        f(x.reshape(-1), y.reshape(-1), a=a)
+    else:
+        y += a * x
 
 
 class Affine:
@@ -23,6 +65,10 @@ class Affine:
     ``backward`` writes the gradients into arrays the layer keeps (``grads["W"]``,
     ``grads["b"]``, and its dx per batch size): a trial makes 200 updates of the same shapes, so
     nothing is allocated per update. They are valid until the next ``backward``.
+
+    ``reuse_out = True`` makes ``forward`` write into an array kept per batch size too, valid
+    until the next ``forward`` of that size (the network sets it on its hidden layers, whose
+    outputs only it sees).
     """
 
     def __init__(self, W: np.ndarray, b: np.ndarray) -> None:
@@ -31,13 +77,23 @@ class Affine:
         self.params = {"W": W, "b": b}
         self.grads: dict[str, np.ndarray] = {"W": np.empty_like(W), "b": np.empty_like(b)}
         self.need_dx = True
+        self.reuse_out = False
+        self._out: dict[int, np.ndarray] = {}
         self.x: np.ndarray | None = None
         self._ones: np.ndarray = np.ones(0, dtype=W.dtype)
         self._dx: np.ndarray | None = None
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         self.x = x
-        out = x @ self.W
+        if self.reuse_out:
+            out = self._out.get(x.shape[0])
+            if out is None:
+                if len(self._out) > 3:  # e.g. an evaluation's last, shorter chunk
+                    self._out.clear()
+                out = self._out[x.shape[0]] = np.empty((x.shape[0], self.W.shape[1]), self.W.dtype)
+            np.matmul(x, self.W, out=out)
+        else:
+            out = x @ self.W
         out += self.b
         return out
 
@@ -67,6 +123,7 @@ class Relu:
         self.inplace = inplace
         self.out: np.ndarray | None = None
         self._zeros: np.ndarray | None = None
+        self._mask: np.ndarray | None = None
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         # np.maximum against a zeros array of the same shape runs numpy's SIMD loop; against the
@@ -78,8 +135,11 @@ class Relu:
         return self.out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        # out > 0 exactly where x > 0; the bool mask multiplies as 0/1.
-        np.multiply(dout, self.out > 0, out=dout)
+        # out > 0 exactly where x > 0; the bool mask (kept, per shape) multiplies as 0/1.
+        mask = self._mask
+        if mask is None or mask.shape != dout.shape:
+            mask = self._mask = np.empty(dout.shape, dtype=bool)
+        np.multiply(dout, np.greater(self.out, 0, out=mask), out=dout)
         return dout
 
 
@@ -130,7 +190,8 @@ class BatchNorm:
         self.momentum = float(momentum)
         self.eps = float(eps)
         self.params = {"gamma": gamma, "beta": beta}
-        self.grads: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {"gamma": np.empty_like(gamma),
+                                             "beta": np.empty_like(beta)}  # written in place
         self.running_mean = np.zeros_like(gamma)
         self.running_var = np.ones_like(gamma)
         self.xn: np.ndarray | None = None
@@ -159,8 +220,8 @@ class BatchNorm:
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         xn = self.xn
-        self.grads["beta"] = dout.sum(axis=0)
-        self.grads["gamma"] = (xn * dout).sum(axis=0)
+        np.sum(dout, axis=0, out=self.grads["beta"])
+        np.sum(xn * dout, axis=0, out=self.grads["gamma"])
         dxn = dout * self.gamma
         # dx = (dxn - mean(dxn) - xn * mean(dxn * xn)) / std
         dx = dxn - dxn.mean(axis=0)
@@ -173,27 +234,41 @@ class SoftmaxWithLoss:
     """Softmax followed by the mean cross-entropy against integer labels ``t``.
 
     The loss is computed as a log-sum-exp (no ``log(y + 1e-7)``), so it is exact and finite
-    for any finite scores. ``backward`` returns ``dout * (softmax - onehot(t)) / batch``.
+    for any finite scores. ``backward`` returns ``dout * (softmax - onehot(t)) / batch``, in an
+    array the layer keeps (valid until the next ``backward``).
     """
 
     def __init__(self) -> None:
         self.y: np.ndarray | None = None
         self.t: np.ndarray | None = None
+        self._dx: np.ndarray | None = None
+        self._rows: np.ndarray = np.zeros(0, dtype=np.intp)  # row i starts at y.flat[rows[i]]
+        self._ones: np.ndarray = np.ones(0)
+        self._at: np.ndarray | None = None  # flat index of each row's label in y
 
-    def forward(self, x: np.ndarray, t: np.ndarray) -> float:
-        n = x.shape[0]
+    def forward(self, x: np.ndarray, t: np.ndarray, loss: bool = True) -> float | None:
+        """The mean loss; with ``loss=False`` only the softmax (for ``backward``), returns None."""
+        n, c = x.shape
         y = x - x.max(axis=1, keepdims=True)
-        picked = y[np.arange(n), t]  # score of the label minus the row max
+        if self._rows.shape[0] != n or self._ones.shape[0] != c or self._ones.dtype != y.dtype:
+            self._rows, self._ones = np.arange(n) * c, np.ones(c, dtype=y.dtype)
+        self._at = at = self._rows + t
+        picked = y.reshape(-1).take(at) if loss else None  # score of the label minus the row max
         np.exp(y, out=y)
-        s = y.sum(axis=1, keepdims=True)
-        y /= s
+        s = y @ self._ones  # the row sums, as one BLAS call
+        y /= s[:, None]
         self.y, self.t = y, t
+        if not loss:
+            return None
         # mean of log(sum exp(x - max)) - (x[t] - max)
         return float((np.log(s).sum() - picked.sum()) / n)
 
     def backward(self, dout: float = 1.0) -> np.ndarray:
-        n = self.y.shape[0]
-        dx = self.y.copy()
-        dx[np.arange(n), self.t] -= 1
-        dx *= dout / n
+        y = self.y
+        dx = self._dx
+        if dx is None or dx.shape != y.shape or dx.dtype != y.dtype:
+            dx = self._dx = np.empty_like(y)
+        np.copyto(dx, y)
+        dx.reshape(-1)[self._at] -= 1
+        dx *= dout / y.shape[0]
         return dx

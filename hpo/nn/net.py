@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hpo.nn.layers import Affine, BatchNorm, Dropout, Relu, SoftmaxWithLoss
+from hpo.nn.layers import Affine, BatchNorm, Dropout, Relu, SoftmaxWithLoss, axpy
 
 INITS = ("he", "xavier")
 DTYPES = (np.float32, np.float64)
@@ -60,28 +60,45 @@ class MLP:
         self.batchnorm = bool(batchnorm)
 
         gain = 2.0 if init == "he" else 1.0
-        self.params: dict[str, np.ndarray] = {}
-        self.layers: dict[str, object] = {}
-        # (param name, layer, key in layer.grads, is a weight) for collecting gradients
-        self._slots: list[tuple[str, object, str, bool]] = []
         n_affine = len(sizes) - 1
-        for i in range(1, n_affine + 1):
-            fan_in, fan_out = sizes[i - 1], sizes[i]
-            W = (np.sqrt(gain / fan_in) * rng.standard_normal((fan_in, fan_out))).astype(self.dtype)
-            b = np.zeros(fan_out, dtype=self.dtype)
+        pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
+        # Every parameter is a view into one flat array and its gradient the view at the same
+        # offset into another, weights first: SGD updates all parameters in one BLAS call and
+        # weight decay is one call over the weights.
+        n_weights = sum(a * b for a, b in pairs)
+        n_other = sum(sizes[1:]) + (2 * sum(sizes[1:-1]) if batchnorm else 0)
+        self._flat = np.zeros(n_weights + n_other, dtype=self.dtype)
+        self._flat_grad = np.zeros_like(self._flat)
+        self._n_weights = n_weights
+        offsets = [0, n_weights]  # next free weight, next free other
+
+        def views(shape: tuple[int, ...], weight: bool) -> tuple[np.ndarray, np.ndarray]:
+            at = offsets[0 if weight else 1]
+            offsets[0 if weight else 1] = end = at + int(np.prod(shape))
+            return self._flat[at:end].reshape(shape), self._flat_grad[at:end].reshape(shape)
+
+        self.params: dict[str, np.ndarray] = {}
+        self._grads: dict[str, np.ndarray] = {}  # views of _flat_grad, keyed like params
+        self.layers: dict[str, object] = {}
+        for i, (fan_in, fan_out) in enumerate(pairs, start=1):
+            (W, gW), (b, gb) = views((fan_in, fan_out), True), views((fan_out,), False)
+            W[...] = np.sqrt(gain / fan_in) * rng.standard_normal((fan_in, fan_out))
             affine = Affine(W, b)
+            affine.grads = {"W": gW, "b": gb}
             self.layers[f"Affine{i}"] = affine
             self.params[f"W{i}"], self.params[f"b{i}"] = W, b
-            self._slots += [(f"W{i}", affine, "W", True), (f"b{i}", affine, "b", False)]
+            self._grads[f"W{i}"], self._grads[f"b{i}"] = gW, gb
             if i == n_affine:
                 break
+            affine.reuse_out = True  # its output feeds the next layers only
             if batchnorm:
-                gamma = np.ones(fan_out, dtype=self.dtype)
-                beta = np.zeros(fan_out, dtype=self.dtype)
+                (gamma, g_gamma), (beta, g_beta) = (views((fan_out,), False) for _ in "gb")
+                gamma[...] = 1.0
                 bn = BatchNorm(gamma, beta)
+                bn.grads = {"gamma": g_gamma, "beta": g_beta}
                 self.layers[f"BatchNorm{i}"] = bn
                 self.params[f"gamma{i}"], self.params[f"beta{i}"] = gamma, beta
-                self._slots += [(f"gamma{i}", bn, "gamma", False), (f"beta{i}", bn, "beta", False)]
+                self._grads[f"gamma{i}"], self._grads[f"beta{i}"] = g_gamma, g_beta
             self.layers[f"Relu{i}"] = Relu(inplace=True)
             if dropout > 0:
                 self.layers[f"Dropout{i}"] = Dropout(dropout, rng)
@@ -90,11 +107,43 @@ class MLP:
         self._forward_order = list(self.layers.values())
         self._backward_order = self._forward_order[::-1]
         self._weights = [self.params[f"W{i}"] for i in range(1, n_affine + 1)]
-        self._decay: dict[str, np.ndarray] = {}  # weight_decay * W, per weight, reused
+        # A plain net (Affine -> Relu only: the book's search) runs its passes in one loop over
+        # its arrays, not layer by layer: the same NumPy operations in the same order, so the
+        # same numbers bit for bit, without ~30 method calls and their checks per update.
+        self._plain = not batchnorm and not dropout
+        self._affines = [self.layers[f"Affine{i}"] for i in range(1, n_affine + 1)]
+        self._buffers: dict[int, list] = {}  # rows -> the plain passes' arrays for that many
+
+    def _plain_buffers(self, n: int, backward: bool = False) -> list:
+        b = self._buffers.get(n)
+        if b is None:
+            if len(self._buffers) > 3:  # e.g. an evaluation's last, shorter chunk
+                self._buffers.clear()
+            hidden = [np.empty((n, a.W.shape[1]), self.dtype) for a in self._affines[:-1]]
+            zeros: dict[tuple, np.ndarray] = {}  # np.maximum(h, zeros) runs the SIMD loop
+            for h in hidden:
+                zeros.setdefault(h.shape, np.zeros(h.shape, self.dtype))
+            # each hidden Affine's output (then its ReLU in place), and zeros of its shape
+            b = self._buffers[n] = [hidden, [zeros[h.shape] for h in hidden]]
+        if backward and len(b) == 2:  # only for batch sizes that train
+            b += [[np.empty(h.shape, dtype=bool) for h in b[0]],  # ReLU masks
+                  [np.empty_like(h) for h in b[0]],  # dx of Affine2, 3, ...
+                  np.ones(n, dtype=self.dtype)]  # db = ones @ dout, one BLAS call
+        return b
 
     def predict(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         """Scores (before softmax), shape ``(batch, output)``."""
         x = np.asarray(x, dtype=self.dtype)
+        if self._plain:
+            hidden, zeros = self._plain_buffers(x.shape[0])[:2]
+            for a, h, z in zip(self._affines, hidden, zeros, strict=False):  # all but the last
+                np.matmul(x, a.W, out=h)
+                h += a.b
+                x = np.maximum(h, z, out=h)
+            last = self._affines[-1]
+            out = x @ last.W
+            out += last.b
+            return out
         for layer in self._forward_order:
             x = layer.forward(x, train)
         return x
@@ -107,23 +156,30 @@ class MLP:
         return loss
 
     def gradient(self, x: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
-        """Backprop gradients of ``loss(x, t, train=True)``, keyed like ``params``."""
-        self.last_layer.forward(self.predict(x, train=True), t)
+        """Backprop gradients of ``loss(x, t, train=True)``, keyed like ``params``.
+
+        The dict and its arrays are the network's own, overwritten by the next call.
+        """
+        x = np.asarray(x, dtype=self.dtype)
+        self.last_layer.forward(self.predict(x, train=True), t, loss=False)
         dout = self.last_layer.backward(1.0)
-        for layer in self._backward_order:
-            dout = layer.backward(dout)  # Affine1 returns None, last in the loop
-        grads = {}
-        wd = self.weight_decay
-        for name, layer, key, is_weight in self._slots:
-            g = layer.grads[key]
-            if is_weight and wd:
-                decay = self._decay.get(name)
-                if decay is None:
-                    decay = self._decay[name] = np.empty_like(g)
-                np.multiply(layer.params[key], wd, out=decay)
-                g += decay
-            grads[name] = g
-        return grads
+        if self._plain:  # what Affine.backward and Relu.backward do, in one loop
+            hidden, _, masks, dxs, ones = self._plain_buffers(x.shape[0], backward=True)
+            for i in range(len(self._affines) - 1, -1, -1):
+                a = self._affines[i]
+                h = hidden[i - 1] if i else x
+                np.matmul(h.T, dout, out=a.grads["W"])
+                np.matmul(ones, dout, out=a.grads["b"])
+                if i:
+                    dout = np.matmul(dout, a.W.T, out=dxs[i - 1])
+                    np.multiply(dout, np.greater(h, 0, out=masks[i - 1]), out=dout)
+        else:
+            for layer in self._backward_order:
+                dout = layer.backward(dout)  # Affine1 returns None, last in the loop
+        if self.weight_decay:  # dW += weight_decay * W for every weight, in one BLAS call
+            n = self._n_weights
+            axpy(self.weight_decay, self._flat[:n], self._flat_grad[:n])
+        return self._grads
 
     def accuracy(self, x: np.ndarray, t: np.ndarray, batch_size: int | None = None) -> float:
         """Fraction of rows whose top score is the label (test mode), ``batch_size`` rows a pass."""

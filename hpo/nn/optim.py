@@ -6,27 +6,68 @@ arrays). State (velocities, moments) is created on the first call, in each param
 
 from __future__ import annotations
 
+from operator import is_
+
 import numpy as np
+
+from hpo.nn.layers import axpy
 
 Params = dict[str, np.ndarray]
 
 
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def flat_pair(params: Params, grads: Params) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(P, G)`` when the parameters are views that exactly tile one contiguous 1-D array ``P``
+    and each gradient is the view at the same offset into a like array ``G`` (as ``MLP`` lays
+    them out); else None."""
+    ps = list(params.values())
+    P, G = ps[0].base if ps else None, grads[next(iter(params))].base if ps else None
+    if not (isinstance(P, np.ndarray) and isinstance(G, np.ndarray) and P.ndim == G.ndim == 1
+            and P.shape == G.shape and P.dtype == G.dtype and P.flags.c_contiguous
+            and G.flags.c_contiguous):
+        return None
+    spans = []
+    for key, p in params.items():
+        g = grads[key]
+        if not (p.base is P and g.base is G and p.flags.c_contiguous and g.flags.c_contiguous):
+            return None
+        at = _address(p) - _address(P)
+        if at != _address(g) - _address(G):
+            return None
+        spans.append((at, p.nbytes))
+    spans.sort()
+    end = 0
+    for at, size in spans:
+        if at != end:
+            return None
+        end = at + size
+    return (P, G) if end == P.nbytes else None
+
+
 class SGD:
-    """``W -= lr * dW`` (``lr * dW`` goes into an array kept per parameter: nothing is
-    allocated per step)."""
+    """``W -= lr * dW``, in one pass over each parameter (BLAS ``axpy``); in one call for all
+    of them when they and their gradients are views of two flat arrays (``flat_pair``)."""
 
     def __init__(self, lr: float = 0.01) -> None:
         self.lr = float(lr)
-        self._step: Params = {}
+        self._seen: tuple[list, list, tuple | None] = ([], [], None)  # arrays -> flat_pair
 
     def update(self, params: Params, grads: Params) -> None:
-        lr = self.lr
+        a = -self.lr
+        ps, gs, flat = self._seen
+        if not (len(ps) == len(params) and all(map(is_, params.values(), ps))
+                and all(map(is_, map(grads.__getitem__, params), gs))):
+            ps, gs = list(params.values()), [grads[k] for k in params]
+            flat = flat_pair(params, grads)
+            self._seen = (ps, gs, flat)
+        if flat is not None:
+            axpy(a, flat[1], flat[0])
+            return
         for key, p in params.items():
-            step = self._step.get(key)
-            if step is None or step.shape != p.shape or step.dtype != p.dtype:
-                step = self._step[key] = np.empty_like(p)
-            np.multiply(grads[key], lr, out=step)
-            p -= step
+            axpy(a, grads[key], p)
 
 
 class Momentum:
