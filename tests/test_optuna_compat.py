@@ -153,3 +153,118 @@ def test_a_grpc_client_with_an_interval_beats_inside_optimize(db: str) -> None:
         client.close()
     finally:
         server.stop(0)
+
+
+# --- the write-behind storage (hpo's storage class) ----------------------------------------
+
+
+def _statements(storage: RDBStorage) -> list[str]:
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    event.listen(storage.engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_a: seen.append(statement))
+    return seen
+
+
+def test_write_behind_commits_attrs_and_reports_with_the_trials_end(db: str) -> None:
+    """User attributes and intermediate values of a running trial are held back (another
+    process sees none of them), seen by this process at once, and committed in the
+    transaction that finishes the trial."""
+    storage = oc.WriteBehindRDBStorage(db)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    other = RDBStorage(db)
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.report(0.25, 5)
+    trial.report(0.5, 10)
+    trial.set_user_attr("curve", [0.1, (0.2, 0.3)])
+    tid = oc.trial_id(trial)
+    mine = oc.storage_of(study).get_trial(tid)
+    assert mine.user_attrs == {"curve": [0.1, [0.2, 0.3]]}
+    assert mine.intermediate_values == {5: 0.25, 10: 0.5}
+    theirs = other.get_trial(tid)
+    assert theirs.user_attrs == {} and theirs.intermediate_values == {}
+    assert list(theirs.params) == ["x"]  # parameters are written through
+    seen = _statements(storage)
+    study.tell(trial, 0.75)
+    assert sum(s.lstrip().upper().startswith("COMMIT") for s in seen) <= 1
+    done = other.get_trial(tid)
+    assert done.state == TrialState.COMPLETE and done.value == 0.75
+    assert done.user_attrs == {"curve": [0.1, [0.2, 0.3]]}
+    assert done.intermediate_values == {5: 0.25, 10: 0.5}
+
+
+def test_write_behind_a_pruned_trial_takes_its_last_report(db: str) -> None:
+    storage = oc.WriteBehindRDBStorage(db)
+    study = optuna.create_study(storage=storage)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.report(0.3, 1)
+        trial.report(0.4, 2)
+        trial.set_user_attr("model_seed", 7)
+        raise optuna.TrialPruned
+
+    study.optimize(objective, n_trials=1)
+    (done,) = optuna.load_study(study_name=study.study_name, storage=db).trials
+    assert done.state == TrialState.PRUNED and done.value == 0.4
+    assert done.intermediate_values == {1: 0.3, 2: 0.4} and done.user_attrs == {"model_seed": 7}
+
+
+def test_write_behind_a_trial_finished_elsewhere_keeps_the_sweepers_word(db: str) -> None:
+    """A trial a sweeper failed meanwhile: the tell is refused as before, nothing pending is
+    written, and nothing stays pending."""
+    storage = oc.WriteBehindRDBStorage(db)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("a", 1)
+    tid = oc.trial_id(trial)
+    RDBStorage(db).set_trial_state_values(tid, TrialState.FAIL)
+    with pytest.raises(ValueError, match="Cannot tell a FAIL trial"):
+        study.tell(trial, 1.0)
+    assert RDBStorage(db).get_trial(tid).user_attrs == {}
+    assert tid not in storage._wb_pending
+    trial2 = study.ask()
+    trial2.set_user_attr("b", 2)
+    RDBStorage(db).set_trial_state_values(oc.trial_id(trial2), TrialState.FAIL)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_state_values(oc.trial_id(trial2), TrialState.COMPLETE, [1.0])
+    assert RDBStorage(db).get_trial(oc.trial_id(trial2)).user_attrs == {}
+
+
+def test_write_behind_a_heartbeat_writes_what_is_pending(db: str) -> None:
+    storage = oc.WriteBehindRDBStorage(db, heartbeat_interval=60)
+    study = optuna.create_study(storage=storage)
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        trial = study.ask()
+    trial.report(0.5, 3)
+    trial.set_user_attr("k", "v")
+    oc.record_heartbeat(study, trial)
+    seen = RDBStorage(db).get_trial(oc.trial_id(trial))
+    assert seen.intermediate_values == {3: 0.5} and seen.user_attrs == {"k": "v"}
+    assert seen.state == TrialState.RUNNING
+    study.tell(trial, 1.0)
+    assert RDBStorage(db).get_trial(oc.trial_id(trial)).state == TrialState.COMPLETE
+
+
+def test_write_behind_a_new_trial_is_not_read_back(db: str) -> None:
+    storage = oc.WriteBehindRDBStorage(db)
+    study = optuna.create_study(storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    seen = _statements(storage)
+    with oc.skip_waiting_lookup(study):
+        trial = study.ask()
+    assert seen
+    assert not any("FROM trial_params" in s or "FROM trial_user_attributes" in s for s in seen)
+    assert trial.number == 2 and oc.storage_of(study).get_trial(oc.trial_id(trial)).number == 2
+
+
+def test_write_behind_a_popped_waiting_trial_is_written_behind_too(db: str) -> None:
+    storage = oc.WriteBehindRDBStorage(db)
+    study = optuna.create_study(storage=storage)
+    study.enqueue_trial({"x": 0.5}, user_attrs={"from": "queue"})
+    trial = study.ask()
+    trial.set_user_attr("k", 1)
+    assert RDBStorage(db).get_trial(oc.trial_id(trial)).user_attrs == {"from": "queue"}
+    study.tell(trial, trial.suggest_float("x", 0, 1))
+    assert study.trials[0].user_attrs == {"from": "queue", "k": 1}
