@@ -308,6 +308,30 @@ def skip_waiting_lookup(study: optuna.Study, skip: bool = True) -> Iterator[None
         del study._pop_waiting_trial_id
 
 
+@contextlib.contextmanager
+def skip_first_stale_check(study: optuna.Study, skip: bool = True) -> Iterator[None]:
+    """With ``skip``, the first stale-trial lookup on the study's storage (the one
+    ``Study.optimize`` makes before each trial, a query of the RUNNING trials and their
+    heartbeats) finds none without asking the database; later lookups (a narrowing stage wait's
+    sweep) ask as usual. Callers use it only right after counting no RUNNING trial: a trial
+    started since cannot be stale yet. An instance attribute shadows Optuna's
+    ``_get_stale_trial_ids`` until it is used once or the block ends."""
+    storage = storage_of(study)
+    if not skip or not hasattr(storage, "_get_stale_trial_ids"):
+        yield
+        return
+
+    def once(_study_id: int) -> list[int]:
+        storage.__dict__.pop("_get_stale_trial_ids", None)
+        return []
+
+    storage._get_stale_trial_ids = once  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        storage.__dict__.pop("_get_stale_trial_ids", None)
+
+
 def heartbeat_grpc_client(host: str, port: int, interval: int | None, beat_attr: str,
                           on_beat_error: Any = None) -> BaseStorage:
     """A gRPC storage proxy client (``GrpcStorageProxy``) that Optuna treats as a heartbeat

@@ -268,3 +268,24 @@ def test_write_behind_a_popped_waiting_trial_is_written_behind_too(db: str) -> N
     assert RDBStorage(db).get_trial(oc.trial_id(trial)).user_attrs == {"from": "queue"}
     study.tell(trial, trial.suggest_float("x", 0, 1))
     assert study.trials[0].user_attrs == {"from": "queue", "k": 1}
+
+
+def test_skip_first_stale_check_skips_one_lookup_only(db: str) -> None:
+    storage = RDBStorage(db, heartbeat_interval=60, grace_period=120)
+    study = optuna.create_study(storage=storage)
+    cached = oc.storage_of(study)
+    calls: list[int] = []
+    real = type(cached)._get_stale_trial_ids
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(cached), "_get_stale_trial_ids",
+                   lambda self, sid: calls.append(sid) or real(self, sid))
+        with oc.skip_first_stale_check(study):
+            assert cached._get_stale_trial_ids(oc.study_id(study)) == []
+            assert cached._get_stale_trial_ids(oc.study_id(study)) == []
+        assert calls == [oc.study_id(study)]
+        with oc.skip_first_stale_check(study, skip=False):
+            cached._get_stale_trial_ids(oc.study_id(study))
+        with oc.skip_first_stale_check(study):
+            pass
+        cached._get_stale_trial_ids(oc.study_id(study))
+        assert len(calls) == 3
