@@ -14,6 +14,7 @@ import contextlib
 import copy
 import json
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -100,6 +101,23 @@ def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
     storage_of(study).set_study_system_attr(study_id(study), key, value)
 
 
+class _Running:
+    """What this process knows of one of its running trials: the trial as stored plus the
+    write-through writes made here since (``trial``), and the writes held back."""
+
+    __slots__ = ("trial", "user", "system", "steps", "since")
+
+    def __init__(self, trial: FrozenTrial | None) -> None:
+        self.trial = trial
+        self.since = time.monotonic()
+        self.user: dict[str, str] = {}  # key -> JSON text
+        self.system: dict[str, str] = {}
+        self.steps: dict[int, float] = {}
+
+    def pending(self) -> bool:
+        return bool(self.user or self.system or self.steps)
+
+
 class WriteBehindRDBStorage(RDBStorage):
     """``RDBStorage`` that holds back the writes nobody else reads while a trial runs, and
     commits them with the trial's end (hpo's storage class: :mod:`hpo.heartbeats`).
@@ -108,26 +126,32 @@ class WriteBehindRDBStorage(RDBStorage):
     pinged, the trial row read, the write, a commit; 3-15 ms on PostgreSQL on a busy machine.
     For the trials this process runs (created here RUNNING, or a WAITING trial it started):
 
-    * **user attributes and intermediate values are written behind**: kept here, and written in
-      the transaction that finishes the trial (``set_trial_state_values``), as one multi-row
-      upsert each; so a trial's ``train_acc``, curves and ``model_seed`` and its pruner reports
-      cost no round trip of their own. No other process reads them while the trial runs
-      (Optuna's median/percentile pruners read COMPLETE trials only; successive halving reads
-      system attributes), and this process sees its own: ``get_trial`` overlays them. With
-      heartbeats on, each beat after the first also writes what is pending, so a long trial's
-      curve still shows up in optuna-dashboard while it runs (one interval behind). A worker
-      that dies loses what was pending with the trial, which a sweeper then fails.
-    * **the first ``get_trial`` after ``create_new_trial``** (``Trial.__init__``) is answered
-      from the trial just created, not read back.
+    * **user attributes and intermediate values are written behind**, and the system
+      attributes a caller marks so (:func:`set_trial_system_attr_behind`): kept here, and
+      written in the transaction that finishes the trial (``set_trial_state_values``), as one
+      multi-row upsert per table; so a trial's ``train_acc``, curves and ``model_seed`` and its
+      pruner reports cost no round trip of their own. No other process reads them while the
+      trial runs (Optuna's median/percentile pruners read COMPLETE trials only; successive
+      halving reads system attributes, written through), and this process sees its own:
+      ``get_trial`` overlays them. With heartbeats on, each beat once the trial has run for an
+      interval also writes what is pending, so a long trial's curve still shows up in
+      optuna-dashboard while it runs (one interval behind). A worker that dies loses what was
+      pending with the trial, which a sweeper then fails.
+    * **its trial is not read back**: ``get_trial`` (``Trial.__init__``, and ``tell``'s) answers
+      from the trial as created (or as read once, for a WAITING trial) plus this process's
+      writes. Nobody else writes to a RUNNING trial but a sweeper failing it, and that is seen
+      where it always mattered: the finishing transaction locks the trial row and refuses a
+      finished trial (UpdateFinishedTrialError, nothing written).
 
-    Parameters and system attributes are written through, as before: other workers' samplers
-    read the parameters of RUNNING trials, and the narrowing sampler the stage attributes.
+    Parameters and other system attributes are written through, as before: other workers'
+    samplers read the parameters of RUNNING trials.
 
-    Relies on Optuna's private ``RDBStorage._create_new_trial`` (what ``_CachedStorage`` calls),
-    its ``_set_trial_value_without_commit`` and per-row writers, ``_create_scoped_session`` and
-    the ORM models: the end of a trial with pending writes is Optuna's state change redone in
-    one transaction with them (:meth:`_finish`). Never nest ``_create_scoped_session``: it is
-    one thread-local session, and the inner block commits and closes it.
+    Relies on Optuna's private ``RDBStorage._create_new_trial`` and ``_set_trial_param`` (what
+    ``_CachedStorage`` calls), ``_set_trial_value_without_commit`` and the per-row writers,
+    ``_create_scoped_session`` and the ORM models: the end of a trial with pending writes is
+    Optuna's state change redone in one transaction with them (:meth:`_finish`). Never nest
+    ``_create_scoped_session``: it is one thread-local session, and the inner block commits and
+    closes it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -136,13 +160,11 @@ class WriteBehindRDBStorage(RDBStorage):
 
     def _wb_init(self) -> None:
         self._wb_lock = threading.RLock()
-        # trial id -> (user attrs as JSON text, intermediate values) not written yet
-        self._wb_pending: dict[int, tuple[dict[str, str], dict[int, float]]] = {}
-        self._wb_fresh: FrozenTrial | None = None
+        self._wb_running: dict[int, _Running] = {}
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        for key in ("_wb_lock", "_wb_pending", "_wb_fresh"):
+        for key in ("_wb_lock", "_wb_running"):
             state.pop(key, None)
         return state
 
@@ -153,43 +175,76 @@ class WriteBehindRDBStorage(RDBStorage):
     def _create_new_trial(self, study_id: int,
                           template_trial: FrozenTrial | None = None) -> FrozenTrial:
         frozen = super()._create_new_trial(study_id, template_trial)
-        if frozen.state == TrialState.RUNNING:
+        if frozen.state == TrialState.RUNNING and template_trial is None:
             with self._wb_lock:
-                self._wb_pending[frozen._trial_id] = ({}, {})
-                self._wb_fresh = copy.deepcopy(frozen)
+                self._wb_running[frozen._trial_id] = _Running(copy.deepcopy(frozen))
         return frozen
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._wb_lock:
-            fresh, self._wb_fresh = self._wb_fresh, None
-        if fresh is not None and fresh._trial_id == trial_id:
-            trial = fresh
-        else:
+            running = self._wb_running.get(trial_id)
+            known = running is not None and running.trial is not None
+            if known:
+                trial = copy.deepcopy(running.trial)
+        if not known:
             trial = super().get_trial(trial_id)
+            with self._wb_lock:
+                if trial.state.is_finished():  # told, or failed by a sweeper
+                    self._wb_running.pop(trial_id, None)
+                running = self._wb_running.get(trial_id)
+                if running is None:
+                    return trial
+                running.trial = copy.deepcopy(trial)
         with self._wb_lock:
-            if trial.state.is_finished():  # told, or failed by a sweeper: the storage's word
-                self._wb_pending.pop(trial_id, None)
-            pending = self._wb_pending.get(trial_id)
-            if pending is not None:
-                trial.user_attrs.update({k: json.loads(v) for k, v in pending[0].items()})
-                trial.intermediate_values.update(pending[1])
+            trial.user_attrs.update({k: json.loads(v) for k, v in running.user.items()})
+            trial.system_attrs.update({k: json.loads(v) for k, v in running.system.items()})
+            trial.intermediate_values.update(running.steps)
         return trial
+
+    def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                         distribution: Any, previous_distribution: Any) -> None:
+        super()._set_trial_param(trial_id, param_name, param_value_internal, distribution,
+                                 previous_distribution)
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is not None and running.trial is not None:
+                running.trial.params[param_name] = distribution.to_external_repr(
+                    param_value_internal)
+                running.trial.distributions[param_name] = distribution
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        super().set_trial_system_attr(trial_id, key, value)
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is not None and running.trial is not None:
+                running.trial.system_attrs[key] = json.loads(json.dumps(value))
+
+    def set_trial_system_attr_behind(self, trial_id: int, key: str, value: Any) -> None:
+        """A system attribute nobody needs before the trial ends: written with its end (or
+        the next heartbeat) when this process runs the trial, else at once."""
+        text = json.dumps(value)
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is not None:
+                running.system[key] = text
+                return
+        super().set_trial_system_attr(trial_id, key, value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         text = json.dumps(value)  # an unserialisable value fails here, as it did
         with self._wb_lock:
-            pending = self._wb_pending.get(trial_id)
-            if pending is not None:
-                pending[0][key] = text
+            running = self._wb_running.get(trial_id)
+            if running is not None:
+                running.user[key] = text
                 return
         super().set_trial_user_attr(trial_id, key, value)
 
     def set_trial_intermediate_value(self, trial_id: int, step: int,
                                      intermediate_value: float) -> None:
         with self._wb_lock:
-            pending = self._wb_pending.get(trial_id)
-            if pending is not None:
-                pending[1][step] = float(intermediate_value)
+            running = self._wb_running.get(trial_id)
+            if running is not None:
+                running.steps[step] = float(intermediate_value)
                 return
         super().set_trial_intermediate_value(trial_id, step, intermediate_value)
 
@@ -199,17 +254,15 @@ class WriteBehindRDBStorage(RDBStorage):
             ok = super().set_trial_state_values(trial_id, state, values)
             if ok and state == TrialState.RUNNING:  # a WAITING trial this process now runs
                 with self._wb_lock:
-                    self._wb_pending.setdefault(trial_id, ({}, {}))
+                    self._wb_running.setdefault(trial_id, _Running(None))
             return ok
         # the lock is held through the write: a heartbeat's flush cannot interleave
         with self._wb_lock:
-            attrs, steps = self._wb_pending.pop(trial_id, ({}, {}))
-            if not attrs and not steps:
-                return super().set_trial_state_values(trial_id, state, values)
-            return self._finish(trial_id, state, values, attrs, steps)
+            running = self._wb_running.pop(trial_id, None)
+            return self._finish(trial_id, state, values, running)
 
     def _finish(self, trial_id: int, state: TrialState, values: Sequence[float] | None,
-                attrs: dict[str, str], steps: dict[int, float]) -> bool:
+                running: _Running | None) -> bool:
         """``RDBStorage.set_trial_state_values`` for a finished state, with the pending writes
         in the same transaction: all committed, or none (a trial a sweeper failed meanwhile
         raises UpdateFinishedTrialError and nothing is written)."""
@@ -219,13 +272,15 @@ class WriteBehindRDBStorage(RDBStorage):
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
 
+        if running is None or not running.pending():
+            return super().set_trial_state_values(trial_id, state, values)
         try:
             with _create_scoped_session(self.scoped_session) as session:
                 trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
                 if trial.state.is_finished():
                     raise optuna.exceptions.UpdateFinishedTrialError(
                         f"Trial#{trial.number} has already finished and can not be updated.")
-                self._wb_write(session, trial_id, attrs, steps)
+                self._wb_write(session, trial_id, running)
                 for objective, value in enumerate(values or ()):
                     self._set_trial_value_without_commit(session, trial, objective, value)
                 trial.state = state
@@ -235,7 +290,13 @@ class WriteBehindRDBStorage(RDBStorage):
         return True
 
     def record_heartbeat(self, trial_id: int) -> None:
-        self.flush_trial(trial_id)
+        # not at the beat a trial starts with: only a trial that has run for an interval
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            due = running is not None and running.pending() and (
+                time.monotonic() - running.since >= (self.heartbeat_interval or 0))
+        if due:
+            self.flush_trial(trial_id)
         super().record_heartbeat(trial_id)
 
     def flush_trial(self, trial_id: int) -> None:
@@ -243,45 +304,53 @@ class WriteBehindRDBStorage(RDBStorage):
         from optuna.storages._rdb.storage import _create_scoped_session
 
         with self._wb_lock:
-            pending = self._wb_pending.get(trial_id)
-            if pending is None or not (pending[0] or pending[1]):
+            running = self._wb_running.get(trial_id)
+            if running is None or not running.pending():
                 return
             with _create_scoped_session(self.scoped_session) as session:
-                self._wb_write(session, trial_id, *pending)
-            pending[0].clear()
-            pending[1].clear()
+                self._wb_write(session, trial_id, running)
+            trial = running.trial
+            if trial is not None:  # written: now part of the trial as stored
+                trial.user_attrs.update({k: json.loads(v) for k, v in running.user.items()})
+                trial.system_attrs.update({k: json.loads(v) for k, v in running.system.items()})
+                trial.intermediate_values.update(running.steps)
+            running.user.clear()
+            running.system.clear()
+            running.steps.clear()
 
-    def _wb_write(self, session: Any, trial_id: int, attrs: dict[str, str],
-                  steps: dict[int, float]) -> None:
-        """Upsert ``attrs`` and ``steps`` of a trial in ``session`` (not committed): one
-        statement each on PostgreSQL and SQLite, Optuna's per-row writes elsewhere."""
+    def _wb_write(self, session: Any, trial_id: int, running: _Running) -> None:
+        """Upsert the pending writes of a trial in ``session`` (not committed): one statement
+        per table on PostgreSQL and SQLite, Optuna's per-row writes elsewhere."""
         import sqlite3
 
         from optuna.storages._rdb import models
 
-        user, inter = models.TrialUserAttributeModel, models.TrialIntermediateValueModel
+        user, system = models.TrialUserAttributeModel, models.TrialSystemAttributeModel
+        inter = models.TrialIntermediateValueModel
         dialect = self.engine.name
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
             from sqlalchemy.dialects.sqlite import insert
         else:
-            for key, text in attrs.items():
-                self._set_trial_attr_without_commit(session, user, trial_id, key,
-                                                    json.loads(text))
-            for step, value in steps.items():
+            for model, attrs in ((user, running.user), (system, running.system)):
+                for key, text in attrs.items():
+                    self._set_trial_attr_without_commit(session, model, trial_id, key,
+                                                        json.loads(text))
+            for step, value in running.steps.items():
                 self._set_trial_intermediate_value_without_commit(session, trial_id, step,
                                                                   value)
             return
-        if attrs:
-            stmt = insert(user).values([{"trial_id": trial_id, "key": k, "value_json": v}
-                                        for k, v in attrs.items()])
-            session.execute(stmt.on_conflict_do_update(
-                index_elements=[user.trial_id, user.key],
-                set_={"value_json": stmt.excluded.value_json}))
-        if steps:
+        for model, attrs in ((user, running.user), (system, running.system)):
+            if attrs:
+                stmt = insert(model).values([{"trial_id": trial_id, "key": k, "value_json": v}
+                                             for k, v in attrs.items()])
+                session.execute(stmt.on_conflict_do_update(
+                    index_elements=[model.trial_id, model.key],
+                    set_={"value_json": stmt.excluded.value_json}))
+        if running.steps:
             rows = []
-            for step, value in steps.items():
+            for step, value in running.steps.items():
                 stored, kind = inter.intermediate_value_to_stored_repr(value)
                 rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
                              "intermediate_value_type": kind})
@@ -290,6 +359,16 @@ class WriteBehindRDBStorage(RDBStorage):
                 index_elements=[inter.trial_id, inter.step],
                 set_={"intermediate_value": stmt.excluded.intermediate_value,
                       "intermediate_value_type": stmt.excluded.intermediate_value_type}))
+
+
+def set_trial_system_attr_behind(study: optuna.Study, trial: Any, key: str, value: Any) -> None:
+    """Write a system attribute of a running trial that nobody reads before the trial ends:
+    with a :class:`WriteBehindRDBStorage`, committed with the trial's end; elsewhere at once."""
+    backend = rdb_of(study)
+    if isinstance(backend, WriteBehindRDBStorage):
+        backend.set_trial_system_attr_behind(trial_id(trial), key, value)
+    else:
+        set_trial_system_attr(study, trial, key, value)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ place to mend."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import optuna
@@ -220,10 +221,11 @@ def test_write_behind_a_trial_finished_elsewhere_keeps_the_sweepers_word(db: str
     trial.set_user_attr("a", 1)
     tid = oc.trial_id(trial)
     RDBStorage(db).set_trial_state_values(tid, TrialState.FAIL)
-    with pytest.raises(ValueError, match="Cannot tell a FAIL trial"):
+    # its own trial is not read back: the finishing transaction finds it finished
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         study.tell(trial, 1.0)
     assert RDBStorage(db).get_trial(tid).user_attrs == {}
-    assert tid not in storage._wb_pending
+    assert tid not in storage._wb_running
     trial2 = study.ask()
     trial2.set_user_attr("b", 2)
     RDBStorage(db).set_trial_state_values(oc.trial_id(trial2), TrialState.FAIL)
@@ -233,12 +235,15 @@ def test_write_behind_a_trial_finished_elsewhere_keeps_the_sweepers_word(db: str
 
 
 def test_write_behind_a_heartbeat_writes_what_is_pending(db: str) -> None:
-    storage = oc.WriteBehindRDBStorage(db, heartbeat_interval=60)
+    storage = oc.WriteBehindRDBStorage(db, heartbeat_interval=1)
     study = optuna.create_study(storage=storage)
     with pytest.warns(UserWarning, match="Heartbeat"):
         trial = study.ask()
     trial.report(0.5, 3)
     trial.set_user_attr("k", "v")
+    oc.record_heartbeat(study, trial)  # the trial's first beat: nothing written yet
+    assert RDBStorage(db).get_trial(oc.trial_id(trial)).user_attrs == {}
+    time.sleep(1.1)
     oc.record_heartbeat(study, trial)
     seen = RDBStorage(db).get_trial(oc.trial_id(trial))
     assert seen.intermediate_values == {3: 0.5} and seen.user_attrs == {"k": "v"}
@@ -289,3 +294,36 @@ def test_skip_first_stale_check_skips_one_lookup_only(db: str) -> None:
             pass
         cached._get_stale_trial_ids(oc.study_id(study))
         assert len(calls) == 3
+
+
+@pytest.mark.parametrize("enqueued", [False, True])
+def test_write_behind_its_view_of_a_running_trial_is_the_stored_trial(db: str,
+                                                                      enqueued: bool) -> None:
+    """What ``get_trial`` answers for a trial this process runs, without reading it back, is
+    what the database holds once the pending writes are flushed."""
+    storage = oc.WriteBehindRDBStorage(db)
+    study = optuna.create_study(storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    if enqueued:
+        study.enqueue_trial({"x": 0.25}, user_attrs={"q": 1})
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.suggest_int("n", 1, 9, log=True)
+    trial.suggest_categorical("c", ["a", None, 3])
+    oc.set_trial_system_attr(study, trial, "through", [1, 2])
+    oc.set_trial_system_attr_behind(study, trial, "behind", {"a": (1, 2)})
+    trial.set_user_attr("u", 0.5)
+    trial.report(0.1, 3)
+    tid = oc.trial_id(trial)
+    seen = _statements(storage)
+    mine = storage.get_trial(tid)
+    assert seen == []  # not read back
+    assert RDBStorage(db).get_trial(tid).system_attrs.get("behind") is None
+    storage.flush_trial(tid)
+    stored = RDBStorage(db).get_trial(tid)
+    assert mine == stored
+    assert (mine.params, mine.distributions) == (stored.params, stored.distributions)
+    assert mine.system_attrs == stored.system_attrs and mine.system_attrs["behind"] == {
+        "a": [1, 2]}
+    study.tell(trial, 0.5)
+    assert RDBStorage(db).get_trial(tid).state == TrialState.COMPLETE
