@@ -53,10 +53,12 @@ def beat_failed(e: BaseException) -> None:
 
 @functools.cache
 def rdb_storage_class() -> type:
-    """``RDBStorage`` with a heartbeat that outlives database outages (module docstring)."""
-    import optuna
+    """``RDBStorage`` with a heartbeat that outlives database outages (module docstring), and
+    a running trial's user attributes and intermediate values written with its end
+    (:class:`hpo.optuna_compat.WriteBehindRDBStorage`)."""
+    from hpo import optuna_compat as oc
 
-    class HpoRDBStorage(optuna.storages.RDBStorage):
+    class HpoRDBStorage(oc.WriteBehindRDBStorage):
         def record_heartbeat(self, trial_id: int) -> None:
             try:
                 super().record_heartbeat(trial_id)

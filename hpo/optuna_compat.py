@@ -11,12 +11,16 @@ moves a name fails those tests, not a user's study.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import copy
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 #: The logger Optuna's ``study.optimize`` reports a failed trial on (with its traceback).
 OPTIMIZE_LOGGER = "optuna.study._optimize"
@@ -97,6 +101,276 @@ def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
     storage_of(study).set_study_system_attr(study_id(study), key, value)
 
 
+class _Running:
+    """What this process knows of one of its running trials: the trial as stored plus the
+    write-through writes made here since (``trial``), and the writes held back."""
+
+    __slots__ = ("trial", "user", "system", "steps", "since")
+
+    def __init__(self, trial: FrozenTrial | None) -> None:
+        self.trial = trial
+        self.since = time.monotonic()
+        self.user: dict[str, str] = {}  # key -> JSON text
+        self.system: dict[str, str] = {}
+        self.steps: dict[int, float] = {}
+
+    def pending(self) -> bool:
+        return bool(self.user or self.system or self.steps)
+
+
+class WriteBehindRDBStorage(RDBStorage):
+    """``RDBStorage`` that holds back the writes nobody else reads while a trial runs, and
+    commits them with the trial's end (hpo's storage class: :mod:`hpo.heartbeats`).
+
+    Each ``RDBStorage`` call is its own transaction: a pooled connection checked out and
+    pinged, the trial row read, the write, a commit; 3-15 ms on PostgreSQL on a busy machine.
+    For the trials this process runs (created here RUNNING, or a WAITING trial it started):
+
+    * **user attributes and intermediate values are written behind**, and the system
+      attributes a caller marks so (:func:`set_trial_system_attr_behind`): kept here, and
+      written in the transaction that finishes the trial (``set_trial_state_values``), as one
+      multi-row upsert per table; so a trial's ``train_acc``, curves and ``model_seed`` and its
+      pruner reports cost no round trip of their own. No other process reads them while the
+      trial runs (Optuna's median/percentile pruners read COMPLETE trials only; successive
+      halving reads system attributes, written through), and this process sees its own:
+      ``get_trial`` overlays them. With heartbeats on, each beat once the trial has run for an
+      interval also writes what is pending, so a long trial's curve still shows up in
+      optuna-dashboard while it runs (one interval behind). A worker that dies loses what was
+      pending with the trial, which a sweeper then fails.
+    * **its trial is not read back**: ``get_trial`` (``Trial.__init__``, and ``tell``'s) answers
+      from the trial as created (or as read once, for a WAITING trial) plus this process's
+      writes. Nobody else writes to a RUNNING trial but a sweeper failing it, and that is seen
+      where it always mattered: the finishing transaction locks the trial row and refuses a
+      finished trial (UpdateFinishedTrialError, nothing written).
+
+    Parameters and other system attributes are written through, as before: other workers'
+    samplers read the parameters of RUNNING trials.
+
+    Relies on Optuna's private ``RDBStorage._create_new_trial`` and ``_set_trial_param`` (what
+    ``_CachedStorage`` calls), ``_set_trial_value_without_commit`` and the per-row writers,
+    ``_create_scoped_session`` and the ORM models: the end of a trial with pending writes is
+    Optuna's state change redone in one transaction with them (:meth:`_finish`). Never nest
+    ``_create_scoped_session``: it is one thread-local session, and the inner block commits and
+    closes it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._wb_init()
+        super().__init__(*args, **kwargs)
+
+    def _wb_init(self) -> None:
+        self._wb_lock = threading.RLock()
+        self._wb_running: dict[int, _Running] = {}
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        for key in ("_wb_lock", "_wb_running"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        self._wb_init()
+        super().__setstate__(state)
+
+    def _create_new_trial(self, study_id: int,
+                          template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        frozen = super()._create_new_trial(study_id, template_trial)
+        if frozen.state == TrialState.RUNNING and template_trial is None:
+            with self._wb_lock:
+                self._wb_running[frozen._trial_id] = _Running(copy.deepcopy(frozen))
+        return frozen
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            known = running is not None and running.trial is not None
+            if known:
+                trial = copy.deepcopy(running.trial)
+        if not known:
+            trial = super().get_trial(trial_id)
+            with self._wb_lock:
+                if trial.state.is_finished():  # told, or failed by a sweeper
+                    self._wb_running.pop(trial_id, None)
+                running = self._wb_running.get(trial_id)
+                if running is None:
+                    return trial
+                running.trial = copy.deepcopy(trial)
+        with self._wb_lock:
+            trial.user_attrs.update({k: json.loads(v) for k, v in running.user.items()})
+            trial.system_attrs.update({k: json.loads(v) for k, v in running.system.items()})
+            trial.intermediate_values.update(running.steps)
+        return trial
+
+    def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                         distribution: Any, previous_distribution: Any) -> None:
+        super()._set_trial_param(trial_id, param_name, param_value_internal, distribution,
+                                 previous_distribution)
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is not None and running.trial is not None:
+                running.trial.params[param_name] = distribution.to_external_repr(
+                    param_value_internal)
+                running.trial.distributions[param_name] = distribution
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        super().set_trial_system_attr(trial_id, key, value)
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is not None and running.trial is not None:
+                running.trial.system_attrs[key] = json.loads(json.dumps(value))
+
+    def set_trial_system_attr_behind(self, trial_id: int, key: str, value: Any) -> None:
+        """A system attribute nobody needs before the trial ends: written with its end (or
+        the next heartbeat) when this process runs the trial, else at once."""
+        text = json.dumps(value)
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is not None:
+                running.system[key] = text
+                return
+        super().set_trial_system_attr(trial_id, key, value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        text = json.dumps(value)  # an unserialisable value fails here, as it did
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is not None:
+                running.user[key] = text
+                return
+        super().set_trial_user_attr(trial_id, key, value)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int,
+                                     intermediate_value: float) -> None:
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is not None:
+                running.steps[step] = float(intermediate_value)
+                return
+        super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        if not state.is_finished():
+            ok = super().set_trial_state_values(trial_id, state, values)
+            if ok and state == TrialState.RUNNING:  # a WAITING trial this process now runs
+                with self._wb_lock:
+                    self._wb_running.setdefault(trial_id, _Running(None))
+            return ok
+        # the lock is held through the write: a heartbeat's flush cannot interleave
+        with self._wb_lock:
+            running = self._wb_running.pop(trial_id, None)
+            return self._finish(trial_id, state, values, running)
+
+    def _finish(self, trial_id: int, state: TrialState, values: Sequence[float] | None,
+                running: _Running | None) -> bool:
+        """``RDBStorage.set_trial_state_values`` for a finished state, with the pending writes
+        in the same transaction: all committed, or none (a trial a sweeper failed meanwhile
+        raises UpdateFinishedTrialError and nothing is written)."""
+        from datetime import datetime
+
+        import sqlalchemy.exc
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        if running is None or not running.pending():
+            return super().set_trial_state_values(trial_id, state, values)
+        try:
+            with _create_scoped_session(self.scoped_session) as session:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+                if trial.state.is_finished():
+                    raise optuna.exceptions.UpdateFinishedTrialError(
+                        f"Trial#{trial.number} has already finished and can not be updated.")
+                self._wb_write(session, trial_id, running)
+                for objective, value in enumerate(values or ()):
+                    self._set_trial_value_without_commit(session, trial, objective, value)
+                trial.state = state
+                trial.datetime_complete = datetime.now()
+        except sqlalchemy.exc.IntegrityError:
+            return False
+        return True
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        # not at the beat a trial starts with: only a trial that has run for an interval
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            due = running is not None and running.pending() and (
+                time.monotonic() - running.since >= (self.heartbeat_interval or 0))
+        if due:
+            self.flush_trial(trial_id)
+        super().record_heartbeat(trial_id)
+
+    def flush_trial(self, trial_id: int) -> None:
+        """Write what is pending for a trial that goes on running (its own transaction)."""
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is None or not running.pending():
+                return
+            with _create_scoped_session(self.scoped_session) as session:
+                self._wb_write(session, trial_id, running)
+            trial = running.trial
+            if trial is not None:  # written: now part of the trial as stored
+                trial.user_attrs.update({k: json.loads(v) for k, v in running.user.items()})
+                trial.system_attrs.update({k: json.loads(v) for k, v in running.system.items()})
+                trial.intermediate_values.update(running.steps)
+            running.user.clear()
+            running.system.clear()
+            running.steps.clear()
+
+    def _wb_write(self, session: Any, trial_id: int, running: _Running) -> None:
+        """Upsert the pending writes of a trial in ``session`` (not committed): one statement
+        per table on PostgreSQL and SQLite, Optuna's per-row writes elsewhere."""
+        import sqlite3
+
+        from optuna.storages._rdb import models
+
+        user, system = models.TrialUserAttributeModel, models.TrialSystemAttributeModel
+        inter = models.TrialIntermediateValueModel
+        dialect = self.engine.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            for model, attrs in ((user, running.user), (system, running.system)):
+                for key, text in attrs.items():
+                    self._set_trial_attr_without_commit(session, model, trial_id, key,
+                                                        json.loads(text))
+            for step, value in running.steps.items():
+                self._set_trial_intermediate_value_without_commit(session, trial_id, step,
+                                                                  value)
+            return
+        for model, attrs in ((user, running.user), (system, running.system)):
+            if attrs:
+                stmt = insert(model).values([{"trial_id": trial_id, "key": k, "value_json": v}
+                                             for k, v in attrs.items()])
+                session.execute(stmt.on_conflict_do_update(
+                    index_elements=[model.trial_id, model.key],
+                    set_={"value_json": stmt.excluded.value_json}))
+        if running.steps:
+            rows = []
+            for step, value in running.steps.items():
+                stored, kind = inter.intermediate_value_to_stored_repr(value)
+                rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
+                             "intermediate_value_type": kind})
+            stmt = insert(inter).values(rows)
+            session.execute(stmt.on_conflict_do_update(
+                index_elements=[inter.trial_id, inter.step],
+                set_={"intermediate_value": stmt.excluded.intermediate_value,
+                      "intermediate_value_type": stmt.excluded.intermediate_value_type}))
+
+
+def set_trial_system_attr_behind(study: optuna.Study, trial: Any, key: str, value: Any) -> None:
+    """Write a system attribute of a running trial that nobody reads before the trial ends:
+    with a :class:`WriteBehindRDBStorage`, committed with the trial's end; elsewhere at once."""
+    backend = rdb_of(study)
+    if isinstance(backend, WriteBehindRDBStorage):
+        backend.set_trial_system_attr_behind(trial_id(trial), key, value)
+    else:
+        set_trial_system_attr(study, trial, key, value)
+
+
 @contextlib.contextmanager
 def skip_waiting_lookup(study: optuna.Study, skip: bool = True) -> Iterator[None]:
     """With ``skip``, ``study.ask()`` creates a new trial without first reading the trials to
@@ -111,6 +385,30 @@ def skip_waiting_lookup(study: optuna.Study, skip: bool = True) -> Iterator[None
         yield
     finally:
         del study._pop_waiting_trial_id
+
+
+@contextlib.contextmanager
+def skip_first_stale_check(study: optuna.Study, skip: bool = True) -> Iterator[None]:
+    """With ``skip``, the first stale-trial lookup on the study's storage (the one
+    ``Study.optimize`` makes before each trial, a query of the RUNNING trials and their
+    heartbeats) finds none without asking the database; later lookups (a narrowing stage wait's
+    sweep) ask as usual. Callers use it only right after counting no RUNNING trial: a trial
+    started since cannot be stale yet. An instance attribute shadows Optuna's
+    ``_get_stale_trial_ids`` until it is used once or the block ends."""
+    storage = storage_of(study)
+    if not skip or not hasattr(storage, "_get_stale_trial_ids"):
+        yield
+        return
+
+    def once(_study_id: int) -> list[int]:
+        storage.__dict__.pop("_get_stale_trial_ids", None)
+        return []
+
+    storage._get_stale_trial_ids = once  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        storage.__dict__.pop("_get_stale_trial_ids", None)
 
 
 def heartbeat_grpc_client(host: str, port: int, interval: int | None, beat_attr: str,

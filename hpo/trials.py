@@ -18,11 +18,12 @@ can overshoot by one per extra worker, so each worker runs this loop instead:
 Storage round trips are the overhead of a trial (each Optuna RDBStorage call is several SQL
 queries; a ``study.get_trials`` is seven on PostgreSQL even when incremental), so on an
 RDBStorage both counts are one ``SELECT state, COUNT(*) ... GROUP BY state`` query, the claim
-costs nothing while the trial's number is below N (fewer than N trials precede it at all), and
+costs nothing while the trial's number is below N (fewer than N trials precede it at all),
 when the count saw no WAITING trial, ``ask()`` does not read the trials to look for one
-(:func:`hpo.optuna_compat.skip_waiting_lookup`). Other storages (in-memory, the gRPC proxy
-client) count with ``study.get_trials``. Per trial the loop itself thus adds one count query
-and no trial read.
+(:func:`hpo.optuna_compat.skip_waiting_lookup`), and when it saw no RUNNING trial,
+``optimize`` does not query for stale ones (:func:`hpo.optuna_compat.skip_first_stale_check`).
+Other storages (in-memory, the gRPC proxy client) count with ``study.get_trials``. Per trial
+the loop itself thus adds one count query and no trial read.
 
 SIGTERM and Ctrl-C (:mod:`hpo.signals`): the running trial is marked FAIL by Optuna (its loop
 catches KeyboardInterrupt), nothing is left RUNNING, and the process exits 143 / 130 with one
@@ -215,7 +216,9 @@ def work(
                 time.sleep(poll)
                 continue
             runs += 1
-            with oc.skip_waiting_lookup(study, skip=not waiting):
+            # no RUNNING trial a moment ago: none can be stale, optimize() need not look
+            with (oc.skip_waiting_lookup(study, skip=not waiting),
+                  oc.skip_first_stale_check(study, skip=in_flight == waiting)):
                 study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
                                gc_after_trial=False)
         except Exception as e:  # noqa: BLE001 - filtered just below

@@ -6,6 +6,7 @@ place to mend."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import optuna
@@ -153,3 +154,176 @@ def test_a_grpc_client_with_an_interval_beats_inside_optimize(db: str) -> None:
         client.close()
     finally:
         server.stop(0)
+
+
+# --- the write-behind storage (hpo's storage class) ----------------------------------------
+
+
+def _statements(storage: RDBStorage) -> list[str]:
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    event.listen(storage.engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_a: seen.append(statement))
+    return seen
+
+
+def test_write_behind_commits_attrs_and_reports_with_the_trials_end(db: str) -> None:
+    """User attributes and intermediate values of a running trial are held back (another
+    process sees none of them), seen by this process at once, and committed in the
+    transaction that finishes the trial."""
+    storage = oc.WriteBehindRDBStorage(db)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    other = RDBStorage(db)
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.report(0.25, 5)
+    trial.report(0.5, 10)
+    trial.set_user_attr("curve", [0.1, (0.2, 0.3)])
+    tid = oc.trial_id(trial)
+    mine = oc.storage_of(study).get_trial(tid)
+    assert mine.user_attrs == {"curve": [0.1, [0.2, 0.3]]}
+    assert mine.intermediate_values == {5: 0.25, 10: 0.5}
+    theirs = other.get_trial(tid)
+    assert theirs.user_attrs == {} and theirs.intermediate_values == {}
+    assert list(theirs.params) == ["x"]  # parameters are written through
+    seen = _statements(storage)
+    study.tell(trial, 0.75)
+    assert sum(s.lstrip().upper().startswith("COMMIT") for s in seen) <= 1
+    done = other.get_trial(tid)
+    assert done.state == TrialState.COMPLETE and done.value == 0.75
+    assert done.user_attrs == {"curve": [0.1, [0.2, 0.3]]}
+    assert done.intermediate_values == {5: 0.25, 10: 0.5}
+
+
+def test_write_behind_a_pruned_trial_takes_its_last_report(db: str) -> None:
+    storage = oc.WriteBehindRDBStorage(db)
+    study = optuna.create_study(storage=storage)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.report(0.3, 1)
+        trial.report(0.4, 2)
+        trial.set_user_attr("model_seed", 7)
+        raise optuna.TrialPruned
+
+    study.optimize(objective, n_trials=1)
+    (done,) = optuna.load_study(study_name=study.study_name, storage=db).trials
+    assert done.state == TrialState.PRUNED and done.value == 0.4
+    assert done.intermediate_values == {1: 0.3, 2: 0.4} and done.user_attrs == {"model_seed": 7}
+
+
+def test_write_behind_a_trial_finished_elsewhere_keeps_the_sweepers_word(db: str) -> None:
+    """A trial a sweeper failed meanwhile: the tell is refused as before, nothing pending is
+    written, and nothing stays pending."""
+    storage = oc.WriteBehindRDBStorage(db)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("a", 1)
+    tid = oc.trial_id(trial)
+    RDBStorage(db).set_trial_state_values(tid, TrialState.FAIL)
+    # its own trial is not read back: the finishing transaction finds it finished
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        study.tell(trial, 1.0)
+    assert RDBStorage(db).get_trial(tid).user_attrs == {}
+    assert tid not in storage._wb_running
+    trial2 = study.ask()
+    trial2.set_user_attr("b", 2)
+    RDBStorage(db).set_trial_state_values(oc.trial_id(trial2), TrialState.FAIL)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_state_values(oc.trial_id(trial2), TrialState.COMPLETE, [1.0])
+    assert RDBStorage(db).get_trial(oc.trial_id(trial2)).user_attrs == {}
+
+
+def test_write_behind_a_heartbeat_writes_what_is_pending(db: str) -> None:
+    storage = oc.WriteBehindRDBStorage(db, heartbeat_interval=1)
+    study = optuna.create_study(storage=storage)
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        trial = study.ask()
+    trial.report(0.5, 3)
+    trial.set_user_attr("k", "v")
+    oc.record_heartbeat(study, trial)  # the trial's first beat: nothing written yet
+    assert RDBStorage(db).get_trial(oc.trial_id(trial)).user_attrs == {}
+    time.sleep(1.1)
+    oc.record_heartbeat(study, trial)
+    seen = RDBStorage(db).get_trial(oc.trial_id(trial))
+    assert seen.intermediate_values == {3: 0.5} and seen.user_attrs == {"k": "v"}
+    assert seen.state == TrialState.RUNNING
+    study.tell(trial, 1.0)
+    assert RDBStorage(db).get_trial(oc.trial_id(trial)).state == TrialState.COMPLETE
+
+
+def test_write_behind_a_new_trial_is_not_read_back(db: str) -> None:
+    storage = oc.WriteBehindRDBStorage(db)
+    study = optuna.create_study(storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    seen = _statements(storage)
+    with oc.skip_waiting_lookup(study):
+        trial = study.ask()
+    assert seen
+    assert not any("FROM trial_params" in s or "FROM trial_user_attributes" in s for s in seen)
+    assert trial.number == 2 and oc.storage_of(study).get_trial(oc.trial_id(trial)).number == 2
+
+
+def test_write_behind_a_popped_waiting_trial_is_written_behind_too(db: str) -> None:
+    storage = oc.WriteBehindRDBStorage(db)
+    study = optuna.create_study(storage=storage)
+    study.enqueue_trial({"x": 0.5}, user_attrs={"from": "queue"})
+    trial = study.ask()
+    trial.set_user_attr("k", 1)
+    assert RDBStorage(db).get_trial(oc.trial_id(trial)).user_attrs == {"from": "queue"}
+    study.tell(trial, trial.suggest_float("x", 0, 1))
+    assert study.trials[0].user_attrs == {"from": "queue", "k": 1}
+
+
+def test_skip_first_stale_check_skips_one_lookup_only(db: str) -> None:
+    storage = RDBStorage(db, heartbeat_interval=60, grace_period=120)
+    study = optuna.create_study(storage=storage)
+    cached = oc.storage_of(study)
+    calls: list[int] = []
+    real = type(cached)._get_stale_trial_ids
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(cached), "_get_stale_trial_ids",
+                   lambda self, sid: calls.append(sid) or real(self, sid))
+        with oc.skip_first_stale_check(study):
+            assert cached._get_stale_trial_ids(oc.study_id(study)) == []
+            assert cached._get_stale_trial_ids(oc.study_id(study)) == []
+        assert calls == [oc.study_id(study)]
+        with oc.skip_first_stale_check(study, skip=False):
+            cached._get_stale_trial_ids(oc.study_id(study))
+        with oc.skip_first_stale_check(study):
+            pass
+        cached._get_stale_trial_ids(oc.study_id(study))
+        assert len(calls) == 3
+
+
+@pytest.mark.parametrize("enqueued", [False, True])
+def test_write_behind_its_view_of_a_running_trial_is_the_stored_trial(db: str,
+                                                                      enqueued: bool) -> None:
+    """What ``get_trial`` answers for a trial this process runs, without reading it back, is
+    what the database holds once the pending writes are flushed."""
+    storage = oc.WriteBehindRDBStorage(db)
+    study = optuna.create_study(storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    if enqueued:
+        study.enqueue_trial({"x": 0.25}, user_attrs={"q": 1})
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.suggest_int("n", 1, 9, log=True)
+    trial.suggest_categorical("c", ["a", None, 3])
+    oc.set_trial_system_attr(study, trial, "through", [1, 2])
+    oc.set_trial_system_attr_behind(study, trial, "behind", {"a": (1, 2)})
+    trial.set_user_attr("u", 0.5)
+    trial.report(0.1, 3)
+    tid = oc.trial_id(trial)
+    seen = _statements(storage)
+    mine = storage.get_trial(tid)
+    assert seen == []  # not read back
+    assert RDBStorage(db).get_trial(tid).system_attrs.get("behind") is None
+    storage.flush_trial(tid)
+    stored = RDBStorage(db).get_trial(tid)
+    assert mine == stored
+    assert (mine.params, mine.distributions) == (stored.params, stored.distributions)
+    assert mine.system_attrs == stored.system_attrs and mine.system_attrs["behind"] == {
+        "a": [1, 2]}
+    study.tell(trial, 0.5)
+    assert RDBStorage(db).get_trial(tid).state == TrialState.COMPLETE

@@ -60,8 +60,8 @@ def make_study(url: str, **storage_kw) -> tuple[optuna.Study, optuna.storages.RD
 
 def test_worker_loop_reads_no_trials_per_trial(sqlite_url):
     """Per trial: no ``get_trials`` read at all (the counts are one SQL query each, the claim
-    needs none below the budget, ``ask`` skips its WAITING lookup after a count of zero) and
-    one stale-trial check (``optimize``'s own)."""
+    needs none below the budget, ``ask`` skips its WAITING lookup after a count of zero) and,
+    one worker having no RUNNING trial at each count, no stale-trial query either."""
     n = 8
     study, storage = make_study(sqlite_url)
     calls = counted(storage, "_get_trials", "_get_stale_trial_ids", "get_trial")
@@ -69,7 +69,7 @@ def test_worker_loop_reads_no_trials_per_trial(sqlite_url):
     result = work(study, objective, n_trials=n)
     assert (result.trials_run, result.finished, result.stopped_by) == (n, n, "budget")
     assert calls["_get_trials"] == 0, calls
-    assert calls["_get_stale_trial_ids"] == n, calls
+    assert calls["_get_stale_trial_ids"] == 0, calls
     assert calls["get_trial"] == 2 * n, calls  # Optuna's: the new Trial, and tell
     counts = [s for s in statements if "GROUP BY state" in s]
     assert len(counts) == n + 1  # one before each trial, one to see the budget met
@@ -145,6 +145,23 @@ def test_stale_trials_holding_the_quota_are_failed_and_retried(sqlite_url):
     assert retry.state == TrialState.COMPLETE
     assert retry.system_attrs["failed_trial"] == first.number
     assert retry.params["x"] == first.params["x"]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_stale_trial_below_the_quota_is_failed_before_the_next_trial(sqlite_url):
+    """With a RUNNING trial in the count, optimize's own stale check runs (it is skipped only
+    when the count saw no RUNNING trial): the dead worker's trial is failed before this
+    worker's next trial, and its retry runs."""
+    study, storage = make_study(sqlite_url, heartbeat_interval=1, grace_period=2)
+    dead = study.ask()
+    dead.suggest_float("x", 0.0, 1.0)
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.5)
+    result = work(study, objective, n_trials=3, poll=0.1)
+    assert (result.finished, result.stopped_by) == (3, "budget")
+    states = [t.state for t in study.trials]
+    assert states[0] == TrialState.FAIL and states.count(TrialState.COMPLETE) == 3
+    assert any(t.system_attrs.get("failed_trial") == 0 for t in study.trials)
 
 
 @pytest.mark.parametrize("where", ["sqlite_url", "pg_url"])

@@ -150,7 +150,10 @@ class NarrowingSampler(BaseSampler):
       better value outside it (several messages are joined with ``"; "``);
       ``narrowing:partial`` (``True``) as above; ``narrowing:shifted``, the list of params whose
       range was recentred for this stage instead of narrowed (``shift=True`` only, absent when
-      none was), e.g. ``["lr"]``.
+      none was), e.g. ``["lr"]``. Nobody reads them before the trial ends (a stage is a
+      function of the trial's number), so on hpo's storage they are written with the trial's
+      end, in its final transaction (:func:`hpo.optuna_compat.set_trial_system_attr_behind`);
+      "when the trial starts" above is when this process knows them.
 
     * **Edge-aware mode** (``shift=True``): for each numeric param, if stage ``s-1``'s best
       COMPLETE trial sits within ``edge_fraction`` of stage ``s-1``'s range width from one of
@@ -331,7 +334,7 @@ class NarrowingSampler(BaseSampler):
                 # instead of one per param (each storage write is a round trip).
                 ctx.pending = True
             else:
-                oc.set_trial_system_attr(study, trial, RANGES_ATTR, dict(ctx.recorded))
+                oc.set_trial_system_attr_behind(study, trial, RANGES_ATTR, dict(ctx.recorded))
         rng = np.random.default_rng([self._seed, trial.number, zlib.crc32(param_name.encode())])
         return draw(rng, dist, current)
 
@@ -345,7 +348,7 @@ class NarrowingSampler(BaseSampler):
         with self._lock:
             ctx = self._contexts.pop(self._context_key(study, trial), None)
         if ctx is not None and ctx.pending:  # before the trial's state is written (tell)
-            oc.set_trial_system_attr(study, trial, RANGES_ATTR, dict(ctx.recorded))
+            oc.set_trial_system_attr_behind(study, trial, RANGES_ATTR, dict(ctx.recorded))
 
     # ---------------------------------------------------------------- public helpers
 
@@ -388,19 +391,19 @@ class NarrowingSampler(BaseSampler):
 
     def _prepare(self, study: Study, trial: FrozenTrial) -> _TrialContext:
         stage = self.stage_of(trial.number)
-        oc.set_trial_system_attr(study, trial, STAGE_ATTR, stage)
+        oc.set_trial_system_attr_behind(study, trial, STAGE_ATTR, stage)
         ranges = self._book.memoised(study, stage)
         if ranges is None:
             ranges = self._book.ranges(study, stage, self._wait_for(study, stage, trial))
         if stage > 0:
-            oc.set_trial_system_attr(study, trial, RANGES_ATTR, ranges.to_json())
+            oc.set_trial_system_attr_behind(study, trial, RANGES_ATTR, ranges.to_json())
             if not ranges.final:
-                oc.set_trial_system_attr(study, trial, PARTIAL_ATTR, True)
+                oc.set_trial_system_attr_behind(study, trial, PARTIAL_ATTR, True)
             if ranges.edge_warnings:
-                oc.set_trial_system_attr(study, trial, EDGE_WARNING_ATTR,
+                oc.set_trial_system_attr_behind(study, trial, EDGE_WARNING_ATTR,
                                          "; ".join(ranges.edge_warnings))
             if ranges.shifted:
-                oc.set_trial_system_attr(study, trial, SHIFTED_ATTR, list(ranges.shifted))
+                oc.set_trial_system_attr_behind(study, trial, SHIFTED_ATTR, list(ranges.shifted))
         ctx = _TrialContext(stage, ranges, ranges.to_json(), threading.get_ident())
         with self._lock:
             self._contexts[self._context_key(study, trial)] = ctx
