@@ -117,6 +117,12 @@ class _Running:
     def pending(self) -> bool:
         return bool(self.user or self.system or self.steps)
 
+    def overlay(self, trial: FrozenTrial) -> None:
+        """Apply the held-back writes to ``trial`` (a copy this process hands out or keeps)."""
+        trial.user_attrs.update({k: json.loads(v) for k, v in self.user.items()})
+        trial.system_attrs.update({k: json.loads(v) for k, v in self.system.items()})
+        trial.intermediate_values.update(self.steps)
+
 
 class WriteBehindRDBStorage(RDBStorage):
     """``RDBStorage`` that holds back the writes nobody else reads while a trial runs, and
@@ -196,9 +202,7 @@ class WriteBehindRDBStorage(RDBStorage):
                     return trial
                 running.trial = copy.deepcopy(trial)
         with self._wb_lock:
-            trial.user_attrs.update({k: json.loads(v) for k, v in running.user.items()})
-            trial.system_attrs.update({k: json.loads(v) for k, v in running.system.items()})
-            trial.intermediate_values.update(running.steps)
+            running.overlay(trial)
         return trial
 
     def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
@@ -311,9 +315,7 @@ class WriteBehindRDBStorage(RDBStorage):
                 self._wb_write(session, trial_id, running)
             trial = running.trial
             if trial is not None:  # written: now part of the trial as stored
-                trial.user_attrs.update({k: json.loads(v) for k, v in running.user.items()})
-                trial.system_attrs.update({k: json.loads(v) for k, v in running.system.items()})
-                trial.intermediate_values.update(running.steps)
+                running.overlay(trial)
             running.user.clear()
             running.system.clear()
             running.steps.clear()
