@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--warm-start", type=study_name, metavar="STUDY",
                    help="begin a new study with the best configurations of STUDY (same storage)")
-    p.add_argument("--warm-start-top", type=count(1000), default=5, metavar="K",
-                   help="how many of STUDY's best configurations (5)")
+    p.add_argument("--warm-start-top", type=count(1000), metavar="K",
+                   help="how many of STUDY's best configurations (default 5; needs --warm-start)")
     _heartbeat_args(p)
 
     p = sub.add_parser("init", help="create the schema and the study of a spec, run nothing",

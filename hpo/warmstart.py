@@ -22,6 +22,8 @@ from hpo.listing import ranked
 from hpo.spec import Param, Spec
 
 WARM_ATTR = "hpo:warm_start"
+#: How many of the earlier study's best configurations ``--warm-start`` carries by default.
+WARM_TOP = 5
 
 
 def fits(p: Param, value: Any) -> bool:

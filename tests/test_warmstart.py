@@ -67,3 +67,13 @@ def test_a_bad_source_is_refused_before_anything_is_written(tiny_spec, sqlite_ur
     r = hpo("run", str(tiny_spec("y")), "--storage", sqlite_url, "--warm-start", "ghost")
     assert r.returncode == 2 and "ghost" in r.stderr, r.stderr
     assert optuna.get_all_study_names(sqlite_url) == ["x"]
+
+
+def test_warm_start_top_alone_is_refused(tiny_spec, sqlite_url, tmp_path):
+    """--warm-start-top without --warm-start would be silently ignored: bad input instead."""
+    r = hpo("run", str(tiny_spec("x", n_trials=2)), "--storage", sqlite_url,
+            "--warm-start-top", "3")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "hpo run: error: --warm-start-top needs --warm-start STUDY (the study to start from)"]
+    assert not (tmp_path / "hpo.db").exists()

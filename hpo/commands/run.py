@@ -21,7 +21,7 @@ from hpo.signals import install_signal_handlers
 from hpo.spec import Spec, load_spec
 from hpo.storage import create_or_load_study, get_storage, load_study_spec, mask_url, resolve_url
 from hpo.trials import build_sampler_and_pruner, count, work
-from hpo.warmstart import best_configs, warm_start
+from hpo.warmstart import WARM_TOP, best_configs, warm_start
 
 
 def spec_from_args(args: argparse.Namespace) -> tuple[Spec, str]:
@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
     objective = Objective(spec)  # loads the data: a data error stops us before any write
     url = resolve_url(args.storage)
     warm = getattr(args, "warm_start", None)
-    configs = _warm_configs(url, warm, study_name, args.warm_start_top) if warm else None
+    top = getattr(args, "warm_start_top", None)
+    if top is not None and not warm:
+        raise UsageError("--warm-start-top needs --warm-start STUDY (the study to start from)")
+    configs = _warm_configs(url, warm, study_name, top or WARM_TOP) if warm else None
     install_signal_handlers()  # a SIGTERM while waiting for the database ends the wait
     storage = worker_storage(url, interval, grace, create_schema=True)
     study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
