@@ -39,7 +39,7 @@ from hpo.procs import WorkerJob, failures, pin_blas_threads, start_workers, supe
 from hpo.progress import Progress
 from hpo.signals import install_signal_handlers
 from hpo.storage import create_or_load_study, get_storage, mask_url
-from hpo.trials import build_sampler_and_pruner, count, work
+from hpo.trials import build_sampler_and_pruner, continue_sampling, count, work
 
 CHECKPOINTS = (10, 25, 50, 100, 200, 300, 500, 1000)
 NARROWING_DEFAULTS = {"stage_trials": 100, "keep_top": 10}
@@ -209,7 +209,8 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
                 bar.bar.set_description_str(study.study_name, refresh=False)
 
             if count(study)[0] < n_trials:
-                if workers == 1:
+                if workers == 1:  # a resumed cell draws new points (its workers reseed)
+                    continue_sampling(study, by_label[s].spec.replace(seed=k, n_trials=n_trials))
                     work(study, objectives[s, k], n_trials=n_trials,
                          on_trial=on_trial if progress else None)  # a count is a storage read
                 else:

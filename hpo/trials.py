@@ -59,8 +59,8 @@ from hpo.signals import check_stop, interruptible
 from hpo.spec import Spec
 from hpo.storage import state_counts, sweep_stale_trials
 
-__all__ = ["FINISHED", "IN_FLIGHT", "Surplus", "WorkerResult", "build_sampler_and_pruner",
-           "count", "count_states", "work"]
+__all__ = ["FINISHED", "IN_FLIGHT", "KEYED_SAMPLERS", "Surplus", "WorkerResult",
+           "build_sampler_and_pruner", "continue_sampling", "count", "count_states", "work"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 IN_FLIGHT = (TrialState.RUNNING, TrialState.WAITING)
@@ -126,6 +126,33 @@ def build_sampler_and_pruner(spec: Spec) -> tuple[optuna.samplers.BaseSampler,
     except ValueError as e:
         raise SpecError(f"spec {spec.name!r}: pruner: {e}") from None
     return sampler, pruner
+
+
+#: Samplers whose draws do not restart with the process: the narrowing sampler seeds each
+#: draw by (seed, trial number, param); Optuna's QMC sampler takes the next point of its
+#: sequence from a counter kept in the study.
+KEYED_SAMPLERS = frozenset({"narrowing", "qmc"})
+
+
+def continue_sampling(study: optuna.Study, spec: Spec) -> bool:
+    """Give ``study`` (just opened by this process) a sampler that draws new points.
+
+    A random, TPE, CMA-ES or GP sampler is one random stream started from the spec's seed in
+    each process: a study resumed with it (a higher ``--n-trials``, a run after Ctrl-C, a second
+    ``hpo run`` joining) would draw its first points again, trial for trial. When the study
+    already holds trials, the sampler is rebuilt from a seed derived from (the spec's seed, the
+    number of trials held): new points, and still reproducible (the same study resumed at the
+    same point draws the same). A fresh study keeps the spec's seed. True when reseeded."""
+    if spec.sampler in KEYED_SAMPLERS:
+        return False
+    held = sum(state_counts(study).values())
+    if not held:
+        return False
+    import numpy as np
+
+    seed = int(np.random.SeedSequence([spec.seed, held]).generate_state(1)[0])
+    study.sampler, _ = build_sampler_and_pruner(spec.replace(seed=seed))
+    return True
 
 
 def count_states(study: optuna.Study) -> tuple[int, int, int]:

@@ -83,6 +83,25 @@ def test_resume_and_best_json(tiny_spec, sqlite_url):
     assert r.returncode == 0 and "tiny" in r.stdout
 
 
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_resumed_study_draws_new_points_and_stays_reproducible(tiny_spec, tmp_path, sampler):
+    """A random stream restarted from the spec's seed would redraw a resumed study's first
+    points (trial 3 = trial 0, ...): resuming reseeds from (seed, trials held), so the same
+    resume of the same study draws the same new points."""
+    spec = tiny_spec(sampler=sampler, n_trials=3)
+    lrs = []
+    for db in ("a.db", "b.db"):
+        url = f"sqlite:///{tmp_path / db}"
+        assert hpo("run", str(spec), "--storage", url, "--quiet").returncode == 0
+        r = hpo("run", str(spec), "--storage", url, "--quiet", "--n-trials", "6")
+        assert r.returncode == 0, r.stderr
+        study = optuna.load_study(study_name="tiny", storage=url)
+        lrs.append([t.params["lr"] for t in study.trials])
+    first, second = lrs
+    assert len(first) == 6 and not set(first[:3]) & set(first[3:]), first
+    assert first == second  # reproducible: same seed, resumed at the same point
+
+
 def test_two_workers_exact_budget(tiny_spec, sqlite_url):
     r = hpo("run", str(tiny_spec(n_trials=12)), "--storage", sqlite_url, "--workers", "2",
             "--quiet")

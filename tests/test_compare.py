@@ -234,7 +234,10 @@ def test_own_storage_under_out_and_resume_only_when_asked(tmp_path, tiny_spec):
     resumed = hpo(*args, "--n-trials", "4", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     for name in names:
-        assert len(optuna.load_study(study_name=name, storage=url).trials) == 4
+        trials = optuna.load_study(study_name=name, storage=url).trials
+        assert len(trials) == 4
+        # the resumed cell drew a new point, not its first one again
+        assert trials[3].params["lr"] not in {t.params["lr"] for t in trials[:3]}, name
 
     other = tiny_spec(name="other")
     for extra in ([], ["--resume"]):

@@ -20,7 +20,7 @@ from hpo.retry import OUTAGE, is_transient, with_retries
 from hpo.signals import install_signal_handlers
 from hpo.spec import Spec, load_spec
 from hpo.storage import create_or_load_study, get_storage, load_study_spec, mask_url, resolve_url
-from hpo.trials import build_sampler_and_pruner, count, work
+from hpo.trials import build_sampler_and_pruner, continue_sampling, count, work
 from hpo.warmstart import WARM_TOP, best_configs, warm_start
 
 
@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     install_signal_handlers()  # a SIGTERM while waiting for the database ends the wait
     storage = worker_storage(url, interval, grace, create_schema=True)
     study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
+    # a resumed or joined study: new points, not the first ones again (before the warm start)
+    with_retries(lambda: continue_sampling(study, spec), who="hpo run",
+                 what=f"the study {study_name!r}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"study {study_name!r} on {mask_url(url)}: {spec.n_trials} trials, sampler "
           f"{spec.sampler}, pruner {spec.pruner}, {args.workers} worker(s)", file=sys.stderr)
