@@ -33,6 +33,32 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'hpo.db'}"
 
 
+def trial_states(url: str, study: str | None = None) -> dict[str, int]:
+    """Trials per state of ``study`` (every study's when None) in the SQLite file of ``url``,
+    read only: polling a study while ``hpo`` creates its storage must not write (Optuna's
+    ``RDBStorage``, even with ``skip_table_creation``, stamps the schema version, and that
+    races with the creator, which then says so in a line of its own). {} when there is no
+    schema yet."""
+    import sqlite3
+
+    path = url.removeprefix("sqlite:///")
+    if not os.path.exists(path):
+        return {}
+    sql = "SELECT t.state, count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id"
+    args: tuple = ()
+    if study is not None:
+        sql += " WHERE s.study_name = ?"
+        args = (study,)
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return dict(con.execute(sql + " GROUP BY t.state", args).fetchall())
+        finally:
+            con.close()
+    except sqlite3.Error:  # no schema yet, or the file is being made
+        return {}
+
+
 @pytest.fixture
 def tiny_spec(tmp_path: Path):
     """Write a fast spec (8x8 digits, small net, few epochs) and return a factory for variants."""

@@ -20,6 +20,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.conftest import trial_states
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -36,11 +38,9 @@ def trials(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
         storage.engine.dispose()
 
 
-def running(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return [t for t in trials(url, study) if t.state == TrialState.RUNNING]
-    except (KeyError, Exception):  # noqa: BLE001 - not created yet
-        return []
+def running(url: str, study: str) -> int:
+    """RUNNING trials of the study, read without writing (the run may be creating it)."""
+    return trial_states(url, study).get("RUNNING", 0)
 
 
 def start_run(spec: Path, url: str, tmp: Path, *extra: str) -> subprocess.Popen:
@@ -78,7 +78,7 @@ def test_a_killed_forked_worker_is_failed_after_its_parents_grace_period(tiny_sp
     proc = start_run(spec, sqlite_url, tmp_path / "tmp", "--workers", "2",
                      "--heartbeat-interval", "1", "--grace-period", str(grace))
     try:
-        wait_for(lambda: len(running(sqlite_url, "forked")) == 2, 120, "two running trials",
+        wait_for(lambda: running(sqlite_url, "forked") == 2, 120, "two running trials",
                  proc)
         victim = children(proc.pid)[0]
         time.sleep(0.3)  # mid-trial, with a heartbeat
@@ -107,7 +107,7 @@ def test_sigterm_of_a_run_with_workers_prints_one_line_and_leaves_no_files(tiny_
     spec = tiny_spec(name="stopped", n_trials=10_000, epochs=200)
     proc = start_run(spec, sqlite_url, tmp_path / "tmp", "--workers", "2")
     try:
-        wait_for(lambda: len(running(sqlite_url, "stopped")) == 2, 120, "two running trials",
+        wait_for(lambda: running(sqlite_url, "stopped") == 2, 120, "two running trials",
                  proc)
         assert list((tmp_path / "tmp").iterdir()), "the workers' log folder was not made"
         proc.send_signal(signal.SIGTERM)
