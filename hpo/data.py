@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from hpo import catalog
-from hpo.errors import DataError
+from hpo.errors import DataError, RuntimeFailure
 
 __all__ = ["DATASETS", "DataError", "SearchData", "TestData", "load_search", "load_test",
            "load_training", "validate_split"]
@@ -253,13 +253,14 @@ def _mnist_dir(data_dir: str | None) -> Path:
                         break
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise DataError(
+            # the network, not the input: a runtime failure (exit 1)
+            raise RuntimeFailure(
                 f"cannot download MNIST ({e.__class__.__name__}); put the four IDX .gz files "
                 f"({', '.join(MNIST_FILES)}) in a folder and pass --data-dir, or into {d}"
             ) from None
         if tmp.stat().st_size != size or _sha256(tmp) != sha:
             tmp.unlink(missing_ok=True)
-            raise DataError(f"downloaded {fname} fails its SHA-256 check")
+            raise RuntimeFailure(f"downloaded {fname} fails its SHA-256 check (not kept)")
         os.replace(tmp, d / fname)
     return d
 

@@ -5,6 +5,7 @@ import pytest
 
 from hpo import data
 from hpo.data import DataError, load_search, load_test, load_training
+from hpo.errors import RuntimeFailure
 
 
 def test_mnist5k_search_split_shapes_and_dtypes():
@@ -127,7 +128,7 @@ def test_offline_download_error_says_how(tmp_path, monkeypatch):
     data._search_pool.cache_clear()
     monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(data, "MNIST_URL", "http://127.0.0.1:9/")  # nothing listens: refused
-    with pytest.raises(DataError, match="--data-dir"):
+    with pytest.raises(RuntimeFailure, match="--data-dir"):  # the network: exit 1, not 2
         load_search("mnist", train_size=50)
     assert not list((tmp_path / "mnist").glob("*.gz"))
 
@@ -155,7 +156,7 @@ def test_download_checks_sha256(tmp_path, monkeypatch):
     try:
         monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
         monkeypatch.setattr(data, "MNIST_URL", f"http://127.0.0.1:{server.server_port}/")
-        with pytest.raises(DataError, match="SHA-256"):
+        with pytest.raises(RuntimeFailure, match="SHA-256"):
             load_search("mnist", train_size=50)
         assert not list((tmp_path / "cache" / "mnist").glob("*.gz"))
     finally:
