@@ -210,7 +210,7 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
 
             if count(study)[0] < n_trials:
                 if workers == 1:  # a resumed cell draws new points (its workers reseed)
-                    continue_sampling(study, by_label[s].spec.replace(seed=k, n_trials=n_trials))
+                    continue_sampling(study, objectives[s, k].spec)
                     work(study, objectives[s, k], n_trials=n_trials,
                          on_trial=on_trial if progress else None)  # a count is a storage read
                 else:

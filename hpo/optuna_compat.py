@@ -223,34 +223,31 @@ class WriteBehindRDBStorage(RDBStorage):
             if running is not None and running.trial is not None:
                 running.trial.system_attrs[key] = json.loads(json.dumps(value))
 
+    def _hold(self, trial_id: int, field: str, key: Any, value: Any) -> bool:
+        """Keep a write to ``running.<field>[key]`` for a trial this process runs; False when
+        it runs elsewhere (the caller writes through)."""
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is None:
+                return False
+            getattr(running, field)[key] = value
+            return True
+
     def set_trial_system_attr_behind(self, trial_id: int, key: str, value: Any) -> None:
         """A system attribute nobody needs before the trial ends: written with its end (or
         the next heartbeat) when this process runs the trial, else at once."""
-        text = json.dumps(value)
-        with self._wb_lock:
-            running = self._wb_running.get(trial_id)
-            if running is not None:
-                running.system[key] = text
-                return
-        super().set_trial_system_attr(trial_id, key, value)
+        if not self._hold(trial_id, "system", key, json.dumps(value)):
+            super().set_trial_system_attr(trial_id, key, value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        text = json.dumps(value)  # an unserialisable value fails here, as it did
-        with self._wb_lock:
-            running = self._wb_running.get(trial_id)
-            if running is not None:
-                running.user[key] = text
-                return
-        super().set_trial_user_attr(trial_id, key, value)
+        # json.dumps first: an unserialisable value fails here, as it did
+        if not self._hold(trial_id, "user", key, json.dumps(value)):
+            super().set_trial_user_attr(trial_id, key, value)
 
     def set_trial_intermediate_value(self, trial_id: int, step: int,
                                      intermediate_value: float) -> None:
-        with self._wb_lock:
-            running = self._wb_running.get(trial_id)
-            if running is not None:
-                running.steps[step] = float(intermediate_value)
-                return
-        super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+        if not self._hold(trial_id, "steps", step, float(intermediate_value)):
+            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
