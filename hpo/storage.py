@@ -341,8 +341,11 @@ def load_study_spec(storage: optuna.storages.BaseStorage, study_name: str,
             names = sorted(s.study_name for s in storage.get_all_studies())
             if not names:
                 raise _NotYet(f"no study named {study_name!r}; this storage is empty") from None
-            raise StorageError(f"no study named {study_name!r}; studies here: "
-                               f"{', '.join(names[:10])}") from None
+            if study_name not in names:
+                raise StorageError(f"no study named {study_name!r}; studies here: "
+                                   f"{', '.join(names[:10])}") from None
+            # made by a creator between the two reads (a crowded start): it is there now
+            study_id = storage.get_study_id_from_name(study_name)
         attrs = storage.get_study_user_attrs(study_id)
         if SPEC_ATTR not in attrs:
             raise _NotYet(f"study {study_name!r} was not made by hpo (no spec recorded)")

@@ -260,3 +260,34 @@ def test_an_unknown_database_is_bad_input_not_an_outage(pg_url, tiny_spec):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr  # no "retrying" line: not retried
     assert 'database "hpo_no_such_database" does not exist' in lines[0], r.stderr
+
+
+def test_a_study_made_between_the_workers_two_reads_is_joined(tmp_path, tiny_spec):
+    """A joining worker looks the study up by name, then (not found) lists the studies to name
+    them. When a creator makes it between the two reads, the worker joins it: it is not "no
+    study named 'crowd'; studies here: crowd" (exit 2) as it was once in a crowded start."""
+    import optuna
+
+    from hpo.spec import load_spec
+    from hpo.storage import create_or_load_study, get_storage, load_study_spec
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    spec = load_spec(tiny_spec(name="crowd"))
+    creator = get_storage(url, create_schema=True)
+    create_or_load_study(creator, spec.replace(name="other"))  # the storage is not empty
+
+    class LateStorage(optuna.storages.RDBStorage):
+        first = True
+
+        def get_study_id_from_name(self, study_name: str) -> int:
+            if self.first:  # the lookup misses; the creator makes the study right after it
+                self.first = False
+                try:
+                    return super().get_study_id_from_name(study_name)
+                finally:
+                    create_or_load_study(creator, spec)
+            return super().get_study_id_from_name(study_name)
+
+    joiner = LateStorage(url, skip_table_creation=True)
+    assert load_study_spec(joiner, "crowd").to_dict() == spec.to_dict()
+    assert not joiner.first
