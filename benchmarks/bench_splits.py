@@ -73,6 +73,16 @@ def parse_splits(text: str) -> list[int]:
     return out
 
 
+def hpo_run(spec: Path, db: str, study: str, split: int, workers: int, n_trials: int | None,
+            top: int) -> list[str]:
+    """The ``hpo run`` command of ``spec`` on ``split`` (sampler seed = data seed = split) as
+    the study ``study`` of the SQLite file ``db``."""
+    cmd = [HPO, "run", str(spec), "--storage", f"sqlite:///{db}", "--study", study, "--quiet",
+           "--seed", str(split), "--data-seed", str(split), "--workers", str(workers),
+           "--top", str(top)]
+    return cmd + (["--n-trials", str(n_trials)] if n_trials else [])
+
+
 def run_once(spec: Path, split: int, workers: int, targets: list[float], n_trials: int | None,
              stop: bool, cap: float, workdir: str, warm: tuple[str, int] | None = None) -> Run:
     """One ``hpo run`` of ``spec`` on ``split``; with ``warm = (source_db, top)``, the run's
@@ -81,10 +91,7 @@ def run_once(spec: Path, split: int, workers: int, targets: list[float], n_trial
     label = spec.stem + ("+warm" if warm else "")
     db = os.path.join(workdir, f"{label}-{split}.db")
     url, study = f"sqlite:///{db}", "s"
-    cmd = [HPO, "run", str(spec), "--storage", url, "--study", study, "--quiet",
-           "--seed", str(split), "--data-seed", str(split), "--workers", str(workers), "--top", "1"]
-    if n_trials:
-        cmd += ["--n-trials", str(n_trials)]
+    cmd = hpo_run(spec, db, study, split, workers, n_trials, top=1)
     if warm:
         shutil.copyfile(warm[0], db)
         cmd += ["--warm-start", "source", "--warm-start-top", str(warm[1])]
@@ -136,11 +143,7 @@ def source_study(spec: Path, split: int, workers: int, n_trials: int | None,
     """Run ``spec`` on ``split`` to its budget as the study ``source`` of a new SQLite file (the
     study a warm start begins from); returns the file's path."""
     db = os.path.join(workdir, f"source-{spec.stem}-{split}.db")
-    cmd = [HPO, "run", str(spec), "--storage", f"sqlite:///{db}", "--study", "source",
-           "--quiet", "--seed", str(split), "--data-seed", str(split), "--workers", str(workers),
-           "--top", "3"]
-    if n_trials:
-        cmd += ["--n-trials", str(n_trials)]
+    cmd = hpo_run(spec, db, "source", split, workers, n_trials, top=3)
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, check=True)
     print(f"  warm-start source: {spec.stem} on split {split}:\n    "
           + out.stdout.strip().replace("\n", "\n    "), flush=True)
