@@ -33,7 +33,11 @@ TOP = 20
 #: Significant digits of a float param in text (``lr:0.009213``) and of every float in JSON.
 TEXT_DIGITS = 4
 JSON_DIGITS = 12
-#: How many trials the "Best with gap < G" section of best.md and the page lists.
+#: Chance level of every hpo dataset (ten digit classes), and the final train accuracy below
+#: which a trial "learned nothing" and never counts as a small-gap trial (twice chance).
+CHANCE = 0.1
+LEARNED_MIN = 2 * CHANCE
+#: How many trials the "Best with train-val gap < G" section of best.md and the page lists.
 GAP_LIST = 5
 #: A param within this fraction of its range's width (log10 space for log params) of an edge.
 EDGE_FRACTION = 0.1
@@ -54,6 +58,12 @@ def fmt_param(value: Any) -> str:
     if isinstance(value, float):
         return repr(round_sig(value, TEXT_DIGITS))
     return str(value)
+
+
+def fmt_params(params: Mapping[str, Any]) -> str:
+    """Params as every text line shows them (``hpo best``, ``hpo worker``, warm-start lines):
+    ``lr:0.0008289, weight decay:2.56e-08`` (:func:`fmt_param`, the book's names)."""
+    return ", ".join(f"{BOOK_NAMES.get(k, k)}:{fmt_param(v)}" for k, v in params.items())
 
 
 def clean_floats(obj: Any, digits: int = JSON_DIGITS) -> Any:
@@ -124,16 +134,22 @@ def best_rows(study: optuna.Study, top: int = TOP) -> list[Row]:
     return rows_from_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))[:top]
 
 
+def learned(row: Row) -> bool:
+    """False for a trial that learned nothing: its final train accuracy is below
+    :data:`LEARNED_MIN` (twice chance on every hpo dataset, all of ten classes). Such a trial's
+    small gap is chance minus chance, not a sign that it does not overfit."""
+    return row.train_acc is not None and not row.diverged and row.train_acc >= LEARNED_MIN
+
+
 def small_gap(row: Row, max_gap: float) -> bool:
-    """True when the trial's train-validation gap is below ``max_gap`` (diverged trials, whose
-    gap is chance minus chance, never count)."""
-    return row.gap is not None and not row.diverged and row.gap < max_gap
+    """True when the trial's train-validation gap is below ``max_gap`` and it learned something
+    (:func:`learned`: diverged trials and trials at chance level never count)."""
+    return row.gap is not None and learned(row) and row.gap < max_gap
 
 
 def format_row(row: Row) -> str:
     """One line in the book's format, then train accuracy and gap."""
-    params = ", ".join(f"{BOOK_NAMES.get(k, k)}:{fmt_param(v)}" for k, v in row.params.items())
-    line = f"Best-{row.rank}(val acc:{row.val_acc:.2f}) | {params}"
+    line = f"Best-{row.rank}(val acc:{row.val_acc:.2f}) | {fmt_params(row.params)}"
     if row.train_acc is not None:
         line += f" | train acc:{row.train_acc:.2f}, gap:{row.gap:+.2f}"
     if row.diverged:
@@ -147,11 +163,10 @@ def gap_mark(max_gap: float) -> str:
 
 
 def small_gap_rows(all_rows: Sequence[Row], max_gap: float, top: int) -> list[Row]:
-    """The best rows whose train-validation gap is below ``max_gap`` (the book's closing
-    question: a trial that does not overfit), ranked among themselves."""
-    picked = [r for r in all_rows if small_gap(r, max_gap)]
-    return [Row(i + 1, r.number, r.val_acc, r.train_acc, r.params, r.diverged)
-            for i, r in enumerate(picked[:top])]
+    """The best rows whose train-validation gap is below ``max_gap`` and that learned something
+    (the book's closing question: a trial that does not overfit). Each keeps its overall rank:
+    ``Best-4`` is the same trial in every listing."""
+    return [r for r in all_rows if small_gap(r, max_gap)][:top]
 
 
 # --- edge warnings ----------------------------------------------------------------------------
@@ -263,22 +278,27 @@ class Summary:
 
     def text(self) -> str:
         """``hpo best``: the Best-N lines, then (when present) the small-gap ranking, the
-        confirmation, the test result and edge warnings."""
+        confirmation and the test result. The edge warnings are not in it: commands print them
+        to stderr (:meth:`warning_lines`)."""
         if not self.rows:
             return f"study {self.study!r} has no COMPLETE trials yet"
         lines = list(self.listing)
         if self.max_gap is not None:
             picked = small_gap_rows(self.rows, self.max_gap, self.top)
             lines.append("")
-            lines.append(f"Best with train-val gap < {self.max_gap:g}:" if picked else
-                         f"no COMPLETE trial has a train-val gap < {self.max_gap:g}")
-            lines += [format_row(r).replace("Best-", "Gap-best-", 1) for r in picked]
+            lines.append(f"{self.gap_title()} (overall ranks):" if picked else
+                         self.no_gap_text())
+            lines += [format_row(r) for r in picked]
         if self.confirm:
             lines += ["", format_confirm(self.confirm)]
         if self.test:
             lines += ["", format_test(self.test)]
-        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+    def warning_lines(self, who: str) -> list[str]:
+        """The edge warnings as every command prints them, on stderr:
+        ``hpo best: warning: lr=0.385 sits at the upper edge ...``."""
+        return [f"{who}: warning: {w}" for w in self.warnings]
 
     def json(self) -> str:
         """``hpo best --json``."""
@@ -301,14 +321,16 @@ class Summary:
                 "accuracy and the train-validation gap.")
         if self.max_gap is not None:
             text += (f" Lines marked `<- gap < {self.max_gap:g}` have a gap below "
-                     f"{self.max_gap:g} (diverged trials never count).")
+                     f"{self.max_gap:g} (diverged trials and trials that learned nothing, "
+                     f"train acc below {LEARNED_MIN:.2f}, never count).")
         return text
 
     def gap_title(self) -> str:
-        return f"Best with gap < {self.max_gap:g}"
+        return f"Best with train-val gap < {self.max_gap:g}"
 
     def no_gap_text(self) -> str:
-        return f"No COMPLETE trial has a train-validation gap below {self.max_gap:g}."
+        return (f"No COMPLETE trial that learned something (train acc >= {LEARNED_MIN:.2f}) has "
+                f"a train-validation gap below {self.max_gap:g}.")
 
     def markdown(self) -> str:
         """The summary as Markdown (best.md, the optuna-dashboard note)."""

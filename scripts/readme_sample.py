@@ -6,8 +6,8 @@
 Runs ``hpo run studies/book-random.toml`` (the quick start's command) in a fresh temporary
 directory, so that it starts from an empty ``./hpo.db`` as a new user's first run does, and puts
 what it printed between ``<!-- sample -->`` and ``<!-- /sample -->`` in README.md: the command,
-its first stderr line, the progress bar's last state (its timings are this run's) and all of
-stdout. tests/test_readme.py checks that the sample's Best-1 line is what the quick start prints.
+its first stderr line, the progress bar's last state (its timings are this run's), all of
+stdout, then the edge warnings it printed on stderr. tests/test_readme.py checks that the sample's Best-1 line is what the quick start prints.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def sample_block(run: subprocess.CompletedProcess) -> str:
     frames = [f for f in re.split(r"[\r\n]", run.stderr) if f.strip()]
     first = frames[0]
     bar = [f for f in frames if "%|" in f]
-    lines = [f"$ .venv/bin/{COMMAND}", first, *bar[-1:], *run.stdout.rstrip("\n").splitlines()]
+    warned = [f for f in frames if f.startswith("hpo run: warning: ")]  # stderr, after stdout
+    lines = [f"$ .venv/bin/{COMMAND}", first, *bar[-1:], *run.stdout.rstrip("\n").splitlines(),
+             *warned]
     return "```text\n" + "\n".join(lines) + "\n```"
 
 

@@ -102,10 +102,11 @@ def _trial_no(line: str) -> int:
 
 
 def _expected_small_gap(trials: list[FrozenTrial], g: float) -> list[int]:
-    """Recomputed from the trials: COMPLETE, not diverged, train_acc - val_acc < g."""
+    """Recomputed from the trials: COMPLETE, not diverged, learned something (train acc at
+    least twice chance), train_acc - val_acc < g."""
     return [t.number for t in ranked(trials)
             if "train_acc" in t.user_attrs and not t.user_attrs.get("diverged")
-            and t.user_attrs["train_acc"] - t.value < g]
+            and t.user_attrs["train_acc"] >= 0.2 and t.user_attrs["train_acc"] - t.value < g]
 
 
 # --- builders on synthetic trials -------------------------------------------------------------
@@ -162,17 +163,20 @@ def test_summary_marks_small_gaps_and_skips_diverged_and_unknown():
         _trial(2, 0.70, 1e-3, 1e-6),                           # no train_acc: never marked
         _trial(3, 0.10, 1e-3, 1e-6, train=0.10, diverged=True),  # gap 0 but diverged
         _trial(4, 0.60, 1e-3, 1e-6, train=0.55),               # negative gap: marked
+        _trial(5, 0.17, 1e-3, 1e-6, train=0.10),               # learned nothing: never marked
+        _trial(6, 0.20, 1e-3, 1e-6, train=0.12),               # learned nothing: never marked
     ]
     s = listing.summary(trials, SPEC, "s", top=20, max_gap=0.05)
     marked = [_trial_no(x) for x in s.listing if x.endswith(listing.gap_mark(0.05))]
     assert marked == [1, 4] == _expected_small_gap(trials, 0.05)
     assert [_trial_no(x) for x in s.small_gap] == [1, 4]
     md = s.markdown()
-    assert "## Best with gap < 0.05" in md and md.count("[trial 1]") == 2
+    assert "## Best with train-val gap < 0.05" in md and md.count("[trial 1]") == 2
     unmarked = listing.summary(trials, SPEC, "s", top=20).markdown()
-    assert "<- gap" not in unmarked and "Best with gap" not in unmarked
+    assert "<- gap" not in unmarked and "Best with train-val gap" not in unmarked
     none = listing.summary(trials[:1], SPEC, "s", max_gap=0.01)
-    assert "No COMPLETE trial has a train-validation gap below 0.01" in none.markdown()
+    assert ("No COMPLETE trial that learned something (train acc >= 0.20) has a "
+            "train-validation gap below 0.01") in none.markdown()
 
 
 def test_edge_warning_for_a_best_trial_near_an_edge():
@@ -256,7 +260,7 @@ def test_report_on_a_random_study(tiny_spec, sqlite_url, tmp_path, capsys):
     assert 0 < sum(x.endswith(listing.gap_mark(g)) for x in lines) < len(lines)
     for line in lines:
         assert line.endswith(listing.gap_mark(g)) == (_trial_no(line) in small), line
-    section = md.split(f"## Best with gap < {g:g}", 1)[1]
+    section = md.split(f"## Best with train-val gap < {g:g}", 1)[1]
     assert [_trial_no(x) for x in _listing_block(section)] == \
         _expected_small_gap(trials, g)[:listing.GAP_LIST]
     warnings = listing.edge_warnings(trials, study.user_attrs["hpo:spec"])
@@ -274,7 +278,7 @@ def test_report_on_a_random_study(tiny_spec, sqlite_url, tmp_path, capsys):
     assert f"wrote {js}" in r.stderr
     assert not re.search(r"<link[^>]*\shref\s*=\s*[\"']https?:", page)
     assert page.count("Plotly.newPlot(") == 3 and '"type":"contour"' in page
-    assert "Best-1(val acc:" in page and "Best with gap &lt;" in page
+    assert "Best-1(val acc:" in page and "Best with train-val gap &lt;" in page
     for w in warnings:
         assert w in page
 
@@ -325,7 +329,7 @@ def test_report_on_a_narrowing_study(tiny_spec, sqlite_url, tmp_path):
     r = hpo("report", "nar", "--storage", sqlite_url, "--out", str(out))
     assert r.returncode == 0, r.stderr
     _check_png(out / "stages.png")
-    assert "## Best with gap" not in (out / "best.md").read_text()
+    assert "## Best with train-val gap" not in (out / "best.md").read_text()
 
     study = optuna.load_study(study_name="nar", storage=sqlite_url)
     trials = study.get_trials()

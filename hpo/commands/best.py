@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import optuna
 
@@ -24,6 +25,8 @@ def best(args: argparse.Namespace) -> int:
     study = open_study(args)
     info = study_summary(study, study.user_attrs.get(SPEC_ATTR, {}), args.top, args.max_gap)
     print(info.json() if args.json else info.text())
+    for line in info.warning_lines("hpo best"):
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -83,8 +83,8 @@ def report(args: argparse.Namespace) -> int:
     written += [out / "report.html", js]
     for path in written:
         print(f"hpo report: wrote {path}", file=sys.stderr)
-    for w in info.warnings:
-        print(f"hpo report: warning: {w}", file=sys.stderr)
+    for line in info.warning_lines("hpo report"):
+        print(line, file=sys.stderr)
 
     if args.no_dashboard:
         if args.artifact_dir:

@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     summary = with_retries(lambda: study_summary(study, spec.to_dict(), args.top),
                            who="hpo run", what=f"the study {study_name!r}")
     print(summary.text())
+    for line in summary.warning_lines("hpo run"):
+        print(line, file=sys.stderr)
     if failed and _finished(study) < spec.n_trials:
         return 1
     return 0  # workers may die: the study still holds its budget (their failures were shown)

@@ -8,6 +8,7 @@ import sys
 import optuna
 
 from hpo.commands.common import heartbeat_settings, positive
+from hpo.listing import fmt_params
 from hpo.objective import Objective
 from hpo.procs import WorkerJob, pin_blas_threads
 from hpo.retry import with_retries
@@ -52,7 +53,8 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
 
     def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         value = "-" if t.value is None else f"{t.value:.3f}"
-        print(f"trial {t.number} {t.state.name} val_acc={value} params={t.params}", flush=True)
+        print(f"trial {t.number} {t.state.name} val_acc={value} | {fmt_params(t.params)}",
+              flush=True)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # with a callback, optimize() reads the finished trial back (a get_trial: six queries)
