@@ -7,7 +7,8 @@ Runs ``hpo run studies/book-random.toml`` (the quick start's command) in a fresh
 directory, so that it starts from an empty ``./hpo.db`` as a new user's first run does, and puts
 what it printed between ``<!-- sample -->`` and ``<!-- /sample -->`` in README.md: the command,
 its first stderr line, the progress bar's last state (its timings are this run's), all of
-stdout, then the edge warnings it printed on stderr. tests/test_readme.py checks that the sample's Best-1 line is what the quick start prints.
+stdout, then the edge warnings it printed on stderr. tests/test_readme.py checks that the
+sample's Best-1 line is what the quick start prints.
 """
 
 from __future__ import annotations
