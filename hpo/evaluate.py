@@ -23,7 +23,7 @@ import hpo.data as hpo_data
 from hpo.listing import CONFIRM_ATTR, TEST_ATTR, ranked
 from hpo.objective import fit, make_config, search_data
 from hpo.spec import Spec, from_dict
-from hpo.storage import SPEC_ATTR
+from hpo.storage import study_spec as stored_study_spec
 
 __all__ = ["CONFIRM_ATTR", "TEST_ATTR", "AlreadyTested", "choose_trial", "confirm",
            "confirm_seed", "evaluate_on_test", "study_spec"]
@@ -35,7 +35,7 @@ class AlreadyTested(RuntimeError):
 
 def study_spec(study: optuna.Study) -> Spec:
     """The spec an hpo study was made with."""
-    return from_dict(study.user_attrs[SPEC_ATTR], source=f"study {study.study_name!r}")
+    return from_dict(stored_study_spec(study) or {}, source=f"study {study.study_name!r}")
 
 
 def choose_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:

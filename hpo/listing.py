@@ -24,7 +24,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.samplers.edges import edge_warnings as _edge_warnings
-from hpo.storage import SPEC_ATTR
+from hpo.storage import study_spec
 
 BOOK_NAMES = {"weight_decay": "weight decay"}
 #: How many Best-N lines ``hpo run``, ``hpo best`` and ``hpo report`` list by default: the
@@ -389,7 +389,7 @@ def study_summary(study: optuna.Study, spec: Mapping[str, Any] | None = None,
     """:func:`summary` of a live study (one read of its trials); ``spec`` defaults to the one
     the study records."""
     attrs = study.user_attrs
-    spec = attrs.get(SPEC_ATTR, {}) if spec is None else spec
+    spec = (study_spec(study) or {}) if spec is None else spec
     return summary(study.get_trials(deepcopy=False), spec, study.study_name, top, max_gap, attrs)
 
 

@@ -13,7 +13,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from hpo.storage import SPEC_ATTR, state_counts
+from hpo.storage import state_counts, study_spec
 from hpo.trials import FINISHED
 
 __all__ = ["Progress", "best_value", "postfix"]
@@ -96,7 +96,7 @@ def _what_to_show(study: optuna.Study) -> tuple[bool, int | None]:
     from hpo.spec import from_dict
 
     try:
-        spec = from_dict(study.user_attrs[SPEC_ATTR], source=f"study {study.study_name!r}")
+        spec = from_dict(study_spec(study) or {}, source=f"study {study.study_name!r}")
     except Exception:  # noqa: BLE001 - not an hpo study: show only the counts
         return False, None
     stage_trials = spec.sampler_kwargs().get("stage_trials") if spec.sampler == "narrowing" \

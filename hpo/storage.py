@@ -43,7 +43,13 @@ if TYPE_CHECKING:
     from hpo.spec import Spec
 
 DEFAULT_URL = "sqlite:///hpo.db"
+#: The spec of an hpo study, as JSON, in the study's *system* attributes (kB of JSON in a user
+#: attribute made ``optuna studies`` unreadable). Studies made before kept it in a user attribute
+#: of the same name: :func:`spec_of` reads both.
 SPEC_ATTR = "hpo:spec"
+#: The user attribute ``optuna studies`` and the dashboard show instead: the first 12 hex digits
+#: of the SHA-256 of the spec's canonical JSON.
+SPEC_KEY_ATTR = "hpo:spec_sha256"
 METRIC_NAME = "val_acc"
 # Heartbeats: a trial of the book's task takes ~0.1-1 s, but a slow machine or a big spec can take
 # minutes, and a heartbeat that is too short fails live trials (seen at 1 s with 16 workers).
@@ -302,12 +308,13 @@ def create_or_load_study(
                 pass  # another process created it a moment ago
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler,
                                   pruner=pruner)
+        sid = storage.get_study_id_from_name(name)
         if created:
-            if SPEC_ATTR not in study.user_attrs:
+            if spec_of(storage, sid) is None:
                 study.set_metric_names([METRIC_NAME])
-                study.set_user_attr(SPEC_ATTR, wanted)
+                store_spec(storage, sid, wanted)
             return study
-        stored = study.user_attrs.get(SPEC_ATTR)
+        stored = spec_of(storage, sid)
         if stored is None:
             raise _NotYet(f"study {name!r} exists but was not made by hpo (no spec recorded)")
         if _without_budget(stored) != _without_budget(wanted):
@@ -316,11 +323,56 @@ def create_or_load_study(
                 f"resume it with `hpo worker --study {name}`"
             )
         if stored.get("budget") != wanted["budget"]:
-            study.set_user_attr(SPEC_ATTR, wanted)
+            store_spec(storage, sid, wanted)
         return study
 
     return with_retries(attempt, who="hpo", what=f"the study {name!r}", races=True,
                         still_missing=lambda e: isinstance(e, _NotYet), missing_wait=wait)
+
+
+def spec_key(spec: dict[str, Any]) -> str:
+    """The short key of a spec: 12 hex digits of the SHA-256 of its canonical JSON."""
+    import hashlib
+    import json
+
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def store_spec(storage: optuna.storages.BaseStorage, study_id: int,
+               spec: dict[str, Any]) -> None:
+    """Record ``spec`` in a study: the JSON as the system attribute :data:`SPEC_ATTR`, its
+    :func:`spec_key` as the user attribute :data:`SPEC_KEY_ATTR` (what ``optuna studies``
+    shows)."""
+    storage.set_study_system_attr(study_id, SPEC_ATTR, spec)
+    storage.set_study_user_attr(study_id, SPEC_KEY_ATTR, spec_key(spec))
+
+
+def stored_spec(system_attrs: dict[str, Any], user_attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The spec recorded in a study's attributes: the system attribute, else (a study made
+    before hpo moved it) the user attribute of the same name; None for a study not made by hpo."""
+    spec = system_attrs.get(SPEC_ATTR)
+    if spec is None:
+        spec = user_attrs.get(SPEC_ATTR)
+    return spec if isinstance(spec, dict) else None
+
+
+def spec_of(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, Any] | None:
+    """:func:`stored_spec` of a study by id (two reads)."""
+    return stored_spec(storage.get_study_system_attrs(study_id),
+                       storage.get_study_user_attrs(study_id))
+
+
+def study_spec(study: optuna.Study) -> dict[str, Any] | None:
+    """:func:`stored_spec` of a loaded study."""
+    from hpo import optuna_compat as oc
+
+    return spec_of(oc.storage_of(study), oc.study_id(study))
+
+
+def frozen_spec(frozen: optuna.study.FrozenStudy) -> dict[str, Any] | None:
+    """:func:`stored_spec` of a study as ``storage.get_all_studies()`` lists it."""
+    return stored_spec(frozen.system_attrs, frozen.user_attrs)
 
 
 def _without_budget(spec: dict[str, Any]) -> dict[str, Any]:
@@ -346,10 +398,10 @@ def load_study_spec(storage: optuna.storages.BaseStorage, study_name: str,
                                    f"{', '.join(names[:10])}") from None
             # made by a creator between the two reads (a crowded start): it is there now
             study_id = storage.get_study_id_from_name(study_name)
-        attrs = storage.get_study_user_attrs(study_id)
-        if SPEC_ATTR not in attrs:
+        spec = spec_of(storage, study_id)
+        if spec is None:
             raise _NotYet(f"study {study_name!r} was not made by hpo (no spec recorded)")
-        return attrs[SPEC_ATTR]
+        return spec
 
     stored = with_retries(attempt, who="hpo", what=f"the study {study_name!r}",
                           still_missing=lambda e: isinstance(e, _NotYet), missing_wait=wait)

@@ -172,3 +172,43 @@ def test_warnings_on_stderr_one_naming_for_small_gaps_and_worker_lines(tiny_spec
                         f"{listing.fmt_params(t.params)}")
         for v in re.findall(r":([0-9.e+-]+)", line.split(" | ")[1]):  # never 0.0008288912837852258
             assert float(v) == float(f"{float(v):.4g}") and len(v) <= 9, line
+
+
+def test_spec_is_a_system_attr_so_optuna_studies_stays_readable(tiny_spec, sqlite_url):
+    """The spec's JSON lives in a system attribute; `optuna studies` shows a 12-digit key in its
+    user_attrs column instead of kB of JSON. A study made before (the spec in a user attribute)
+    is still read by hpo: its worker runs, `hpo best` and `hpo studies` list it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hpo.spec import load_spec
+    from hpo.storage import SPEC_KEY_ATTR, spec_key, study_spec
+
+    new = tiny_spec(name="new", n_trials=1)
+    assert hpo("init", str(new), "--storage", sqlite_url).returncode == 0
+    study = optuna.load_study(study_name="new", storage=sqlite_url)
+    spec = load_spec(new).to_dict()
+    assert "hpo:spec" not in study.user_attrs
+    assert study.user_attrs == {SPEC_KEY_ATTR: spec_key(spec)} and len(spec_key(spec)) == 12
+    assert study_spec(study) == spec
+
+    def optuna_studies() -> list[str]:
+        return subprocess.run([str(Path(sys.executable).with_name("optuna")), "studies",
+                               "--storage", sqlite_url], capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+
+    (new_line,) = [x for x in optuna_studies() if "| new " in x]
+    assert spec_key(spec) in new_line and len(new_line) < 120, new_line
+    old = load_spec(tiny_spec(name="old", n_trials=1)).to_dict()
+    made = optuna.create_study(study_name="old", storage=sqlite_url, direction="maximize")
+    made.set_user_attr("hpo:spec", old)  # as hpo stored it before
+    assert len(next(x for x in optuna_studies() if "| old " in x)) > 600  # what it was
+
+    w = hpo("worker", "--study", "old", "--storage", sqlite_url, "--quiet")
+    assert w.returncode == 0, w.stderr
+    b = hpo("best", "old", "--storage", sqlite_url)
+    assert b.returncode == 0 and b.stdout.startswith("Best-1("), b.stderr
+    s = json.loads(hpo("studies", "--storage", sqlite_url, "--json").stdout)
+    assert {r["study"]: (r["sampler"], r["budget"]) for r in s} == \
+        {"new": ("random", 1), "old": ("random", 1)}

@@ -11,6 +11,7 @@ import time
 import optuna
 import pytest
 
+from hpo.storage import study_spec
 from tests.conftest import ROOT, STUDIES, hpo
 
 
@@ -45,7 +46,7 @@ def test_run_records_the_contract(tiny_spec, sqlite_url):
     assert "lr:" in lines[0] and "weight decay:" in lines[0] and "train acc:" in lines[0]
     study = optuna.load_study(study_name="tiny", storage=sqlite_url)
     assert study.metric_names == ["val_acc"]
-    assert study.user_attrs["hpo:spec"]["name"] == "tiny"
+    assert study_spec(study)["name"] == "tiny"
     trials = study.get_trials()
     assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
     for t in trials:
@@ -248,5 +249,5 @@ def test_shipped_spec_runs(tmp_path):
 def test_seed_and_data_seed_name_the_study(tiny_spec, sqlite_url):
     _run(tiny_spec(n_trials=2), sqlite_url, "--seed", "3", "--data-seed", "4")
     study = optuna.load_study(study_name="tiny/data4/seed3", storage=sqlite_url)
-    spec = study.user_attrs["hpo:spec"]
+    spec = study_spec(study)
     assert spec["seed"] == 3 and spec["data"]["seed"] == 4

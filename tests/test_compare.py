@@ -15,6 +15,7 @@ from hpo.compare import (
     grid_from_summary,
     study_name,
 )
+from hpo.storage import study_spec
 from tests.conftest import hpo, trial_states
 
 SAMPLERS = ["narrowing", "random", "tpe"]
@@ -74,8 +75,8 @@ def test_files_and_one_study_per_cell(grid):
 
 def test_same_split_different_seeds(grid):
     url, _, _ = grid
-    specs = [optuna.load_study(study_name=study_name("cmp", s, k), storage=url)
-             .user_attrs["hpo:spec"] for s in SAMPLERS for k in range(2)]
+    specs = [study_spec(optuna.load_study(study_name=study_name("cmp", s, k), storage=url))
+             for s in SAMPLERS for k in range(2)]
     assert len({json.dumps(s["data"], sort_keys=True) for s in specs}) == 1
     assert {s["seed"] for s in specs} == {0, 1}
     assert specs[0]["sampler"]["stage_trials"] == 8  # the spec's own narrowing options

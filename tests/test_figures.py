@@ -20,6 +20,7 @@ from hpo import figures, listing, plane, plots
 from hpo import page as page_module
 from hpo.cli import main
 from hpo.listing import best_rows, format_row, ranked
+from hpo.storage import study_spec
 from tests.conftest import hpo
 
 SPEC = {"search": {"lr": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
@@ -263,7 +264,7 @@ def test_report_on_a_random_study(tiny_spec, sqlite_url, tmp_path, capsys):
     section = md.split(f"## Best with train-val gap < {g:g}", 1)[1]
     assert [_trial_no(x) for x in _listing_block(section)] == \
         _expected_small_gap(trials, g)[:listing.GAP_LIST]
-    warnings = listing.edge_warnings(trials, study.user_attrs["hpo:spec"])
+    warnings = listing.edge_warnings(trials, study_spec(study))
     for w in warnings:
         assert w in md
 
@@ -333,7 +334,7 @@ def test_report_on_a_narrowing_study(tiny_spec, sqlite_url, tmp_path):
 
     study = optuna.load_study(study_name="nar", storage=sqlite_url)
     trials = study.get_trials()
-    found = plane.stages(trials, study.user_attrs["hpo:spec"])
+    found = plane.stages(trials, study_spec(study))
     assert [s.number for s in found] == [0, 1, 2] and [len(s.trials) for s in found] == [8] * 3
     for s in found[1:]:
         recorded = trials[8 * s.number].system_attrs["narrowing:ranges"]
