@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import hpo.data as hpo_data
-from hpo.listing import CONFIRM_ATTR, TEST_ATTR, ranked
+from hpo.listing import CONFIRM_ATTR, TEST_ATTR, n_finished, ranked, state_names
 from hpo.objective import fit, make_config, search_data
 from hpo.spec import Spec, from_dict
 from hpo.storage import study_spec as stored_study_spec
@@ -69,6 +69,7 @@ def evaluate_on_test(study: optuna.Study, trial: FrozenTrial, *, force: bool = F
             "use --force to evaluate again"
         )
     spec = study_spec(study)
+    finished = n_finished(state_names(study.get_trials(deepcopy=False)))
     d = spec.data
     data = search_data(spec)
     seed = trial.user_attrs.get("model_seed")
@@ -89,6 +90,8 @@ def evaluate_on_test(study: optuna.Study, trial: FrozenTrial, *, force: bool = F
         "test_acc": test_acc,
         "n_test": int(len(test.t_test)),
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # what the study held when this was made: listings mark the result STALE after more
+        "n_finished": finished,
         "runs": int(previous.get("runs", 1)) + 1 if previous else 1,
     }
     study.set_user_attr(TEST_ATTR, record)
@@ -115,7 +118,8 @@ def confirm(study: optuna.Study, *, top: int = 5, seeds: int = 5) -> dict[str, A
     if top < 1 or seeds < 2:
         raise ValueError(f"confirm needs --top >= 1 and --seeds >= 2, got {top} and {seeds}")
     spec = study_spec(study)
-    candidates = ranked(study.get_trials(deepcopy=False))[:top]
+    trials = study.get_trials(deepcopy=False)
+    candidates = ranked(trials)[:top]
     if not candidates:
         raise ValueError(f"study {study.study_name!r} has no COMPLETE trial to confirm")
     data = search_data(spec)
@@ -145,6 +149,7 @@ def confirm(study: optuna.Study, *, top: int = 5, seeds: int = 5) -> dict[str, A
         "noise_floor_std": float(np.median([r["std"] for r in rows])),
         "n_val": int(len(data.t_val)),
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "n_finished": n_finished(state_names(trials)),
     }
     study.set_user_attr(CONFIRM_ATTR, record)
     return record

@@ -210,23 +210,57 @@ def edge_warnings(trials: Sequence[FrozenTrial], spec: Mapping[str, Any]) -> lis
 # --- what hpo confirm and hpo test stored -------------------------------------------------------
 
 
-def format_confirm(record: Mapping[str, Any]) -> str:
-    """The ``hpo confirm`` result: each configuration's mean over fresh seeds, best first."""
-    lines = [f"Confirmed over {record['n_seeds']} fresh seeds each (mean ± standard error; "
-             f"noise floor: one configuration's val acc moves by ±{record['noise_floor_std']:.3f}"
-             f" (std) across seeds on {record['n_val']} validation images):"]
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def n_finished(counts: Mapping[str, int]) -> int:
+    """Finished trials (COMPLETE and PRUNED) of :func:`state_names` counts."""
+    return sum(counts.get(s, 0) for s in FINISHED)
+
+
+def made_at(record: Mapping[str, Any]) -> str:
+    """When a stored result was made: its date and the number of finished trials the study held
+    then (``2026-12-07T07:00:00+00:00, at 30 finished trials``)."""
+    then = record.get("n_finished")
+    text = str(record.get("at", "?"))
+    return text + (f", at {then} finished trials" if then is not None else
+                   ", trial count not recorded")
+
+
+def stale_note(record: Mapping[str, Any], what: str, again: str,
+               finished_now: int | None) -> str | None:
+    """One line when ``record`` was made before the study's latest trials (the study has moved
+    on since): ``STALE: ...``; None when it is current or cannot be told."""
+    then = record.get("n_finished")
+    if finished_now is None or then is None or finished_now <= then:
+        return None
+    return (f"STALE: {what} was made at {then} finished trials; the study now holds "
+            f"{finished_now}: run `{again}` again to include the new trials")
+
+
+def format_confirm(record: Mapping[str, Any], finished_now: int | None = None) -> str:
+    """The ``hpo confirm`` result: each configuration's mean over fresh seeds, best first, with
+    when it was made; marked STALE when the study holds more finished trials now."""
+    lines = [f"Confirmed ({made_at(record)}) over {record['n_seeds']} fresh seeds each (mean ± "
+             f"standard error; noise floor: one configuration's val acc moves by "
+             f"±{record['noise_floor_std']:.3f} (std) across seeds on {record['n_val']} "
+             f"validation images):"]
+    stale = stale_note(record, "this confirmation", "hpo confirm", finished_now)
+    if stale:
+        lines.insert(0, stale)
     for i, r in enumerate(record["rows"], 1):
-        params = ", ".join(f"{BOOK_NAMES.get(k, k)}:{fmt_param(v)}"
-                           for k, v in r["params"].items())
-        lines.append(f"Confirmed-{i}(val acc:{r['mean']:.3f} ± {r['sem']:.3f}) | {params} | "
-                     f"search val acc:{r['search_val_acc']:.2f}  [trial {r['trial']}]")
+        lines.append(f"Confirmed-{i}(val acc:{r['mean']:.3f} ± {r['sem']:.3f}) | "
+                     f"{fmt_params(r['params'])} | search val acc:{r['search_val_acc']:.2f}  "
+                     f"[trial {r['trial']}]")
     return "\n".join(lines)
 
 
-def format_test(record: Mapping[str, Any]) -> str:
-    """The ``hpo test`` result in one line."""
-    return (f"Test (once, {record['at']}): trial {record['trial']} test acc "
+def format_test(record: Mapping[str, Any], finished_now: int | None = None) -> str:
+    """The ``hpo test`` result in one line (two when it is STALE)."""
+    line = (f"Test (once, {made_at(record)}): trial {record['trial']} test acc "
             f"{record['test_acc']:.4f} on {record['n_test']} images")
+    stale = stale_note(record, "this test result", "hpo test --force", finished_now)
+    return f"{stale}\n{line}" if stale else line
 
 
 # --- the summary --------------------------------------------------------------------------------
@@ -271,8 +305,9 @@ class Summary:
     @property
     def after(self) -> list[str]:
         """What ``hpo confirm`` (with the noise floor) and ``hpo test`` stored."""
-        lines = format_confirm(self.confirm).splitlines() if self.confirm else []
-        return lines + ([format_test(self.test)] if self.test else [])
+        now = n_finished(self.counts)
+        lines = format_confirm(self.confirm, now).splitlines() if self.confirm else []
+        return lines + (format_test(self.test, now).splitlines() if self.test else [])
 
     # ---------------------------------------------------------------- renderings
 
@@ -290,9 +325,9 @@ class Summary:
                          self.no_gap_text())
             lines += [format_row(r) for r in picked]
         if self.confirm:
-            lines += ["", format_confirm(self.confirm)]
+            lines += ["", format_confirm(self.confirm, n_finished(self.counts))]
         if self.test:
-            lines += ["", format_test(self.test)]
+            lines += ["", format_test(self.test, n_finished(self.counts))]
         return "\n".join(lines)
 
     def warning_lines(self, who: str) -> list[str]:
@@ -308,10 +343,12 @@ class Summary:
             out["max_gap"] = self.max_gap
             out["best_small_gap"] = [r.to_dict() for r in
                                      small_gap_rows(self.rows, self.max_gap, self.top)]
+        now = n_finished(self.counts)
         if self.confirm:
-            out["confirm"] = self.confirm
+            out["confirm"] = {**self.confirm, "stale": stale_note(self.confirm, "", "", now)
+                              is not None}
         if self.test:
-            out["test"] = self.test
+            out["test"] = {**self.test, "stale": stale_note(self.test, "", "", now) is not None}
         out["warnings"] = self.warnings
         return dumps(out, indent=2)
 

@@ -8,7 +8,7 @@ import sys
 from hpo.commands.common import open_study, positive
 from hpo.errors import UsageError
 from hpo.evaluate import AlreadyTested, choose_trial, confirm, evaluate_on_test
-from hpo.listing import dumps, format_confirm
+from hpo.listing import CONFIRM_ATTR, dumps, format_confirm, n_finished, stale_note, state_names
 from hpo.procs import pin_blas_threads
 
 
@@ -17,6 +17,13 @@ def test_cmd(args: argparse.Namespace) -> int:
     study = open_study(args)
     try:
         trial = choose_trial(study, args.trial)
+        confirmed = study.user_attrs.get(CONFIRM_ATTR)
+        now = n_finished(state_names(study.get_trials(deepcopy=False)))
+        stale = stale_note(confirmed, "the confirmation", "hpo confirm", now) if (
+            confirmed and args.trial is None and confirmed.get("winner") == trial.number) else None
+        if stale:
+            print(f"hpo test: warning: {stale.removeprefix('STALE: ')}; testing its winner, "
+                  f"trial {trial.number}", file=sys.stderr)
         record = evaluate_on_test(study, trial, force=args.force)
     except (AlreadyTested, ValueError) as e:
         raise UsageError(str(e)) from None
@@ -27,7 +34,7 @@ def test_cmd(args: argparse.Namespace) -> int:
           f"train acc {record['train_acc']:.4f} | test acc {record['test_acc']:.4f} "
           f"({record['n_test']} test images)")
     if not record["reproduced"]:
-        print(f"warning: the retrained network's validation accuracy "
+        print(f"hpo test: warning: the retrained network's validation accuracy "
               f"{record['retrained_val_acc']:.4f} differs from the stored "
               f"{record['val_acc']:.4f}", file=sys.stderr)
     return 0
