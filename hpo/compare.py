@@ -290,6 +290,36 @@ def mann_whitney(grid: Grid) -> dict[str, float | None]:
     return out
 
 
+def startup_trials(spec: Any) -> int | None:
+    """How many trials ``spec``'s sampler draws at random before it models anything (its
+    ``n_startup_trials``: the spec's, else the sampler class's default); None for a sampler
+    without such a phase."""
+    import inspect
+
+    kwargs = spec.sampler_kwargs()
+    if "n_startup_trials" in kwargs:
+        return int(kwargs["n_startup_trials"])
+    cls = {"tpe": "TPESampler", "cmaes": "CmaEsSampler", "gp": "GPSampler"}.get(spec.sampler)
+    if cls is None:
+        return None
+    default = inspect.signature(getattr(optuna.samplers, cls)).parameters["n_startup_trials"]
+    return int(default.default)
+
+
+def startup_notes(grid: Grid) -> list[str]:
+    """One line per arm whose every trial was a start-up (random) draw: with no more trials than
+    its sampler's ``n_startup_trials``, TPE (CMA-ES, GP) *is* random search, and its row (p =
+    1.000 against random) says nothing about the sampler."""
+    notes = []
+    for arm in grid.arms:
+        n = None if arm.spec is None else startup_trials(arm.spec)  # None: from summary.json
+        if n is not None and grid.n_trials <= n:
+            notes.append(f"{arm.label}: {grid.n_trials} trials per study are no more than its "
+                         f"{n} random start-up trials (n_startup_trials), so it never used its "
+                         f"model and its row measures random search; give --n-trials above {n}")
+    return notes
+
+
 def table(grid: Grid) -> str:
     """The Markdown summary table, one row per sampler."""
     checkpoints = [c for c in CHECKPOINTS if c < grid.n_trials] + [grid.n_trials]
@@ -470,6 +500,7 @@ def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
         "",
         table(grid),
         "",
+        *[f"**Note:** {n}\n" for n in startup_notes(grid)],
         "![best so far](best_so_far.png)",
         "",
     ]
@@ -479,5 +510,6 @@ def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
     with open(paths["json"], "w") as fh:
         json.dump(clean_floats({"spec": grid.title, "n_trials": grid.n_trials,
                                 "seeds": grid.seeds, "target": grid.target,
-                                "workers": grid.workers, "runs": raw}), fh)
+                                "workers": grid.workers, "notes": startup_notes(grid),
+                                "runs": raw}), fh)
     return paths

@@ -16,7 +16,7 @@ import sys
 
 from hpo.commands.common import heartbeat_settings, output_dir
 from hpo.commands.worker import worker_job
-from hpo.compare import cell_names, make_arms, run_grid, table, write_outputs
+from hpo.compare import cell_names, make_arms, run_grid, startup_notes, table, write_outputs
 from hpo.errors import StorageError, UsageError
 from hpo.objective import Objective
 from hpo.procs import WorkerJob
@@ -136,5 +136,7 @@ def compare(args: argparse.Namespace) -> int:
                + (" --resume" if args.resume else ""))
     paths = write_outputs(grid, args.out, command)
     print(table(grid))
+    for note in startup_notes(grid):
+        print(f"hpo compare: note: {note}", file=sys.stderr)
     print(f"wrote {paths['plot']}, {paths['table']}, {paths['json']}", file=sys.stderr)
     return 0
