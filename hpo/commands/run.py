@@ -21,7 +21,7 @@ from hpo.signals import install_signal_handlers
 from hpo.spec import Spec, load_spec
 from hpo.storage import create_or_load_study, get_storage, load_study_spec, mask_url, resolve_url
 from hpo.trials import build_sampler_and_pruner, continue_sampling, count, work
-from hpo.warmstart import WARM_TOP, best_configs, warm_start
+from hpo.warmstart import WARM_TOP, best_configs, describe, warm_start
 
 
 def spec_from_args(args: argparse.Namespace) -> tuple[Spec, str]:
@@ -70,9 +70,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"study {study_name!r} on {mask_url(url)}: {spec.n_trials} trials, sampler "
           f"{spec.sampler}, pruner {spec.pruner}, {args.workers} worker(s)", file=sys.stderr)
     if configs is not None:
-        enqueued = warm_start(study, spec, warm, configs)
-        print(f"warm start from {warm!r}: its best {len(enqueued)} configuration(s) (trials "
-              f"{', '.join(map(str, enqueued))}) run first" if enqueued else
+        carries = warm_start(study, spec, warm, configs)
+        print("\n".join(describe(warm, carries)) if carries is not None else
               f"warm start from {warm!r} skipped: study {study_name!r} already holds trials",
               file=sys.stderr)
     done, _ = with_retries(lambda: count(study), who="hpo run", what=f"the study {study_name!r}")
