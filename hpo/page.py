@@ -19,10 +19,22 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222;
+       padding: 0 1em; }
+h1 { margin-bottom: 0.2em; }
+p.lead { font-size: 17px; margin-top: 0.3em; }
 pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 12px; }
-.warn { background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.4em 1em; }
+.warn { background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.3em 1em; margin: 0.5em 0; }
+.warn ul { margin: 0.2em 0; }
 p.caption { color: #555; font-size: 14px; }
+table { border-collapse: collapse; font-size: 14px; margin: 0.5em 0; }
+th, td { padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }
+th { background: #f6f8fa; }
+td:first-child, th:first-child { text-align: left; }
+tr.small-gap td { background: #eaf6ea; }
+details { margin: 0.8em 0; }
+summary { cursor: pointer; color: #0550ae; }
+b.stale { color: #b35900; }
 """
 
 
@@ -58,16 +70,25 @@ _MISSING_JS = """<script>if (typeof Plotly === "undefined") {
 
 def html_page(study: str, summary_: Summary, figures: Sequence[tuple[str, str, go.Figure]],
               plotly_js: str | None = None) -> str:
-    """One HTML page: the summary, then each ``(title, caption, figure)``, drawn by the plotly.js
-    file ``plotly_js`` beside the page (:func:`write_plotly_js`; default
+    """One HTML page, what matters first: a one-paragraph summary (Best-1, warnings), the
+    first ``(title, caption, figure)`` (the book's learning curves), the best trials as an HTML
+    table (the full Best-N and the book-format listing collapsed), then the other figures.
+    Drawn by the plotly.js file ``plotly_js`` beside the page (:func:`write_plotly_js`; default
     :func:`plotly_js_name`). No network is needed."""
     e = html.escape
     src = plotly_js or plotly_js_name()
-    body = [f"<h1>hpo report: {e(study)}</h1>", "<h2>Best trials</h2>", summary_.html()]
-    for i, (title, caption, fig) in enumerate(figures):
-        body += [f"<h2>{e(title)}</h2>", f'<p class="caption">{e(caption)}</p>',
-                 fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{i}",
-                             config={"displaylogo": False})]
+
+    def section(i: int, title: str, caption: str, fig: go.Figure) -> list[str]:
+        return [f"<h2>{e(title)}</h2>", f'<p class="caption">{e(caption)}</p>',
+                fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{i}",
+                            config={"displaylogo": False})]
+
+    body = [f"<h1>hpo report: {e(study)}</h1>", summary_.html_intro()]
+    for i, (title, caption, fig) in enumerate(figures[:1]):
+        body += section(i, title, caption, fig)
+    body += ["<h2>Best trials</h2>", summary_.html()]
+    for i, (title, caption, fig) in enumerate(figures[1:], 1):
+        body += section(i, title, caption, fig)
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f"<title>hpo report: {e(study)}</title>", f"<style>{_CSS}</style>",

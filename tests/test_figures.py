@@ -355,3 +355,36 @@ def test_report_bad_input_is_one_line_and_exit_2(tiny_spec, sqlite_url, tmp_path
     r = hpo("report", "x", "--storage", sqlite_url, "--top", "0")
     assert r.returncode == 2 and "--top must be >= 1" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_report_page_opens_on_a_summary_and_the_main_figure_with_html_tables():
+    """report.html's first screen: a one-paragraph summary (Best-1) and the warnings, then the
+    book's figure; no Markdown marks, no monospace listing before it; the best trials as HTML
+    tables, the full Best-N and the book's text listing collapsed in <details>; a confirmation
+    made before the latest trials is marked stale."""
+    trials = _random_trials(25)
+    trials.append(_trial(25, 0.99, 9.9e-3, 1e-6, train=1.0))  # Best-1 at lr's upper edge
+    confirm = {"n_seeds": 2, "noise_floor_std": 0.01, "n_val": 60, "winner": 25, "top": 1,
+               "at": "2026-12-07T07:00:00+00:00", "n_finished": 20,
+               "rows": [{"trial": 25, "params": {"lr": 9.9e-3, "weight_decay": 1e-6},
+                         "mean": 0.9, "sem": 0.01, "search_val_acc": 0.99}]}
+    s = listing.summary(trials, SPEC, "s", top=20, max_gap=0.05,
+                        user_attrs={listing.CONFIRM_ATTR: confirm})
+    figs = plots.report_figures(trials, SPEC, 20)
+    page = page_module.html_page("s", s, [(*page_module.SECTIONS[k], f) for k, f in figs.items()])
+    body = page.split("<body>", 1)[1]
+    first = body.split('id="figure-0"', 1)[0]
+    assert "<pre" not in first and "`" not in first and "<table" not in first
+    assert "<b>Best-1</b>: validation accuracy <b>0.99</b> (trial 25)" in first
+    assert "lr=0.0099 sits at the upper edge" in first
+    assert "STALE: the confirmation was made at 20 finished trials; the study now holds 26" \
+        in first
+    assert first.count("<h2>") == 1  # the figure's own heading: nothing else before it
+    rest = body.split('id="figure-0"', 1)[1].split('id="figure-1"', 1)[0]
+    assert "`" not in body.split("<script", 1)[0]
+    tables = re.findall(r"<table>.*?</table>", rest, re.S)
+    assert len(tables) == 4  # Best-5, all Best-20 (collapsed), small gap, confirmation
+    assert tables[0].count("<tr") == 1 + 5 and tables[1].count("<tr") == 1 + 20
+    details = rest.split("<details>", 1)[1].split("</details>", 1)[0]
+    assert tables[1] in details and "<pre>" in details and "Best-20(val acc:" in details
+    assert "<pre" not in rest.replace(details, "")
