@@ -313,6 +313,26 @@ def test_report_on_a_random_study(tiny_spec, sqlite_url, tmp_path, capsys):
     assert len(again["plotly_graph_objects"]) == 3 and again["note"]["version"] == 2
     assert sum(len(t["artifacts"]) for t in again["trials"]) == 5
 
+    # Optuna's own artifact API lists the report's figures and the curves (each once: the
+    # second report at the same trial count added nothing) and reads them back
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
+
+    metas = get_all_artifact_meta(study)
+    n = len(trials)
+    assert sorted(m.filename for m in metas) == sorted(
+        [f"{f}-{n}trials.png" for f in ("best_curves", "acc_vs_params", "contour")]
+        + [f"learning_curve_trial{k}.png" for k in top5])
+    fig = next(m for m in metas if m.filename.startswith("best_curves-"))
+    download_artifact(artifact_store=FileSystemArtifactStore(str(art)),
+                      artifact_id=fig.artifact_id, file_path=str(tmp_path / "got.png"))
+    assert (tmp_path / "got.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert fig.mimetype == "image/png"
+    # without --artifact-dir the figures go beside the SQLite file (hpo-artifacts/)
+    assert main(["report", "rnd", "--storage", sqlite_url, "--out", str(tmp_path / "pub2")]) == 0
+    beside = Path(sqlite_url.removeprefix("sqlite:///")).with_name("hpo-artifacts")
+    assert len(list(beside.iterdir())) == 3
+    assert len(get_all_artifact_meta(study)) == len(metas) + 3
+
     capsys.readouterr()
     assert main(["report", "nope", "--storage", sqlite_url, "--out", str(tmp_path / "x")]) == 2
     assert "no study named 'nope'; studies here: rnd" in capsys.readouterr().err

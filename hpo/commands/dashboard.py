@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from hpo.dashboard import make_app, make_server_for
+from hpo.dashboard import default_artifact_dir, make_app, make_server_for
 from hpo.errors import UsageError
 from hpo.storage import mask_url, resolve_url
 
 
 def dashboard(args: argparse.Namespace) -> int:
-    app = make_app(args.storage, allow_writes=args.allow_writes, artifact_dir=args.artifact_dir)
+    beside = default_artifact_dir(resolve_url(args.storage))  # where hpo report stores them
+    artifacts = args.artifact_dir or (beside if beside and os.path.isdir(beside) else None)
+    app = make_app(args.storage, allow_writes=args.allow_writes, artifact_dir=artifacts)
     try:
         server = make_server_for(app, args.host, args.port)
     except OSError as e:
