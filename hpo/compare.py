@@ -37,6 +37,7 @@ from hpo.listing import TEST_ATTR, clean_floats
 from hpo.objective import Objective
 from hpo.procs import WorkerJob, failures, pin_blas_threads, start_workers, supervise
 from hpo.progress import Progress
+from hpo.samplers.registry import startup_trials
 from hpo.signals import install_signal_handlers
 from hpo.storage import create_or_load_study, get_storage, mask_url
 from hpo.trials import build_sampler_and_pruner, continue_sampling, count, work
@@ -290,29 +291,12 @@ def mann_whitney(grid: Grid) -> dict[str, float | None]:
     return out
 
 
-def startup_trials(spec: Any) -> int | None:
-    """How many trials ``spec``'s sampler draws at random before it models anything (its
-    ``n_startup_trials``: the spec's, else the sampler class's default); None for a sampler
-    without such a phase."""
-    import inspect
-
-    kwargs = spec.sampler_kwargs()
-    if "n_startup_trials" in kwargs:
-        return int(kwargs["n_startup_trials"])
-    cls = {"tpe": "TPESampler", "cmaes": "CmaEsSampler", "gp": "GPSampler"}.get(spec.sampler)
-    if cls is None:
-        return None
-    default = inspect.signature(getattr(optuna.samplers, cls)).parameters["n_startup_trials"]
-    return int(default.default)
-
-
 def startup_notes(grid: Grid) -> list[str]:
-    """One line per arm whose every trial was a start-up (random) draw: with no more trials than
-    its sampler's ``n_startup_trials``, TPE (CMA-ES, GP) *is* random search, and its row (p =
-    1.000 against random) says nothing about the sampler."""
+    """One line per arm with no more trials than its sampler's random start-up trials: such a
+    TPE (CMA-ES, GP) arm *is* random search, and its row (p = 1.000) says nothing about it."""
     notes = []
-    for arm in grid.arms:
-        n = None if arm.spec is None else startup_trials(arm.spec)  # None: from summary.json
+    for arm in (a for a in grid.arms if a.spec is not None):  # None: from summary.json
+        n = startup_trials(arm.spec.sampler, arm.spec.sampler_kwargs())
         if n is not None and grid.n_trials <= n:
             notes.append(f"{arm.label}: {grid.n_trials} trials per study are no more than its "
                          f"{n} random start-up trials (n_startup_trials), so it never used its "

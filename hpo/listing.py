@@ -7,12 +7,11 @@ is the book's line (section 6.5.3); hpo prints params as a person reads them (``
 because "is Best-8, with a small gap and train accuracy below 100%, the one to pick?" is the
 question the book leaves the reader with. :func:`summary` gathers everything said about
 a study (rows, small-gap rows, edge warnings, the confirmation and the test result) once;
-:class:`Summary` renders it as text, JSON, Markdown or HTML.
+:class:`Summary` renders it as text, JSON or Markdown (report.html's HTML: :mod:`hpo.page`).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -383,109 +382,6 @@ class Summary:
         if self.after:
             parts += ["## Confirmation and test", "", "```text", *self.after, "```", ""]
         return "\n".join(parts)
-
-    def html_intro(self) -> str:
-        """The first screen of report.html: one paragraph on the study and its Best-1, and the
-        warnings (no listing: the figure comes next)."""
-        e = html.escape
-        if not self.rows:
-            return f"<p>{e(self.study)}: no COMPLETE trials yet ({self.n_trials} trials).</p>"
-        b = self.rows[0]
-        train = "" if b.train_acc is None else (
-            f", train accuracy {b.train_acc:.2f} (gap {b.gap:+.2f})")
-        parts = [f'<p class="lead">{self.n_complete} COMPLETE of {self.n_trials} trials. '
-                 f"<b>Best-1</b>: validation accuracy <b>{b.val_acc:.2f}</b> (trial {b.number})"
-                 f" at {e(fmt_params(b.params))}{e(train)}.</p>"]
-        if self.warnings:
-            parts.append('<div class="warn"><b>Edge warning:</b><ul>'
-                         + "".join(f"<li>{e(w)}</li>" for w in self.warnings) + "</ul></div>")
-        now = n_finished(self.counts)
-        for rec, what, again in ((self.confirm, "confirmation", "hpo confirm"),
-                                 (self.test, "test result", "hpo test --force")):
-            stale = rec and stale_note(rec, f"the {what}", again, now)
-            if stale:
-                parts.append(f'<div class="warn">{html_text(stale)}</div>')
-        return "\n".join(parts)
-
-    def _html_table(self, rows: Sequence[Row]) -> str:
-        e = html.escape
-        names = list(dict.fromkeys(k for r in rows for k in r.params))
-        head = (["", "val acc"] + [BOOK_NAMES.get(k, k) for k in names]
-                + ["train acc", "gap", "trial"])
-        out = ["<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head)
-               + "</tr></thead><tbody>"]
-        for r in rows:
-            small = self.max_gap is not None and small_gap(r, self.max_gap)
-            cells = [f"Best-{r.rank}", f"{r.val_acc:.2f}"]
-            cells += [fmt_param(r.params[k]) if k in r.params else "" for k in names]
-            cells += ["" if r.train_acc is None else f"{r.train_acc:.2f}",
-                      "" if r.gap is None else f"{r.gap:+.2f}" + (" diverged" if r.diverged
-                                                                  else ""),
-                      str(r.number)]
-            cls = ' class="small-gap"' if small else ""
-            out.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
-        return "\n".join(out + ["</tbody></table>"])
-
-    def html(self, shown: int = 5) -> str:
-        """The Best-N listing of report.html as HTML tables: the best ``shown`` rows, the
-        rest (and the book-format text lines) in a collapsed ``<details>``; then the small-gap
-        rows, the confirmation and the test result."""
-        e = html.escape
-        if not self.rows:
-            return "<p>No COMPLETE trials yet.</p>"
-        listed = self.rows[:self.top]
-        parts = [f"<p>{e(self.header_html())}</p>", self._html_table(listed[:shown])]
-        parts.append(f"<details><summary>All Best-{len(listed)} rows, and the listing in the "
-                     "book's format</summary>"
-                     + (self._html_table(listed) if len(listed) > shown else "")
-                     + "<pre>" + e("\n".join(self.listing)) + "</pre></details>")
-        if self.max_gap is not None:
-            parts.append(f"<h3>{e(self.gap_title())}</h3>")
-            picked = small_gap_rows(self.rows, self.max_gap, GAP_LIST)
-            parts.append(self._html_table(picked) if picked
-                         else f"<p>{e(self.no_gap_text())}</p>")
-        now = n_finished(self.counts)
-        if self.confirm:
-            parts.append("<h3>Confirmation (fresh seeds)</h3>")
-            stale = stale_note(self.confirm, "this confirmation", "hpo confirm", now)
-            parts.append(f"<p>Made {e(made_at(self.confirm))}; {self.confirm['n_seeds']} fresh "
-                         f"seeds each; noise floor ±{self.confirm['noise_floor_std']:.3f} (std) "
-                         f"on {self.confirm['n_val']} validation images."
-                         + (f' <b class="stale">{html_text(stale)}</b>' if stale else "") + "</p>")
-            parts.append("<table><thead><tr><th></th><th>mean val acc</th><th>± s.e.</th>"
-                         "<th>params</th><th>search val acc</th><th>trial</th></tr></thead>"
-                         "<tbody>" + "".join(
-                             f"<tr><td>Confirmed-{i}</td><td>{r['mean']:.3f}</td>"
-                             f"<td>{r['sem']:.3f}</td><td>{e(fmt_params(r['params']))}</td>"
-                             f"<td>{r['search_val_acc']:.2f}</td><td>{r['trial']}</td></tr>"
-                             for i, r in enumerate(self.confirm["rows"], 1))
-                         + "</tbody></table>")
-        if self.test:
-            stale = stale_note(self.test, "this test result", "hpo test --force", now)
-            parts.append("<h3>Test split (read once)</h3>")
-            parts.append(f"<p>Trial {self.test['trial']}: test accuracy "
-                         f"<b>{self.test['test_acc']:.4f}</b> on {self.test['n_test']} images, "
-                         f"made {e(made_at(self.test))}."
-                         + (f' <b class="stale">{html_text(stale)}</b>' if stale else "") + "</p>")
-        return "\n".join(parts)
-
-    def header_html(self) -> str:
-        """:meth:`header` for a page (no Markdown marks)."""
-        text = (f"{self.n_complete} COMPLETE of {self.n_trials} trials, ranked by final "
-                "validation accuracy, with the final training accuracy and the train-validation "
-                "gap.")
-        if self.max_gap is not None:
-            text += (f" Highlighted rows have a gap below {self.max_gap:g} (diverged trials and "
-                     f"trials that learned nothing, train acc below {LEARNED_MIN:.2f}, never "
-                     "count).")
-        return text
-
-
-def html_text(text: str) -> str:
-    """``text`` escaped for HTML, its Markdown code marks (```hpo confirm```) as ``<code>``."""
-    import re
-
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def summary(

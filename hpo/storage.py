@@ -43,12 +43,10 @@ if TYPE_CHECKING:
     from hpo.spec import Spec
 
 DEFAULT_URL = "sqlite:///hpo.db"
-#: The spec of an hpo study, as JSON, in the study's *system* attributes (kB of JSON in a user
-#: attribute made ``optuna studies`` unreadable). Studies made before kept it in a user attribute
-#: of the same name: :func:`spec_of` reads both.
+#: The spec's JSON: a study *system* attribute (kB in a user attribute made ``optuna studies``
+#: unreadable; older studies have it there: :func:`stored_spec` reads both); the user attribute
+#: holds its :func:`spec_key`.
 SPEC_ATTR = "hpo:spec"
-#: The user attribute ``optuna studies`` and the dashboard show instead: the first 12 hex digits
-#: of the SHA-256 of the spec's canonical JSON.
 SPEC_KEY_ATTR = "hpo:spec_sha256"
 METRIC_NAME = "val_acc"
 # Heartbeats: a trial of the book's task takes ~0.1-1 s, but a slow machine or a big spec can take
@@ -334,31 +332,26 @@ def spec_key(spec: dict[str, Any]) -> str:
     """The short key of a spec: 12 hex digits of the SHA-256 of its canonical JSON."""
     import hashlib
     import json
-
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 def store_spec(storage: optuna.storages.BaseStorage, study_id: int,
                spec: dict[str, Any]) -> None:
-    """Record ``spec`` in a study: the JSON as the system attribute :data:`SPEC_ATTR`, its
-    :func:`spec_key` as the user attribute :data:`SPEC_KEY_ATTR` (what ``optuna studies``
-    shows)."""
+    """Record ``spec`` in a study: the JSON as system attribute :data:`SPEC_ATTR`, its
+    :func:`spec_key` as user attribute :data:`SPEC_KEY_ATTR` (what ``optuna studies`` shows)."""
     storage.set_study_system_attr(study_id, SPEC_ATTR, spec)
     storage.set_study_user_attr(study_id, SPEC_KEY_ATTR, spec_key(spec))
 
 
 def stored_spec(system_attrs: dict[str, Any], user_attrs: dict[str, Any]) -> dict[str, Any] | None:
-    """The spec recorded in a study's attributes: the system attribute, else (a study made
-    before hpo moved it) the user attribute of the same name; None for a study not made by hpo."""
-    spec = system_attrs.get(SPEC_ATTR)
-    if spec is None:
-        spec = user_attrs.get(SPEC_ATTR)
+    """The spec in a study's attributes (a ``FrozenStudy``'s, or :func:`spec_of`): the system
+    attribute, else the user attribute of a study made before; None: not made by hpo."""
+    spec = system_attrs.get(SPEC_ATTR, user_attrs.get(SPEC_ATTR))
     return spec if isinstance(spec, dict) else None
 
 
 def spec_of(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, Any] | None:
-    """:func:`stored_spec` of a study by id (two reads)."""
     return stored_spec(storage.get_study_system_attrs(study_id),
                        storage.get_study_user_attrs(study_id))
 
@@ -366,13 +359,7 @@ def spec_of(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, An
 def study_spec(study: optuna.Study) -> dict[str, Any] | None:
     """:func:`stored_spec` of a loaded study."""
     from hpo import optuna_compat as oc
-
     return spec_of(oc.storage_of(study), oc.study_id(study))
-
-
-def frozen_spec(frozen: optuna.study.FrozenStudy) -> dict[str, Any] | None:
-    """:func:`stored_spec` of a study as ``storage.get_all_studies()`` lists it."""
-    return stored_spec(frozen.system_attrs, frozen.user_attrs)
 
 
 def _without_budget(spec: dict[str, Any]) -> dict[str, Any]:

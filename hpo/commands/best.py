@@ -12,7 +12,7 @@ from hpo import optuna_compat as oc
 from hpo.commands.common import open_storage, open_study, positive
 from hpo.errors import UsageError
 from hpo.listing import dumps, rows_from_trials, state_names, study_summary
-from hpo.storage import frozen_spec, study_spec
+from hpo.storage import stored_spec, study_spec
 
 
 def best(args: argparse.Namespace) -> int:
@@ -50,7 +50,7 @@ def studies(args: argparse.Namespace) -> int:
     for s in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
         trials = storage.get_all_trials(oc.study_id(s), deepcopy=False)
         best_row = rows_from_trials(trials)[:1]
-        spec = frozen_spec(s) or {}
+        spec = stored_spec(s.system_attrs, s.user_attrs) or {}
         rows.append({
             "study": s.study_name,
             "sampler": spec.get("sampler", {}).get("name", "?"),
