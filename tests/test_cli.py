@@ -56,7 +56,9 @@ def test_run_records_the_contract(tiny_spec, sqlite_url):
         assert ua["val_acc_curve"][-1] == pytest.approx(t.value, abs=1e-6)
         assert ua["train_acc"] == pytest.approx(ua["train_acc_curve"][-1], abs=1e-6)
         assert isinstance(ua["model_seed"], int)
-        assert not t.intermediate_values  # no pruner: nothing reported
+        # no pruner: the validation curve is still the trial's intermediate values
+        assert t.intermediate_values == pytest.approx(
+            dict(enumerate(ua["val_acc_curve"], 1)), abs=1e-6)
 
 
 def test_optuna_cli_reads_what_hpo_wrote(tiny_spec, sqlite_url):
