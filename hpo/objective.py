@@ -14,7 +14,8 @@ Design decisions:
   none without a pruner); the rest of the curve is reported when the trial ends. hpo's storage
   writes intermediate values behind (:class:`hpo.optuna_compat.WriteBehindRDBStorage`): 50 of
   them cost one multi-row insert in the transaction that finishes the trial, not 50 round trips
-  (through ``hpo proxy`` each is still its own call). A pruned trial keeps what it reported.
+  (through ``hpo proxy`` each is still its own call). A longer curve is thinned to
+  :data:`CURVE_POINTS` epochs. A pruned trial keeps what it reported.
 * **A diverging run is a COMPLETE trial** with the (chance-level) accuracy it reached and
   ``diverged = true``. Marking it FAIL would hide the region from the samplers (TPE and the
   narrowing sampler only learn from COMPLETE trials) and they would keep sampling there; as a
@@ -35,6 +36,9 @@ from hpo.data import SearchData, load_search
 from hpo.nn import MLP, TrainResult, make_optimizer, train
 from hpo.pruners import report_steps
 from hpo.spec import ModelSpec, Param, Spec
+
+#: At most this many points of a trial's validation curve become its intermediate values.
+CURVE_POINTS = 200
 
 
 def suggest(trial: optuna.Trial, space: tuple[Param, ...]) -> dict[str, Any]:
@@ -173,8 +177,14 @@ class Objective:
 
     def _report_curve(self, trial: optuna.Trial, result: TrainResult) -> None:
         """The validation curve as intermediate values (step = epoch), except the epochs the
-        pruner was already given and non-finite values (a diverged run)."""
-        for epoch, acc in zip(result.curve_epochs, result.val_acc_curve, strict=False):
+        pruner was already given and non-finite values (a diverged run); a curve longer than
+        :data:`CURVE_POINTS` is thinned to that many evenly spaced epochs (the last kept), so
+        a 30,000-epoch spec does not make 30,000 storage writes per trial."""
+        points = list(zip(result.curve_epochs, result.val_acc_curve, strict=False))
+        if len(points) > CURVE_POINTS:
+            keep = np.unique(np.linspace(0, len(points) - 1, CURVE_POINTS).round().astype(int))
+            points = [points[i] for i in keep]
+        for epoch, acc in points:
             if epoch not in self.steps and math.isfinite(acc):
                 trial.report(float(acc), int(epoch))
 

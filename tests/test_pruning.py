@@ -204,3 +204,17 @@ def test_median_pruner_pickles_and_keeps_optunas_options():
     assert (clone._n_startup_trials, clone._n_warmup_steps, clone._n_min_trials) == (2, 5, 3)
     with pytest.raises(ValueError, match="has no option 'percentile'"):
         make_pruner("median", {"percentile": 25.0}, 20)
+
+
+def test_a_long_curve_is_thinned_to_curve_points(tiny_spec, monkeypatch):
+    """A curve longer than CURVE_POINTS becomes that many intermediate values, evenly spaced,
+    the last epoch kept (a 30,000-epoch spec behind `hpo proxy` made 30,000 calls a trial)."""
+    from hpo import objective
+
+    monkeypatch.setattr(objective, "CURVE_POINTS", 4)
+    spec = load_spec(tiny_spec(epochs=10))
+    study = optuna.create_study(direction="maximize")
+    study.optimize(Objective(spec), n_trials=1)
+    (t,) = study.trials
+    assert sorted(t.intermediate_values) == [1, 4, 7, 10]
+    assert t.intermediate_values[10] == pytest.approx(t.value)
