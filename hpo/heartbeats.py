@@ -20,6 +20,7 @@ the proxy's end of their beats.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -28,7 +29,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import RuntimeFailure, StorageError, UsageError
-from hpo.retry import OUTAGE, finished_elsewhere, is_transient
+from hpo.retry import OUTAGE, db_wait, finished_elsewhere, is_transient, reason, refused
 from hpo.signals import check_stop
 
 if TYPE_CHECKING:
@@ -41,10 +42,15 @@ GRPC_WAIT = 60.0
 
 
 def beat_failed(e: BaseException) -> None:
-    """A heartbeat that could not be recorded: a transient error is one line per outage (the
-    heartbeat thread beats again next interval); a trial failed elsewhere is for its ``tell``
-    to notice; anything else is raised."""
+    """A heartbeat (or a heartbeat's flush of held writes) that could not be recorded: a
+    transient error is one line per outage (the heartbeat thread beats again next interval); a
+    trial failed elsewhere is for its ``tell`` to notice; an error the database answered with
+    (:func:`hpo.retry.refused`: permission denied, read-only...) is one line and ends the trial
+    loop (exit 1, :meth:`hpo.retry.Outage.check`); anything else is raised."""
     if finished_elsewhere(e):
+        return
+    if refused(e) is not None:
+        OUTAGE.refuse("hpo worker", e)
         return
     if not is_transient(e):
         raise e
@@ -56,6 +62,9 @@ def rdb_storage_class() -> type:
     """``RDBStorage`` with a heartbeat that outlives database outages (module docstring), and
     a running trial's user attributes and intermediate values written with its end
     (:class:`hpo.optuna_compat.WriteBehindRDBStorage`)."""
+    import optuna
+    from optuna.trial import TrialState
+
     from hpo import optuna_compat as oc
 
     class HpoRDBStorage(oc.WriteBehindRDBStorage):
@@ -65,7 +74,59 @@ def rdb_storage_class() -> type:
             except Exception as e:  # noqa: BLE001 - sorted by beat_failed
                 beat_failed(e)
             else:
+                OUTAGE.ok()  # a write went through: the outage's clock restarts
+
+        def flush_failed(self, trial_id: int, e: BaseException) -> None:
+            beat_failed(e)  # the beat itself was recorded; the held writes wait
+
+        def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
+            frozen = super()._create_new_trial(study_id, template_trial)
+            OUTAGE.ok()
+            return frozen
+
+        def set_trial_state_values(self, trial_id: int, state: TrialState,
+                                   values: Any = None) -> bool:
+            if not state.is_finished():
+                return super().set_trial_state_values(trial_id, state, values)
+            return _final_write(lambda: super(HpoRDBStorage, self).set_trial_state_values(
+                trial_id, state, values), self, trial_id, state)
+
+    def _final_write(write: Any, storage: Any, trial_id: int, state: TrialState) -> bool:
+        """The write that finishes a trial (its ``tell``, with the held writes): a lost
+        connection is retried within ``$HPO_DB_WAIT`` of the outage's start (the held writes
+        are kept for each attempt); an error the database answers with fails the trial
+        instead (one attempt, so that nothing is left RUNNING) and ends the command."""
+        delay = 0.2
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                done = write()
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if attempts > 1 and storage.get_trial(trial_id).state == state:
+                    return True  # the last attempt committed; only its answer was lost
+                raise
+            except Exception as e:  # noqa: BLE001 - sorted just below
+                if refused(e) is not None:
+                    storage.drop_held(trial_id)  # they may be what was refused
+                    if state != TrialState.FAIL:
+                        with contextlib.suppress(Exception):
+                            optuna.storages.RDBStorage.set_trial_state_values(
+                                storage, trial_id, TrialState.FAIL)
+                    raise RuntimeFailure(f"the database refused a write ({reason(e)})"
+                                         ) from None
+                if not is_transient(e):
+                    raise
+                OUTAGE.failed("hpo worker", e, "the trial's result is kept and written when it "
+                              f"is back (up to {db_wait():g} s, $HPO_DB_WAIT)")
+                if OUTAGE.elapsed() > db_wait():
+                    raise
+                check_stop()
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
+            else:
                 OUTAGE.ok()
+                return done
 
     return HpoRDBStorage
 
