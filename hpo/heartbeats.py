@@ -79,6 +79,10 @@ def rdb_storage_class() -> type:
         def flush_failed(self, trial_id: int, e: BaseException) -> None:
             beat_failed(e)  # the beat itself was recorded; the held writes wait
 
+        def creation_failed(self, e: BaseException) -> None:
+            if refused(e) is not None:  # not Optuna's five attempts: one
+                raise RuntimeFailure(f"the database refused a write ({reason(e)})") from e
+
         def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
             frozen = super()._create_new_trial(study_id, template_trial)
             OUTAGE.ok()

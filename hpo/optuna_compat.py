@@ -152,7 +152,8 @@ class WriteBehindRDBStorage(RDBStorage):
     Parameters and other system attributes are written through, as before: other workers'
     samplers read the parameters of RUNNING trials.
 
-    Relies on Optuna's private ``RDBStorage._create_new_trial`` and ``_set_trial_param`` (what
+    Relies on Optuna's private ``RDBStorage._create_new_trial``, ``_get_prepared_new_trial``
+    and ``_set_trial_param`` (what
     ``_CachedStorage`` calls), ``_set_trial_value_without_commit`` and the per-row writers,
     ``_create_scoped_session`` and the ORM models: the end of a trial with pending writes is
     Optuna's state change redone in one transaction with them (:meth:`_finish`). Never nest
@@ -185,6 +186,20 @@ class WriteBehindRDBStorage(RDBStorage):
             with self._wb_lock:
                 self._wb_running[frozen._trial_id] = _Running(copy.deepcopy(frozen))
         return frozen
+
+    def _get_prepared_new_trial(self, study_id: int, template_trial: FrozenTrial | None,
+                                session: Any) -> Any:
+        # Optuna retries a trial's creation five times, up to 2 s apart, whatever the error
+        # (it means deadlocks): ``creation_failed`` may replace an error no retry can mend by
+        # one that is not Optuna's StorageInternalError, which ends the loop at once.
+        try:
+            return super()._get_prepared_new_trial(study_id, template_trial, session)
+        except Exception as e:
+            self.creation_failed(e)
+            raise
+
+    def creation_failed(self, e: BaseException) -> None:
+        """A trial could not be created; subclasses may raise what to end with instead."""
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._wb_lock:
