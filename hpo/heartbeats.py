@@ -95,6 +95,16 @@ def rdb_storage_class() -> type:
             return _final_write(lambda: super(HpoRDBStorage, self).set_trial_state_values(
                 trial_id, state, values), self, trial_id, state)
 
+    def _refused(storage: Any, trial_id: int, state: TrialState, why: str) -> None:
+        """The final write was refused: the trial is failed without its held writes (they may
+        be what was refused), one attempt, so that nothing is left RUNNING; then exit 1."""
+        storage.drop_held(trial_id)
+        if state != TrialState.FAIL:
+            with contextlib.suppress(Exception):
+                optuna.storages.RDBStorage.set_trial_state_values(storage, trial_id,
+                                                                  TrialState.FAIL)
+        raise RuntimeFailure(f"the database refused a write ({why})")
+
     def _final_write(write: Any, storage: Any, trial_id: int, state: TrialState) -> bool:
         """The write that finishes a trial (its ``tell``, with the held writes): a lost
         connection is retried within ``$HPO_DB_WAIT`` of the outage's start (the held writes
@@ -112,13 +122,7 @@ def rdb_storage_class() -> type:
                 raise
             except Exception as e:  # noqa: BLE001 - sorted just below
                 if refused(e) is not None:
-                    storage.drop_held(trial_id)  # they may be what was refused
-                    if state != TrialState.FAIL:
-                        with contextlib.suppress(Exception):
-                            optuna.storages.RDBStorage.set_trial_state_values(
-                                storage, trial_id, TrialState.FAIL)
-                    raise RuntimeFailure(f"the database refused a write ({reason(e)})"
-                                         ) from None
+                    _refused(storage, trial_id, state, reason(e))
                 if not is_transient(e):
                     raise
                 OUTAGE.failed("hpo worker", e, "the trial's result is kept and written when it "
@@ -129,6 +133,8 @@ def rdb_storage_class() -> type:
                 time.sleep(delay)
                 delay = min(2 * delay, 2.0)
             else:
+                if not done:  # Optuna's answer to an IntegrityError: nothing was written
+                    _refused(storage, trial_id, state, "a constraint of the trial's rows")
                 OUTAGE.ok()
                 return done
 

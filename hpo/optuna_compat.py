@@ -282,7 +282,8 @@ class WriteBehindRDBStorage(RDBStorage):
             except optuna.exceptions.UpdateFinishedTrialError:
                 self._wb_running.pop(trial_id, None)  # a sweeper's word stands: drop them
                 raise
-            self._wb_running.pop(trial_id, None)
+            if ok:  # False: nothing was written (a constraint); the trial is still RUNNING
+                self._wb_running.pop(trial_id, None)
             return ok
 
     def drop_held(self, trial_id: int) -> None:
