@@ -50,7 +50,7 @@ def beat_failed(e: BaseException) -> None:
     if finished_elsewhere(e):
         return
     if refused(e) is not None:
-        OUTAGE.refuse("hpo worker", e)
+        OUTAGE.refuse(e)
         return
     if not is_transient(e):
         raise e

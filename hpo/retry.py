@@ -217,7 +217,12 @@ def refused(e: BaseException) -> str | None:
     if is_transient(e) or bad_database(e) is not None or _missing_schema(e):
         return None
     driver = _driver_error(e)
-    return None if driver is None else reason(e)
+    if driver is None:
+        return None
+    name = getattr(driver, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")):  # ENOSPC, EFBIG (ulimit -f), EIO
+        return f"{reason(e)}: is the disk full?"
+    return reason(e)
 
 
 def _missing_schema(e: BaseException) -> bool:
@@ -284,14 +289,13 @@ class Outage:
             self.since = None
             self.refusal = None
 
-    def refuse(self, who: str, e: BaseException) -> None:
+    def refuse(self, e: BaseException) -> None:
         """Note an error no retry can mend, seen where it cannot be raised to the command (the
-        heartbeat thread): one line, and :meth:`check` ends the trial loop with it."""
+        heartbeat thread): :meth:`check` ends the trial loop with it, and the command says it
+        in its one line."""
         with self._lock:
-            if self.refusal is not None:
-                return
-            self.refusal = f"the database refused a write ({reason(e)})"
-        print(f"{who}: {self.refusal}", file=sys.stderr, flush=True)
+            if self.refusal is None:
+                self.refusal = f"the database refused a write ({reason(e)})"
 
     def check(self) -> None:
         """Raise the refusal noted by :meth:`refuse`, if any (a runtime failure, exit 1)."""

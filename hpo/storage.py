@@ -69,7 +69,7 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^/:@]+:)[^/@]*@", r"\1***@", url)
 
 
-def engine_kwargs(url: str) -> dict[str, Any]:
+def engine_kwargs(url: str, idle_timeout: float = GRACE_PERIOD) -> dict[str, Any]:
     """Engine options per backend.
 
     SQLite: a 60 s busy timeout so a few local workers queue instead of failing with "database is
@@ -80,13 +80,26 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     connection and a server process per trial, about 5 ms on PostgreSQL.) On PostgreSQL a
     connection attempt gives up after 10 s (an unreachable host otherwise hangs for minutes in
     TCP retries): it is then retried like any outage.
+
+    A worker cut off from PostgreSQL by the network (not dead, not told) must neither hang nor
+    hold locks: its TCP connections give up on data the server does not acknowledge within
+    30 s and probe an idle server with keepalives (``tcp_user_timeout``, ``keepalives``;
+    then a connection error, retried), and the server ends any session of it that sits idle
+    inside a transaction for ``idle_timeout`` seconds (``idle_in_transaction_session_timeout``;
+    a worker's grace period): hpo's transactions last milliseconds, and a session cut off
+    in the middle of one would otherwise keep its row locks, on which a sweeper failing the
+    worker's trial waits, until the server's own keepalive notices (two hours by default).
     """
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 0,
                               "pool_recycle": 300}
     if url.startswith("postgresql"):
-        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+        kwargs["connect_args"] = {
+            "connect_timeout": CONNECT_TIMEOUT, "tcp_user_timeout": 30_000, "keepalives": 1,
+            "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+            "options": "-c idle_in_transaction_session_timeout="
+                       f"{max(1000, int(idle_timeout * 1000))}"}
     return kwargs
 
 
@@ -194,7 +207,7 @@ def get_storage(
             raise _NotYet(f"storage {url} does not exist: create the study first with "
                           "`hpo run SPEC` or `hpo init SPEC`")
         with creation_lock(url):
-            return cls(url, engine_kwargs=engine or engine_kwargs(url),
+            return cls(url, engine_kwargs=engine or engine_kwargs(url, grace_period),
                        skip_table_creation=not create_schema, **kwargs)
 
     def not_yet(e: BaseException) -> bool:
