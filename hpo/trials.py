@@ -255,6 +255,7 @@ def work(
                   oc.skip_first_stale_check(study, skip=in_flight == waiting)):
                 study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
                                gc_after_trial=False)
+            OUTAGE.ok()  # the trial was told: a write went through, whatever the storage
         except Exception as e:  # noqa: BLE001 - filtered just below
             if finished_elsewhere(e):
                 # a sweeper failed this trial while it ran: its retry runs elsewhere
