@@ -7,7 +7,8 @@ A storage error is one of five things, and each gets its own answer:
 * **transient** (:func:`is_transient`): a connection-level failure, sorted by the driver's own
   error under SQLAlchemy's and Optuna's wrappers: refused, reset or timed out, the server
   shutting down or restarting (PostgreSQL SQLSTATE class 08, 57P01-57P03, "too many clients"
-  53300), the SQLite file busy or locked, the gRPC proxy unavailable. Retried with backoff
+  53300), a deadlock or serialization failure the server asks to retry (class 40), the SQLite
+  file busy or locked, the gRPC proxy unavailable. Retried with backoff
   for ``$HPO_DB_WAIT`` seconds, saying so in one line; then a runtime failure (exit 1,
   :class:`~hpo.errors.RuntimeFailure`). The clock of an outage restarts only after a
   successful *write* (:meth:`Outage.ok`): a database that answers reads but not writes is
@@ -173,8 +174,8 @@ def _transient_driver_error(driver: BaseException) -> bool:
         text = str(driver).lower()
         return "database is locked" in text or "database table is locked" in text
     state = getattr(driver, "sqlstate", None) or getattr(driver, "pgcode", None)
-    if state:
-        return state.startswith("08") or state in _TRANSIENT_SQLSTATES
+    if state:  # class 40: a deadlock or serialization failure, the server asks for a retry
+        return state.startswith(("08", "40")) or state in _TRANSIENT_SQLSTATES
     # no SQLSTATE: psycopg's own errors of a connection that could not be made or was lost
     # (refused, reset, timed out, "server closed the connection unexpectedly")
     return type(driver).__name__ in ("OperationalError", "InterfaceError")

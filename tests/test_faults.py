@@ -125,6 +125,33 @@ def test_a_final_write_lost_to_a_locked_database_is_retried_with_its_held_writes
     assert OUTAGE.since is None  # the write restarted the clock
 
 
+@pytest.mark.slow
+def test_reads_that_succeed_do_not_keep_a_write_outage_alive(tmp_path: Path, monkeypatch,
+                                                             capsys) -> None:
+    """Another process holds the SQLite file's write lock for good: every read of the trial
+    loop succeeds, every write fails (busy, transient). The loop's outage clock is not restarted
+    by the reads, so it ends after ``$HPO_DB_WAIT`` with one line (a runtime failure), having
+    created no trial (it used to retry for ever, counting each successful read as recovery)."""
+    from hpo.errors import RuntimeFailure
+    from hpo.trials import work
+
+    monkeypatch.setenv("HPO_DB_WAIT", "2")
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    storage = get_storage(url, create_schema=True, engine={"connect_args": {"timeout": 0.05}})
+    study = optuna.create_study(storage=storage, study_name="busy")
+    holder = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(RuntimeFailure, match=r"storage unavailable for \d+ s"):
+            work(study, lambda t: t.suggest_float("x", 0, 1), n_trials=3, poll=0.05)
+        assert study.get_trials() == []  # reads still work; no trial was made
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "database is locked" in err[0], err
+
+
 # --- fault classes (-m faults) --------------------------------------------------------------------
 
 

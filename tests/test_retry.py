@@ -216,6 +216,44 @@ def test_postgres_errors_are_sorted_by_sqlstate(pg_url):
     assert is_transient(e) and not refused(e), e
     ro = pg_error(pg_url, "SET TRANSACTION READ ONLY; INSERT INTO t VALUES (6, 'a', 1)")
     assert sqlstate(ro) == "25006" and refused(ro) and not is_transient(ro)
+    deadlock = _deadlock(plain)
+    assert sqlstate(deadlock) == "40P01" and is_transient(deadlock) and not refused(deadlock)
+
+
+def _deadlock(plain: str) -> BaseException:
+    """A real deadlock: two sessions lock two rows in opposite orders (the server picks one
+    to fail with 40P01 after its deadlock_timeout, 1 s)."""
+    import threading
+
+    import psycopg
+
+    with psycopg.connect(plain, autocommit=True) as setup:
+        setup.execute("INSERT INTO t VALUES (10, 'a', 1), (11, 'a', 1)")
+    one, two = psycopg.connect(plain), psycopg.connect(plain)
+    errors: list[BaseException] = []
+
+    def second(con, key) -> None:
+        try:
+            con.execute("UPDATE t SET n = 2 WHERE k = %s", (key,))
+        except psycopg.Error as e:
+            errors.append(e)
+        finally:
+            con.rollback()
+
+    try:
+        one.execute("UPDATE t SET n = 2 WHERE k = 10")
+        two.execute("UPDATE t SET n = 2 WHERE k = 11")
+        threads = [threading.Thread(target=second, args=(one, 11)),
+                   threading.Thread(target=second, args=(two, 10))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=60)
+    finally:
+        one.close()
+        two.close()
+    (e,) = errors
+    return e
 
 
 def _storage_internal(e: BaseException) -> None:
