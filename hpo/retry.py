@@ -133,9 +133,11 @@ def bad_database(e: BaseException) -> str | None:
 
 
 #: SQLSTATEs of a connection that failed or went away, besides class 08 (connection
-#: exception): the server shutting down, crashed, or still starting (57P01-57P03), and "too many
-#: clients" (53300, a server full for a moment).
-_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+#: exception): the server shutting down, crashed, or still starting (57P01-57P03), a session the
+#: server ended for sitting idle (in a transaction 25P03, or at all 57P05: what it does to a
+#: worker cut off by the network, storage.engine_kwargs), and "too many clients" (53300, a
+#: server full for a moment).
+_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25P03", "57P05", "53300"})
 #: gRPC status codes of a proxy that does not answer or drops a call (the rest are answers).
 _TRANSIENT_GRPC = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "ABORTED",
                              "RESOURCE_EXHAUSTED", "UNKNOWN"})

@@ -464,6 +464,9 @@ def test_postgres_killed_9_mid_run_and_restarted(tiny_spec, tmp_path):
         pg.kill9()
         killed_at = time.monotonic()
         rows.engine.dispose()
+        # down until both workers have met the outage (each says so in its one line)
+        wait_until(lambda: all("storage unavailable" in log.read_text() for log in logs), 120,
+                   "both workers to notice the crash")
         pg.start()
         up_at = time.monotonic()
         wait_until(lambda: (rows.states() or {}).get("COMPLETE", 0) > done_before, 180,
@@ -473,7 +476,7 @@ def test_postgres_killed_9_mid_run_and_restarted(tiny_spec, tmp_path):
         assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
         states = _exact(rows, n_trials)
         for out in outputs:
-            assert "Traceback" not in out, out
+            assert "Traceback" not in out and out.count("storage unavailable") == 1, out
         figures("postgres-kill-9", down_s=f"{up_at - killed_at:.1f}",
                 next_complete_after_restart_s=f"{recovered_after:.1f}",
                 trials_lost=n_trials - states["COMPLETE"], failed_and_retried=states["FAIL"])

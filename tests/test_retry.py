@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,6 +217,16 @@ def test_postgres_errors_are_sorted_by_sqlstate(pg_url):
     assert is_transient(e) and not refused(e), e
     ro = pg_error(pg_url, "SET TRANSACTION READ ONLY; INSERT INTO t VALUES (6, 'a', 1)")
     assert sqlstate(ro) == "25006" and refused(ro) and not is_transient(ro)
+    with psycopg.connect(plain) as idle, psycopg.connect(plain, autocommit=True) as watcher:
+        idle.execute("SET idle_in_transaction_session_timeout = '100ms'")
+        idle.execute("SELECT 1")  # a transaction left open, as by a worker cut off mid-way
+        pid = idle.info.backend_pid
+        deadline = time.monotonic() + 60
+        while watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                              (pid,)).fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ended = error_of(lambda: idle.execute("SELECT 1"))
+    assert is_transient(ended) and not refused(ended), (sqlstate(ended), ended)
     deadlock = _deadlock(plain)
     assert sqlstate(deadlock) == "40P01" and is_transient(deadlock) and not refused(deadlock)
 
