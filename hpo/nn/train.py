@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hpo.nn.fast import kernels
 from hpo.nn.net import MLP
+from hpo.nn.optim import SGD
 
 SAMPLINGS = ("replacement", "shuffle")
 EVAL_CHUNK = 8192  # rows per evaluation forward pass (bounds memory on big sets)
@@ -88,6 +90,17 @@ def train(
     n_perms = -(-per_epoch // n_train)  # permutations needed per epoch when shuffling
     correct = np.empty(n_train + n_val, dtype=bool)  # per-row hits of an evaluation
 
+    # The book's SGD on a plain net: one compiled call per epoch when numba is there
+    # (hpo.nn.fast, the optional 'fast' extra); else NumPy, an update at a time.
+    fast = fast_args = None
+    if type(optimizer) is SGD and (fast_args := net.sgd_epoch_args(batch_size)) is not None:
+        fast = kernels()
+        net._fast_predict = fast is not None
+    if fast is not None:
+        scalars = (dtype.type(optimizer.lr), dtype.type(net.weight_decay),
+                   dtype.type(1.0 / batch_size))
+    last_finite = True  # the last minibatch's scores were finite
+
     train_curve: list[float] = []
     val_curve: list[float] = []
     curve_epochs: list[int] = []
@@ -99,15 +112,20 @@ def train(
                 order = rng.integers(0, n_train, size=per_epoch)
             else:
                 order = np.concatenate([rng.permutation(n_train) for _ in range(n_perms)])
-            for start in range(0, per_epoch, batch_size):
-                idx = order[start : start + batch_size]
-                np.take(x_train, idx, axis=0, out=x_batch, mode="clip")
-                np.take(t_train, idx, out=t_batch, mode="clip")
-                grads = net.gradient(x_batch, t_batch)
-                optimizer.update(net.params, grads)
+            if fast is not None:
+                last_finite = fast.sgd_epoch(*fast_args, x_train, t_train, order[:per_epoch],
+                                             x_batch, t_batch, *scalars)
+            else:
+                for start in range(0, per_epoch, batch_size):
+                    idx = order[start : start + batch_size]
+                    np.take(x_train, idx, axis=0, out=x_batch, mode="clip")
+                    np.take(t_train, idx, out=t_batch, mode="clip")
+                    grads = net.gradient(x_batch, t_batch)
+                    optimizer.update(net.params, grads)
+                last_finite = bool(np.isfinite(net.last_layer.y).all())
 
             if (eval_epochs is not None and epoch not in eval_epochs and epoch != epochs
-                    and np.isfinite(net.last_layer.y).all()):
+                    and last_finite):
                 continue
             finite = True
             for i in range(0, len(x_all), EVAL_CHUNK):
