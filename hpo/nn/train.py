@@ -64,6 +64,10 @@ def train(
     recorded are what the broken net predicts): at an evaluation, or at the end of any epoch
     whose last minibatch's scores are not finite (that epoch is then evaluated). Never raises
     for divergence; floating-point warnings are silenced.
+
+    A plain net (no BatchNorm, no dropout, at least one hidden layer) under ``SGD`` itself (not
+    a subclass) trains through ``hpo.nn.fast`` when numba is installed (the ``fast`` extra):
+    one compiled call per epoch, the same minibatches and updates to round-off.
     """
     if sampling not in SAMPLINGS:
         raise ValueError(
@@ -99,7 +103,6 @@ def train(
     if fast is not None:
         scalars = (dtype.type(optimizer.lr), dtype.type(net.weight_decay),
                    dtype.type(1.0 / batch_size))
-    last_finite = True  # the last minibatch's scores were finite
 
     train_curve: list[float] = []
     val_curve: list[float] = []
@@ -122,10 +125,11 @@ def train(
                     np.take(t_train, idx, out=t_batch, mode="clip")
                     grads = net.gradient(x_batch, t_batch)
                     optimizer.update(net.params, grads)
-                last_finite = bool(np.isfinite(net.last_layer.y).all())
+                last_finite = None  # looked at only when this epoch is not evaluated
 
             if (eval_epochs is not None and epoch not in eval_epochs and epoch != epochs
-                    and last_finite):
+                    and (last_finite if last_finite is not None
+                         else np.isfinite(net.last_layer.y).all())):
                 continue
             finite = True
             for i in range(0, len(x_all), EVAL_CHUNK):
