@@ -39,7 +39,7 @@ def kernels() -> SimpleNamespace | None:
     if _kernels is None:
         try:
             _kernels = _build()
-        except ImportError:
+        except Exception:  # noqa: BLE001 - no numba, or one that cannot load or cache: NumPy
             _kernels = False
     return _kernels or None
 
