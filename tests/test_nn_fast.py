@@ -14,6 +14,7 @@ import pytest
 
 from hpo.nn import MLP, SGD, Momentum, train
 from hpo.nn import fast as nn_fast
+from tests.test_nn_train import blobs as train_blobs
 
 pytest.importorskip("numba")
 
@@ -32,13 +33,8 @@ def compiled():
         assert net._fast_predict
 
 
-def blobs(n: int = 300, dim: int = 20, classes: int = 4, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(0.0, 1.5, (classes, dim))
-    t = rng.integers(0, classes, n)
-    x = centers[t] + rng.normal(0.0, 1.0, (n, dim))
-    k = n * 4 // 5
-    return x[:k], t[:k], x[k:], t[k:]
+def blobs():
+    return train_blobs(dim=20, classes=4)
 
 
 def run(fast: bool, monkeypatch, *, dtype=np.float32, opt=None, sizes=(20, 32, 32, 4),
