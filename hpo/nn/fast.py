@@ -13,9 +13,11 @@ Same science as the NumPy path: the same initial weights, minibatches and update
 implementation, so the numbers agree to round-off, not bit for bit (tests/test_nn_fast.py).
 
 Without numba, or with ``HPO_NN_FAST=0`` in the environment, ``kernels()`` is None and
-everything runs on NumPy. numba is imported on the first training, not with ``hpo.nn``: the
-import costs ~0.5 s, and compiled kernels are cached on disk (``cache=True``), so a later process
-loads them instead of compiling (~3 s).
+everything runs on NumPy, as it does if numba fails to load or cache the kernels. numba is
+imported on the first training, not with ``hpo.nn`` (~0.3 s), and the compiled kernels are
+cached on disk (``cache=True``, next to this module, else numba's user-wide cache): a process
+loads them in ~0.3 s; the first training after an install compiles them (~5-15 s, once per
+dtype and number of layers).
 """
 
 from __future__ import annotations
