@@ -7,6 +7,7 @@ the parameters agree to round-off and the accuracy curves are the same. Skipped 
 
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import numpy as np
@@ -72,6 +73,16 @@ def test_numba_path_without_weight_decay_and_deterministic(monkeypatch):
     np.testing.assert_array_equal(nets[0]._flat, nets[1]._flat)  # same seed, same numbers
     slow = run(False, monkeypatch, weight_decay=0.0)[0]
     np.testing.assert_allclose(nets[0]._flat, slow._flat, rtol=0, atol=1e-4)
+
+
+def test_an_epoch_in_chunks_trains_the_same(monkeypatch):
+    """train() hands the compiled loop at most FAST_CHUNK updates a call (so signals get
+    through between calls): cutting an epoch of 9 updates into calls of 2 changes nothing."""
+    train_mod = importlib.import_module("hpo.nn.train")  # hpo.nn.train is also the function
+    whole = run(True, monkeypatch, epochs=3)[0]
+    monkeypatch.setattr(train_mod, "FAST_CHUNK", 2)
+    chunked = run(True, monkeypatch, epochs=3)[0]
+    np.testing.assert_array_equal(chunked._flat, whole._flat)
 
 
 def test_numba_path_reports_divergence(monkeypatch):

@@ -81,10 +81,10 @@ def sgd_decay_update(w, g, lr, wd):
 
 @jit
 def sgd_epoch(Ws, bs, gWs, gbs, hidden, dxs, scores, x, t, order, xb, tb, lr, wd, inv):
-    """All the updates of one epoch: minibatches ``order[k*B:(k+1)*B]`` (B = len(xb)) of
-    rows of ``x`` / ``t``. ``lr``, ``wd`` and ``inv = 1 / B`` come in the arrays' dtype
-    (float32 arithmetic, as NumPy's). Returns whether the last minibatch's scores were
-    finite."""
+    """The updates on minibatches ``order[k*B:(k+1)*B]`` (B = len(xb)) of rows of ``x`` /
+    ``t``, in turn (``train`` passes an epoch's draws a chunk at a time). ``lr``, ``wd`` and
+    ``inv = 1 / B`` come in the arrays' dtype (float32 arithmetic, as NumPy's). Returns
+    whether the last minibatch's scores were finite."""
     batch = xb.shape[0]
     last = len(Ws) - 1
     finite = True

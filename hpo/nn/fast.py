@@ -1,8 +1,9 @@
 """Fused kernels for the book's trial, compiled with numba (the optional ``fast`` extra).
 
-``train`` runs a plain net (no BatchNorm, no dropout) under the book's ``SGD`` one epoch per call
-of ``sgd_epoch``: minibatch gather, forward, softmax, backward, weight decay and the SGD update
-in one compiled loop. The matrix products are the same BLAS products as the NumPy path (numba's
+``train`` runs a plain net (no BatchNorm, no dropout) under the book's ``SGD`` through
+``sgd_epoch``, up to 64 updates a call (``train.FAST_CHUNK``; the book's epoch of 4 is one call):
+minibatch gather, forward, softmax, backward, weight decay and the SGD update in one compiled
+loop. The matrix products are the same BLAS products as the NumPy path (numba's
 ``np.dot`` calls SciPy's BLAS); what it saves is the element-wise passes NumPy makes one array
 operation at a time (bias, ReLU and its mask, softmax, the bias gradients, weight decay, SGD:
 each fused into the pass next to it, while its arrays are still in cache) and ~50 Python calls
