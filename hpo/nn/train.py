@@ -70,7 +70,8 @@ def train(
 
     A plain net (no BatchNorm, no dropout, at least one hidden layer) under ``SGD`` itself (not
     a subclass) trains through ``hpo.nn.fast`` when numba is installed (the ``fast`` extra):
-    one compiled call per epoch, the same minibatches and updates to round-off.
+    compiled calls of up to ``FAST_CHUNK`` updates, the same minibatches and updates to
+    round-off.
     """
     if sampling not in SAMPLINGS:
         raise ValueError(
@@ -97,7 +98,7 @@ def train(
     n_perms = -(-per_epoch // n_train)  # permutations needed per epoch when shuffling
     correct = np.empty(n_train + n_val, dtype=bool)  # per-row hits of an evaluation
 
-    # The book's SGD on a plain net: one compiled call per epoch when numba is there
+    # The book's SGD on a plain net: compiled calls of FAST_CHUNK updates when numba is there
     # (hpo.nn.fast, the optional 'fast' extra); else NumPy, an update at a time.
     fast = fast_args = None
     if type(optimizer) is SGD and (fast_args := net.sgd_epoch_args(batch_size)) is not None:
