@@ -133,16 +133,17 @@ def build_sampler_and_pruner(spec: Spec) -> tuple[optuna.samplers.BaseSampler,
     return sampler, pruner
 
 
-#: Samplers whose draws do not restart with the process: the narrowing sampler seeds each
-#: draw by (seed, trial number, param); Optuna's QMC sampler takes the next point of its
-#: sequence from a counter kept in the study.
-KEYED_SAMPLERS = frozenset({"narrowing", "qmc"})
+#: Samplers whose draws are a function of (seed, trial number): the narrowing and random
+#: samplers seed each draw by (seed, trial number, param), the QMC sampler takes point n of its
+#: seeded sequence (:mod:`hpo.samplers.keyed`). They keep their seed in every worker process
+#: and a resumed study needs no new seed.
+KEYED_SAMPLERS = frozenset({"narrowing", "random", "qmc"})
 
 
 def continue_sampling(study: optuna.Study, spec: Spec) -> bool:
     """Give ``study`` (just opened by this process) a sampler that draws new points.
 
-    A random, TPE, CMA-ES or GP sampler is one random stream started from the spec's seed in
+    A TPE, CMA-ES or GP sampler is one random stream started from the spec's seed in
     each process: a study resumed with it (a higher ``--n-trials``, a run after Ctrl-C, a second
     ``hpo run`` joining) would draw its first points again, trial for trial. When the study
     already holds trials, the sampler is rebuilt from a seed derived from (the spec's seed, the

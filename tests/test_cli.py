@@ -111,12 +111,60 @@ def test_two_workers_exact_budget(tiny_spec, sqlite_url):
     assert states.get("COMPLETE") == 12 and "RUNNING" not in states and "WAITING" not in states
 
 
+def _budget(url: str, study: str) -> int:
+    return optuna.load_study(study_name=study, storage=url).user_attrs["hpo:spec"]["budget"][
+        "n_trials"]
+
+
 def test_worker_joins_with_stored_spec(tiny_spec, sqlite_url):
-    _run(tiny_spec(n_trials=2), sqlite_url)
-    r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--n-trials", "4")
+    """The budget is the study's: `hpo run` / `hpo init` record it; a worker's --n-trials caps
+    that worker only and never raises (or lowers) the study's budget."""
+    spec = tiny_spec(n_trials=4)
+    r = hpo("init", str(spec), "--storage", sqlite_url)
     assert r.returncode == 0, r.stderr
-    assert _states(sqlite_url, "tiny") == {"COMPLETE": 4}
-    assert r.stdout.count("COMPLETE") == 2
+    r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--n-trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert _states(sqlite_url, "tiny") == {"COMPLETE": 1} and r.stdout.count("COMPLETE") == 1
+    assert "ran 1 trial(s); study holds 1 finished of its budget 4 (n_trials)" in r.stderr
+    r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--n-trials", "24")
+    assert r.returncode == 0, r.stderr
+    assert _states(sqlite_url, "tiny") == {"COMPLETE": 4} and r.stdout.count("COMPLETE") == 3
+    assert "ran 3 trial(s); study holds 4 finished of its budget 4 (budget)" in r.stderr
+    assert _budget(sqlite_url, "tiny") == 4
+    # init records a new budget; a worker then runs up to it
+    assert hpo("init", str(spec), "--storage", sqlite_url, "--n-trials", "5").returncode == 0
+    assert _budget(sqlite_url, "tiny") == 5
+    r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--quiet")
+    assert r.returncode == 0 and _states(sqlite_url, "tiny") == {"COMPLETE": 5}, r.stderr
+
+
+def test_run_on_a_study_that_holds_its_budget_says_nothing_to_run(tiny_spec, sqlite_url):
+    spec = tiny_spec(n_trials=4)
+    _run(spec, sqlite_url)
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet", "--n-trials", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "hpo run: nothing to run: study 'tiny' already has 4 finished trials of its budget 2"]
+    assert "Best-" in r.stdout  # the listing still prints
+    assert _states(sqlite_url, "tiny") == {"COMPLETE": 4} and _budget(sqlite_url, "tiny") == 2
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet", "--n-trials", "5")
+    assert r.returncode == 0 and _states(sqlite_url, "tiny") == {"COMPLETE": 5}, r.stderr
+
+
+def test_a_seed_gives_the_same_params_per_trial_number_for_any_number_of_workers(
+        tiny_spec, tmp_path):
+    """Random draws are a function of (seed, trial number): `--workers 2 --seed 7` twice and
+    `--workers 1 --seed 7` give every trial number the same params."""
+    spec = tiny_spec(n_trials=8)
+    runs = []
+    for i, workers in enumerate(("2", "2", "1")):
+        url = f"sqlite:///{tmp_path / f'{i}.db'}"
+        _run(spec, url, "--workers", workers, "--seed", "7")
+        study = optuna.load_study(study_name="tiny/seed7", storage=url)
+        runs.append({t.number: t.params for t in study.trials if t.state.name == "COMPLETE"})
+    assert sorted(runs[0]) == list(range(8))
+    assert runs[0] == runs[1] == runs[2]
+    assert len({p["lr"] for p in runs[0].values()}) == 8
 
 
 def _nothing_written(tmp_path, url_path):

@@ -13,7 +13,7 @@ from hpo.procs import WorkerJob, pin_blas_threads
 from hpo.retry import with_retries
 from hpo.signals import install_signal_handlers, watch_parent
 from hpo.storage import JOIN_WAIT, check_schema, get_storage, load_study_spec, resolve_url
-from hpo.trials import build_sampler_and_pruner, work
+from hpo.trials import KEYED_SAMPLERS, build_sampler_and_pruner, work
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -42,10 +42,11 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
     check_schema(storage, url)
     spec = load_study_spec(storage, study_name, wait=JOIN_WAIT)
     sampler, pruner = build_sampler_and_pruner(spec)
-    if spec.sampler != "narrowing":
+    if spec.sampler not in KEYED_SAMPLERS:
         # Every worker builds its sampler from the spec's seed; without this, W workers of a
-        # random or TPE study would draw the same points. The narrowing sampler seeds each draw
-        # by (seed, trial number) and stays reproducible whatever the number of workers.
+        # TPE, CMA-ES or GP study would draw the same points. The narrowing, random and QMC
+        # samplers key each draw by (seed, trial number) and stay reproducible whatever the
+        # number of workers.
         sampler.reseed_rng()
     objective = Objective(spec)
     study = with_retries(lambda: optuna.load_study(study_name=study_name, storage=storage,
