@@ -342,7 +342,8 @@ SAMPLERS: dict[str, Component] = {c.name: c for c in (
                    " around its [search] range", in_class=False),
         ),
         rules=_narrowing_rules),
-    Component("random", "hpo.samplers.keyed:KeyedRandomSampler", "uniform (log-uniform) random search"),
+    Component("random", "hpo.samplers.keyed:KeyedRandomSampler",
+              "uniform (log-uniform) random search"),
     Component(
         "tpe", "optuna.samplers:TPESampler", "Optuna's Tree-structured Parzen Estimator",
         (

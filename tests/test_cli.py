@@ -131,11 +131,6 @@ def test_worker_joins_with_stored_spec(tiny_spec, sqlite_url):
     assert _states(sqlite_url, "tiny") == {"COMPLETE": 4} and r.stdout.count("COMPLETE") == 3
     assert "ran 3 trial(s); study holds 4 finished of its budget 4 (budget)" in r.stderr
     assert _budget(sqlite_url, "tiny") == 4
-    # init records a new budget; a worker then runs up to it
-    assert hpo("init", str(spec), "--storage", sqlite_url, "--n-trials", "5").returncode == 0
-    assert _budget(sqlite_url, "tiny") == 5
-    r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--quiet")
-    assert r.returncode == 0 and _states(sqlite_url, "tiny") == {"COMPLETE": 5}, r.stderr
 
 
 def test_run_on_a_study_that_holds_its_budget_says_nothing_to_run(tiny_spec, sqlite_url):

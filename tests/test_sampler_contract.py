@@ -1,4 +1,4 @@
-"""The narrowing sampler (and the keyed random and QMC samplers) against Optuna's own contract for third-party samplers.
+"""The narrowing, keyed random and keyed QMC samplers against Optuna's own sampler contract.
 
 Optuna ships its sampler test suite for other samplers to reuse
 (``optuna.testing.pytest_samplers``): every distribution drawn inside its bounds and on its
