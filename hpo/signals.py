@@ -67,6 +67,17 @@ def install_signal_handlers() -> None:
     signal.signal(signal.SIGINT, _on_signal)
 
 
+def raise_at_once() -> None:
+    """SIGTERM and SIGINT raise wherever the main thread is: for a process with no trial to
+    protect (``hpo proxy``), so that it still exits 143 / 130 with its one line."""
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        raise _interrupt(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
 def reset() -> None:
     """Default handlers and no pending signal: what a forked child starts from."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
