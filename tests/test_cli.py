@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import optuna
 import pytest
@@ -264,6 +265,118 @@ def test_sigterm_leaves_nothing_running(tmp_path, tiny_spec, sqlite_url, workers
     assert "RUNNING" not in states and states.get("COMPLETE", 0) >= 1
     time.sleep(1.5)  # a worker left behind would go on adding trials
     assert _states(sqlite_url, "tiny") == states
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc)."""
+    out: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as fh:
+            out += [int(x) for x in fh.read().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def _trials(url: str, study: str = "tiny") -> list:
+    try:
+        return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+    except KeyError:  # not created yet
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc")
+def test_sigterm_of_run_with_two_workers_ten_rounds(tmp_path, tiny_spec):
+    """`hpo run --workers 2` under SIGTERM, ten times: exit 143 every time, nothing RUNNING,
+    and no worker outlives it. The signal comes once a trial has finished and one is running,
+    at a different offset each round (0-0.45 s) so that it lands in different places (the
+    objective, a storage write, the loop)."""
+    spec = tiny_spec(n_trials=10_000, epochs=100)
+    bad = []
+    for i in range(10):
+        url = f"sqlite:///{tmp_path / f'r{i}.db'}"
+        proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(spec), "--storage",
+                                 url, "--quiet", "--workers", "2"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+        try:
+            def started(url=url, proc=proc) -> bool:
+                states = Counter(t.state.name for t in _trials(url))
+                return (states["COMPLETE"] >= 1 and states["RUNNING"] >= 1) or \
+                    proc.poll() is not None
+
+            _wait(started, 120, "a finished and a running trial")
+            workers = _children(proc.pid)
+            time.sleep(0.05 * i)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        _wait(lambda workers=workers: not any(map(_alive, workers)), 30, "the workers to exit")
+        states = Counter(t.state.name for t in _trials(url))
+        lines = err.strip().splitlines()
+        if proc.returncode != 143 or states["RUNNING"] or lines[-1:] != ["hpo: terminated"]:
+            bad.append((i, proc.returncode, dict(states), err[-500:]))
+    assert bad == [], f"{len(bad)} of 10 rounds went wrong: {bad}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc")
+def test_workers_of_a_killed_run_stop_and_hand_their_trials_back(tmp_path, tiny_spec):
+    """`hpo run --workers 2` killed -9: its forked workers do not run on as orphans; each
+    stops at once (parent-death signal) and hands its trial back: the trial FAIL with
+    ``hpo:handed_back``, a WAITING retry with the same params for the next worker."""
+    spec = tiny_spec(n_trials=4, epochs=100_000)  # trials far longer than the test
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(spec), "--storage", url,
+                             "--quiet", "--workers", "2"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    try:
+        _wait(lambda: proc.poll() is not None or len(
+            [t for t in _trials(url) if t.state.name == "RUNNING" and t.params]) == 2, 120,
+              "both workers to be training a trial")
+        assert proc.poll() is None, "hpo run exited"
+        workers = _children(proc.pid)
+        running = {t.number: t.params for t in _trials(url) if t.state.name == "RUNNING"}
+        proc.kill()
+        proc.wait(timeout=30)
+        _wait(lambda: not any(map(_alive, workers)), 60, "the orphaned workers to stop")
+        _wait(lambda: not any(t.state.name == "RUNNING" for t in _trials(url)), 30,
+              "no RUNNING trial")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in workers if "workers" in locals() else []:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)  # an orphan left by a failure of this test
+    trials = _trials(url)
+    failed = {t.number: t for t in trials if t.state.name == "FAIL"}
+    assert set(failed) == set(running), (failed, running)
+    retries = [t for t in trials if t.state.name == "WAITING"]
+    handed = [n for n, t in failed.items() if t.params]
+    assert all("hpo:handed_back" in failed[n].system_attrs for n in handed)
+    assert sorted(t.system_attrs["failed_trial"] for t in retries) == sorted(handed)
+    assert all(t.params == running[t.system_attrs["failed_trial"]] for t in retries)
 
 
 def test_default_storage_is_sqlite_in_cwd(tmp_path, tiny_spec):
