@@ -28,7 +28,10 @@ the loop itself thus adds one count query and no trial read.
 SIGTERM and Ctrl-C (:mod:`hpo.signals`): the running trial is marked FAIL by Optuna (its loop
 catches KeyboardInterrupt), nothing is left RUNNING, and the process exits 143 / 130 with one
 line (``hpo worker: terminated``): Optuna's own report of that failed trial, with its traceback,
-is not printed (:class:`_QuietFailures`).
+is not printed (:class:`_QuietFailures`). A worker whose parent (``hpo run``, ``hpo compare``)
+died stops the same way and first hands its trial back (:func:`hand_back`: re-queued with the
+same params). A worker that finds the budget met while a retry is still WAITING closes it
+(:func:`close_waiting`): the study ends with nothing WAITING or RUNNING.
 
 A database restart (or a lost proxy) is one line per outage: the loop retries with backoff for
 up to ``max_outage`` seconds, the heartbeat thread keeps beating (:mod:`hpo.heartbeats`), and a

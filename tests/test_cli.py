@@ -258,13 +258,14 @@ def test_sigterm_leaves_nothing_running(tmp_path, tiny_spec, sqlite_url, workers
                 break
         except KeyError:
             pass
+    children = _children(proc.pid)
+    assert len(children) == (2 if workers == "2" else 0), children
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     states = _states(sqlite_url, "tiny")
     assert "RUNNING" not in states and states.get("COMPLETE", 0) >= 1
-    time.sleep(1.5)  # a worker left behind would go on adding trials
-    assert _states(sqlite_url, "tiny") == states
+    assert not any(map(_alive, children))  # none left behind to go on adding trials
 
 
 def _children(pid: int) -> list[int]:
