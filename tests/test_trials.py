@@ -284,3 +284,53 @@ def test_a_handed_back_trial_is_requeued_with_its_params(sqlite_url):
     assert HANDED_BACK_ATTR not in retry.system_attrs
     work(study, objective, n_trials=1)
     assert study.trials[1].state == TrialState.COMPLETE and len(study.trials) == 2
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_sigterm_while_a_trial_waits_for_its_stage_stops_it_at_once(sqlite_url):
+    """A stage-1 trial waits (in ``ask``, where raising would leave it RUNNING) for another
+    worker's stage-0 trial, up to ``wait_timeout``. A SIGTERM ends the wait at once and the loop
+    fails the trial right after: it waited 60 s (600 s by default) before."""
+    import os
+    import signal
+    import threading
+
+    from hpo import signals
+    from hpo.errors import Terminated
+    from hpo.samplers import NarrowingSampler
+
+    wait = 60.0
+    storage = get_storage(sqlite_url, heartbeat=True, create_schema=True)
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize",
+                                sampler=NarrowingSampler(stage_trials=1, keep_top=1, seed=0,
+                                                         poll_interval=0.05, wait_timeout=wait))
+    other = optuna.load_study(study_name="s", storage=get_storage(sqlite_url),
+                              sampler=optuna.samplers.RandomSampler(seed=1))
+    stage0 = other.ask()  # another worker's stage-0 trial, still running
+    stage0.suggest_float("x", 0.0, 1.0)
+
+    def stop_once_waiting() -> None:  # the gate: trial 1 exists, i.e. it is waiting
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if len(study.get_trials(deepcopy=False)) >= 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    signals.install_signal_handlers()
+    try:
+        thread = threading.Thread(target=stop_once_waiting)
+        thread.start()
+        start = time.monotonic()
+        with pytest.raises(Terminated):
+            work(study, objective, n_trials=2)
+        elapsed = time.monotonic() - start
+        thread.join()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        signals._STOP.signum = None
+    assert elapsed < wait, elapsed  # stopped in the wait, not after it
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states == [TrialState.RUNNING, TrialState.FAIL], states  # trial 0 is the other's
