@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--study", type=study_name, metavar="NAME",
                    help="study name (default: the spec's name)")
-    p.add_argument("--n-trials", type=TRIALS, metavar="N", help=BUDGET_HELP)
+    p.add_argument("--n-trials", type=TRIALS, metavar="N",
+                   help="the study's budget: finished trials it should hold in total, recorded "
+                        "in the study for every worker (default: the spec's [budget])")
 
     p = sub.add_parser("worker", help="join an existing study and run trials",
                        description="Join study NAME (its spec is stored in it) and run trials "
