@@ -238,11 +238,13 @@ def hand_back(study: optuna.Study, trial: optuna.Trial) -> None:
             return
         oc.set_trial_system_attr(study, trial, HANDED_BACK_ATTR,
                                  "its worker stopped: its parent process died")
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-        retry(study, frozen)
-        print(f"hpo worker: its parent process died; trial {trial.number} handed back "
-              f"(re-queued with the same params) and the worker stops", file=sys.stderr,
-              flush=True)
+        if len(frozen.system_attrs.get("retry_history", [])) >= MAX_RETRY:
+            what = f"not re-queued: retried {MAX_RETRY} times already"
+        else:
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
+            what = "re-queued with the same params"
+        print(f"hpo worker: its parent process died; trial {trial.number} handed back ({what}) "
+              f"and the worker stops", file=sys.stderr, flush=True)
 
 
 def work(
