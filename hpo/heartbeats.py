@@ -5,6 +5,11 @@ the proxy's end of their beats.
   lost to a database outage is one line per outage and the next beat comes on time (Optuna's
   heartbeat thread dies on the first failed beat, with a traceback, and the trial runs on with
   no heartbeat).
+* **The same storage's writes, sorted** (:func:`rdb_storage_class`): each successful write (a
+  beat, a trial created, a trial finished) restarts the process's outage clock
+  (:data:`hpo.retry.OUTAGE`); a trial's final write lost to a dropped connection is retried
+  within ``$HPO_DB_WAIT`` with its held writes; an error the database answers with (permission
+  denied, read-only, a full disk...) is one attempt, the trial failed, exit 1.
 * **Through the proxy** (:func:`grpc_client`): Optuna's gRPC API has no heartbeat call, so the
   client is a ``GrpcStorageProxy`` that Optuna treats as a heartbeat storage
   (:func:`hpo.optuna_compat.heartbeat_grpc_client`): ``Study.optimize`` runs its heartbeat
@@ -45,8 +50,8 @@ def beat_failed(e: BaseException) -> None:
     """A heartbeat (or a heartbeat's flush of held writes) that could not be recorded: a
     transient error is one line per outage (the heartbeat thread beats again next interval); a
     trial failed elsewhere is for its ``tell`` to notice; an error the database answered with
-    (:func:`hpo.retry.refused`: permission denied, read-only...) is one line and ends the trial
-    loop (exit 1, :meth:`hpo.retry.Outage.check`); anything else is raised."""
+    (:func:`hpo.retry.refused`: permission denied, read-only...) ends the trial loop, whose one
+    line says it (exit 1, :meth:`hpo.retry.Outage.check`); anything else is raised."""
     if finished_elsewhere(e):
         return
     if refused(e) is not None:
