@@ -67,13 +67,15 @@ def read_only(app: Callable) -> Callable:
 
 #: optuna-dashboard 0.21 lays a trial's rows out as a label (``<p>``) and a value box that does
 #: not wrap and may not shrink (``white-space: nowrap``, ``min-width: auto``), so one long
-#: user attribute widens the whole page. This lets the value boxes wrap instead. Its tables
-#: (the study's user attributes: the spec ``hpo:spec``, a JSON line of ~1 kB) break lines at
-#: spaces only, so the table grew wider than its card and the spec was cut off at the card's
-#: edge: their cells may break anywhere.
+#: user attribute widens the whole page. This lets the value boxes wrap instead. Its attribute
+#: tables (the study's user attributes: the spec ``hpo:spec``, a JSON line of ~1 kB) are at
+#: least 650 px wide (``minWidth: 650``) in a card that is narrower on a half-width card, so
+#: the spec was cut off at the card's edge: they may shrink to their card, and a value cell
+#: (the last column) may break a line anywhere.
 PAGE_CSS = (b"<style>/* hpo: long values wrap in their box */ p.MuiTypography-root + "
             b"div.MuiBox-root { min-width: 0; white-space: normal; overflow-wrap: anywhere; }"
-            b" td.MuiTableCell-body { overflow-wrap: anywhere; }"
+            b' table[aria-label="simple table"] { min-width: 0 !important; }'
+            b' table[aria-label="simple table"] td:last-child { overflow-wrap: anywhere; }'
             b"</style>")
 
 #: Read-only mode: optuna-dashboard 0.21 has no read-only option of its own, so this stylesheet
