@@ -5,13 +5,17 @@
 ``dashboard:note_str:<i>``) and, with an artifact store, each top trial's learning curve as an
 artifact of its trial.
 
-**Serving** (``hpo dashboard``): optuna-dashboard has no authentication, and its API creates,
+**Serving** (``hpo dashboard``): optuna-dashboard's ``wsgi()`` app on waitress (a production
+WSGI server, pure Python). optuna-dashboard has no authentication, and its API creates,
 renames and deletes studies (``POST /api/studies``, ``DELETE /api/studies/{id}``). It is
 therefore bound to 127.0.0.1 by default and served **read-only**: any request other than
-GET/HEAD/OPTIONS is refused with 405 unless ``--allow-writes`` is given. Pages, the study list,
-trials and plots are all GETs. Its HTML page gets one small stylesheet (:data:`PAGE_CSS`): a
-trial's learning curves (user attributes of 50 numbers) wrap inside their box instead of
-widening the trial page beyond the window.
+GET/HEAD/OPTIONS is refused with 405 unless ``--allow-writes`` is given, and the page hides the
+write buttons (:data:`READ_ONLY_CSS`). Pages, the study list, trials and plots are all GETs.
+With credentials (:func:`credentials_from_env`) every request but :data:`HEALTH_PATH` needs
+them (HTTP basic auth); ``hpo dashboard`` refuses a host beyond loopback without them unless
+``--no-auth``. Its HTML page gets one small stylesheet (:data:`PAGE_CSS`): a trial's learning
+curves (user attributes of 50 numbers) wrap inside their box instead of widening the trial page
+beyond the window, and the spec fits the study's attribute card.
 """
 
 from __future__ import annotations
@@ -273,7 +277,8 @@ def make_app(storage_url: str | None, *, allow_writes: bool = False,
     return with_health(app)
 
 
-#: waitress worker threads: requests served at once (each holds a storage connection)
+#: waitress worker threads: requests served at once (they share the storage's pool of 2
+#: connections, storage.py: a request beyond waits for one)
 THREADS = 4
 
 
