@@ -72,13 +72,29 @@ def test_extras_are_imported_only_inside_functions():
     for name, reqs in project["optional-dependencies"].items():
         if name != "test":
             extras |= _names(reqs) - core
-    assert {"scikit-learn", "torch"} <= extras
+    assert {"scikit-learn", "torch", "numba"} <= extras
     dists = packages_distributions()
     eager = {mod: [w for w, top in where if top]
              for mod, where in _third_party().items()
              if {_norm(d) for d in dists.get(mod, [])} & extras}
     assert "sklearn" in eager  # hpo.data imports it (inside a function)
-    assert {m: w for m, w in eager.items() if w} == {}
+    # a module that imports an extra at its top (hpo/nn/_kernels.py: numba) must itself be
+    # imported by hpo only inside functions
+    lazy = {w.split(":")[0] for where in eager.values() for w in where}
+    lazy_names = {f.removesuffix(".py").replace("/", ".") for f in lazy}
+    eager_users = [w for mod, where in _imports().items() if mod == "hpo"
+                   for w, top in where if top]
+    assert lazy <= {"hpo/nn/_kernels.py"}, eager
+    for name in lazy_names:
+        for path in sorted((ROOT / "hpo").rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            for node in tree.body:  # module level only
+                if isinstance(node, ast.ImportFrom) and node.module and (
+                        node.module == name or f"{node.module}.{node.names[0].name}" == name):
+                    raise AssertionError(f"{path}:{node.lineno} imports {name} at module level")
+                if isinstance(node, ast.Import) and any(a.name == name for a in node.names):
+                    raise AssertionError(f"{path}:{node.lineno} imports {name} at module level")
+    assert eager_users  # the walk saw hpo's own imports
 
 
 def test_the_distribution_is_hpo_book_and_mlxtend_is_gone():
