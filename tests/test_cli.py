@@ -147,6 +147,7 @@ def test_run_on_a_study_that_holds_its_budget_says_nothing_to_run(tiny_spec, sql
     assert r.returncode == 0 and _states(sqlite_url, "tiny") == {"COMPLETE": 5}, r.stderr
 
 
+@pytest.mark.slow
 def test_a_seed_gives_the_same_params_per_trial_number_for_any_number_of_workers(
         tiny_spec, tmp_path):
     """Random draws are a function of (seed, trial number): `--workers 2 --seed 7` twice and
