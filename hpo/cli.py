@@ -37,6 +37,8 @@ SPEC_EPILOG = (f"A spec's [sampler] name is one of {', '.join(catalog.SAMPLER_NA
 
 #: hpo run, hpo best and hpo report list the same Best-N (hpo.listing.TOP).
 TOP_HELP = "how many best trials to list (default 20, the book's figure)"
+BUDGET_HELP = ("the study's budget: finished trials it should hold in total, recorded in the study "
+               "(default: the spec's [budget]); nothing runs when it already holds that many")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--study", type=study_name, metavar="NAME",
                    help="study name (default: the spec's name)")
-    p.add_argument("--n-trials", type=TRIALS, metavar="N", help="finished trials wanted in total")
+    p.add_argument("--n-trials", type=TRIALS, metavar="N", help=BUDGET_HELP)
     p.add_argument("--workers", type=count(catalog.MAX_WORKERS), default=1, metavar="W",
                    help="local worker processes")
     p.add_argument("--seed", type=SEED, metavar="S", help="sampler/model seed (default: spec's)")
@@ -92,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--study", type=study_name, metavar="NAME",
                    help="study name (default: the spec's name)")
-    p.add_argument("--n-trials", type=TRIALS, metavar="N", help="finished trials wanted in total")
+    p.add_argument("--n-trials", type=TRIALS, metavar="N",
+                   help="the study's budget: finished trials it should hold in total, recorded "
+                        "in the study for every worker (default: the spec's [budget])")
 
     p = sub.add_parser("worker", help="join an existing study and run trials",
                        description="Join study NAME (its spec is stored in it) and run trials "
@@ -100,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", type=study_name, required=True, metavar="NAME")
     _storage_arg(p)
     p.add_argument("--n-trials", type=TRIALS, metavar="N",
-                   help="finished trials wanted in the study in total (default: the spec's)")
+                   help="run at most N trials in this worker (default: no cap of its own); "
+                        "never changes the study's budget, which `hpo run` / `hpo init` record")
     p.add_argument("--timeout", type=SECONDS, metavar="S", help="stop after S seconds")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     _heartbeat_args(p)
@@ -118,13 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage (read-only)")
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage (read-only)",
+                       description="Serve optuna-dashboard on the storage with waitress, "
+                                   "read-only unless --allow-writes. With HPO_DASHBOARD_USER and "
+                                   "HPO_DASHBOARD_PASSWORD (or HPO_DASHBOARD_PASSWORD_FILE) set "
+                                   "it asks for those credentials (HTTP basic auth); a --host "
+                                   "beyond loopback needs them, or --no-auth.")
     _storage_arg(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=PORT, default=8080, help="0 picks a free port")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; beyond loopback: credentials "
+                        "or --no-auth)")
+    p.add_argument("--port", type=PORT, default=8080, help="default 8080; 0 picks a free port")
     p.add_argument("--allow-writes", action="store_true",
                    help="let the dashboard create, rename, delete studies and write notes")
     p.add_argument("--artifact-dir", metavar="DIR", help="serve trial artifacts from DIR")
+    p.add_argument("--no-auth", action="store_true",
+                   help="listen beyond loopback without credentials (anyone who can reach it "
+                        "reads every study)")
 
     p = sub.add_parser("test", help="evaluate a study's chosen trial on the test split, once",
                        description="Retrain the chosen configuration (best by default) with its "

@@ -20,7 +20,14 @@ from hpo.retry import OUTAGE, is_transient, with_retries
 from hpo.signals import install_signal_handlers
 from hpo.spec import Spec, load_spec
 from hpo.storage import create_or_load_study, get_storage, load_study_spec, mask_url, resolve_url
-from hpo.trials import build_sampler_and_pruner, continue_sampling, count, work
+from hpo.trials import (
+    build_sampler_and_pruner,
+    close_waiting,
+    continue_sampling,
+    count,
+    count_states,
+    work,
+)
 from hpo.warmstart import WARM_TOP, best_configs, describe, warm_start
 
 
@@ -67,6 +74,20 @@ def run(args: argparse.Namespace) -> int:
     with_retries(lambda: continue_sampling(study, spec), who="hpo run",
                  what=f"the study {study_name!r}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    done, _, waiting = with_retries(lambda: count_states(study), who="hpo run",
+                                    what=f"the study {study_name!r}")
+    if done >= spec.n_trials:  # the budget just recorded is already met: say so, run nothing
+        if waiting:
+            with_retries(lambda: close_waiting(study), who="hpo run",
+                         what=f"the study {study_name!r}")
+        print(f"hpo run: nothing to run: study {study_name!r} already has {done} finished "
+              f"trials of its budget {spec.n_trials}", file=sys.stderr)
+        summary = with_retries(lambda: study_summary(study, spec.to_dict(), args.top),
+                               who="hpo run", what=f"the study {study_name!r}")
+        print(summary.text())
+        for line in summary.warning_lines("hpo run"):
+            print(line, file=sys.stderr)
+        return 0
     print(f"study {study_name!r} on {mask_url(url)}: {spec.n_trials} trials, sampler "
           f"{spec.sampler}, pruner {spec.pruner}, {args.workers} worker(s)", file=sys.stderr)
     if configs is not None:
@@ -74,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(describe(warm, carries)) if carries is not None else
               f"warm start from {warm!r} skipped: study {study_name!r} already holds trials",
               file=sys.stderr)
-    done, _ = with_retries(lambda: count(study), who="hpo run", what=f"the study {study_name!r}")
     progress = Progress(spec.n_trials, done, enabled=not args.quiet)
     failed = 0
     try:
@@ -84,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                  on_trial=progress.on_trial if progress.bar is not None else None)
             progress.refresh(study)
         else:
-            job = worker_job(study_name, url, spec.n_trials, timeout, interval, grace)
+            job = worker_job(study_name, url, timeout, interval, grace)
             failed = _run_workers(study, job, args.workers, progress)
     finally:
         progress.close()

@@ -12,9 +12,9 @@ from hpo.listing import fmt_params
 from hpo.objective import Objective
 from hpo.procs import WorkerJob, pin_blas_threads
 from hpo.retry import with_retries
-from hpo.signals import install_signal_handlers
+from hpo.signals import install_signal_handlers, watch_parent
 from hpo.storage import JOIN_WAIT, check_schema, get_storage, load_study_spec, resolve_url
-from hpo.trials import build_sampler_and_pruner, work
+from hpo.trials import KEYED_SAMPLERS, build_sampler_and_pruner, work
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -26,29 +26,34 @@ def worker(args: argparse.Namespace) -> int:
 
 def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float | None, *,
                quiet: bool, heartbeat_interval: int, grace_period: int) -> int:
-    """Run trials of ``study_name`` until it holds its budget (``n_trials``, else the stored
-    spec's) of finished trials, or ``timeout`` seconds pass. Returns the exit code.
+    """Run trials of ``study_name`` until it holds its recorded budget of finished trials, this
+    worker has run ``n_trials`` trials (``None``: no cap of its own), or ``timeout`` seconds
+    pass. Returns the exit code.
+
+    ``--n-trials`` of a worker caps that worker only: it never changes the study's budget
+    (``hpo run`` and ``hpo init`` record it), so a worker cannot make a study overshoot it.
 
     A worker started together with the ``hpo run`` / ``hpo init`` that creates its study waits
     for it (up to :data:`~hpo.storage.JOIN_WAIT` seconds, while the storage is still empty);
     a database that refuses connections is retried (``$HPO_DB_WAIT``)."""
     install_signal_handlers()  # a SIGTERM while waiting for the database ends the wait
+    watch_parent()  # started by `hpo run` / `hpo compare`: stop when it dies
     storage = get_storage(url, heartbeat=True, heartbeat_interval=heartbeat_interval,
                           grace_period=grace_period, join_wait=JOIN_WAIT, who="hpo worker")
     check_schema(storage, url)
     spec = load_study_spec(storage, study_name, wait=JOIN_WAIT)
     sampler, pruner = build_sampler_and_pruner(spec)
-    if spec.sampler != "narrowing":
+    if spec.sampler not in KEYED_SAMPLERS:
         # Every worker builds its sampler from the spec's seed; without this, W workers of a
-        # random or TPE study would draw the same points. The narrowing sampler seeds each draw
-        # by (seed, trial number) and stays reproducible whatever the number of workers.
+        # TPE, CMA-ES or GP study would draw the same points. The narrowing, random and QMC
+        # samplers key each draw by (seed, trial number) and stay reproducible whatever the
+        # number of workers.
         sampler.reseed_rng()
     objective = Objective(spec)
     study = with_retries(lambda: optuna.load_study(study_name=study_name, storage=storage,
                                                     sampler=sampler, pruner=pruner),
                          who="hpo worker", what=f"the study {study_name!r}")
     pin_blas_threads()
-    n_trials = n_trials or spec.n_trials
     timeout = timeout if timeout is not None else spec.timeout
 
     def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
@@ -58,24 +63,25 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # with a callback, optimize() reads the finished trial back (a get_trial: six queries)
-    result = work(study, objective, n_trials=n_trials, timeout=timeout,
+    result = work(study, objective, n_trials=spec.n_trials, timeout=timeout, max_runs=n_trials,
                   on_trial=None if quiet else on_trial)
     print(f"worker done: ran {result.trials_run} trial(s); study holds {result.finished} "
-          f"finished ({result.stopped_by})", file=sys.stderr)
+          f"finished of its budget {spec.n_trials} ({result.stopped_by})", file=sys.stderr)
     return 0
 
 
-def worker_job(study_name: str, url: str, n_trials: int, timeout: float | None,
+def worker_job(study_name: str, url: str, timeout: float | None,
                heartbeat_interval: int, grace_period: int) -> WorkerJob:
     """How ``hpo run`` and ``hpo compare`` start a quiet worker of ``study_name`` with their
-    own heartbeat settings (forked, or ``hpo worker ...`` in a fresh interpreter)."""
-    argv = ["worker", "--study", study_name, "--n-trials", str(n_trials), "--quiet",
+    own heartbeat settings (forked, or ``hpo worker ...`` in a fresh interpreter). The worker
+    runs until the study holds the budget recorded in it (the caller recorded it first)."""
+    argv = ["worker", "--study", study_name, "--quiet",
             "--heartbeat-interval", str(heartbeat_interval), "--grace-period", str(grace_period)]
     if timeout:
         argv += ["--timeout", str(timeout)]
 
     def target() -> int:
-        return run_worker(study_name, url, n_trials, timeout, quiet=True,
+        return run_worker(study_name, url, None, timeout, quiet=True,
                           heartbeat_interval=heartbeat_interval, grace_period=grace_period)
 
     return WorkerJob(url=url, target=target, argv=argv, env={"HPO_STORAGE": url})
