@@ -38,7 +38,6 @@ from hpo.listing import TEST_ATTR, clean_floats
 from hpo.objective import Objective
 from hpo.procs import WorkerJob, failures, pin_blas_threads, start_workers, supervise
 from hpo.progress import Progress
-from hpo.samplers.registry import startup_trials
 from hpo.signals import install_signal_handlers
 from hpo.storage import create_or_load_study, get_storage, mask_url
 from hpo.trials import build_sampler_and_pruner, continue_sampling, count, work
@@ -292,19 +291,6 @@ def mann_whitney(grid: Grid) -> dict[str, float | None]:
     return out
 
 
-def startup_notes(grid: Grid) -> list[str]:
-    """One line per arm with no more trials than its sampler's random start-up trials: such a
-    TPE (CMA-ES, GP) arm *is* random search, and its row (p = 1.000) says nothing about it."""
-    notes = []
-    for arm in (a for a in grid.arms if a.spec is not None):  # None: from summary.json
-        n = startup_trials(arm.spec.sampler, arm.spec.sampler_kwargs())
-        if n is not None and grid.n_trials <= n:
-            notes.append(f"{arm.label}: {grid.n_trials} trials per study are no more than its "
-                         f"{n} random start-up trials (n_startup_trials), so it never used its "
-                         f"model and its row measures random search; give --n-trials above {n}")
-    return notes
-
-
 def table(grid: Grid) -> str:
     """The Markdown summary table, one row per sampler."""
     checkpoints = [c for c in CHECKPOINTS if c < grid.n_trials] + [grid.n_trials]
@@ -472,7 +458,7 @@ def code_commit() -> str:
     return head + (" + local changes" if dirty else "")
 
 
-def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
+def write_outputs(grid: Grid, out: str, command: str, notes: tuple = ()) -> dict[str, str]:
     os.makedirs(out, exist_ok=True)
     paths = {"plot": os.path.join(out, "best_so_far.png"),
              "table": os.path.join(out, "summary.md"),
@@ -499,9 +485,8 @@ def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
         + "Test acc: the chosen trial retrained with its own seed and evaluated once on the "
         "test split.",
         "",
-        table(grid),
-        "",
-        *[f"**Note:** {n}\n" for n in startup_notes(grid)],
+        table(grid), "",
+        *[f"**Note:** {n}\n" for n in notes],
         "![best so far](best_so_far.png)",
         "",
     ]
@@ -511,6 +496,5 @@ def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
     with open(paths["json"], "w") as fh:
         json.dump(clean_floats({"spec": grid.title, "n_trials": grid.n_trials,
                                 "seeds": grid.seeds, "target": grid.target,
-                                "workers": grid.workers, "notes": startup_notes(grid),
-                                "runs": raw}), fh)
+                                "workers": grid.workers, "runs": raw, "notes": list(notes)}), fh)
     return paths
