@@ -13,14 +13,36 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
-from hpo import catalog
-from hpo.errors import EXIT_USAGE, run_command
+from hpo import catalog, logs
+from hpo.errors import EXIT_USAGE, BadInput, run_command
 from hpo.flags import FRACTION, PORT, SECONDS, SEED, TOP, TRIALS, Parser, count, study_name, title
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", metavar="URL",
-                   help="SQLAlchemy URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
+                   help="SQLAlchemy URL (default: $HPO_STORAGE, else $OPTUNA_STORAGE, else "
+                        "sqlite:///hpo.db)")
+
+
+def _study_flag(p: argparse.ArgumentParser, **kw) -> None:
+    """``--study NAME``, and Optuna's spelling ``--study-name NAME``."""
+    p.add_argument("--study", "--study-name", type=study_name, metavar="NAME", **kw)
+
+
+#: commands that name their study as an argument (``hpo best NAME``), or with ``--study NAME``
+#: / ``--study-name NAME`` as ``hpo run`` and ``hpo worker`` do; {command: NAME required?}
+STUDY_ARG = {"best": False, "test": True, "confirm": True, "report": True}
+
+
+def _study_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    p.add_argument("study_arg", type=study_name, metavar="NAME", nargs="?", help=help)
+    _study_flag(p, help="the study, as a flag (as in hpo run, hpo worker and Optuna's CLI)")
+
+
+def _data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="folder with the four MNIST IDX .gz files (dataset mnist; default: the "
+                        "spec's data.data_dir, else downloaded once into ~/.cache/hpo)")
 
 
 def _heartbeat_args(p: argparse.ArgumentParser) -> None:
@@ -45,18 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hyperparameter optimization on Optuna, after chapter 6 of "
                     "'Deep Learning from Scratch'.",
     )
-    parser.add_argument("--version", action="version", version="hpo 0.1.0")
+    parser.add_argument("--version", action=_Version, help="print hpo's version and exit")
     parser.add_argument("--debug", action="store_true",
                         help="print the traceback of an unexpected error")
+    logs.add_flags(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    # `--debug` after the command too (the subparser's default must not reset it)
-    debug = Parser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="print the traceback of an unexpected error")
+    # `--debug` and the log flags after the command too (its defaults must not reset them)
+    common = Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the traceback of an unexpected error")
+    logs.add_flags(common, suppress=True)
     add_parser = sub.add_parser
 
     def add_command(*a, **kw):
-        return add_parser(*a, parents=[debug], **kw)
+        return add_parser(*a, parents=[common], **kw)
 
     sub.add_parser = add_command  # type: ignore[method-assign]
 
@@ -67,8 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC",
                    help="study spec file (TOML), e.g. studies/book-random.toml")
     _storage_arg(p)
-    p.add_argument("--study", type=study_name, metavar="NAME",
-                   help="study name (default: the spec's name)")
+    _study_flag(p, help="study name (default: the spec's name)")
     p.add_argument("--n-trials", type=TRIALS, metavar="N", help="finished trials wanted in total")
     p.add_argument("--workers", type=count(catalog.MAX_WORKERS), default=1, metavar="W",
                    help="local worker processes")
@@ -77,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the train/validation shuffle (default: the spec's data.seed)")
     p.add_argument("--timeout", type=SECONDS, metavar="S", help="stop after S seconds")
     p.add_argument("--top", type=TOP, metavar="K", help=TOP_HELP)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _data_dir_arg(p)
     p.add_argument("--warm-start", type=study_name, metavar="STUDY",
                    help="begin a new study with the best configurations of STUDY (same storage)")
     p.add_argument("--warm-start-top", type=count(1000), metavar="K",
@@ -90,24 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=SPEC_EPILOG)
     p.add_argument("spec", metavar="SPEC", help="study spec file (TOML)")
     _storage_arg(p)
-    p.add_argument("--study", type=study_name, metavar="NAME",
-                   help="study name (default: the spec's name)")
+    _study_flag(p, help="study name (default: the spec's name)")
     p.add_argument("--n-trials", type=TRIALS, metavar="N", help="finished trials wanted in total")
 
     p = sub.add_parser("worker", help="join an existing study and run trials",
                        description="Join study NAME (its spec is stored in it) and run trials "
                                    "until the study holds its budget of finished trials.")
-    p.add_argument("--study", type=study_name, required=True, metavar="NAME")
+    _study_flag(p, required=True, help="the study to join")
     _storage_arg(p)
     p.add_argument("--n-trials", type=TRIALS, metavar="N",
                    help="finished trials wanted in the study in total (default: the spec's)")
     p.add_argument("--timeout", type=SECONDS, metavar="S", help="stop after S seconds")
-    p.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    _data_dir_arg(p)
     _heartbeat_args(p)
 
     p = sub.add_parser("best", help="the book's Best-N listing of a study")
-    p.add_argument("study", type=study_name, metavar="NAME", nargs="?",
-                   help="the study (may be left out when the storage holds only one)")
+    _study_arg(p, help="the study (may be left out when the storage holds only one)")
     _storage_arg(p)
     p.add_argument("--top", type=TOP, metavar="K", help=TOP_HELP)
     p.add_argument("--max-gap", type=FRACTION, metavar="G",
@@ -130,11 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Retrain the chosen configuration (best by default) with its "
                                    "seed on the training split and evaluate it on the test split "
                                    "once; the result is stored in the study.")
-    p.add_argument("study", type=study_name, metavar="NAME")
+    _study_arg(p)
     _storage_arg(p)
     p.add_argument("--trial", type=count(2**31, low=0), metavar="N",
                    help="trial number (default: the best)")
     p.add_argument("--force", action="store_true", help="evaluate again although done before")
+    _data_dir_arg(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("confirm", help="retrain the top K configurations with fresh seeds",
@@ -142,10 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "initialisation seeds each (same train/validation split) and "
                                    "rank them by mean validation accuracy with its standard "
                                    "error; `hpo test` then uses the confirmed winner.")
-    p.add_argument("study", type=study_name, metavar="NAME")
+    _study_arg(p)
     _storage_arg(p)
     p.add_argument("--top", type=count(1000), default=5, metavar="K")
     p.add_argument("--seeds", type=count(1000, low=2), default=5, metavar="S")
+    _data_dir_arg(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("compare", help="compare samplers fairly across seeds",
@@ -156,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC", nargs="+")
     p.add_argument("--storage", metavar="URL",
                    help="SQLAlchemy URL of the comparison's studies (default: "
-                        "sqlite:///DIR/compare.db under --out; $HPO_STORAGE is not used)")
+                        "sqlite:///DIR/compare.db under --out; $HPO_STORAGE and "
+                        "$OPTUNA_STORAGE are not used)")
     p.add_argument("--samplers", metavar="LIST",
                    help="with one spec: comma-separated sampler names, of "
                         + ",".join(catalog.SAMPLER_NAMES))
@@ -174,13 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the studies an earlier run of this comparison left")
     p.add_argument("--no-test", action="store_true", help="skip the test-set evaluation")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("report", help="figures and an HTML page for a study",
                        description="The book's Best-20 learning-curve grid, accuracy against lr "
                                    "and weight decay, a contour, narrowing stages; PNG + HTML, "
                                    "and the same figures in optuna-dashboard.")
-    p.add_argument("study", type=study_name, metavar="NAME")
+    _study_arg(p)
     _storage_arg(p)
     p.add_argument("--out", metavar="DIR", help="where the files go (out/report/<NAME>)")
     p.add_argument("--top", type=TOP, metavar="K", help=TOP_HELP)
@@ -234,13 +257,88 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    commands: dict[str, argparse.ArgumentParser] = _subparsers(parser)
     if args.command is None:
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         parser.print_help()
         return EXIT_USAGE
+    here = commands[args.command]
+    if extra:  # the command's usage, not the top-level one (`hpo best --stuff`)
+        here.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in STUDY_ARG:
+        _one_study(here, args, required=STUDY_ARG[args.command])
+    try:
+        level, fmt = logs.settings(args)
+    except BadInput as e:
+        print(f"hpo {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(level, fmt)
+    args.log_settings = (level, fmt)
     module, func = COMMANDS[args.command]
     handler: Callable[[argparse.Namespace], int] = getattr(import_module(module), func)
     return run_command(f"hpo {args.command}", lambda: handler(args), debug=args.debug)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each command's own parser, by name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _one_study(p: argparse.ArgumentParser, args: argparse.Namespace, required: bool) -> None:
+    """``hpo best NAME`` and ``hpo best --study NAME`` (or ``--study-name``) are one thing."""
+    given = args.study_arg
+    del args.study_arg
+    if given and args.study and given != args.study:
+        p.error(f"the study is named twice: {given!r} and --study {args.study!r}")
+    args.study = args.study or given
+    if required and not args.study:
+        p.error("the following arguments are required: NAME (or --study NAME)")
+
+
+class _Version(argparse.Action):
+    """``hpo --version``: the version of the installed distribution that provides ``hpo``,
+    looked up only when asked (the lookup reads every installed distribution's metadata)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"hpo {version()}")  # on stdout, as argparse's own version action
+        parser.exit(0)
+
+
+def version() -> str:
+    """The installed version, from the package metadata (``importlib.metadata``) of the
+    distribution that provides the ``hpo`` package, whatever it is named; ``hpo.__version__``
+    when hpo runs from a source tree that is not installed."""
+    from importlib import metadata
+
+    try:
+        names = metadata.packages_distributions().get("hpo", [])
+    except Exception:  # noqa: BLE001 - a broken distribution elsewhere must not stop --version
+        names = []
+    for name in [*names, "hpo-book", "hpo"]:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if name in names or _provides_hpo(dist):
+            return dist.version
+    from hpo import __version__
+
+    return f"{__version__} (not installed)"
+
+
+def _provides_hpo(dist) -> bool:
+    """Whether ``dist`` is this hpo (an editable install lists no files of the package, only
+    its entry point ``hpo = hpo.cli:main``)."""
+    return any(ep.value.startswith("hpo.cli:") for ep in dist.entry_points)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,7 @@ import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as replace_data
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,21 @@ class Spec:
         from dataclasses import replace
 
         return replace(self, **changes)
+
+    def with_data_dir(self, data_dir: str | None) -> Spec:
+        """This spec reading its dataset's files from ``data_dir`` (``--data-dir``: a path on
+        the machine that runs it; the study keeps the spec as written). Only ``mnist`` reads
+        files: with another dataset the folder is not used, and a warning says so."""
+        if data_dir is None:
+            return self
+        if self.data.dataset != "mnist":
+            import logging
+
+            logging.getLogger("hpo").warning(
+                "warning: --data-dir %s is not used: dataset %r ships with hpo (only 'mnist' "
+                "reads files)", data_dir, self.data.dataset)
+            return self
+        return self.replace(data=replace_data(self.data, data_dir=data_dir))
 
     def sampler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the sampler's class (without ``seed``): hpo's defaults, then

@@ -59,9 +59,10 @@ LOCK_KEY = 0x68706F5F6C6F636B
 
 
 def resolve_url(url: str | None) -> str:
-    """``--storage URL``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db`` in the current
-    directory."""
-    return url or os.environ.get("HPO_STORAGE") or DEFAULT_URL
+    """``--storage URL``, else ``$HPO_STORAGE``, else ``$OPTUNA_STORAGE`` (what Optuna's own
+    CLI reads), else ``sqlite:///hpo.db`` in the current directory."""
+    return (url or os.environ.get("HPO_STORAGE") or os.environ.get("OPTUNA_STORAGE")
+            or DEFAULT_URL)
 
 
 def mask_url(url: str) -> str:

@@ -20,8 +20,8 @@ from hpo.storage import (
 
 
 def open_storage(args: argparse.Namespace) -> optuna.storages.BaseStorage:
-    """The storage of ``--storage`` (else ``$HPO_STORAGE``, else ``sqlite:///hpo.db``), which
-    must hold hpo's schema."""
+    """The storage of ``--storage`` (else ``$HPO_STORAGE``, ``$OPTUNA_STORAGE``,
+    ``sqlite:///hpo.db``), which must hold hpo's schema."""
     url = resolve_url(args.storage)
     storage = get_storage(url)
     check_schema(storage, url)

@@ -17,7 +17,7 @@ def test_cmd(args: argparse.Namespace) -> int:
     study = open_study(args)
     try:
         trial = choose_trial(study, args.trial)
-        record = evaluate_on_test(study, trial, force=args.force)
+        record = evaluate_on_test(study, trial, force=args.force, data_dir=args.data_dir)
     except (AlreadyTested, ValueError) as e:
         raise UsageError(str(e)) from None
     if args.json:
@@ -41,7 +41,7 @@ def confirm_cmd(args: argparse.Namespace) -> int:
     study = open_study(args)
     pin_blas_threads()
     try:
-        record = confirm(study, top=args.top, seeds=args.seeds)
+        record = confirm(study, top=args.top, seeds=args.seeds, data_dir=args.data_dir)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(dumps(record, indent=2) if args.json else format_confirm(record))

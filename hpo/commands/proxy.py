@@ -22,8 +22,8 @@ def proxy(args: argparse.Namespace) -> int:
         raise UsageError(f"--pool-size must be >= 1, got {args.pool_size}")
     url = resolve_url(args.storage)
     if url.startswith("grpc://"):
-        raise UsageError("hpo proxy needs a database URL (--storage or $HPO_STORAGE), not "
-                         f"another proxy: {url}")
+        raise UsageError("hpo proxy needs a database URL (--storage, $HPO_STORAGE or "
+                         f"$OPTUNA_STORAGE), not another proxy: {url}")
     interval, grace = heartbeat_settings()
     check_port_free(args.host, args.port)
     storage = make_storage(url, args.pool_size, interval, grace)

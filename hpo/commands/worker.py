@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
 import optuna
 
+from hpo import logs
 from hpo.commands.common import heartbeat_settings, positive
 from hpo.objective import Objective
 from hpo.procs import WorkerJob, pin_blas_threads
@@ -15,18 +16,24 @@ from hpo.signals import install_signal_handlers
 from hpo.storage import JOIN_WAIT, check_schema, get_storage, load_study_spec, resolve_url
 from hpo.trials import build_sampler_and_pruner, work
 
+log = logging.getLogger("hpo.worker")
+
 
 def worker(args: argparse.Namespace) -> int:
     positive("--n-trials", args.n_trials)
     interval, grace = heartbeat_settings(args)
+    level, _ = getattr(args, "log_settings", (logging.INFO, "text"))
     return run_worker(args.study, resolve_url(args.storage), args.n_trials, args.timeout,
-                      quiet=args.quiet, heartbeat_interval=interval, grace_period=grace)
+                      trial_lines=level <= logging.INFO, heartbeat_interval=interval,
+                      grace_period=grace, data_dir=args.data_dir, log_level=level)
 
 
 def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float | None, *,
-               quiet: bool, heartbeat_interval: int, grace_period: int) -> int:
+               trial_lines: bool, heartbeat_interval: int, grace_period: int,
+               data_dir: str | None = None, log_level: int = logging.INFO) -> int:
     """Run trials of ``study_name`` until it holds its budget (``n_trials``, else the stored
     spec's) of finished trials, or ``timeout`` seconds pass. Returns the exit code.
+    ``trial_lines``: one ``hpo.trial`` log record per finished trial (:mod:`hpo.logs`).
 
     A worker started together with the ``hpo run`` / ``hpo init`` that creates its study waits
     for it (up to :data:`~hpo.storage.JOIN_WAIT` seconds, while the storage is still empty);
@@ -42,7 +49,7 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
         # random or TPE study would draw the same points. The narrowing sampler seeds each draw
         # by (seed, trial number) and stays reproducible whatever the number of workers.
         sampler.reseed_rng()
-    objective = Objective(spec)
+    objective = Objective(spec.with_data_dir(data_dir))
     study = with_retries(lambda: optuna.load_study(study_name=study_name, storage=storage,
                                                     sampler=sampler, pruner=pruner),
                          who="hpo worker", what=f"the study {study_name!r}")
@@ -50,30 +57,34 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
     n_trials = n_trials or spec.n_trials
     timeout = timeout if timeout is not None else spec.timeout
 
-    def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        value = "-" if t.value is None else f"{t.value:.3f}"
-        print(f"trial {t.number} {t.state.name} val_acc={value} params={t.params}", flush=True)
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logs.configure_optuna(log_level)
     # with a callback, optimize() reads the finished trial back (a get_trial: six queries)
     result = work(study, objective, n_trials=n_trials, timeout=timeout,
-                  on_trial=None if quiet else on_trial)
-    print(f"worker done: ran {result.trials_run} trial(s); study holds {result.finished} "
-          f"finished ({result.stopped_by})", file=sys.stderr)
+                  on_trial=logs.log_trial if trial_lines else None)
+    log.info("worker done: ran %d trial(s); study holds %d finished (%s)", result.trials_run,
+             result.finished, result.stopped_by)
     return 0
 
 
 def worker_job(study_name: str, url: str, n_trials: int, timeout: float | None,
-               heartbeat_interval: int, grace_period: int) -> WorkerJob:
-    """How ``hpo run`` and ``hpo compare`` start a quiet worker of ``study_name`` with their
-    own heartbeat settings (forked, or ``hpo worker ...`` in a fresh interpreter)."""
-    argv = ["worker", "--study", study_name, "--n-trials", str(n_trials), "--quiet",
+               heartbeat_interval: int, grace_period: int, *, trial_lines: bool = False,
+               data_dir: str | None = None) -> WorkerJob:
+    """How ``hpo run`` and ``hpo compare`` start a worker of ``study_name`` with their own
+    heartbeat settings (forked, or ``hpo worker ...`` in a fresh interpreter): quiet, or with
+    ``trial_lines`` a JSON line per finished trial in its log (``hpo run`` logs them again)."""
+    argv = ["worker", "--study", study_name, "--n-trials", str(n_trials),
+            *(["--log-level", "info", "--log-format", "json"] if trial_lines else ["--quiet"]),
             "--heartbeat-interval", str(heartbeat_interval), "--grace-period", str(grace_period)]
     if timeout:
         argv += ["--timeout", str(timeout)]
+    if data_dir:
+        argv += ["--data-dir", data_dir]
+    level = logging.INFO if trial_lines else logging.WARNING
 
     def target() -> int:
-        return run_worker(study_name, url, n_trials, timeout, quiet=True,
-                          heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        logs.configure(level, "json" if trial_lines else "text")  # into this child's log
+        return run_worker(study_name, url, n_trials, timeout, trial_lines=trial_lines,
+                          heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                          data_dir=data_dir, log_level=level)
 
     return WorkerJob(url=url, target=target, argv=argv, env={"HPO_STORAGE": url})
