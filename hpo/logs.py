@@ -53,12 +53,25 @@ def add_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("-q", "--quiet", action="count",
                         help="fewer: warnings only, no progress (-qq: errors only)",
                         **(default or {"default": 0}))
-    parser.add_argument("--log-level", type=str.lower, choices=LEVELS, metavar="LEVEL",
+    parser.add_argument("--log-level", type=_one_of(LEVELS), metavar="LEVEL",
                         help=f"one of {', '.join(LEVELS)}; wins over -v/-q "
                              "(default: $HPO_LOG_LEVEL, else info)", **default)
-    parser.add_argument("--log-format", type=str.lower, choices=FORMATS, metavar="FORMAT",
+    parser.add_argument("--log-format", type=_one_of(FORMATS), metavar="FORMAT",
                         help="text, or json: one JSON object per line (default: "
                              "$HPO_LOG_FORMAT, else text)", **default)
+
+
+def _one_of(allowed: tuple[str, ...]):
+    """A flag's value among ``allowed`` (any case); refused on one line naming them."""
+
+    def parse(text: str) -> str:
+        if text.lower() not in allowed:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(allowed)}, "
+                                             f"got {text!r}")
+        return text.lower()
+
+    parse.__name__ = "name"
+    return parse
 
 
 def settings(args: argparse.Namespace) -> tuple[int, str]:
