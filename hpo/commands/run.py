@@ -178,9 +178,9 @@ def _run_workers(study: optuna.Study, job, n_workers: int, progress: Progress,
 
     with tempfile.TemporaryDirectory(prefix="hpo-workers-") as log_dir:
         procs = start_workers(n_workers, job, log_dir, dispose=[rdb.engine] if rdb else [])
-        if per_trial:
+        if per_trial:  # the logs start_workers names (a child may not have opened its own yet)
             tails.update((name, _Tail(os.path.join(log_dir, name)))
-                         for name in sorted(os.listdir(log_dir)))
+                         for name in (f"worker-{i}.log" for i in range(n_workers)))
         supervise(procs, tick)
         tick()
         bad = failures(procs, log_dir)
