@@ -40,9 +40,9 @@ def _study_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:
 
 
 def _data_dir_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="folder with the four MNIST IDX .gz files (dataset mnist; default: the "
-                        "spec's data.data_dir, else downloaded once into ~/.cache/hpo)")
+    _dir(p.add_argument("--data-dir", metavar="DIR",
+                        help="folder with the four MNIST IDX .gz files (dataset mnist; default: "
+                             "the spec's data.data_dir, else downloaded once into ~/.cache/hpo)"))
 
 
 def _heartbeat_args(p: argparse.ArgumentParser) -> None:
@@ -234,8 +234,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--dataset", default="mnist5k", choices=list(catalog.DATASETS),
                    help="mnist5k (default), mnist, digits")
-    p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX .gz files")
+    _dir(p.add_argument("--data-dir", metavar="DIR",
+                        help="folder with the four MNIST IDX .gz files"))
+
+    p = sub.add_parser("completion", help="print the shell's completion script for hpo",
+                       description="Print the completion script of SHELL for hpo (generated "
+                                   "by shtab from hpo's own flags). Bash: "
+                                   "`hpo completion bash > ~/.local/share/bash-completion/"
+                                   "completions/hpo`; zsh: `hpo completion zsh > "
+                                   "\"${fpath[1]}/_hpo\"`.")
+    p.add_argument("shell", choices=["bash", "zsh", "tcsh"], metavar="SHELL",
+                   help="bash, zsh or tcsh")
+    for command in _subparsers(parser).values():  # specs are files: complete file names there
+        for a in command._actions:
+            if a.dest == "spec":
+                _file(a)
+            elif a.dest in ("out", "artifact_dir"):
+                _dir(a)
     return parser
+
+
+# what shtab completes (shtab.FILE / shtab.DIRECTORY, spelled out: no import for --help)
+def _file(action: argparse.Action) -> argparse.Action:
+    action.complete = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}
+    return action
+
+
+def _dir(action: argparse.Action) -> argparse.Action:
+    action.complete = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/", "tcsh": "d"}
+    return action
 
 
 # command -> (module, function); modules are imported only when their command runs
@@ -252,6 +279,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("hpo.commands.report", "report"),
     "proxy": ("hpo.commands.proxy", "proxy"),
     "experiment": ("hpo.commands.experiment", "experiment"),
+    "completion": ("hpo.commands.completion", "completion"),
 }
 
 

@@ -393,3 +393,33 @@ def test_data_dir_reaches_every_command_that_reads_data(tmp_path, tiny_spec, sql
                  ["confirm", "tiny", "--seeds", "2"]):
         r = hpo(*args, "--storage", sqlite_url, "--data-dir", str(empty))
         assert r.returncode == 2 and f"MNIST data dir {empty} lacks" in r.stderr, (args, r.stderr)
+
+
+def test_shell_completion_from_the_parser(tmp_path):
+    """`hpo completion bash` is a script bash really completes with: commands, each command's
+    flags (the same parser: a new flag is completed at once), spec files."""
+    r = hpo("completion", "bash")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    script = tmp_path / "hpo.bash"
+    script.write_text(r.stdout)
+    (tmp_path / "tiny.toml").write_text("")
+
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        code = (f'source {script}\nCOMP_WORDS=({line}); COMP_CWORD={len(words) - 1}\n'
+                f'COMP_LINE="{line}"; COMP_POINT=${{#COMP_LINE}}\n'
+                f'_shtab_hpo hpo "{words[-1]}" "{words[-2]}"\nprintf "%s\\n" "${{COMPREPLY[@]}}"')
+        out = subprocess.run(["bash", "-c", code], capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return sorted(out.stdout.split())
+
+    assert complete("hpo be") == ["best"]
+    assert complete("hpo comp") == ["compare", "completion"]
+    assert complete("hpo best --st") == ["--storage", "--study", "--study-name"]
+    assert complete("hpo run --data") == ["--data-dir", "--data-seed"]
+    assert complete("hpo run ti") == ["tiny.toml"]
+    zsh = hpo("completion", "zsh")
+    assert zsh.returncode == 0 and zsh.stdout.startswith("#compdef hpo")
+    assert "--study-name" in zsh.stdout
+    bad = hpo("completion", "fish")
+    assert bad.returncode == 2 and "invalid choice: 'fish'" in bad.stderr
