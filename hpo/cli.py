@@ -39,6 +39,12 @@ def _study_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:
     _study_flag(p, help="the study, as a flag (as in hpo run, hpo worker and Optuna's CLI)")
 
 
+def _mlflow_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow-uri", metavar="URI",
+                   help="log each finished trial as an MLflow run there, e.g. file:./mlruns "
+                        "(default: the spec's [tracking] mlflow; needs the extra [mlflow])")
+
+
 def _data_dir_arg(p: argparse.ArgumentParser) -> None:
     _dir(p.add_argument("--data-dir", metavar="DIR",
                         help="folder with the four MNIST IDX .gz files (dataset mnist; default: "
@@ -101,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=SECONDS, metavar="S", help="stop after S seconds")
     p.add_argument("--top", type=TOP, metavar="K", help=TOP_HELP)
     _data_dir_arg(p)
+    _mlflow_arg(p)
     p.add_argument("--warm-start", type=study_name, metavar="STUDY",
                    help="begin a new study with the best configurations of STUDY (same storage)")
     p.add_argument("--warm-start-top", type=count(1000), metavar="K",
@@ -125,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finished trials wanted in the study in total (default: the spec's)")
     p.add_argument("--timeout", type=SECONDS, metavar="S", help="stop after S seconds")
     _data_dir_arg(p)
+    _mlflow_arg(p)
     _heartbeat_args(p)
 
     p = sub.add_parser("best", help="the book's Best-N listing of a study")

@@ -316,7 +316,7 @@ def create_or_load_study(
                 f"study {name!r} exists with a different spec: pick another --study name, or "
                 f"resume it with `hpo worker --study {name}`"
             )
-        if stored.get("budget") != wanted["budget"]:
+        if any(stored.get(k) != wanted.get(k) for k in _NOT_THE_SEARCH):
             study.set_user_attr(SPEC_ATTR, wanted)
         return study
 
@@ -324,8 +324,12 @@ def create_or_load_study(
                         still_missing=lambda e: isinstance(e, _NotYet), missing_wait=wait)
 
 
+#: Spec tables a resumed study may change: its budget, where its trials are also logged.
+_NOT_THE_SEARCH = ("budget", "tracking")
+
+
 def _without_budget(spec: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in spec.items() if k != "budget"}
+    return {k: v for k, v in spec.items() if k not in _NOT_THE_SEARCH}
 
 
 def load_study_spec(storage: optuna.storages.BaseStorage, study_name: str,

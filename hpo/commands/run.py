@@ -12,7 +12,7 @@ from dataclasses import replace
 import optuna
 
 from hpo import logs
-from hpo.commands.common import heartbeat_settings, positive, worker_storage
+from hpo.commands.common import callbacks, heartbeat_settings, positive, worker_storage
 from hpo.commands.worker import worker_job
 from hpo.errors import UsageError
 from hpo.listing import study_summary
@@ -23,6 +23,7 @@ from hpo.retry import OUTAGE, is_transient, with_retries
 from hpo.signals import install_signal_handlers
 from hpo.spec import Spec, load_spec
 from hpo.storage import create_or_load_study, get_storage, load_study_spec, mask_url, resolve_url
+from hpo.tracking import mlflow_callback
 from hpo.trials import build_sampler_and_pruner, continue_sampling, count, work
 from hpo.warmstart import WARM_TOP, best_configs, warm_start
 
@@ -74,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if top is not None and not warm:
         raise UsageError("--warm-start-top needs --warm-start STUDY (the study to start from)")
     configs = _warm_configs(url, warm, study_name, top or WARM_TOP) if warm else None
+    # MLflow (the spec's [tracking] or --mlflow-uri): checked before the study is written
+    tracking = mlflow_callback(getattr(args, "mlflow_uri", None), spec.mlflow, study_name)
     install_signal_handlers()  # a SIGTERM while waiting for the database ends the wait
     storage = worker_storage(url, interval, grace, create_schema=True)
     study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
@@ -100,12 +103,13 @@ def run(args: argparse.Namespace) -> int:
         if args.workers == 1:
             pin_blas_threads()
             work(study, objective, n_trials=spec.n_trials, timeout=timeout,
-                 on_trial=_callbacks(progress.on_trial if progress.enabled else None,
-                                     logs.log_trial if per_trial else None))
+                 on_trial=callbacks(progress.on_trial if progress.enabled else None,
+                                    logs.log_trial if per_trial else None, tracking))
             progress.refresh(study)
         else:
             job = worker_job(study_name, url, spec.n_trials, timeout, interval, grace,
-                             trial_lines=per_trial, data_dir=data_dir)
+                             trial_lines=per_trial, data_dir=data_dir,
+                             mlflow_uri=getattr(args, "mlflow_uri", None))
             failed = _run_workers(study, job, args.workers, progress, per_trial)
     finally:
         progress.close()
@@ -115,22 +119,6 @@ def run(args: argparse.Namespace) -> int:
     if failed and _finished(study) < spec.n_trials:
         return 1
     return 0  # workers may die: the study still holds its budget (their failures were shown)
-
-
-def _callbacks(*fns):
-    """One Optuna callback calling each of ``fns`` that is not None (None: none at all, so that
-    optimize() does not read the finished trial back)."""
-    chosen = [f for f in fns if f is not None]
-    if not chosen:
-        return None
-    if len(chosen) == 1:
-        return chosen[0]
-
-    def both(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        for f in chosen:
-            f(study, trial)
-
-    return both
 
 
 def _finished(study: optuna.Study) -> int:

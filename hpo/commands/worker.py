@@ -8,12 +8,13 @@ import logging
 import optuna
 
 from hpo import logs
-from hpo.commands.common import heartbeat_settings, positive
+from hpo.commands.common import callbacks, heartbeat_settings, positive
 from hpo.objective import Objective
 from hpo.procs import WorkerJob, pin_blas_threads
 from hpo.retry import with_retries
 from hpo.signals import install_signal_handlers
 from hpo.storage import JOIN_WAIT, check_schema, get_storage, load_study_spec, resolve_url
+from hpo.tracking import mlflow_callback
 from hpo.trials import build_sampler_and_pruner, work
 
 log = logging.getLogger("hpo.worker")
@@ -25,12 +26,14 @@ def worker(args: argparse.Namespace) -> int:
     level, _ = getattr(args, "log_settings", (logging.INFO, "text"))
     return run_worker(args.study, resolve_url(args.storage), args.n_trials, args.timeout,
                       trial_lines=level <= logging.INFO, heartbeat_interval=interval,
-                      grace_period=grace, data_dir=args.data_dir, log_level=level)
+                      grace_period=grace, data_dir=args.data_dir, log_level=level,
+                      mlflow_uri=args.mlflow_uri)
 
 
 def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float | None, *,
                trial_lines: bool, heartbeat_interval: int, grace_period: int,
-               data_dir: str | None = None, log_level: int = logging.INFO) -> int:
+               data_dir: str | None = None, log_level: int = logging.INFO,
+               mlflow_uri: str | None = None) -> int:
     """Run trials of ``study_name`` until it holds its budget (``n_trials``, else the stored
     spec's) of finished trials, or ``timeout`` seconds pass. Returns the exit code.
     ``trial_lines``: one ``hpo.trial`` log record per finished trial (:mod:`hpo.logs`).
@@ -50,6 +53,7 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
         # by (seed, trial number) and stays reproducible whatever the number of workers.
         sampler.reseed_rng()
     objective = Objective(spec.with_data_dir(data_dir))
+    tracking = mlflow_callback(mlflow_uri, spec.mlflow, study_name)
     study = with_retries(lambda: optuna.load_study(study_name=study_name, storage=storage,
                                                     sampler=sampler, pruner=pruner),
                          who="hpo worker", what=f"the study {study_name!r}")
@@ -60,7 +64,7 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
     logs.configure_optuna(log_level)
     # with a callback, optimize() reads the finished trial back (a get_trial: six queries)
     result = work(study, objective, n_trials=n_trials, timeout=timeout,
-                  on_trial=logs.log_trial if trial_lines else None)
+                  on_trial=callbacks(logs.log_trial if trial_lines else None, tracking))
     log.info("worker done: ran %d trial(s); study holds %d finished (%s)", result.trials_run,
              result.finished, result.stopped_by)
     return 0
@@ -68,7 +72,7 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
 
 def worker_job(study_name: str, url: str, n_trials: int, timeout: float | None,
                heartbeat_interval: int, grace_period: int, *, trial_lines: bool = False,
-               data_dir: str | None = None) -> WorkerJob:
+               data_dir: str | None = None, mlflow_uri: str | None = None) -> WorkerJob:
     """How ``hpo run`` and ``hpo compare`` start a worker of ``study_name`` with their own
     heartbeat settings (forked, or ``hpo worker ...`` in a fresh interpreter): quiet, or with
     ``trial_lines`` a JSON line per finished trial in its log (``hpo run`` logs them again)."""
@@ -79,12 +83,14 @@ def worker_job(study_name: str, url: str, n_trials: int, timeout: float | None,
         argv += ["--timeout", str(timeout)]
     if data_dir:
         argv += ["--data-dir", data_dir]
+    if mlflow_uri:
+        argv += ["--mlflow-uri", mlflow_uri]
     level = logging.INFO if trial_lines else logging.WARNING
 
     def target() -> int:
         logs.configure(level, "json" if trial_lines else "text")  # into this child's log
         return run_worker(study_name, url, n_trials, timeout, trial_lines=trial_lines,
                           heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                          data_dir=data_dir, log_level=level)
+                          data_dir=data_dir, log_level=level, mlflow_uri=mlflow_uri)
 
     return WorkerJob(url=url, target=target, argv=argv, env={"HPO_STORAGE": url})
