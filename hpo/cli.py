@@ -8,7 +8,6 @@ nothing written), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
@@ -100,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     _study_flag(p, help="study name (default: the spec's name)")
     p.add_argument("--n-trials", type=TRIALS, metavar="N", help="finished trials wanted in total")
     p.add_argument("--workers", type=count(catalog.MAX_WORKERS), default=1, metavar="W",
-                   help="local worker processes")
+                   help="local worker processes (forked; one BLAS thread each)")
     p.add_argument("--seed", type=SEED, metavar="S", help="sampler/model seed (default: spec's)")
     p.add_argument("--data-seed", type=SEED, metavar="D",
                    help="seed of the train/validation shuffle (default: the spec's data.seed)")
@@ -145,11 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("studies", help="list the studies in the storage")
     _storage_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage (read-only)")
     _storage_arg(p)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=PORT, default=8080, help="0 picks a free port")
     p.add_argument("--allow-writes", action="store_true",
                    help="let the dashboard create, rename, delete studies and write notes")
@@ -159,32 +158,34 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Retrain the chosen configuration (best by default) with its "
                                    "seed on the training split and evaluate it on the test split "
                                    "once; the result is stored in the study.")
-    _study_arg(p)
+    _study_arg(p, help="the study")
     _storage_arg(p)
     p.add_argument("--trial", type=count(2**31, low=0), metavar="N",
                    help="trial number (default: the best)")
     p.add_argument("--force", action="store_true", help="evaluate again although done before")
     _data_dir_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("confirm", help="retrain the top K configurations with fresh seeds",
                        description="Retrain the top K trials' configurations with S fresh "
                                    "initialisation seeds each (same train/validation split) and "
                                    "rank them by mean validation accuracy with its standard "
                                    "error; `hpo test` then uses the confirmed winner.")
-    _study_arg(p)
+    _study_arg(p, help="the study")
     _storage_arg(p)
-    p.add_argument("--top", type=count(1000), default=5, metavar="K")
-    p.add_argument("--seeds", type=count(1000, low=2), default=5, metavar="S")
+    p.add_argument("--top", type=count(1000), default=5, metavar="K",
+                   help="how many of the best configurations to retrain")
+    p.add_argument("--seeds", type=count(1000, low=2), default=5, metavar="S",
+                   help="fresh initialisation seeds per configuration")
     _data_dir_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("compare", help="compare samplers fairly across seeds",
                        description="One study per (sampler, seed), named <spec>/<sampler>/seed<k>,"
                                    " on the same data split; best-so-far plots and a table. With "
                                    "several specs (same [data]), each spec is an arm with its own "
                                    "sampler and space.")
-    p.add_argument("spec", metavar="SPEC", nargs="+")
+    p.add_argument("spec", metavar="SPEC", nargs="+", help="study spec file(s) (TOML)")
     p.add_argument("--storage", metavar="URL",
                    help="SQLAlchemy URL of the comparison's studies (default: "
                         "sqlite:///DIR/compare.db under --out; $HPO_STORAGE and "
@@ -194,15 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
                         + ",".join(catalog.SAMPLER_NAMES))
     p.add_argument("--confirm", type=count(1000, low=0), default=0, metavar="K",
                    help="retrain each study's top K with fresh seeds and test the winner")
-    p.add_argument("--confirm-seeds", type=count(1000, low=2), default=5, metavar="S")
+    p.add_argument("--confirm-seeds", type=count(1000, low=2), default=5, metavar="S",
+                   help="fresh seeds per configuration for --confirm")
     p.add_argument("--title", type=title, default="comparison", help="title with several specs")
-    p.add_argument("--n-trials", type=TRIALS, default=100, metavar="N")
-    p.add_argument("--seeds", type=count(1000), default=5, metavar="K")
-    p.add_argument("--workers", type=count(catalog.MAX_WORKERS), default=1, metavar="W")
-    p.add_argument("--target", type=FRACTION, default=0.80, help="accuracy to reach (0.80)")
+    p.add_argument("--n-trials", type=TRIALS, default=100, metavar="N",
+                   help="finished trials per study")
+    p.add_argument("--seeds", type=count(1000), default=5, metavar="K",
+                   help="studies per sampler, one per seed")
+    p.add_argument("--workers", type=count(catalog.MAX_WORKERS), default=1, metavar="W",
+                   help="worker processes per study")
+    p.add_argument("--target", type=FRACTION, default=0.80, metavar="ACC",
+                   help="validation accuracy to reach")
     p.add_argument("--out", default="out/compare", metavar="DIR",
                    help="table, plot and the comparison's own storage "
-                        "(DIR/compare.db unless --storage) go here (out/compare)")
+                        "(DIR/compare.db unless --storage) go here")
     p.add_argument("--resume", action="store_true",
                    help="continue the studies an earlier run of this comparison left")
     p.add_argument("--no-test", action="store_true", help="skip the test-set evaluation")
@@ -211,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The book's Best-20 learning-curve grid, accuracy against lr "
                                    "and weight decay, a contour, narrowing stages; PNG + HTML, "
                                    "and the same figures in optuna-dashboard.")
-    _study_arg(p)
+    _study_arg(p, help="the study")
     _storage_arg(p)
-    p.add_argument("--out", metavar="DIR", help="where the files go (out/report/<NAME>)")
+    p.add_argument("--out", metavar="DIR", help="where the files go (default: out/report/<NAME>)")
     p.add_argument("--top", type=TOP, metavar="K", help=TOP_HELP)
     p.add_argument("--max-gap", type=FRACTION, metavar="G",
                    help="mark trials whose train-validation gap is below G")
@@ -227,19 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--storage grpc://HOST:PORT), so hundreds of workers share a "
                                    "few database connections.")
     _storage_arg(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=count(65535, span=True), default=13000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=count(65535, span=True), default=13000,
+                   help="port to listen on")
     p.add_argument("--pool-size", type=count(1000), default=4, metavar="N",
-                   help="database connections the proxy may hold (4)")
+                   help="database connections the proxy may hold")
 
     p = sub.add_parser("experiment", help="reproduce section 6.4: overfitting and its cures",
                        description="Train the book's 784-100x6-10 net on 300 samples and plot "
                                    "train vs test accuracy per epoch.")
-    p.add_argument("name", choices=["overfit", "weight-decay", "dropout"])
-    p.add_argument("--out", default="out", metavar="DIR", help="where the PNG goes (out/)")
+    p.add_argument("name", choices=["overfit", "weight-decay", "dropout"],
+                   help="which experiment: overfit, weight-decay or dropout")
+    p.add_argument("--out", default="out", metavar="DIR", help="where the PNG goes")
     p.add_argument("--epochs", type=count(catalog.MAX_EPOCHS), metavar="N",
                    help="override the book's epoch count")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="the network's seed")
     p.add_argument("--dataset", default="mnist5k", choices=list(catalog.DATASETS),
                    help="mnist5k (default), mnist, digits")
     _dir(p.add_argument("--data-dir", metavar="DIR",
@@ -312,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     logs.configure(level, fmt)
     args.log_settings = (level, fmt)
+    args.parser = parser  # hpo completion: the script of this very parser
     module, func = COMMANDS[args.command]
     handler: Callable[[argparse.Namespace], int] = getattr(import_module(module), func)
     return run_command(f"hpo {args.command}", lambda: handler(args), debug=args.debug)
@@ -336,6 +345,45 @@ def _one_study(p: argparse.ArgumentParser, args: argparse.Namespace, required: b
         p.error("the following arguments are required: NAME (or --study NAME)")
 
 
+#: flags every command takes (the README lists them once)
+COMMON_FLAGS = ("-h", "--debug", "-v", "-q", "--log-level", "--log-format")
+
+
+def flag_rows(p: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    """(invocation, help) of each argument of ``p`` as its ``--help`` shows them, defaults
+    included (``--study NAME, --study-name NAME``, ``... (default: 8080)``)."""
+    formatter = p._get_formatter()
+    rows = []
+    for action in p._actions:
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+            continue
+        invocation = formatter._format_action_invocation(action)
+        text = formatter._expand_help(action) if action.help else ""
+        rows.append((invocation, " ".join(text.split())))
+    return rows
+
+
+def reference_markdown() -> str:
+    """The README's flag tables: the flags every command takes, then each command's own, as
+    ``hpo COMMAND --help`` shows them (``python -m hpo.cli`` prints them;
+    tests/test_readme.py compares the README with ``--help``)."""
+
+    def table(rows: list[tuple[str, str]]) -> list[str]:
+        out = ["| flag | what it does |", "|---|---|"]
+        out += [f"| `{inv}` | {text.replace('|', chr(92) + '|')} |" for inv, text in rows]
+        return out
+
+    parser = build_parser()
+    commands = _subparsers(parser)
+    common = [r for r in flag_rows(commands["run"]) if r[0].split(",")[0].split()[0]
+              in COMMON_FLAGS]
+    lines = ["Every command takes:", "", *table(common)]
+    for name, p in commands.items():
+        own = [r for r in flag_rows(p) if r[0].split(",")[0].split()[0] not in COMMON_FLAGS]
+        lines += ["", f"`hpo {name}`:", "", *table(own)]
+    return "\n".join(lines) + "\n"
+
+
 class _Version(argparse.Action):
     """``hpo --version``: the version of the installed distribution that provides ``hpo``,
     looked up only when asked (the lookup reads every installed distribution's metadata)."""
@@ -345,38 +393,9 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"hpo {version()}")  # on stdout, as argparse's own version action
+        print(f"hpo {logs.version()}")  # on stdout, as argparse's own version action
         parser.exit(0)
 
 
-def version() -> str:
-    """The installed version, from the package metadata (``importlib.metadata``) of the
-    distribution that provides the ``hpo`` package, whatever it is named; ``hpo.__version__``
-    when hpo runs from a source tree that is not installed."""
-    from importlib import metadata
-
-    try:
-        names = metadata.packages_distributions().get("hpo", [])
-    except Exception:  # noqa: BLE001 - a broken distribution elsewhere must not stop --version
-        names = []
-    for name in [*names, "hpo-book", "hpo"]:
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        if name in names or _provides_hpo(dist):
-            return dist.version
-    from hpo import __version__
-
-    return f"{__version__} (not installed)"
-
-
-def _provides_hpo(dist) -> bool:
-    """Whether ``dist`` is this hpo (an editable install lists no files of the package, only
-    its entry point ``hpo = hpo.cli:main``)."""
-    return any(ep.value.startswith("hpo.cli:") for ep in dist.entry_points)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())
+if __name__ == "__main__":  # pragma: no cover - `python -m hpo.cli`: the README's flag tables
+    print(reference_markdown(), end="")

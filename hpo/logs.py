@@ -35,7 +35,7 @@ from typing import Any, TextIO
 from hpo.errors import UsageError
 
 __all__ = ["FORMATS", "LEVELS", "add_flags", "configure", "log", "settings", "trial_fields",
-           "trial_logger", "trial_text", "worker_id"]
+           "trial_logger", "trial_text", "version", "worker_id"]
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 FORMATS = ("text", "json")
@@ -211,3 +211,28 @@ def relog_trial(line: str) -> bool:
     trial_logger.info("trial %s %s", fields.get("trial"), fields.get("state"),
                       extra={"trial": fields})
     return True
+
+
+def version() -> str:
+    """The installed version, from the package metadata (``importlib.metadata``) of the
+    distribution that provides the ``hpo`` package, whatever it is named."""
+    from importlib import metadata
+
+    try:
+        names = metadata.packages_distributions().get("hpo", [])
+    except Exception:  # noqa: BLE001 - a broken distribution elsewhere must not stop --version
+        names = []
+    for name in [*names, "hpo-book", "hpo"]:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if name in names or _provides_hpo(dist):
+            return dist.version
+    return "unknown (hpo runs from a source tree that is not installed: pip install -e .)"
+
+
+def _provides_hpo(dist) -> bool:
+    """Whether ``dist`` is this hpo (an editable install lists no files of the package, only
+    its entry point ``hpo = hpo.cli:main``)."""
+    return any(ep.value.startswith("hpo.cli:") for ep in dist.entry_points)

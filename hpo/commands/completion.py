@@ -9,12 +9,11 @@ from hpo.errors import RuntimeFailure
 
 
 def completion(args: argparse.Namespace) -> int:
+    """``args.parser``: the ``hpo`` parser itself (hpo.cli hands it over)."""
     try:
         import shtab
     except ImportError:
         raise RuntimeFailure("shell completion needs shtab, which is not installed: "
                              "pip install shtab (or hpo's extra [completion])") from None
-    from hpo.cli import build_parser
-
-    print(shtab.complete(build_parser(), shell=args.shell), end="")
+    print(shtab.complete(args.parser, shell=args.shell), end="")
     return 0
