@@ -43,7 +43,8 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         m = _OURS.match(message)
         if m:
-            flag = m["flag"].split("/")[-1]
+            names = m["flag"].split("/")  # "-q/--quiet", "--study/--study-name": the first long
+            flag = next((n for n in names if n.startswith("--")), names[-1])
             self.exit(2, f"{self.prog}: error: {flag} {m['what']}\n")
         usage = " ".join(self.format_usage().split())
         self.exit(2, f"{usage}\n{self.prog}: error: {message}\n")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
 from hpo.commands.common import open_study, positive
 from hpo.errors import UsageError
@@ -11,6 +11,7 @@ from hpo.evaluate import AlreadyTested, choose_trial, confirm, evaluate_on_test
 from hpo.listing import dumps, format_confirm
 from hpo.procs import pin_blas_threads
 
+log = logging.getLogger("hpo.test")
 
 def test_cmd(args: argparse.Namespace) -> int:
     """``hpo test NAME``: retrain the chosen trial and evaluate it on the test split, once."""
@@ -27,9 +28,8 @@ def test_cmd(args: argparse.Namespace) -> int:
           f"train acc {record['train_acc']:.4f} | test acc {record['test_acc']:.4f} "
           f"({record['n_test']} test images)")
     if not record["reproduced"]:
-        print(f"warning: the retrained network's validation accuracy "
-              f"{record['retrained_val_acc']:.4f} differs from the stored "
-              f"{record['val_acc']:.4f}", file=sys.stderr)
+        log.warning("warning: the retrained network's validation accuracy %.4f differs from "
+                    "the stored %.4f", record["retrained_val_acc"], record["val_acc"])
     return 0
 
 
