@@ -262,7 +262,7 @@ def test_seed_and_data_seed_name_the_study(tiny_spec, sqlite_url):
 def test_version_comes_from_the_package_metadata():
     from importlib import metadata
 
-    from hpo.cli import version
+    from hpo.logs import version
 
     r = hpo("--version")
     assert r.returncode == 0 and r.stdout == f"hpo {version()}\n", (r.stdout, r.stderr)
@@ -332,7 +332,7 @@ def test_every_commands_flags_go_before_or_after_it():
     from hpo.cli import COMMANDS, build_parser
 
     positional = {"run": ["s.toml"], "init": ["s.toml"], "worker": ["--study", "x"],
-                  "compare": ["s.toml"], "experiment": ["overfit"]}
+                  "compare": ["s.toml"], "experiment": ["overfit"], "completion": ["bash"]}
     parser = build_parser()
     for cmd in COMMANDS:
         rest = positional.get(cmd, [])
