@@ -145,13 +145,29 @@ class TextFormatter(logging.Formatter):
 _HANDLER_NAME = "hpo"
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a record comes (a forked worker's
+    log file, a test's capture), as the standard library's last-resort handler does."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it
+        pass
+
+
 def configure(level: int, fmt: str, stream: TextIO | None = None) -> None:
     """Send hpo's records (and Optuna's, through propagation) at ``level`` and above to
     ``stream`` (stderr) in ``fmt``. Safe to call again (a forked worker re-configures)."""
     root = logging.getLogger()
     for h in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)

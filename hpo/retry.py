@@ -19,10 +19,10 @@ Nothing here imports Optuna or SQLAlchemy at module level.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,9 +30,6 @@ from typing import TypeVar
 
 from hpo.errors import RuntimeFailure, UsageError
 from hpo.signals import check_stop
-
-#: One line per outage, as a warning (through hpo's log handler: JSON with --log-format json).
-log = logging.getLogger("hpo.retry")
 
 T = TypeVar("T")
 
@@ -197,7 +194,7 @@ class Outage:
                 return False
             self.since = time.monotonic()
             self.count += 1
-        log.warning("%s: storage unavailable (%s); %s", who, reason(e), what)
+        print(f"{who}: storage unavailable ({reason(e)}); {what}", file=sys.stderr, flush=True)
         return True
 
     def ok(self) -> None:
@@ -238,7 +235,7 @@ def with_retries(attempt: Callable[[], T], *, who: str, what: str, wait: float |
     def say(kind: str, line: str) -> None:
         if kind not in said:
             said.add(kind)
-            log.warning("%s: %s", who, line)
+            print(f"{who}: {line}", file=sys.stderr, flush=True)
 
     while True:
         check_stop()
