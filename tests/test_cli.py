@@ -270,6 +270,7 @@ def test_version_comes_from_the_package_metadata():
     assert version() == metadata.version(dists[0])
 
 
+@pytest.mark.slow
 def test_optuna_storage_is_honoured_after_hpo_storage(tmp_path, tiny_spec):
     """--storage > $HPO_STORAGE > $OPTUNA_STORAGE (Optuna's own CLI reads it) > ./hpo.db."""
     spec = tiny_spec(n_trials=1)
