@@ -6,10 +6,17 @@ One trial (the book's ``hyperparameter_optimization.py``): 400 train + 100 valid
 
 Contenders, all under ``threadpool_limits(1)`` and interleaved round by round:
   * ``book``        benchmarks/book_baseline.py: the book's MultiLayerNet + Trainer, float64;
-  * ``hpo.nn f64``  hpo.nn in float64 (the algorithmic savings alone);
-  * ``hpo.nn f32``  hpo.nn as trials run it (float32);
+  * ``hpo.nn f64``  hpo.nn in float64 (the algorithmic savings alone), NumPy path;
+  * ``hpo.nn f32, NumPy``  hpo.nn in float32 on NumPy (``HPO_NN_FAST=0``; the path without the
+    ``fast`` extra, and the code before it: the base of the ratio);
+  * ``hpo.nn f32, numba``  hpo.nn in float32 as trials run it with the ``fast`` extra
+    (hpo/nn/fast.py; left out when numba is not installed);
   * ``matmuls only`` just hpo.nn's matrix products of one trial (same shapes and counts, no
-    other work): the floor for any NumPy implementation doing that work on this BLAS.
+    other work): the floor for any implementation doing that work on this BLAS.
+
+Each run is timed twice: wall clock and the thread's CPU time (``time.thread_time``); on a
+shared, loaded machine the CPU time leaves out the time other processes held the core, so its
+ratios are the steadier ones.
 
 FLOPs counted: 2*m*n*k for each matrix product each implementation performs (forward, dW,
 dx where it computes it, the evaluation passes; element-wise work not counted):
@@ -20,6 +27,7 @@ dx where it computes it, the evaluation passes; element-wise work not counted):
     final test-accuracy forward (100 rows).
 
 Run: ``.venv/bin/python benchmarks/bench_mlp.py [--repeats 5] [--data auto|random|mnist5k]``
+(``pip install -e '.[fast]'`` first for the numba contender).
 """
 
 from __future__ import annotations
@@ -94,8 +102,9 @@ def run_book(data) -> tuple[float, float, float]:
     return time.perf_counter() - t0, train_curve[-1], val_curve[-1]
 
 
-def run_hpo(data, dtype) -> tuple[float, float, float]:
+def run_hpo(data, dtype, fast: bool = False) -> tuple[float, float, float]:
     x, t, xv, tv = data
+    os.environ["HPO_NN_FAST"] = "1" if fast else "0"
     t0 = time.perf_counter()
     rng = np.random.default_rng(1)
     net = MLP(SIZES, init="he", weight_decay=WD, dtype=dtype, rng=rng)
@@ -103,14 +112,16 @@ def run_hpo(data, dtype) -> tuple[float, float, float]:
         net, make_optimizer("sgd", LR), x, t, xv, tv, epochs=EPOCHS, batch_size=BATCH, rng=rng
     )
     assert res.epochs_run == EPOCHS
+    assert net._fast_predict == fast, "the numba path did not run" if fast else "numba ran"
     return time.perf_counter() - t0, res.train_acc, res.val_acc
 
 
-def same_updates(data) -> float:
+def same_updates(data, fast: bool = False) -> float:
     """Train the book's net and hpo.nn in float64 from the same seed (same initial weights and
     the same minibatch draws) and return the largest relative parameter difference at the end:
     round-off level means both performed the same 200 updates."""
     x, t, xv, tv = data
+    os.environ["HPO_NN_FAST"] = "1" if fast else "0"
     rng = np.random.default_rng(1)
     book = MultiLayerNet(784, SIZES[1:-1], 10, rng=rng, weight_decay_lambda=WD)
     Trainer(book, x, t, xv, tv, rng, epochs=EPOCHS, mini_batch_size=BATCH, lr=LR).train()
@@ -177,6 +188,26 @@ def machine_line() -> str:
     )
 
 
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ceiling_line(name: str, t: dict[str, list[float]], c: dict[str, list[float]]) -> str:
+    """``name``'s time over the ceiling's, CPU and wall, median to median and per round."""
+    med, lo = statistics.median, min
+    per_round = sorted(a / b for a, b in zip(t["cpu"], c["cpu"], strict=True))
+    return (
+        f"{name} / matmuls only: CPU {med(t['cpu']) / med(c['cpu']):.3f} median to median, "
+        f"{lo(t['cpu']) / lo(c['cpu']):.3f} min to min (per round "
+        f"{', '.join(f'{r:.3f}' for r in per_round)}); wall "
+        f"{med(t['wall']) / med(c['wall']):.3f} median, {lo(t['wall']) / lo(c['wall']):.3f} min"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -185,51 +216,63 @@ def main() -> None:
 
     *arrays, data_desc = load_data(args.data)
     book_data = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in arrays]
+    numpy32, numba32, ceiling = "hpo.nn float32, NumPy", "hpo.nn float32, numba", "matmuls only"
     contenders = {
         "book (float64)": (lambda: run_book(book_data), flops_book()),
-        "hpo.nn float64": (lambda: run_hpo(arrays, np.float64), flops_hpo()),
-        "hpo.nn float32": (lambda: run_hpo(arrays, np.float32), flops_hpo()),
-        "matmuls only, float32": (lambda: run_matmul_floor(np.float32), flops_hpo()),
+        "hpo.nn float64, NumPy": (lambda: run_hpo(arrays, np.float64), flops_hpo()),
+        numpy32: (lambda: run_hpo(arrays, np.float32), flops_hpo()),
+        numba32: (lambda: run_hpo(arrays, np.float32, fast=True), flops_hpo()),
+        ceiling + ", float32": (lambda: run_matmul_floor(np.float32), flops_hpo()),
     }
-    times: dict[str, list[float]] = {k: [] for k in contenders}
+    if not numba_available():
+        print("(numba not installed: no numba contender; pip install -e '.[fast]')")
+        del contenders[numba32]
+    times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in contenders}
     accs: dict[str, tuple[float, float]] = {}
     print(f"machine: {machine_line()}")
     print(f"data: {data_desc}; {args.repeats} repeats after one warm-up, interleaved\n")
-    accs["matmuls only, float32"] = (float("nan"), float("nan"))
     with threadpool_limits(1):
-        for fn, _ in contenders.values():  # warm-up
+        for fn, _ in contenders.values():  # warm-up (and numba's compile or cache load)
             fn()
         for _ in range(args.repeats):
             for k, (fn, _) in contenders.items():
-                sec, tr, va = fn()
-                times[k].append(sec)
+                w0, c0 = time.perf_counter(), time.thread_time()
+                _, tr, va = fn()
+                times[k]["cpu"].append(time.thread_time() - c0)
+                times[k]["wall"].append(time.perf_counter() - w0)
                 accs[k] = (tr, va)
 
-    base = statistics.median(times["book (float64)"])
+    med = statistics.median
+    base = med(times["book (float64)"]["cpu"])
     print(
-        "| implementation | s/trial median | s/trial min | book / this (median) "
-        "| GFLOP per trial | GFLOP/s (median) | final train / val acc |"
+        "| implementation | CPU s/trial median | CPU s/trial min | wall s/trial median "
+        "| book / this (CPU median) | GFLOP per trial | GFLOP/s (CPU median) "
+        "| final train / val acc |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for k, (_, flops) in contenders.items():
-        med, lo = statistics.median(times[k]), min(times[k])
+        cpu, wall = times[k]["cpu"], times[k]["wall"]
         tr, va = accs[k]
         acc = "-" if np.isnan(tr) else f"{tr:.3f} / {va:.3f}"
         print(
-            f"| {k} | {med:.3f} | {lo:.3f} | {base / med:.2f}x | {flops / 1e9:.2f} "
-            f"| {flops / med / 1e9:.1f} | {acc} |"
+            f"| {k} | {med(cpu):.3f} | {min(cpu):.3f} | {med(wall):.3f} | {base / med(cpu):.2f}x "
+            f"| {flops / 1e9:.2f} | {flops / med(cpu) / 1e9:.1f} | {acc} |"
         )
-    hpo_t, ceil_t = times["hpo.nn float32"], times["matmuls only, float32"]
-    per_round = sorted(h / c for h, c in zip(hpo_t, ceil_t, strict=True))
-    print(
-        "\ntrial speed vs the ceiling (hpo.nn float32 / matmuls only, float32): "
-        f"{statistics.median(hpo_t) / statistics.median(ceil_t):.3f} median to median, "
-        f"{min(hpo_t) / min(ceil_t):.3f} min to min, per round "
-        f"{', '.join(f'{r:.3f}' for r in per_round)} (sorted)"
-    )
+    ceil_t = times[ceiling + ", float32"]
+    print()
+    for name in (numpy32, numba32):
+        if name in times:
+            print(ceiling_line(name, times[name], ceil_t))
+    if numba32 in times:
+        print(
+            f"numba / NumPy (float32, CPU median): "
+            f"{med(times[numba32]['cpu']) / med(times[numpy32]['cpu']):.3f}"
+        )
     print(
         "\nhpo.nn float64 vs book after the same seed: max relative parameter difference "
-        f"{same_updates(book_data):.1e} (round-off: the same updates)"
+        f"{same_updates(book_data):.1e} NumPy"
+        + (f", {same_updates(book_data, fast=True):.1e} numba" if numba32 in times else "")
+        + " (round-off: the same updates)"
     )
     print(f"machine at end: load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 

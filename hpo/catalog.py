@@ -342,7 +342,8 @@ SAMPLERS: dict[str, Component] = {c.name: c for c in (
                    " around its [search] range", in_class=False),
         ),
         rules=_narrowing_rules),
-    Component("random", "optuna.samplers:RandomSampler", "uniform (log-uniform) random search"),
+    Component("random", "hpo.samplers.keyed:KeyedRandomSampler",
+              "uniform (log-uniform) random search"),
     Component(
         "tpe", "optuna.samplers:TPESampler", "Optuna's Tree-structured Parzen Estimator",
         (
@@ -380,7 +381,7 @@ SAMPLERS: dict[str, Component] = {c.name: c for c in (
         ),
         requires=("cmaes", "pip install cmaes"), rules=_cmaes_rules),
     Component(
-        "qmc", "optuna.samplers:QMCSampler", "quasi-Monte Carlo points (scrambled Sobol')",
+        "qmc", "hpo.samplers.keyed:KeyedQMCSampler", "quasi-Monte Carlo points (scrambled Sobol')",
         (
             Option("qmc_type", "choice", "sequence", choices=("sobol", "halton")),
             Option("scramble", "bool", "randomise the sequence", True),

@@ -64,6 +64,8 @@ SPEC_EPILOG = (f"A spec's [sampler] name is one of {', '.join(catalog.SAMPLER_NA
 
 #: hpo run, hpo best and hpo report list the same Best-N (hpo.listing.TOP).
 TOP_HELP = "how many best trials to list (default 20, the book's figure)"
+BUDGET_HELP = ("the study's budget: finished trials it should hold in total, recorded in the study "
+               "(default: the spec's [budget]); nothing runs when it already holds that many")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="study spec file (TOML), e.g. studies/book-random.toml")
     _storage_arg(p)
     _study_flag(p, help="study name (default: the spec's name)")
-    p.add_argument("--n-trials", type=TRIALS, metavar="N", help="finished trials wanted in total")
+    p.add_argument("--n-trials", type=TRIALS, metavar="N", help=BUDGET_HELP)
     p.add_argument("--workers", type=count(catalog.MAX_WORKERS), default=1, metavar="W",
                    help="local worker processes (forked; one BLAS thread each)")
     p.add_argument("--seed", type=SEED, metavar="S", help="sampler/model seed (default: spec's)")
@@ -120,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC", help="study spec file (TOML)")
     _storage_arg(p)
     _study_flag(p, help="study name (default: the spec's name)")
-    p.add_argument("--n-trials", type=TRIALS, metavar="N", help="finished trials wanted in total")
+    p.add_argument("--n-trials", type=TRIALS, metavar="N",
+                   help="the study's budget: finished trials it should hold in total, recorded "
+                        "in the study for every worker (default: the spec's [budget])")
 
     p = sub.add_parser("worker", help="join an existing study and run trials",
                        description="Join study NAME (its spec is stored in it) and run trials "
@@ -128,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     _study_flag(p, required=True, help="the study to join")
     _storage_arg(p)
     p.add_argument("--n-trials", type=TRIALS, metavar="N",
-                   help="finished trials wanted in the study in total (default: the spec's)")
+                   help="run at most N trials in this worker (default: no cap of its own); "
+                        "never changes the study's budget, which `hpo run` / `hpo init` record")
     p.add_argument("--timeout", type=SECONDS, metavar="S", help="stop after S seconds")
     _data_dir_arg(p)
     _mlflow_arg(p)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import textwrap
 import time
@@ -443,6 +444,20 @@ def machine_line() -> str:
             f"NumPy {np.__version__}, Optuna {optuna.__version__}")
 
 
+def code_commit() -> str:
+    """The git commit of the running hpo code (``+ local changes`` when hpo/ differs from it),
+    or ``unknown`` outside a git checkout: a results page says what made it."""
+    git = ["git", "-C", os.path.dirname(os.path.abspath(__file__))]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + (" + local changes" if dirty else "")
+
+
 def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
     os.makedirs(out, exist_ok=True)
     paths = {"plot": os.path.join(out, "best_so_far.png"),
@@ -454,6 +469,8 @@ def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
         f"{grid.n_trials} trials",
         "",
         f"Command: `{command}`",
+        "",
+        f"Code: hpo at commit {code_commit()}",
         "",
         f"Machine: {machine_line()}; date {time.strftime('%Y-%m-%d')}",
         "",

@@ -16,6 +16,10 @@ Design decisions:
   narrowing sampler only learn from COMPLETE trials) and they would keep sampling there; as a
   low-scoring COMPLETE trial it teaches them to stay away. It never crashes a worker.
 * **The test split is never read here**: only :func:`hpo.data.load_search` is called.
+* **Signals only interrupt training.** The trial loop runs the objective where SIGTERM and
+  Ctrl-C raise at once (:func:`hpo.signals.interruptible`); the objective's own storage calls
+  (suggest, report, should_prune, attributes) run :func:`hpo.signals.deferred`, so a signal
+  never breaks a storage write half way and the trial can always be failed.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import optuna
 from hpo.data import SearchData, load_search
 from hpo.nn import MLP, TrainResult, make_optimizer, train
 from hpo.pruners import report_steps
+from hpo.signals import deferred
 from hpo.spec import ModelSpec, Param, Spec
 
 
@@ -140,7 +145,8 @@ class Objective:
             frozenset(range(every, epochs + 1, every)) | self.steps)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        params = suggest(trial, self.spec.suggest_space())
+        with deferred():
+            params = suggest(trial, self.spec.suggest_space())
         config = make_config(self.spec.model, params, self.data.n_features, self.data.n_classes)
         seed = model_seed(self.spec.seed, trial.number)
         callback = self._pruning_callback(trial) if self.steps else None
@@ -148,7 +154,8 @@ class Objective:
             _, result = fit(config, self.data, seed, callback=callback,
                             eval_epochs=self.eval_epochs)
         except optuna.TrialPruned:
-            trial.set_user_attr("model_seed", seed)
+            with deferred():
+                trial.set_user_attr("model_seed", seed)
             raise
         val = float(result.val_acc)
         attrs: dict[str, Any] = {
@@ -162,8 +169,9 @@ class Objective:
         if result.diverged or not math.isfinite(val):
             attrs["diverged"] = True
             val = val if math.isfinite(val) else 0.0
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        with deferred():
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
         return val
 
     def _pruning_callback(self, trial: optuna.Trial):
@@ -171,8 +179,10 @@ class Objective:
 
         def on_epoch(epoch: int, train_acc: float, val_acc: float) -> None:
             if epoch in steps:
-                trial.report(float(val_acc), epoch)
-                if trial.should_prune():
+                with deferred():
+                    trial.report(float(val_acc), epoch)
+                    prune = trial.should_prune()
+                if prune:
                     raise optuna.TrialPruned(f"pruned at epoch {epoch} (val acc {val_acc:.3f})")
 
         return on_epoch

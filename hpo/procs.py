@@ -15,6 +15,11 @@ Rules that make forking safe here:
 * gRPC clients are not fork-safe: ``grpc://`` storages start fresh interpreters instead
   (:func:`can_fork`).
 
+Every worker gets this process's pid (``$HPO_PARENT_PID``) and stops when this process dies,
+even by SIGKILL (:func:`hpo.signals.watch_parent`: Linux's parent-death signal, and the
+parent's pid checked at every safe point); it hands its running trial back first (re-queued
+with the same params, :func:`hpo.trials.hand_back`), so an orphan never runs on to the budget.
+
 Supervision (:func:`supervise`): the parent polls its workers, shows progress, and on SIGTERM or
 Ctrl-C passes SIGTERM on to every worker still running and waits for them (each fails its own
 running trial), so that nothing is left RUNNING, then re-raises.
@@ -143,7 +148,7 @@ def start_workers(n: int, job: WorkerJob, log_dir: str | None,
                   dispose: Iterable[Any] = ()) -> list[Proc]:
     """Start ``n`` workers of ``job``, one BLAS thread each, logging to
     ``log_dir/worker-<i>.log`` (``None``: discarded)."""
-    env = {**os.environ, **BLAS_ENV, **job.env}
+    env = {**os.environ, **BLAS_ENV, **job.env, signals.PARENT_ENV: str(os.getpid())}
     logs = [os.path.join(log_dir, f"worker-{i}.log") if log_dir else None for i in range(n)]
     if can_fork(job.url):
         engines = list(dispose)

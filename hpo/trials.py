@@ -28,7 +28,10 @@ the loop itself thus adds one count query and no trial read.
 SIGTERM and Ctrl-C (:mod:`hpo.signals`): the running trial is marked FAIL by Optuna (its loop
 catches KeyboardInterrupt), nothing is left RUNNING, and the process exits 143 / 130 with one
 line (``hpo worker: terminated``): Optuna's own report of that failed trial, with its traceback,
-is not printed (:class:`_QuietFailures`).
+is not printed (:class:`_QuietFailures`). A worker whose parent (``hpo run``, ``hpo compare``)
+died stops the same way and first hands its trial back (:func:`hand_back`: re-queued with the
+same params). A worker that finds the budget met while a retry is still WAITING closes it
+(:func:`close_waiting`): the study ends with nothing WAITING or RUNNING.
 
 A database restart (or a lost proxy) is one line per outage: the loop retries with backoff for
 up to ``max_outage`` seconds, the heartbeat thread keeps beating (:mod:`hpo.heartbeats`), and a
@@ -55,17 +58,22 @@ from hpo.errors import RuntimeFailure, SpecError
 from hpo.pruners import make_pruner
 from hpo.retry import OUTAGE, finished_elsewhere, is_transient, reason
 from hpo.samplers import make_sampler
-from hpo.signals import check_stop, interruptible
+from hpo.signals import Orphaned, check_stop, deferred, interruptible
 from hpo.spec import Spec
-from hpo.storage import state_counts, sweep_stale_trials
+from hpo.storage import MAX_RETRY, state_counts, sweep_stale_trials
 
 __all__ = ["FINISHED", "IN_FLIGHT", "KEYED_SAMPLERS", "Surplus", "WorkerResult",
-           "build_sampler_and_pruner", "continue_sampling", "count", "count_states", "work"]
+           "build_sampler_and_pruner", "close_waiting", "continue_sampling", "count",
+           "count_states", "work"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 IN_FLIGHT = (TrialState.RUNNING, TrialState.WAITING)
 #: Trial system attribute of a trial failed because it fell beyond the budget.
 SURPLUS_ATTR = "hpo:surplus"
+
+
+#: Trial system attribute of a WAITING trial closed (failed) because the study met its budget.
+CLOSED_ATTR = "hpo:closed"
 
 
 class Surplus(Exception):
@@ -128,16 +136,17 @@ def build_sampler_and_pruner(spec: Spec) -> tuple[optuna.samplers.BaseSampler,
     return sampler, pruner
 
 
-#: Samplers whose draws do not restart with the process: the narrowing sampler seeds each
-#: draw by (seed, trial number, param); Optuna's QMC sampler takes the next point of its
-#: sequence from a counter kept in the study.
-KEYED_SAMPLERS = frozenset({"narrowing", "qmc"})
+#: Samplers whose draws are a function of (seed, trial number): the narrowing and random
+#: samplers seed each draw by (seed, trial number, param), the QMC sampler takes point n of its
+#: seeded sequence (:mod:`hpo.samplers.keyed`). They keep their seed in every worker process
+#: and a resumed study needs no new seed.
+KEYED_SAMPLERS = frozenset({"narrowing", "random", "qmc"})
 
 
 def continue_sampling(study: optuna.Study, spec: Spec) -> bool:
     """Give ``study`` (just opened by this process) a sampler that draws new points.
 
-    A random, TPE, CMA-ES or GP sampler is one random stream started from the spec's seed in
+    A TPE, CMA-ES or GP sampler is one random stream started from the spec's seed in
     each process: a study resumed with it (a higher ``--n-trials``, a run after Ctrl-C, a second
     ``hpo run`` joining) would draw its first points again, trial for trial. When the study
     already holds trials, the sampler is rebuilt from a seed derived from (the spec's seed, the
@@ -190,6 +199,54 @@ def _claim(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> None:
         raise Surplus(f"trial {trial.number} is beyond the budget of {n_trials}")
 
 
+def close_waiting(study: optuna.Study) -> int:
+    """Fail the WAITING trials of a study that holds its budget; returns how many.
+
+    A retry is enqueued WAITING when a stale trial is failed (Optuna's heartbeat callback, the
+    loop's sweep). When the study fills its budget meanwhile (the stale trial's slot was not
+    needed after all: another trial finished first), nobody will ever run it: every worker
+    leaves at the budget, and a worker that popped it would fail its claim. Each worker leaving
+    at the budget closes what is left, so the study ends with nothing WAITING (it never has a
+    retry left behind by the worker that enqueued it: that worker counts again before it
+    leaves). A trial is taken first (WAITING -> RUNNING, which only one process can win), then
+    failed with ``hpo:closed``: one that a worker took meanwhile is that worker's."""
+    storage = oc.storage_of(study)
+    closed = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        tid = oc.trial_id(t)
+        if not storage.set_trial_state_values(tid, TrialState.RUNNING):
+            continue
+        storage.set_trial_system_attr(tid, CLOSED_ATTR, "the study already holds its budget")
+        storage.set_trial_state_values(tid, TrialState.FAIL)
+        closed += 1
+    return closed
+
+
+#: Trial system attribute of a trial its worker handed back (re-queued) as it stopped.
+HANDED_BACK_ATTR = "hpo:handed_back"
+
+
+def hand_back(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Re-queue ``trial`` (same params, WAITING, as Optuna's retry of a dead worker's trial
+    does) and mark it with the reason; Optuna then fails it as the worker stops. For a worker
+    whose parent died (:class:`hpo.signals.Orphaned`): its trial runs again on whichever
+    worker is free, at once, instead of after a grace period. A trial with no params yet is
+    only failed: a new one is drawn in its place. Within a retry limit like any retry."""
+    with deferred():
+        frozen = oc.storage_of(study).get_trial(oc.trial_id(trial))
+        if not frozen.params:
+            return
+        oc.set_trial_system_attr(study, trial, HANDED_BACK_ATTR,
+                                 "its worker stopped: its parent process died")
+        if len(frozen.system_attrs.get("retry_history", [])) >= MAX_RETRY:
+            what = f"not re-queued: retried {MAX_RETRY} times already"
+        else:
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
+            what = "re-queued with the same params"
+        print(f"hpo worker: its parent process died; trial {trial.number} handed back ({what}) "
+              f"and the worker stops", file=sys.stderr, flush=True)
+
+
 def work(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
@@ -212,10 +269,16 @@ def work(
     runs = 0
 
     def claimed(trial: optuna.Trial) -> float:
+        nonlocal runs
         _claim(study, trial, n_trials)
+        runs += 1  # a surplus claim ran nothing: only trials that fit count toward max_runs
         check_stop()  # a signal during ask: this trial fails now, inside Optuna's handler
-        with interruptible():
-            return objective(trial)
+        try:
+            with interruptible():
+                return objective(trial)
+        except Orphaned:
+            hand_back(study, trial)
+            raise
 
     callbacks = [on_trial] if on_trial else None
     outage: float | None = None  # when the current run of storage errors began
@@ -227,6 +290,8 @@ def work(
             outage, delay = None, 0.5
             OUTAGE.ok()
             if done >= n_trials:
+                if waiting:  # a retry nobody needs any more: close it, leave nothing WAITING
+                    close_waiting(study)
                 return WorkerResult(runs, done, "budget")
             if timeout is not None and time.monotonic() - start >= timeout:
                 return WorkerResult(runs, done, "timeout")
@@ -242,7 +307,6 @@ def work(
                     sweep_stale_trials(study)
                 time.sleep(poll)
                 continue
-            runs += 1
             # no RUNNING trial a moment ago: none can be stale, optimize() need not look
             with (oc.skip_waiting_lookup(study, skip=not waiting),
                   oc.skip_first_stale_check(study, skip=in_flight == waiting)):

@@ -159,9 +159,31 @@ def _as_postgres(*cmd: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-@pytest.fixture
-def small_cluster():
-    """A private PostgreSQL cluster with max_connections=10 on a free port: (url, log path)."""
+class Cluster:
+    """A private PostgreSQL server made with initdb (see :func:`small_cluster`): its URL and log,
+    and a restart that touches no other server."""
+
+    def __init__(self, base: Path, max_connections: int = 10) -> None:
+        self.base, self.bin = base, _pg_bin()
+        self.data, self.log, self.port = base / "data", base / "server.log", free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self.opts = (f"-p {self.port} -c max_connections={max_connections} -k {base} "
+                     f"-c listen_addresses=127.0.0.1")
+
+    def pg_ctl(self, *args: str) -> subprocess.CompletedProcess:
+        return _as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+                            "-w", *args)
+
+    def start(self) -> None:
+        r = self.pg_ctl("-o", self.opts, "start")
+        assert r.returncode == 0, r.stderr + (self.log.read_text() if self.log.exists() else "")
+
+    def restart(self, mode: str = "fast") -> subprocess.CompletedProcess:
+        return self.pg_ctl("-m", mode, "-o", self.opts, "restart")
+
+
+@contextlib.contextmanager
+def _private_cluster() -> Iterator[Cluster]:
     if os.geteuid() != 0 or shutil.which("runuser") is None or not os.path.isdir(
             "/etc/postgresql"):
         why = "a private PostgreSQL cluster needs root, runuser and the PostgreSQL server binaries"
@@ -170,17 +192,27 @@ def small_cluster():
         pytest.skip(why)
     base = Path(tempfile.mkdtemp(prefix="hpo-pg-"))  # /tmp: reachable by the postgres user
     shutil.chown(base, "postgres", "postgres")
-    data, log, port = base / "data", base / "server.log", free_port()
-    bin_dir = _pg_bin()
-    r = _as_postgres(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                     "--no-sync")
+    cluster = Cluster(base)
+    r = _as_postgres(str(cluster.bin / "initdb"), "-D", str(cluster.data), "-A", "trust", "-U",
+                     "postgres", "--no-sync")
     assert r.returncode == 0, r.stderr
-    opts = f"-p {port} -c max_connections=10 -k {base} -c listen_addresses=127.0.0.1"
     try:
-        r = _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
-                         "-o", opts, "start")
-        assert r.returncode == 0, r.stderr + (log.read_text() if log.exists() else "")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", log
+        cluster.start()
+        yield cluster
     finally:
-        _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        cluster.pg_ctl("-m", "immediate", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def small_cluster():
+    """A private PostgreSQL cluster with max_connections=10 on a free port: (url, log path)."""
+    with _private_cluster() as cluster:
+        yield cluster.url, cluster.log
+
+
+@pytest.fixture
+def pg_cluster():
+    """The same private cluster, as a :class:`Cluster` (it can be restarted)."""
+    with _private_cluster() as cluster:
+        yield cluster

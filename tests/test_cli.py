@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import optuna
 import pytest
@@ -112,18 +113,62 @@ def test_two_workers_exact_budget(tiny_spec, sqlite_url):
     assert states.get("COMPLETE") == 12 and "RUNNING" not in states and "WAITING" not in states
 
 
+def _budget(url: str, study: str) -> int:
+    return optuna.load_study(study_name=study, storage=url).user_attrs["hpo:spec"]["budget"][
+        "n_trials"]
+
+
 def test_worker_joins_with_stored_spec(tiny_spec, sqlite_url):
-    _run(tiny_spec(n_trials=2), sqlite_url)
-    r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--n-trials", "4")
+    """The budget is the study's: `hpo run` / `hpo init` record it; a worker's --n-trials caps
+    that worker only and never raises (or lowers) the study's budget."""
+    spec = tiny_spec(n_trials=4)
+    r = hpo("init", str(spec), "--storage", sqlite_url)
+    assert r.returncode == 0, r.stderr
+    r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--n-trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert _states(sqlite_url, "tiny") == {"COMPLETE": 1} and r.stderr.count(" COMPLETE ") == 1
+    assert "ran 1 trial(s); study holds 1 finished of its budget 4 (n_trials)" in r.stderr
+    r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--n-trials", "24")
     assert r.returncode == 0, r.stderr
     assert _states(sqlite_url, "tiny") == {"COMPLETE": 4}
     # one log line per trial it ran, on stderr, params to 4 significant digits
     lines = [x for x in r.stderr.splitlines() if x.startswith("trial ")]
-    assert len(lines) == 2 and r.stdout == "", r.stderr
-    assert re.fullmatch(r"trial [23] COMPLETE val_acc=0\.\d{3} lr=[0-9.e-]+ weight_decay=[0-9.e-]+",
-                        lines[0]), lines[0]
+    assert len(lines) == 3 and r.stdout == "", r.stderr
+    assert re.fullmatch(r"trial [1-3] COMPLETE val_acc=0\.\d{3} lr=[0-9.e-]+ "
+                        r"weight_decay=[0-9.e-]+", lines[0]), lines[0]
     lr = lines[0].split("lr=")[1].split()[0]
     assert len(lr.replace("0.", "", 1).lstrip("0").split("e")[0].replace(".", "")) <= 4, lr
+    assert "ran 3 trial(s); study holds 4 finished of its budget 4 (budget)" in r.stderr
+    assert _budget(sqlite_url, "tiny") == 4
+
+
+def test_run_on_a_study_that_holds_its_budget_says_nothing_to_run(tiny_spec, sqlite_url):
+    spec = tiny_spec(n_trials=4)
+    _run(spec, sqlite_url)
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet", "--n-trials", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "hpo run: nothing to run: study 'tiny' already has 4 finished trials of its budget 2"]
+    assert "Best-" in r.stdout  # the listing still prints
+    assert _states(sqlite_url, "tiny") == {"COMPLETE": 4} and _budget(sqlite_url, "tiny") == 2
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet", "--n-trials", "5")
+    assert r.returncode == 0 and _states(sqlite_url, "tiny") == {"COMPLETE": 5}, r.stderr
+
+
+def test_a_seed_gives_the_same_params_per_trial_number_for_any_number_of_workers(
+        tiny_spec, tmp_path):
+    """Random draws are a function of (seed, trial number): `--workers 2 --seed 7` twice and
+    `--workers 1 --seed 7` give every trial number the same params."""
+    spec = tiny_spec(n_trials=8)
+    runs = []
+    for i, workers in enumerate(("2", "2", "1")):
+        url = f"sqlite:///{tmp_path / f'{i}.db'}"
+        _run(spec, url, "--workers", workers, "--seed", "7")
+        study = optuna.load_study(study_name="tiny/seed7", storage=url)
+        runs.append({t.number: t.params for t in study.trials if t.state.name == "COMPLETE"})
+    assert sorted(runs[0]) == list(range(8))
+    assert runs[0] == runs[1] == runs[2]
+    assert len({p["lr"] for p in runs[0].values()}) == 8
 
 
 def _nothing_written(tmp_path, url_path):
@@ -221,13 +266,126 @@ def test_sigterm_leaves_nothing_running(tmp_path, tiny_spec, sqlite_url, workers
                 break
         except KeyError:
             pass
+    children = _children(proc.pid)
+    assert len(children) == (2 if workers == "2" else 0), children
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     states = _states(sqlite_url, "tiny")
     assert "RUNNING" not in states and states.get("COMPLETE", 0) >= 1
-    time.sleep(1.5)  # a worker left behind would go on adding trials
-    assert _states(sqlite_url, "tiny") == states
+    assert not any(map(_alive, children))  # none left behind to go on adding trials
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc)."""
+    out: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as fh:
+            out += [int(x) for x in fh.read().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def _trials(url: str, study: str = "tiny") -> list:
+    try:
+        return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+    except KeyError:  # not created yet
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc")
+def test_sigterm_of_run_with_two_workers_ten_rounds(tmp_path, tiny_spec):
+    """`hpo run --workers 2` under SIGTERM, ten times: exit 143 every time, nothing RUNNING,
+    and no worker outlives it. The signal comes once a trial has finished and one is running,
+    at a different offset each round (0-0.45 s) so that it lands in different places (the
+    objective, a storage write, the loop)."""
+    spec = tiny_spec(n_trials=10_000, epochs=100)
+    bad = []
+    for i in range(10):
+        url = f"sqlite:///{tmp_path / f'r{i}.db'}"
+        proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(spec), "--storage",
+                                 url, "--quiet", "--workers", "2"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+        try:
+            def started(url=url, proc=proc) -> bool:
+                states = Counter(t.state.name for t in _trials(url))
+                return (states["COMPLETE"] >= 1 and states["RUNNING"] >= 1) or \
+                    proc.poll() is not None
+
+            _wait(started, 120, "a finished and a running trial")
+            workers = _children(proc.pid)
+            time.sleep(0.05 * i)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        _wait(lambda workers=workers: not any(map(_alive, workers)), 30, "the workers to exit")
+        states = Counter(t.state.name for t in _trials(url))
+        lines = err.strip().splitlines()
+        if proc.returncode != 143 or states["RUNNING"] or lines[-1:] != ["hpo: terminated"]:
+            bad.append((i, proc.returncode, dict(states), err[-500:]))
+    assert bad == [], f"{len(bad)} of 10 rounds went wrong: {bad}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc")
+def test_workers_of_a_killed_run_stop_and_hand_their_trials_back(tmp_path, tiny_spec):
+    """`hpo run --workers 2` killed -9: its forked workers do not run on as orphans; each
+    stops at once (parent-death signal) and hands its trial back: the trial FAIL with
+    ``hpo:handed_back``, a WAITING retry with the same params for the next worker."""
+    spec = tiny_spec(n_trials=4, epochs=100_000)  # trials far longer than the test
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(spec), "--storage", url,
+                             "--quiet", "--workers", "2"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    try:
+        _wait(lambda: proc.poll() is not None or len(
+            [t for t in _trials(url) if t.state.name == "RUNNING" and t.params]) == 2, 120,
+              "both workers to be training a trial")
+        assert proc.poll() is None, "hpo run exited"
+        workers = _children(proc.pid)
+        running = {t.number: t.params for t in _trials(url) if t.state.name == "RUNNING"}
+        proc.kill()
+        proc.wait(timeout=30)
+        _wait(lambda: not any(map(_alive, workers)), 60, "the orphaned workers to stop")
+        _wait(lambda: not any(t.state.name == "RUNNING" for t in _trials(url)), 30,
+              "no RUNNING trial")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in workers if "workers" in locals() else []:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)  # an orphan left by a failure of this test
+    trials = _trials(url)
+    failed = {t.number: t for t in trials if t.state.name == "FAIL"}
+    assert set(failed) == set(running), (failed, running)
+    retries = [t for t in trials if t.state.name == "WAITING"]
+    handed = [n for n, t in failed.items() if t.params]
+    assert all("hpo:handed_back" in failed[n].system_attrs for n in handed)
+    assert sorted(t.system_attrs["failed_trial"] for t in retries) == sorted(handed)
+    assert all(t.params == running[t.system_attrs["failed_trial"]] for t in retries)
 
 
 def test_default_storage_is_sqlite_in_cwd(tmp_path, tiny_spec):

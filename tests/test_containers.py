@@ -284,7 +284,7 @@ def test_stack_runs_the_budget_exactly_and_down_v_removes_it(stack):
     assert_exact(s, 20)
     logs = "".join(s.logs(w) for w in workers)
     assert len(TRIAL_LINE.findall(logs)) == 20, logs[-3000:]
-    assert logs.count("study holds 20 finished (budget)") == 3
+    assert logs.count("study holds 20 finished of its budget 20 (budget)") == 3
 
     # the dashboard: healthy, on 127.0.0.1 only, read-only; the database is not published
     dashboard = inspect(s.containers("dashboard")[0])

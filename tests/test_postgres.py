@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -126,19 +124,39 @@ runpy.run_module("hpo", run_name="__main__", alter_sys=True)
 """
 
 
-def pg_version() -> str:
-    versions = sorted(os.listdir("/etc/postgresql"), key=lambda v: float(v))
-    return versions[-1]
+# Runs `hpo` with every trial numbered FIRST or above held after it has drawn its params (they are
+# stored: the trial is RUNNING with params and heartbeats) until the file GATE/go exists; each
+# held trial first writes GATE/held-<number>. The test decides when a trial goes on (or that it
+# never does), whatever the machine's speed.
+HOLD = """
+import os, runpy, sys, time
+import hpo.objective
+gate, first = sys.argv[1], int(sys.argv[2])
+suggest = hpo.objective.suggest
+def held(trial, space):
+    params = suggest(trial, space)
+    if trial.number >= first:
+        open(os.path.join(gate, f"held-{trial.number}"), "w").close()
+        while not os.path.exists(os.path.join(gate, "go")):
+            time.sleep(0.01)
+    return params
+hpo.objective.suggest = held
+sys.argv = ["hpo", *sys.argv[3:]]
+runpy.run_module("hpo", run_name="__main__", alter_sys=True)
+"""
 
 
-def pg_ctl(action: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", pg_version(), "main",
-                           action], capture_output=True, text=True, timeout=120)
+def held(gate: Path) -> list[int]:
+    """Numbers of the trials held at ``gate`` so far."""
+    return sorted(int(p.name.split("-")[1]) for p in gate.glob("held-*"))
 
 
-def pg_ready() -> bool:
-    return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-q"],
-                          timeout=10).returncode == 0
+def has_heartbeat(probe: Probe, trial_id: int) -> bool:
+    from sqlalchemy import text
+
+    with probe.storage.engine.connect() as con:
+        return con.execute(text("SELECT count(*) FROM trial_heartbeats WHERE trial_id = :t"),
+                           {"t": trial_id}).scalar() > 0
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
@@ -175,30 +193,35 @@ def test_eight_workers_started_at_the_same_instant(tiny_spec, pg_url, tmp_path):
 def test_killed_worker_trial_is_failed_and_retried(tiny_spec, pg_url, tmp_path):
     """A worker is SIGKILLed mid-trial while a second one is ready to go. The survivor runs the
     other slot of the budget, then waits at the budget (1 finished + 1 RUNNING) until the dead
-    trial's heartbeat is stale: the trial is failed, its retry (WAITING, same params) must run."""
+    trial's heartbeat is stale: the trial is failed, its retry (WAITING, same params) must run.
+    The victim's trial is held after drawing its params (``HOLD``) until it is killed: it
+    cannot finish first, however fast the machine."""
     n_trials, grace = 2, 3
-    spec = tiny_spec(name="killed", n_trials=n_trials, epochs=3000)  # ~1.5 s per trial
+    spec = tiny_spec(name="killed", n_trials=n_trials)
     init(spec, pg_url)
     probe = Probe(pg_url, "killed")
     hb = ["--heartbeat-interval", "1", "--grace-period", str(grace)]
-    ready, go = tmp_path / "ready", tmp_path / "go"
+    ready, go, gate = tmp_path / "ready", tmp_path / "go", tmp_path / "gate"
+    gate.mkdir()
     logs = [tmp_path / "survivor.log"]
     survivor = spawn(logs[0], str(ready), str(go), *worker_args(pg_url, "killed", *hb),
                      prelude=["-c", GATE])
     try:
         wait_for(lambda: ready.exists() or survivor.poll() is not None, 60, "the survivor")
-        victim_proc = spawn(tmp_path / "victim.log", *worker_args(pg_url, "killed", *hb))
+        victim_proc = spawn(tmp_path / "victim.log", str(gate), "0",
+                            *worker_args(pg_url, "killed", *hb), prelude=["-c", HOLD])
         try:
-            running = wait_for(probe.running, 60, "the first worker to start a trial")
-            time.sleep(0.5)  # a heartbeat is recorded; the trial is mid-training
+            wait_for(lambda: held(gate) or victim_proc.poll() is not None, 60,
+                     "the victim's trial to draw its params")
+            (running,) = wait_for(probe.running, 10, "the victim's trial, RUNNING")
+            wait_for(lambda: has_heartbeat(probe, running._trial_id), 30, "its first heartbeat")
         finally:
             victim_proc.kill()
         victim_proc.wait(timeout=10)
         go.touch()
         assert victim_proc.returncode == -signal.SIGKILL
-        (victim,) = running
-        assert probe.storage.get_trial(victim._trial_id).state == TrialState.RUNNING, \
-            "the trial finished before the kill: make it longer"
+        victim = running
+        assert probe.storage.get_trial(victim._trial_id).state == TrialState.RUNNING
 
         outputs = finish([survivor], logs, timeout=60)
         assert survivor.returncode == 0, outputs[0]
@@ -220,28 +243,32 @@ def test_killed_worker_trial_is_failed_and_retried(tiny_spec, pg_url, tmp_path):
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_workers_survive_a_postgres_restart(tiny_spec, pg_url, tmp_path):
-    if shutil.which("pg_ctlcluster") is None or not os.path.isdir("/etc/postgresql") or \
-            not re.search(r"@(127\.0\.0\.1|localhost)(:5432)?/", pg_url):
-        why = "restarting the server needs pg_ctlcluster and the local server at 127.0.0.1:5432"
-        if os.environ.get("HPO_REQUIRE_POSTGRES") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
+def test_workers_survive_a_postgres_restart(tiny_spec, pg_cluster, tmp_path):
+    """Two workers on a private server (initdb: restarting it touches no other test's server)
+    that restarts while both hold a trial in flight: exactly the budget, nothing RUNNING or
+    WAITING (a retry enqueued for a trial whose slot was not needed after all is closed)."""
+    pg_url = pg_cluster.url
     n_trials = 20
-    spec = tiny_spec(name="restart", n_trials=n_trials, epochs=1000)  # ~0.5 s per trial
+    spec = tiny_spec(name="restart", n_trials=n_trials)
     init(spec, pg_url)
     probe = Probe(pg_url, "restart")
     hb = ["--heartbeat-interval", "1", "--grace-period", "4"]
+    gate = tmp_path / "gate"
+    gate.mkdir()
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
-    procs = [spawn(log, *worker_args(pg_url, "restart", *hb)) for log in logs]
+    # trials 0-2 run; from trial 3 on, each worker holds its trial (RUNNING, params drawn,
+    # beating) until the server has restarted: the restart lands while both trials are in
+    # flight, and the study cannot have finished before it
+    procs = [spawn(log, str(gate), "3", *worker_args(pg_url, "restart", *hb),
+                   prelude=["-c", HOLD]) for log in logs]
     try:
-        wait_for(lambda: probe.states()["COMPLETE"] >= 3, 90, "3 finished trials")
-        r = pg_ctl("restart")
+        wait_for(lambda: len(held(gate)) >= 2 or any(p.poll() is not None for p in procs), 120,
+                 "both workers to hold a trial after the first 3")
+        assert probe.states()["COMPLETE"] == 3, probe.states()
+        r = pg_cluster.restart()
         assert r.returncode == 0, r.stderr
-        wait_for(pg_ready, 60, "PostgreSQL to accept connections again")
-        states = probe.states()
-        assert states["COMPLETE"] < n_trials, "the study finished before the restart"
         assert all(p.poll() is None for p in procs), "a worker stopped at the restart"
+        (gate / "go").touch()
         outputs = finish(procs, logs, timeout=240)
         assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
         assert_exact(probe, n_trials)
@@ -253,9 +280,6 @@ def test_workers_survive_a_postgres_restart(tiny_spec, pg_url, tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-        if not pg_ready():
-            pg_ctl("start")
-            wait_for(pg_ready, 60, "PostgreSQL to come back")
         probe.close()
 
 

@@ -225,3 +225,21 @@ def test_proxy_refuses_a_busy_port_and_a_database_without_schema(sqlite_url, tmp
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 2 and "still unavailable" in lines[1], r.stderr
     assert "Connection refused" in r.stderr and "s3cret" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("sig, code, line", [(signal.SIGTERM, 143, "hpo: terminated"),
+                                             (signal.SIGINT, 130, "hpo: interrupted")])
+def test_proxy_stops_on_a_signal_with_its_code_and_one_line(sqlite_url, tiny_spec, tmp_path,
+                                                            sig, code, line):
+    _init(tiny_spec(), sqlite_url)
+    log = tmp_path / "proxy.log"
+    proc, _ = _start_proxy(sqlite_url, log)
+    try:
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == code, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = log.read_text().strip().splitlines()
+    assert lines[-1] == line and len(lines) == 2, lines  # the serving line, then this one
+    assert "Traceback" not in log.read_text()

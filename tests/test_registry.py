@@ -14,15 +14,16 @@ from hpo.samplers import (
     make_sampler,
     registry,
 )
+from hpo.samplers.keyed import KeyedQMCSampler, KeyedRandomSampler, from_unit
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 CLASSES = {
     "narrowing": NarrowingSampler,
-    "random": optuna.samplers.RandomSampler,
+    "random": KeyedRandomSampler,
     "tpe": optuna.samplers.TPESampler,
     "cmaes": optuna.samplers.CmaEsSampler,
-    "qmc": optuna.samplers.QMCSampler,
+    "qmc": KeyedQMCSampler,
     "gp": optuna.samplers.GPSampler,
 }
 SMALL_OPTIONS: dict[str, dict[str, Any]] = {
@@ -152,3 +153,55 @@ def test_spec_knows_the_registry_names():
     from hpo.spec import SAMPLERS
 
     assert tuple(SAMPLERS) == tuple(SAMPLER_NAMES)
+
+
+@pytest.mark.parametrize("name", ["random", "qmc"])
+def test_keyed_draws_depend_on_seed_and_trial_number_only(name: str) -> None:
+    """Trial n gets the same point whoever asks and in whatever order: two samplers built from
+    one seed, asked for the trial numbers in opposite orders (as two workers would), agree;
+    the points differ between trials and between seeds."""
+    space = {"lr": optuna.distributions.FloatDistribution(1e-3, 0.5, log=True),
+             "width": optuna.distributions.IntDistribution(16, 256, step=16),
+             "opt": optuna.distributions.CategoricalDistribution(["sgd", "adam"])}
+
+    def points(sampler, numbers):
+        study = optuna.create_study(sampler=sampler)
+        out = {}
+        for n in numbers:
+            params: dict[str, Any] = {}
+            for p, dist in space.items():
+                frozen = optuna.trial.create_trial(
+                    state=optuna.trial.TrialState.RUNNING, params=dict(params),
+                    distributions={k: space[k] for k in params})
+                frozen.number = n
+                params[p] = sampler.sample_independent(study, frozen, p, dist)
+            out[n] = params
+        return out
+
+    a = points(make_sampler(name, seed=7), range(12))
+    b = make_sampler(name, seed=7)
+    b.reseed_rng()  # what every worker process does: a seeded keyed sampler keeps its seed
+    b = points(b, reversed(range(12)))
+    assert a == b
+    assert len({round(p["lr"], 12) for p in a.values()}) == 12
+    assert points(make_sampler(name, seed=8), range(12)) != a
+    for params in a.values():
+        assert 1e-3 <= params["lr"] <= 0.5 and params["width"] % 16 == 0
+        assert params["opt"] in ("sgd", "adam")
+
+
+def test_qmc_points_are_the_seeded_sobol_sequence() -> None:
+    from scipy.stats import qmc
+
+    sampler = make_sampler("qmc", seed=3)
+    expected = qmc.Sobol(32, scramble=True, seed=3).random(8)
+    for n in (5, 0, 7):
+        assert list(sampler.point(n)) == list(expected[n])  # type: ignore[attr-defined]
+
+
+def test_from_unit_covers_each_range_evenly() -> None:
+    dist = optuna.distributions.IntDistribution(0, 3)
+    assert [from_unit(dist, u) for u in (0.0, 0.24, 0.25, 0.5, 0.75, 0.999)] == [0, 0, 1, 2, 3, 3]
+    log = optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)
+    assert abs(from_unit(log, 0.0) - 1e-4) < 1e-15 and abs(from_unit(log, 0.5) - 1e-2) < 1e-12
+    assert from_unit(log, 1.0) <= 1.0

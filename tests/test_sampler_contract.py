@@ -1,4 +1,4 @@
-"""The narrowing sampler against Optuna's own contract for third-party samplers.
+"""The narrowing, keyed random and keyed QMC samplers against Optuna's own sampler contract.
 
 Optuna ships its sampler test suite for other samplers to reuse
 (``optuna.testing.pytest_samplers``): every distribution drawn inside its bounds and on its
@@ -16,6 +16,7 @@ from optuna.samplers import BaseSampler
 from optuna.testing.pytest_samplers import BasicSamplerTestCase, SingleOnlySamplerTestCase
 
 from hpo.samplers import NarrowingSampler
+from hpo.samplers.keyed import KeyedQMCSampler, KeyedRandomSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -26,6 +27,16 @@ class TestNarrowingSamplerContract(BasicSamplerTestCase, SingleOnlySamplerTestCa
     @pytest.fixture
     def sampler(self, kwargs: dict) -> Callable[[], BaseSampler]:
         return lambda: NarrowingSampler(**kwargs)
+
+
+@pytest.mark.parametrize("make", [lambda: KeyedRandomSampler(seed=0),
+                                  lambda: KeyedQMCSampler(seed=0)], ids=["random", "qmc"])
+class TestKeyedSamplersContract(BasicSamplerTestCase):
+    """The keyed random and QMC samplers (hpo's "random" and "qmc"): the same contract."""
+
+    @pytest.fixture
+    def sampler(self, make) -> Callable[[], BaseSampler]:
+        return make
 
 
 def test_batch_ask_and_tell_from_one_thread_does_not_wait(monkeypatch) -> None:

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.storage import get_storage, state_counts
-from hpo.trials import Surplus, _claim, count_states, work
+from hpo.trials import CLOSED_ATTR, HANDED_BACK_ATTR, Surplus, _claim, count_states, hand_back, work
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -238,3 +238,99 @@ def test_routine_failures_are_not_logged_but_a_broken_objective_is(sqlite_url, c
     logged = [r.getMessage() for r in caplog.records if r.name == oc.OPTIMIZE_LOGGER]
     assert len(logged) == 2 and "a bug" in logged[0] and "failed with value" in logged[1]
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
+
+
+def test_a_retry_left_waiting_when_the_budget_fills_is_closed(sqlite_url):
+    """The interleaving that ended a restarted study at COMPLETE 20, FAIL 2, WAITING 1: a
+    worker fails a stale trial (its retry is enqueued WAITING) while another worker's trial
+    fills the last slot. The retry is needed no more, and nobody would ever run it: the worker
+    that sees the budget met closes it (FAIL, ``hpo:closed``)."""
+    study, storage = make_study(sqlite_url)
+    work(study, objective, n_trials=1)
+    last = study.ask()  # another worker's trial, about to fill the last slot
+    last.suggest_float("x", 0.0, 1.0)
+    study.enqueue_trial({"x": 0.5, "y": 0.5})  # the retry of a trial a sweeper just failed
+    study.tell(last, 1.0)
+    result = work(study, objective, n_trials=2)
+    assert (result.trials_run, result.finished, result.stopped_by) == (0, 2, "budget")
+    states = Counter(t.state for t in study.trials)
+    assert states == {TrialState.COMPLETE: 2, TrialState.FAIL: 1}, states
+    closed = study.trials[-1]
+    assert closed.state == TrialState.FAIL and CLOSED_ATTR in closed.system_attrs
+
+
+def test_a_worker_capped_by_max_runs_counts_only_trials_that_fit(sqlite_url):
+    """``max_runs`` (a worker's --n-trials) caps the trials this worker runs; a surplus claim
+    ran nothing and does not count."""
+    study, _ = make_study(sqlite_url)
+    result = work(study, objective, n_trials=10, max_runs=3)
+    assert (result.trials_run, result.finished, result.stopped_by) == (3, 3, "n_trials")
+    assert len(study.trials) == 3
+
+
+def test_a_handed_back_trial_is_requeued_with_its_params(sqlite_url):
+    """A worker whose parent died hands its trial back: a WAITING retry with the same params
+    (run first by the next worker), the trial itself marked with the reason."""
+    study, _ = make_study(sqlite_url)
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    trial.suggest_float("y", 0.0, 1.0)
+    hand_back(study, trial)
+    study.tell(trial, state=TrialState.FAIL)  # what Optuna does as the worker stops
+    first, retry = study.trials
+    assert first.state == TrialState.FAIL and first.system_attrs[HANDED_BACK_ATTR]
+    assert retry.state == TrialState.WAITING and retry.params == first.params
+    assert retry.system_attrs["failed_trial"] == first.number
+    assert HANDED_BACK_ATTR not in retry.system_attrs
+    work(study, objective, n_trials=1)
+    assert study.trials[1].state == TrialState.COMPLETE and len(study.trials) == 2
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_sigterm_while_a_trial_waits_for_its_stage_stops_it_at_once(sqlite_url):
+    """A stage-1 trial waits (in ``ask``, where raising would leave it RUNNING) for another
+    worker's stage-0 trial, up to ``wait_timeout``. A SIGTERM ends the wait at once and the loop
+    fails the trial right after: it waited 60 s (600 s by default) before."""
+    import os
+    import signal
+    import threading
+
+    from hpo import signals
+    from hpo.errors import Terminated
+    from hpo.samplers import NarrowingSampler
+
+    wait = 60.0
+    storage = get_storage(sqlite_url, heartbeat=True, create_schema=True)
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize",
+                                sampler=NarrowingSampler(stage_trials=1, keep_top=1, seed=0,
+                                                         poll_interval=0.05, wait_timeout=wait))
+    other = optuna.load_study(study_name="s", storage=get_storage(sqlite_url),
+                              sampler=optuna.samplers.RandomSampler(seed=1))
+    stage0 = other.ask()  # another worker's stage-0 trial, still running
+    stage0.suggest_float("x", 0.0, 1.0)
+
+    def stop_once_waiting() -> None:  # the gate: trial 1 exists, i.e. it is waiting
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if len(study.get_trials(deepcopy=False)) >= 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    signals.install_signal_handlers()
+    try:
+        thread = threading.Thread(target=stop_once_waiting)
+        thread.start()
+        start = time.monotonic()
+        with pytest.raises(Terminated):
+            work(study, objective, n_trials=2)
+        elapsed = time.monotonic() - start
+        thread.join()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        signals._STOP.signum = None
+    assert elapsed < wait, elapsed  # stopped in the wait, not after it
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states == [TrialState.RUNNING, TrialState.FAIL], states  # trial 0 is the other's

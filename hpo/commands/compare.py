@@ -118,7 +118,7 @@ def compare(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot create --out {args.out}: {e.strerror}") from None
 
     def job(study_name: str, n_trials: int) -> WorkerJob:
-        return worker_job(study_name, url, n_trials, None, interval, grace)
+        return worker_job(study_name, url, None, interval, grace)  # budget: in the study
 
     grid = run_grid(arms, args.seeds, args.n_trials, url=url, workers=args.workers,
                     target=args.target, evaluate_test=not args.no_test,

@@ -11,6 +11,7 @@ import optuna
 
 from hpo.errors import UsageError
 from hpo.proxy import check_port_free, heartbeat_settings, make_storage, sweeper
+from hpo.signals import raise_at_once
 from hpo.storage import mask_url, resolve_url
 
 log = logging.getLogger("hpo.proxy")
@@ -30,6 +31,7 @@ def proxy(args: argparse.Namespace) -> int:
     storage = make_storage(url, args.pool_size, interval, grace)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    raise_at_once()  # SIGTERM: exit 143 with one line (not a silent death by the signal)
     stop = threading.Event()
     # the first sweep waits a grace period: after a restart of the proxy, every live worker
     # beats again before anything is judged stale

@@ -24,7 +24,14 @@ from hpo.signals import install_signal_handlers
 from hpo.spec import Spec, load_spec
 from hpo.storage import create_or_load_study, get_storage, load_study_spec, mask_url, resolve_url
 from hpo.tracking import mlflow_callback
-from hpo.trials import build_sampler_and_pruner, continue_sampling, count, work
+from hpo.trials import (
+    build_sampler_and_pruner,
+    close_waiting,
+    continue_sampling,
+    count,
+    count_states,
+    work,
+)
 from hpo.warmstart import WARM_TOP, best_configs, warm_start
 
 log = logging.getLogger("hpo.run")
@@ -85,6 +92,18 @@ def run(args: argparse.Namespace) -> int:
                  what=f"the study {study_name!r}")
     level, _ = getattr(args, "log_settings", (logging.INFO, "text"))
     logs.configure_optuna(level)
+    done, _, waiting = with_retries(lambda: count_states(study), who="hpo run",
+                                    what=f"the study {study_name!r}")
+    if done >= spec.n_trials:  # the budget just recorded is already met: say so, run nothing
+        if waiting:
+            with_retries(lambda: close_waiting(study), who="hpo run",
+                         what=f"the study {study_name!r}")
+        log.warning("hpo run: nothing to run: study %r already has %d finished trials of its "
+                 "budget %d", study_name, done, spec.n_trials)
+        summary = with_retries(lambda: study_summary(study, spec.to_dict(), args.top),
+                               who="hpo run", what=f"the study {study_name!r}")
+        print(summary.text())
+        return 0
     log.info("study %r on %s: %d trials, sampler %s, pruner %s, %d worker(s)", study_name,
              mask_url(url), spec.n_trials, spec.sampler, spec.pruner, args.workers)
     if configs is not None:
@@ -95,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             log.info("warm start from %r skipped: study %r already holds trials", warm,
                      study_name)
-    done, _ = with_retries(lambda: count(study), who="hpo run", what=f"the study {study_name!r}")
     progress = Progress(spec.n_trials, done, enabled=level <= logging.INFO)
     per_trial = trial_lines(args)
     failed = 0
@@ -107,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                                     logs.log_trial if per_trial else None, tracking))
             progress.refresh(study)
         else:
-            job = worker_job(study_name, url, spec.n_trials, timeout, interval, grace,
+            job = worker_job(study_name, url, timeout, interval, grace,
                              trial_lines=per_trial, data_dir=data_dir,
                              mlflow_uri=getattr(args, "mlflow_uri", None))
             failed = _run_workers(study, job, args.workers, progress, per_trial)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hpo.nn.fast import kernels
 from hpo.nn.layers import Affine, BatchNorm, Dropout, Relu, SoftmaxWithLoss, axpy
 
 INITS = ("he", "xavier")
@@ -113,6 +114,9 @@ class MLP:
         self._plain = not batchnorm and not dropout
         self._affines = [self.layers[f"Affine{i}"] for i in range(1, n_affine + 1)]
         self._buffers: dict[int, list] = {}  # rows -> the plain passes' arrays for that many
+        # train() sets this when it trains with hpo.nn.fast: predict then fuses bias and ReLU
+        # too (numba is imported by then; a net only predicting never imports it)
+        self._fast_predict = False
 
     def _plain_buffers(self, n: int, backward: bool = False) -> list:
         b = self._buffers.get(n)
@@ -131,13 +135,30 @@ class MLP:
                   np.ones(n, dtype=self.dtype)]  # db = ones @ dout, one BLAS call
         return b
 
+    def sgd_epoch_args(self, batch_size: int) -> tuple | None:
+        """The arrays ``hpo.nn.fast``'s ``sgd_epoch`` works on for minibatches of
+        ``batch_size`` (parameters, gradients and the plain passes' buffers, as tuples), or
+        None when it cannot run this net (not plain, or no hidden layer)."""
+        if not self._plain or len(self._affines) < 2:
+            return None
+        hidden, _, _, dxs, _ = self._plain_buffers(batch_size, backward=True)
+        a = self._affines
+        scores = np.empty((batch_size, a[-1].W.shape[1]), self.dtype)
+        return (tuple(x.W for x in a), tuple(x.b for x in a), tuple(x.grads["W"] for x in a),
+                tuple(x.grads["b"] for x in a), tuple(hidden), tuple(dxs), scores)
+
     def predict(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         """Scores (before softmax), shape ``(batch, output)``."""
         x = np.asarray(x, dtype=self.dtype)
         if self._plain:
             hidden, zeros = self._plain_buffers(x.shape[0])[:2]
+            fast = kernels() if self._fast_predict else None
             for a, h, z in zip(self._affines, hidden, zeros, strict=False):  # all but the last
                 np.matmul(x, a.W, out=h)
+                if fast is not None:  # the same two roundings in one pass
+                    fast.bias_relu(h, a.b)
+                    x = h
+                    continue
                 h += a.b
                 x = np.maximum(h, z, out=h)
             last = self._affines[-1]

@@ -7,10 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hpo.nn.fast import kernels
 from hpo.nn.net import MLP
+from hpo.nn.optim import SGD
 
 SAMPLINGS = ("replacement", "shuffle")
 EVAL_CHUNK = 8192  # rows per evaluation forward pass (bounds memory on big sets)
+# updates per compiled call (hpo.nn.fast): signal handlers run between calls, so this bounds
+# how long Ctrl-C or SIGTERM waits (64 updates of the book's net: ~0.1 s)
+FAST_CHUNK = 64
 
 
 @dataclass
@@ -62,6 +67,11 @@ def train(
     recorded are what the broken net predicts): at an evaluation, or at the end of any epoch
     whose last minibatch's scores are not finite (that epoch is then evaluated). Never raises
     for divergence; floating-point warnings are silenced.
+
+    A plain net (no BatchNorm, no dropout, at least one hidden layer) under ``SGD`` itself (not
+    a subclass) trains through ``hpo.nn.fast`` when numba is installed (the ``fast`` extra):
+    compiled calls of up to ``FAST_CHUNK`` updates, the same minibatches and updates to
+    round-off.
     """
     if sampling not in SAMPLINGS:
         raise ValueError(
@@ -88,6 +98,16 @@ def train(
     n_perms = -(-per_epoch // n_train)  # permutations needed per epoch when shuffling
     correct = np.empty(n_train + n_val, dtype=bool)  # per-row hits of an evaluation
 
+    # The book's SGD on a plain net: compiled calls of FAST_CHUNK updates when numba is there
+    # (hpo.nn.fast, the optional 'fast' extra); else NumPy, an update at a time.
+    fast = fast_args = None
+    if type(optimizer) is SGD and (fast_args := net.sgd_epoch_args(batch_size)) is not None:
+        fast = kernels()
+        net._fast_predict = fast is not None
+    if fast is not None:
+        scalars = (dtype.type(optimizer.lr), dtype.type(net.weight_decay),
+                   dtype.type(1.0 / batch_size))
+
     train_curve: list[float] = []
     val_curve: list[float] = []
     curve_epochs: list[int] = []
@@ -99,15 +119,23 @@ def train(
                 order = rng.integers(0, n_train, size=per_epoch)
             else:
                 order = np.concatenate([rng.permutation(n_train) for _ in range(n_perms)])
-            for start in range(0, per_epoch, batch_size):
-                idx = order[start : start + batch_size]
-                np.take(x_train, idx, axis=0, out=x_batch, mode="clip")
-                np.take(t_train, idx, out=t_batch, mode="clip")
-                grads = net.gradient(x_batch, t_batch)
-                optimizer.update(net.params, grads)
+            if fast is not None:  # FAST_CHUNK updates a call: Ctrl-C / SIGTERM get through
+                for start in range(0, per_epoch, FAST_CHUNK * batch_size):
+                    chunk = order[start : min(start + FAST_CHUNK * batch_size, per_epoch)]
+                    last_finite = fast.sgd_epoch(*fast_args, x_train, t_train, chunk, x_batch,
+                                                 t_batch, *scalars)
+            else:
+                for start in range(0, per_epoch, batch_size):
+                    idx = order[start : start + batch_size]
+                    np.take(x_train, idx, axis=0, out=x_batch, mode="clip")
+                    np.take(t_train, idx, out=t_batch, mode="clip")
+                    grads = net.gradient(x_batch, t_batch)
+                    optimizer.update(net.params, grads)
+                last_finite = None  # looked at only when this epoch is not evaluated
 
             if (eval_epochs is not None and epoch not in eval_epochs and epoch != epochs
-                    and np.isfinite(net.last_layer.y).all()):
+                    and (last_finite if last_finite is not None
+                         else np.isfinite(net.last_layer.y).all())):
                 continue
             finite = True
             for i in range(0, len(x_all), EVAL_CHUNK):

@@ -32,6 +32,7 @@ from hpo import optuna_compat as oc
 from hpo.samplers.edges import edge_warnings
 from hpo.samplers.ranges import MIN_WIDTH_FRACTION, draw
 from hpo.samplers.stages import Rule, StageBook, StageRanges
+from hpo.signals import stop_requested
 from hpo.storage import keep_alive
 
 __all__ = [
@@ -443,6 +444,10 @@ class NarrowingSampler(BaseSampler):
             remaining = deadline - now
             if remaining <= 0:
                 break
+            if stop_requested():
+                # SIGTERM / Ctrl-C while waiting (in ask, where raising would leave the new
+                # trial RUNNING): stop waiting; the trial loop fails the trial right after
+                return trials
             time.sleep(min(self._poll_interval, remaining))
             trials = oc.all_trials(study)
             if self._rule.previous_finished(trials, stage):
