@@ -459,8 +459,8 @@ def test_a_study_is_named_the_same_ways_everywhere(tiny_spec, sqlite_url):
         assert r.returncode == 0, (args, r.stderr)
         outputs.add(r.stdout)
     assert len(outputs) == 1 and json.loads(outputs.pop())["study"] == "named"
-    r = hpo("worker", "--study-name", "named", "--storage", sqlite_url, "--n-trials", "3", "-q")
-    assert r.returncode == 0 and _states(sqlite_url, "named") == {"COMPLETE": 3}, r.stderr
+    r = hpo("worker", "--study-name", "named", "--storage", sqlite_url)
+    assert r.returncode == 0 and "study holds 2 finished of its budget 2" in r.stderr, r.stderr
     r = hpo("confirm", "--study-name", "named", "--storage", sqlite_url, "--top", "1",
             "--seeds", "2", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["rows"], r.stderr
