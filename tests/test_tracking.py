@@ -53,10 +53,13 @@ def test_spec_file_store_and_flag_sqlite_store(tmp_path, tiny_spec, sqlite_url):
     _check(runs, study)
     assert len({r.data.tags["hpo.worker"] for r in runs}) == 2  # each worker logs its own
 
-    # a worker joining with --mlflow-uri logs there instead (the flag wins over the spec)
+    # the budget raised to 6 (hpo init records it); a worker joining with --mlflow-uri logs
+    # there instead (the flag wins over the spec)
+    r = hpo("init", str(spec), "--storage", sqlite_url, "--n-trials", "6", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--n-trials", "6",
-            "--mlflow-uri", db, "-q", cwd=tmp_path)
+    r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--mlflow-uri", db, "-q",
+            cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     study = optuna.load_study(study_name="tiny", storage=sqlite_url)
     runs = _runs(db, "tiny")
