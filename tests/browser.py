@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,16 +109,15 @@ def dashboard(storage_url: str, allow_writes: bool = False) -> Iterator[str]:
     """Serve ``hpo dashboard``'s app (read-only unless ``allow_writes``, with its page
     stylesheet) plus the probe on a free local port, on waitress as ``hpo dashboard`` does;
     yields the base URL."""
-    from hpo.dashboard import listen_urls, make_app, make_server_for
+    from hpo.dashboard import listen_urls, make_app, make_server_for, run_in_thread
 
     server = make_server_for(_probed(make_app(storage_url, allow_writes=allow_writes)),
                              "127.0.0.1", 0)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    stop = run_in_thread(server)
     try:
         yield listen_urls(server)[0].rstrip("/")
     finally:
-        server.close()
+        stop()
 
 
 def run_chromium(chromium: str, profile: Path, *args: str, timeout: float = 120) -> str:
