@@ -74,7 +74,9 @@ PROBE_JS = b"""
         function (b) { return b.getClientRects().length > 0; }).map(function (b) {
       return b.getAttribute("aria-label") || b.textContent || "(icon)"; });
     var pre = document.getElementById("hpo-probe");
+    // hidden: its one long line of JSON would otherwise widen the page it measures
     if (!pre) { pre = document.createElement("pre"); pre.id = "hpo-probe";
+                pre.style.display = "none";
                 document.body.appendChild(pre); }
     pre.textContent = JSON.stringify(out);
   }
@@ -135,7 +137,7 @@ def probe(chromium: str, profile: Path, url: str, width: int = 1400,
           height: int = 2400) -> dict[str, Any]:
     """What the probe measured on ``url`` (a window of ``width`` x ``height``)."""
     dom = dump_dom(chromium, profile, url, width, height)
-    m = re.search(r'<pre id="hpo-probe">(.*?)</pre>', dom, re.S)
+    m = re.search(r'<pre id="hpo-probe"[^>]*>(.*?)</pre>', dom, re.S)
     assert m, f"no probe output from {url}"
     return json.loads(html.unescape(m.group(1)))
 
