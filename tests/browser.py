@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -63,6 +62,18 @@ PROBE_JS = b"""
       out.cards[div.id.split(":")[1]] = {box: box(div), plot: svg ? box(svg) : null,
                                          texts: texts};
     });
+    out.tables = [].map.call(document.querySelectorAll('table[aria-label="simple table"]'),
+                             function (t) {
+      var card = t.parentElement;  // the table's container (overflow hidden: the card's edge)
+      return {table: box(t), container: box(card),
+              cells: [].map.call(t.querySelectorAll("td"), function (td) {
+                var b = box(td); b.text = td.textContent; return b; })};
+    });
+    out.write_buttons = [].filter.call(document.querySelectorAll(
+        'button[aria-label="rename study"], button[aria-label="delete study"], ' +
+        'button:has(svg[data-testid="AddBoxIcon"]), button:has(svg[data-testid="EditIcon"])'),
+        function (b) { return b.getClientRects().length > 0; }).map(function (b) {
+      return b.getAttribute("aria-label") || b.textContent || "(icon)"; });
     var pre = document.getElementById("hpo-probe");
     if (!pre) { pre = document.createElement("pre"); pre.id = "hpo-probe";
                 document.body.appendChild(pre); }
@@ -95,22 +106,20 @@ def _probed(app):
 
 
 @contextmanager
-def dashboard(storage_url: str) -> Iterator[str]:
-    """Serve ``hpo dashboard``'s app (read-only, with its page stylesheet) plus the probe on a
-    free local port; yields the base URL."""
-    from hpo.dashboard import make_app, make_server_for
+def dashboard(storage_url: str, allow_writes: bool = False) -> Iterator[str]:
+    """Serve ``hpo dashboard``'s app (read-only unless ``allow_writes``, with its page
+    stylesheet) plus the probe on a free local port, on waitress as ``hpo dashboard`` does;
+    yields the base URL."""
+    from hpo.dashboard import listen_urls, make_app, make_server_for
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = make_server_for(_probed(make_app(storage_url)), "127.0.0.1", port)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    server = make_server_for(_probed(make_app(storage_url, allow_writes=allow_writes)),
+                             "127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield listen_urls(server)[0].rstrip("/")
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 def run_chromium(chromium: str, profile: Path, *args: str, timeout: float = 120) -> str:
