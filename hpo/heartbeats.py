@@ -5,6 +5,11 @@ the proxy's end of their beats.
   lost to a database outage is one line per outage and the next beat comes on time (Optuna's
   heartbeat thread dies on the first failed beat, with a traceback, and the trial runs on with
   no heartbeat).
+* **The same storage's writes, sorted** (:func:`rdb_storage_class`): each successful write (a
+  beat, a trial created, a trial finished) restarts the process's outage clock
+  (:data:`hpo.retry.OUTAGE`); a trial's final write lost to a dropped connection is retried
+  within ``$HPO_DB_WAIT`` with its held writes; an error the database answers with (permission
+  denied, read-only, a full disk...) is one attempt, the trial failed, exit 1.
 * **Through the proxy** (:func:`grpc_client`): Optuna's gRPC API has no heartbeat call, so the
   client is a ``GrpcStorageProxy`` that Optuna treats as a heartbeat storage
   (:func:`hpo.optuna_compat.heartbeat_grpc_client`): ``Study.optimize`` runs its heartbeat
@@ -20,6 +25,7 @@ the proxy's end of their beats.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -28,7 +34,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import RuntimeFailure, StorageError, UsageError
-from hpo.retry import OUTAGE, finished_elsewhere, is_transient
+from hpo.retry import OUTAGE, db_wait, finished_elsewhere, is_transient, reason, refused
 from hpo.signals import check_stop
 
 if TYPE_CHECKING:
@@ -41,10 +47,15 @@ GRPC_WAIT = 60.0
 
 
 def beat_failed(e: BaseException) -> None:
-    """A heartbeat that could not be recorded: a transient error is one line per outage (the
-    heartbeat thread beats again next interval); a trial failed elsewhere is for its ``tell``
-    to notice; anything else is raised."""
+    """A heartbeat (or a heartbeat's flush of held writes) that could not be recorded: a
+    transient error is one line per outage (the heartbeat thread beats again next interval); a
+    trial failed elsewhere is for its ``tell`` to notice; an error the database answered with
+    (:func:`hpo.retry.refused`: permission denied, read-only...) ends the trial loop, whose one
+    line says it (exit 1, :meth:`hpo.retry.Outage.check`); anything else is raised."""
     if finished_elsewhere(e):
+        return
+    if refused(e) is not None:
+        OUTAGE.refuse(e)
         return
     if not is_transient(e):
         raise e
@@ -56,6 +67,9 @@ def rdb_storage_class() -> type:
     """``RDBStorage`` with a heartbeat that outlives database outages (module docstring), and
     a running trial's user attributes and intermediate values written with its end
     (:class:`hpo.optuna_compat.WriteBehindRDBStorage`)."""
+    import optuna
+    from optuna.trial import TrialState
+
     from hpo import optuna_compat as oc
 
     class HpoRDBStorage(oc.WriteBehindRDBStorage):
@@ -65,7 +79,69 @@ def rdb_storage_class() -> type:
             except Exception as e:  # noqa: BLE001 - sorted by beat_failed
                 beat_failed(e)
             else:
+                OUTAGE.ok()  # a write went through: the outage's clock restarts
+
+        def flush_failed(self, trial_id: int, e: BaseException) -> None:
+            beat_failed(e)  # the beat itself was recorded; the held writes wait
+
+        def creation_failed(self, e: BaseException) -> None:
+            if refused(e) is not None:  # not Optuna's five attempts: one
+                raise RuntimeFailure(f"the database refused a write ({reason(e)})") from e
+
+        def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
+            frozen = super()._create_new_trial(study_id, template_trial)
+            OUTAGE.ok()
+            return frozen
+
+        def set_trial_state_values(self, trial_id: int, state: TrialState,
+                                   values: Any = None) -> bool:
+            if not state.is_finished():
+                return super().set_trial_state_values(trial_id, state, values)
+            return _final_write(lambda: super(HpoRDBStorage, self).set_trial_state_values(
+                trial_id, state, values), self, trial_id, state)
+
+    def _refused(storage: Any, trial_id: int, state: TrialState, why: str) -> None:
+        """The final write was refused: the trial is failed without its held writes (they may
+        be what was refused), one attempt, so that nothing is left RUNNING; then exit 1."""
+        storage.drop_held(trial_id)
+        if state != TrialState.FAIL:
+            with contextlib.suppress(Exception):
+                optuna.storages.RDBStorage.set_trial_state_values(storage, trial_id,
+                                                                  TrialState.FAIL)
+        raise RuntimeFailure(f"the database refused a write ({why})")
+
+    def _final_write(write: Any, storage: Any, trial_id: int, state: TrialState) -> bool:
+        """The write that finishes a trial (its ``tell``, with the held writes): a lost
+        connection is retried within ``$HPO_DB_WAIT`` of the outage's start (the held writes
+        are kept for each attempt); an error the database answers with fails the trial
+        instead (one attempt, so that nothing is left RUNNING) and ends the command."""
+        delay = 0.2
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                done = write()
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if attempts > 1 and storage.get_trial(trial_id).state == state:
+                    return True  # the last attempt committed; only its answer was lost
+                raise
+            except Exception as e:  # noqa: BLE001 - sorted just below
+                if refused(e) is not None:
+                    _refused(storage, trial_id, state, reason(e))
+                if not is_transient(e):
+                    raise
+                OUTAGE.failed("hpo worker", e, "the trial's result is kept and written when it "
+                              f"is back (up to {db_wait():g} s, $HPO_DB_WAIT)")
+                if OUTAGE.elapsed() > db_wait():
+                    raise
+                check_stop()
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
+            else:
+                if not done:  # Optuna's answer to an IntegrityError: nothing was written
+                    _refused(storage, trial_id, state, "a constraint of the trial's rows")
                 OUTAGE.ok()
+                return done
 
     return HpoRDBStorage
 

@@ -152,7 +152,8 @@ class WriteBehindRDBStorage(RDBStorage):
     Parameters and other system attributes are written through, as before: other workers'
     samplers read the parameters of RUNNING trials.
 
-    Relies on Optuna's private ``RDBStorage._create_new_trial`` and ``_set_trial_param`` (what
+    Relies on Optuna's private ``RDBStorage._create_new_trial``, ``_get_prepared_new_trial``
+    and ``_set_trial_param`` (what
     ``_CachedStorage`` calls), ``_set_trial_value_without_commit`` and the per-row writers,
     ``_create_scoped_session`` and the ORM models: the end of a trial with pending writes is
     Optuna's state change redone in one transaction with them (:meth:`_finish`). Never nest
@@ -185,6 +186,20 @@ class WriteBehindRDBStorage(RDBStorage):
             with self._wb_lock:
                 self._wb_running[frozen._trial_id] = _Running(copy.deepcopy(frozen))
         return frozen
+
+    def _get_prepared_new_trial(self, study_id: int, template_trial: FrozenTrial | None,
+                                session: Any) -> Any:
+        # Optuna retries a trial's creation five times, up to 2 s apart, whatever the error
+        # (it means deadlocks): ``creation_failed`` may replace an error no retry can mend by
+        # one that is not Optuna's StorageInternalError, which ends the loop at once.
+        try:
+            return super()._get_prepared_new_trial(study_id, template_trial, session)
+        except Exception as e:
+            self.creation_failed(e)
+            raise
+
+    def creation_failed(self, e: BaseException) -> None:
+        """A trial could not be created; subclasses may raise what to end with instead."""
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._wb_lock:
@@ -257,10 +272,24 @@ class WriteBehindRDBStorage(RDBStorage):
                 with self._wb_lock:
                     self._wb_running.setdefault(trial_id, _Running(None))
             return ok
-        # the lock is held through the write: a heartbeat's flush cannot interleave
+        # the lock is held through the write: a heartbeat's flush cannot interleave. The held
+        # writes are let go only once the trial is finished (here or elsewhere): a final write
+        # that failed (a lost connection) keeps them for the caller's retry of this call.
         with self._wb_lock:
-            running = self._wb_running.pop(trial_id, None)
-            return self._finish(trial_id, state, values, running)
+            running = self._wb_running.get(trial_id)
+            try:
+                ok = self._finish(trial_id, state, values, running)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                self._wb_running.pop(trial_id, None)  # a sweeper's word stands: drop them
+                raise
+            if ok:  # False: nothing was written (a constraint); the trial is still RUNNING
+                self._wb_running.pop(trial_id, None)
+            return ok
+
+    def drop_held(self, trial_id: int) -> None:
+        """Forget what is held for a trial (it will not be written)."""
+        with self._wb_lock:
+            self._wb_running.pop(trial_id, None)
 
     def _finish(self, trial_id: int, state: TrialState, values: Sequence[float] | None,
                 running: _Running | None) -> bool:
@@ -291,17 +320,29 @@ class WriteBehindRDBStorage(RDBStorage):
         return True
 
     def record_heartbeat(self, trial_id: int) -> None:
+        # the beat first, and whatever happens to the held writes: a flush that fails (they
+        # stay held for the next beat or the trial's end) never costs the trial its heartbeat
+        super().record_heartbeat(trial_id)
         # not at the beat a trial starts with: only a trial that has run for an interval
         with self._wb_lock:
             running = self._wb_running.get(trial_id)
             due = running is not None and running.pending() and (
                 time.monotonic() - running.since >= (self.heartbeat_interval or 0))
         if due:
-            self.flush_trial(trial_id)
-        super().record_heartbeat(trial_id)
+            try:
+                self.flush_trial(trial_id)
+            except Exception as e:  # noqa: BLE001 - the beat is recorded; the writes wait
+                self.flush_failed(trial_id, e)
+
+    def flush_failed(self, trial_id: int, e: BaseException) -> None:
+        """A heartbeat's flush of held writes failed; they stay held. Subclasses report it."""
 
     def flush_trial(self, trial_id: int) -> None:
-        """Write what is pending for a trial that goes on running (its own transaction)."""
+        """Write what is pending for a trial that goes on running (its own transaction), into
+        a trial still RUNNING only: the trial row is locked and read first, and a trial that a
+        sweeper finished meanwhile gets none of them: they are dropped (the trial's ``tell`` is
+        then refused, and the trial loop says so in one line)."""
+        from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
 
         with self._wb_lock:
@@ -309,7 +350,13 @@ class WriteBehindRDBStorage(RDBStorage):
             if running is None or not running.pending():
                 return
             with _create_scoped_session(self.scoped_session) as session:
-                self._wb_write(session, trial_id, running)
+                row = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+                still_running = row.state == TrialState.RUNNING
+                if still_running:
+                    self._wb_write(session, trial_id, running)
+            if not still_running:
+                self._wb_running.pop(trial_id, None)
+                return
             trial = running.trial
             if trial is not None:  # written: now part of the trial as stored
                 running.overlay(trial)

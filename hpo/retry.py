@@ -1,13 +1,22 @@
 """Database errors sorted into what they mean, bounded retries, and one line per outage.
 
-A storage error is one of four things, and each gets its own answer:
+A storage error is one of five things, and each gets its own answer:
 
 * **bad input** (:func:`bad_database`): the database does not exist, the role or password is
   wrong, the file is not an SQLite database. Exit 2 at once, one line naming the storage.
-* **transient** (:func:`is_transient`): the server is down, restarting, starting up, refusing
-  connections ("too many clients"), the SQLite file is locked, the gRPC proxy does not answer.
-  Retried with backoff for a bounded time, saying so in one line; then a runtime failure
-  (exit 1, :class:`~hpo.errors.RuntimeFailure`).
+* **transient** (:func:`is_transient`): a connection-level failure, sorted by the driver's own
+  error under SQLAlchemy's and Optuna's wrappers: refused, reset or timed out, the server
+  shutting down or restarting (PostgreSQL SQLSTATE class 08, 57P01-57P03, "too many clients"
+  53300), a deadlock or serialization failure the server asks to retry (class 40), the SQLite
+  file busy or locked, the gRPC proxy unavailable. Retried with backoff
+  for ``$HPO_DB_WAIT`` seconds, saying so in one line; then a runtime failure (exit 1,
+  :class:`~hpo.errors.RuntimeFailure`). The clock of an outage restarts only after a
+  successful *write* (:meth:`Outage.ok`): a database that answers reads but not writes is
+  still out.
+* **refused** (:func:`refused`): the database answered, with an error no retry can mend:
+  permission denied (42501), a read-only database (25006, SQLite's "attempt to write a
+  readonly database"), a value out of range or too long (22xxx), a constraint (23xxx), a
+  missing table or column (42P01, 42703), a full disk. One attempt, then one line and exit 1.
 * **a creation race** (:func:`is_creation_race`): two processes created the same table, type or
   row at the same moment on an empty database. Retried: the loser finds the winner's work.
 * **a trial finished elsewhere** (:func:`finished_elsewhere`): a sweeper failed this worker's
@@ -123,29 +132,100 @@ def bad_database(e: BaseException) -> str | None:
     return reason(e) if _BAD_DATABASE.search(_messages(e)) else None
 
 
-def is_transient(e: BaseException) -> bool:
-    """True when the chain holds a connection-level error (the server went away, restarted,
-    refuses clients; SQLite locked; the gRPC proxy unavailable) and nothing that says the
-    storage is wrong."""
-    import optuna
+#: SQLSTATEs of a connection that failed or went away, besides class 08 (connection
+#: exception): the server shutting down, crashed, or still starting (57P01-57P03), a session the
+#: server ended for sitting idle (in a transaction 25P03, or at all 57P05: what it does to a
+#: worker cut off by the network, storage.engine_kwargs), and "too many clients" (53300, a
+#: server full for a moment).
+_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25P03", "57P05", "53300"})
+#: gRPC status codes of a proxy that does not answer or drops a call (the rest are answers).
+_TRANSIENT_GRPC = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "ABORTED",
+                             "RESOURCE_EXHAUSTED", "UNKNOWN"})
+#: SQLite result codes of a file another connection holds for a moment.
+_TRANSIENT_SQLITE = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
+
+
+def _driver_error(e: BaseException) -> BaseException | None:
+    """The database driver's own error in the chain (psycopg, sqlite3, ...): what SQLAlchemy's
+    ``DBAPIError`` wraps as ``.orig`` and Optuna's ``StorageInternalError`` as ``__cause__``."""
     import sqlalchemy.exc
 
-    transient: tuple[type[BaseException], ...] = (
-        sqlalchemy.exc.OperationalError,
-        sqlalchemy.exc.InterfaceError,
-        optuna.exceptions.StorageInternalError,
-        ConnectionError,
-        TimeoutError,
-    )
-    try:
-        import grpc
+    for x in chain(e):
+        if isinstance(x, sqlalchemy.exc.DBAPIError) and x.orig is not None:
+            return x.orig
+        if type(x).__module__.startswith(("psycopg", "sqlite3", "pymysql", "MySQLdb")):
+            return x
+    return None
 
-        transient += (grpc.RpcError,)
-    except ImportError:  # pragma: no cover
-        pass
-    if not any(isinstance(x, transient) for x in chain(e)):
+
+def sqlstate(e: BaseException) -> str | None:
+    """The SQLSTATE of the driver's error in the chain (PostgreSQL), else ``None``."""
+    driver = _driver_error(e)
+    return getattr(driver, "sqlstate", None) or getattr(driver, "pgcode", None)
+
+
+def _transient_driver_error(driver: BaseException) -> bool:
+    """A driver error is transient when it is about the connection, not about the statement."""
+    import sqlite3
+
+    if isinstance(driver, sqlite3.Error):
+        name = getattr(driver, "sqlite_errorname", "")
+        if name:
+            return name.split("_SNAPSHOT")[0] in _TRANSIENT_SQLITE or name.startswith(
+                ("SQLITE_BUSY", "SQLITE_LOCKED"))
+        text = str(driver).lower()
+        return "database is locked" in text or "database table is locked" in text
+    state = getattr(driver, "sqlstate", None) or getattr(driver, "pgcode", None)
+    if state:  # class 40: a deadlock or serialization failure, the server asks for a retry
+        return state.startswith(("08", "40")) or state in _TRANSIENT_SQLSTATES
+    # no SQLSTATE: psycopg's own errors of a connection that could not be made or was lost
+    # (refused, reset, timed out, "server closed the connection unexpectedly")
+    return type(driver).__name__ in ("OperationalError", "InterfaceError")
+
+
+def is_transient(e: BaseException) -> bool:
+    """True when the chain says the connection failed, not the statement: refused, reset or
+    timed out, the server shutting down or restarting (SQLSTATE class 08, 57P01-57P03, "too
+    many clients" 53300), SQLite busy or locked, the gRPC proxy unavailable. A database that
+    answered with an error (permission denied, read-only, a value the column cannot hold, a
+    constraint, a missing table or column, a full disk) is not transient: :func:`refused`."""
+    import sqlalchemy.exc
+
+    if bad_database(e) is not None or _missing_schema(e):
         return False
-    return bad_database(e) is None and not _missing_schema(e)
+    driver = _driver_error(e)
+    if driver is not None:
+        return _transient_driver_error(driver)
+    for x in chain(e):
+        if isinstance(x, sqlalchemy.exc.DBAPIError) and x.connection_invalidated:
+            return True
+        if isinstance(x, (sqlalchemy.exc.TimeoutError, ConnectionError, TimeoutError)):
+            return True  # the pool had no connection to give, a socket timed out
+        if isinstance(x, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        code = getattr(x, "code", None)
+        if callable(code) and type(x).__module__.startswith("grpc"):
+            try:
+                return code().name in _TRANSIENT_GRPC
+            except Exception:  # noqa: BLE001 - not a call's error after all
+                return False
+    return False
+
+
+def refused(e: BaseException) -> str | None:
+    """The reason, when the database answered ``e`` with an error that no retry can mend
+    (permission denied 42501, read-only 25006 or SQLite's "readonly database", a value out of
+    range or too long 22xxx, a constraint 23xxx, a missing table or column 42P01/42703, a full
+    disk); else ``None``. Such an error ends a command after one attempt: one line, exit 1."""
+    if is_transient(e) or bad_database(e) is not None or _missing_schema(e):
+        return None
+    driver = _driver_error(e)
+    if driver is None:
+        return None
+    name = getattr(driver, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")):  # ENOSPC, EFBIG (ulimit -f), EIO
+        return f"{reason(e)}: is the disk full?"
+    return reason(e)
 
 
 def _missing_schema(e: BaseException) -> bool:
@@ -186,6 +266,7 @@ class Outage:
         self._lock = threading.Lock()
         self.since: float | None = None
         self.count = 0
+        self.refusal: str | None = None
 
     def failed(self, who: str, e: BaseException, what: str = "retrying") -> bool:
         """Note a transient failure; print one line if it starts an outage. True if it did."""
@@ -198,10 +279,31 @@ class Outage:
         return True
 
     def ok(self) -> None:
-        """An operation succeeded: the outage, if any, is over."""
+        """A write succeeded: the outage, if any, is over and its clock restarts. Only a
+        write says so: a database that answers reads but refuses or drops writes is still
+        out (the bound of ``$HPO_DB_WAIT`` is reached), so callers call this after a write."""
         if self.since is not None:
             with self._lock:
                 self.since = None
+
+    def reset(self) -> None:
+        """Forget any outage and refusal (a new trial loop)."""
+        with self._lock:
+            self.since = None
+            self.refusal = None
+
+    def refuse(self, e: BaseException) -> None:
+        """Note an error no retry can mend, seen where it cannot be raised to the command (the
+        heartbeat thread): :meth:`check` ends the trial loop with it, and the command says it
+        in its one line."""
+        with self._lock:
+            if self.refusal is None:
+                self.refusal = f"the database refused a write ({reason(e)})"
+
+    def check(self) -> None:
+        """Raise the refusal noted by :meth:`refuse`, if any (a runtime failure, exit 1)."""
+        if self.refusal is not None:
+            raise RuntimeFailure(self.refusal)
 
     def elapsed(self) -> float:
         """Seconds since the current outage began (0 when there is none)."""
@@ -218,6 +320,7 @@ def with_retries(attempt: Callable[[], T], *, who: str, what: str, wait: float |
                  | None = None, missing_wait: float = 0.0) -> T:
     """Call ``attempt`` until it succeeds; ``what`` names the storage in messages.
 
+    * an error the database answered with (:func:`refused`) ends it at once: one line, exit 1;
     * transient errors are retried with backoff for ``wait`` seconds (default :func:`db_wait`),
       saying so in one line; then one line and exit 1 (:class:`~hpo.errors.RuntimeFailure`);
     * with ``races``, creation races are retried too (bounded), saying so in one line;
@@ -262,6 +365,9 @@ def with_retries(attempt: Callable[[], T], *, who: str, what: str, wait: float |
                                          f"{time.monotonic() - down:.0f} s ({reason(e)})") from None
                 say("transient", f"{what} is unavailable ({reason(e)}); retrying for up to "
                                  f"{wait:g} s (${DB_WAIT_ENV})")
+            elif (why := refused(e)) is not None:  # one attempt: no retry mends it
+                raise RuntimeFailure(f"the database refused an operation on {what} ({why})"
+                                     ) from None
             else:
                 raise
         else:

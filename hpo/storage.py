@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.errors import BadInput, RuntimeFailure, StorageError
 from hpo.heartbeats import grpc_client, rdb_storage_class
-from hpo.retry import bad_database, reason, with_retries
+from hpo.retry import OUTAGE, bad_database, reason, with_retries
 
 if TYPE_CHECKING:
     import optuna
@@ -70,7 +70,7 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^/:@]+:)[^/@]*@", r"\1***@", url)
 
 
-def engine_kwargs(url: str) -> dict[str, Any]:
+def engine_kwargs(url: str, idle_timeout: float = GRACE_PERIOD) -> dict[str, Any]:
     """Engine options per backend.
 
     SQLite: a 60 s busy timeout so a few local workers queue instead of failing with "database is
@@ -81,13 +81,26 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     connection and a server process per trial, about 5 ms on PostgreSQL.) On PostgreSQL a
     connection attempt gives up after 10 s (an unreachable host otherwise hangs for minutes in
     TCP retries): it is then retried like any outage.
+
+    A worker cut off from PostgreSQL by the network (not dead, not told) must neither hang nor
+    hold locks: its TCP connections give up on data the server does not acknowledge within
+    30 s and probe an idle server with keepalives (``tcp_user_timeout``, ``keepalives``;
+    then a connection error, retried), and the server ends any session of it that sits idle
+    inside a transaction for ``idle_timeout`` seconds (``idle_in_transaction_session_timeout``;
+    a worker's grace period): hpo's transactions last milliseconds, and a session cut off
+    in the middle of one would otherwise keep its row locks, on which a sweeper failing the
+    worker's trial waits, until the server's own keepalive notices (two hours by default).
     """
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 0,
                               "pool_recycle": 300}
     if url.startswith("postgresql"):
-        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+        kwargs["connect_args"] = {
+            "connect_timeout": CONNECT_TIMEOUT, "tcp_user_timeout": 30_000, "keepalives": 1,
+            "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+            "options": "-c idle_in_transaction_session_timeout="
+                       f"{max(1000, int(idle_timeout * 1000))}"}
     return kwargs
 
 
@@ -195,7 +208,7 @@ def get_storage(
             raise _NotYet(f"storage {url} does not exist: create the study first with "
                           "`hpo run SPEC` or `hpo init SPEC`")
         with creation_lock(url):
-            return cls(url, engine_kwargs=engine or engine_kwargs(url),
+            return cls(url, engine_kwargs=engine or engine_kwargs(url, grace_period),
                        skip_table_creation=not create_schema, **kwargs)
 
     def not_yet(e: BaseException) -> bool:
@@ -394,56 +407,42 @@ def state_counts(study: optuna.Study, below: int | None = None) -> dict[TrialSta
     return {TrialState[getattr(state, "name", state)]: int(n) for state, n in rows}
 
 
-def fail_trials_without_heartbeat(study: optuna.Study) -> list[int]:
-    """Fail the RUNNING trials that never recorded a heartbeat and started more than the grace
-    period ago, and hand each to the storage's stale-trial callback (the retry), as Optuna's
-    ``fail_stale_trials`` does for trials whose heartbeat stopped. Returns their numbers.
+def adopt_trials_without_heartbeat(study: optuna.Study) -> int:
+    """Give each RUNNING trial of the study that has no heartbeat row one, stamped with the
+    database's clock (``CURRENT_TIMESTAMP``, what Optuna's own heartbeats use). Returns how many.
 
     Optuna never counts a trial without a heartbeat row as stale. A worker that loses the
-    database just after creating a trial leaves one: the heartbeat thread dies on its first beat,
+    database just after creating a trial leaves one: the heartbeat thread's first beat fails,
     the ``tell`` fails too, and the trial would hold its slot of the budget forever (seen about
-    once in 20 PostgreSQL restarts under two workers). RDB storages with heartbeats only."""
-    import copy
-    from datetime import datetime, timedelta
-
-    import optuna
+    once in 20 PostgreSQL restarts under two workers). Adopted, it is a trial like any other:
+    if its worker beats, the beats update the row; if not, Optuna's ``fail_stale_trials`` fails
+    it one grace period later and its retry is enqueued. Every age is the database's clock
+    against a time the database wrote (never a worker's clock, which ``datetime_start`` is,
+    against the sweeper's). RDB storages with heartbeats only."""
     import sqlalchemy
-    from optuna.trial import TrialState
 
     from hpo import optuna_compat as oc
 
     rdb = oc.rdb_of(study)
-    interval = rdb.get_heartbeat_interval() if rdb is not None else None
-    if interval is None:
-        return []
-    grace = rdb.grace_period or 2 * interval
-    cutoff = datetime.now() - timedelta(seconds=grace)  # datetime_start is the worker's local time
+    if rdb is None or rdb.get_heartbeat_interval() is None:
+        return 0
     sql = sqlalchemy.text(
-        "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "INSERT INTO trial_heartbeats (trial_id, heartbeat) "
+        "SELECT t.trial_id, CURRENT_TIMESTAMP FROM trials t "
+        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
         "WHERE t.study_id = :study_id AND t.state = 'RUNNING' AND h.trial_id IS NULL "
-        "AND t.datetime_start < :cutoff")
-    with rdb.engine.connect() as conn:
-        ids = [r[0] for r in conn.execute(sql, {"study_id": oc.study_id(study),
-                                                "cutoff": cutoff})]
-    storage = oc.storage_of(study)
-    callback = rdb.get_heartbeat_stale_trial_callback()
-    failed = []
-    for trial_id in ids:
-        try:
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:  # told or failed meanwhile
-            continue
-        trial = copy.deepcopy(storage.get_trial(trial_id))
-        failed.append(trial.number)
-        if callback is not None:
-            callback(study, trial)
-    return failed
+        "ON CONFLICT (trial_id) DO NOTHING")
+    if rdb.engine.name not in ("postgresql", "sqlite"):
+        return 0  # MySQL has no ON CONFLICT; hpo tests PostgreSQL and SQLite
+    with rdb.engine.begin() as conn:
+        return conn.execute(sql, {"study_id": oc.study_id(study)}).rowcount or 0
 
 
 def sweep_stale_trials(study: optuna.Study) -> None:
-    """Fail the study's stale RUNNING trials (heartbeat stopped, or never beat past the grace
-    period) and re-queue them through the retry callback. Nothing without heartbeats."""
+    """Fail the study's stale RUNNING trials (heartbeat older than the grace period on the
+    database's clock; a trial that never beat is given a heartbeat row first,
+    :func:`adopt_trials_without_heartbeat`) and re-queue them through the retry callback.
+    Nothing without heartbeats."""
     import optuna
 
     from hpo import optuna_compat as oc
@@ -453,7 +452,8 @@ def sweep_stale_trials(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    fail_trials_without_heartbeat(study)
+    adopt_trials_without_heartbeat(study)
+    OUTAGE.ok()  # a write went through (the adoption's INSERT, even of no row)
 
 
 def keep_alive(study: optuna.Study, trial: Any) -> None:

@@ -56,7 +56,7 @@ from optuna.trial import TrialState
 from hpo import optuna_compat as oc
 from hpo.errors import RuntimeFailure, SpecError
 from hpo.pruners import make_pruner
-from hpo.retry import OUTAGE, finished_elsewhere, is_transient, reason
+from hpo.retry import OUTAGE, chain, db_wait, finished_elsewhere, is_transient, reason, refused
 from hpo.samplers import make_sampler
 from hpo.signals import Orphaned, check_stop, deferred, interruptible
 from hpo.spec import Spec
@@ -255,21 +255,27 @@ def work(
     timeout: float | None = None,
     max_runs: int | None = None,
     poll: float = 0.5,
-    max_outage: float = 300.0,
+    max_outage: float | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
 ) -> WorkerResult:
     """Run trials of ``study`` until it holds ``n_trials`` finished trials (or ``timeout`` seconds
     pass, or this worker ran ``max_runs`` trials).
 
     Connection-level storage errors (a database restart, a dropped proxy) are retried with
-    backoff for up to ``max_outage`` seconds; a trial whose ``tell`` was lost stays RUNNING until
-    its heartbeat goes stale, then is failed and re-run with the same params."""
+    backoff for up to ``max_outage`` seconds (default ``$HPO_DB_WAIT``) from the outage's
+    start, a clock that only a successful write restarts (:data:`hpo.retry.OUTAGE`, shared with
+    the heartbeat and the trial's final write); a trial whose ``tell`` was lost stays RUNNING
+    until its heartbeat goes stale, then is failed and re-run with the same params. An error
+    the database answers with (:func:`hpo.retry.refused`: permission denied, read-only, ...)
+    ends the loop at once: one line, exit 1."""
+    max_outage = db_wait() if max_outage is None else max_outage
     heartbeat = oc.heartbeat_enabled(oc.storage_of(study))
     start = time.monotonic()
     runs = 0
 
     def claimed(trial: optuna.Trial) -> float:
         nonlocal runs
+        OUTAGE.check()  # a write the heartbeat thread saw refused
         _claim(study, trial, n_trials)
         runs += 1  # a surplus claim ran nothing: only trials that fit count toward max_runs
         check_stop()  # a signal during ask: this trial fails now, inside Optuna's handler
@@ -281,14 +287,15 @@ def work(
             raise
 
     callbacks = [on_trial] if on_trial else None
-    outage: float | None = None  # when the current run of storage errors began
+    OUTAGE.reset()  # a new loop: no outage, no refusal (tests run several in one process)
     delay = 0.5
     while True:
         check_stop()
+        OUTAGE.check()
         try:
             done, in_flight, waiting = count_states(study)
-            outage, delay = None, 0.5
-            OUTAGE.ok()
+            if OUTAGE.since is None:  # a write went through since the last failure
+                delay = 0.5
             if done >= n_trials:
                 if waiting:  # a retry nobody needs any more: close it, leave nothing WAITING
                     close_waiting(study)
@@ -312,20 +319,25 @@ def work(
                   oc.skip_first_stale_check(study, skip=in_flight == waiting)):
                 study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
                                gc_after_trial=False)
+            OUTAGE.ok()  # the trial was told: a write went through, whatever the storage
         except Exception as e:  # noqa: BLE001 - filtered just below
             if finished_elsewhere(e):
                 # a sweeper failed this trial while it ran: its retry runs elsewhere
                 print("hpo worker: a trial of this worker was failed by another process (its "
-                      "heartbeat looked stale) and will be re-run; carrying on",
-                      file=sys.stderr, flush=True)
+                      "heartbeat looked stale) and will be re-run; its result here is dropped; "
+                      "carrying on", file=sys.stderr, flush=True)
                 continue
+            failure = next((x for x in chain(e) if isinstance(x, RuntimeFailure)), None)
+            if failure is not None:  # said by the final write (Optuna may mask it)
+                raise failure from None
+            if (why := refused(e)) is not None:
+                raise RuntimeFailure(f"the database refused a write ({why})") from None
             if not is_transient(e):
                 raise
-            now = time.monotonic()
-            outage = outage or now
-            if now - outage > max_outage:
-                raise RuntimeFailure(f"storage unavailable for {now - outage:.0f} s "
+            OUTAGE.failed("hpo worker", e, f"retrying for up to {max_outage:g} s "
+                          "($HPO_DB_WAIT)")
+            if OUTAGE.elapsed() > max_outage:
+                raise RuntimeFailure(f"storage unavailable for {OUTAGE.elapsed():.0f} s "
                                      f"({reason(e)})") from None
-            OUTAGE.failed("hpo worker", e, f"retrying for up to {max_outage:g} s")
             time.sleep(delay)
             delay = min(delay * 2, 15.0)

@@ -46,7 +46,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.plain:
-        dashboard.with_page_css = lambda app: app  # what optuna-dashboard serves by itself
+        dashboard.with_page_css = lambda app, extra=b"": app  # optuna-dashboard by itself
     with tempfile.TemporaryDirectory() as tmp, browser.dashboard(args.storage) as base:
         tmp_path = Path(tmp)
         page = f"{base}/dashboard/studies/{study_id}"

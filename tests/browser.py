@@ -14,9 +14,7 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,8 +61,22 @@ PROBE_JS = b"""
       out.cards[div.id.split(":")[1]] = {box: box(div), plot: svg ? box(svg) : null,
                                          texts: texts};
     });
+    out.tables = [].map.call(document.querySelectorAll('table[aria-label="simple table"]'),
+                             function (t) {
+      var card = t.parentElement;  // the table's container (overflow hidden: the card's edge)
+      return {table: box(t), container: box(card),
+              cells: [].map.call(t.querySelectorAll("td"), function (td) {
+                var b = box(td); b.text = td.textContent; return b; })};
+    });
+    out.write_buttons = [].filter.call(document.querySelectorAll(
+        'button[aria-label="rename study"], button[aria-label="delete study"], ' +
+        'button:has(svg[data-testid="AddBoxIcon"]), button:has(svg[data-testid="EditIcon"])'),
+        function (b) { return b.getClientRects().length > 0; }).map(function (b) {
+      return b.getAttribute("aria-label") || b.textContent || "(icon)"; });
     var pre = document.getElementById("hpo-probe");
+    // hidden: its one long line of JSON would otherwise widen the page it measures
     if (!pre) { pre = document.createElement("pre"); pre.id = "hpo-probe";
+                pre.style.display = "none";
                 document.body.appendChild(pre); }
     pre.textContent = JSON.stringify(out);
   }
@@ -95,22 +107,19 @@ def _probed(app):
 
 
 @contextmanager
-def dashboard(storage_url: str) -> Iterator[str]:
-    """Serve ``hpo dashboard``'s app (read-only, with its page stylesheet) plus the probe on a
-    free local port; yields the base URL."""
-    from hpo.dashboard import make_app, make_server_for
+def dashboard(storage_url: str, allow_writes: bool = False) -> Iterator[str]:
+    """Serve ``hpo dashboard``'s app (read-only unless ``allow_writes``, with its page
+    stylesheet) plus the probe on a free local port, on waitress as ``hpo dashboard`` does;
+    yields the base URL."""
+    from hpo.dashboard import listen_urls, make_app, make_server_for, run_in_thread
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = make_server_for(_probed(make_app(storage_url)), "127.0.0.1", port)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = make_server_for(_probed(make_app(storage_url, allow_writes=allow_writes)),
+                             "127.0.0.1", 0)
+    stop = run_in_thread(server)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield listen_urls(server)[0].rstrip("/")
     finally:
-        server.shutdown()
-        server.server_close()
+        stop()
 
 
 def run_chromium(chromium: str, profile: Path, *args: str, timeout: float = 120) -> str:
@@ -128,7 +137,7 @@ def probe(chromium: str, profile: Path, url: str, width: int = 1400,
           height: int = 2400) -> dict[str, Any]:
     """What the probe measured on ``url`` (a window of ``width`` x ``height``)."""
     dom = dump_dom(chromium, profile, url, width, height)
-    m = re.search(r'<pre id="hpo-probe">(.*?)</pre>', dom, re.S)
+    m = re.search(r'<pre id="hpo-probe"[^>]*>(.*?)</pre>', dom, re.S)
     assert m, f"no probe output from {url}"
     return json.loads(html.unescape(m.group(1)))
 

@@ -113,11 +113,21 @@ def test_missing_credentials_are_refused(env_file):
     assert r.returncode != 0 and "POSTGRES_PASSWORD" in r.stderr
 
 
+def test_the_dashboard_login_is_demanded(env_file):
+    """Without HPO_DASHBOARD_PASSWORD the file is refused (the dashboard listens on 0.0.0.0 in
+    its container, where hpo dashboard asks for a login)."""
+    env_file.write_text("\n".join(line for line in env_file.read_text().splitlines()
+                                  if not line.startswith("HPO_DASHBOARD_PASSWORD=")))
+    r = compose("config", "-q", env_file=env_file)
+    assert r.returncode != 0 and "HPO_DASHBOARD_PASSWORD" in r.stderr
+
+
 def test_env_example_and_exposure(env_file):
     """Placeholders only, nothing but the dashboard published (on localhost), workers scalable."""
     env = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
                if line and not line.startswith("#"))
     assert env["POSTGRES_PASSWORD"] == "change-me"
+    assert env["HPO_DASHBOARD_PASSWORD"] == "change-me-too"
     assert {"POSTGRES_USER", "POSTGRES_DB", "HPO_STUDY", "HPO_SPEC"} <= set(env)
     services = resolved(env_file)["services"]
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
@@ -263,3 +273,55 @@ def test_compose_proxy_profile_runs_locally(env_file, tiny_spec, pg_url, tmp_pat
     states = _states(pg_url, "topo-proxy")
     assert states.get("COMPLETE") == n_trials, states
     assert not states.get("RUNNING") and not states.get("WAITING"), states
+
+
+@pytest.mark.slow
+def test_compose_dashboard_runs_locally_behind_its_login(env_file, tiny_spec, tmp_path):
+    """The dashboard service's command and environment as a local process (on SQLite, a free
+    port): waitress, the login of .env asked for, /healthz (its healthcheck) open, read-only;
+    SIGTERM (what `docker compose stop` sends through tini) exits 143 with one line."""
+    import base64
+    import signal
+    import urllib.error
+    import urllib.request
+
+    dash = resolved(env_file)["services"]["dashboard"]
+    assert dash["environment"]["HPO_DASHBOARD_USER"] == "hpo"
+    assert "/healthz" in " ".join(dash["healthcheck"]["test"])
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    r = subprocess.run([sys.executable, "-m", "hpo", "run", str(tiny_spec(n_trials=1, epochs=1)),
+                        "--storage", url, "--quiet"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    cmd, env = _local(dash, url, {"PYTHONUNBUFFERED": "1"})
+    assert cmd[-4:] == ["--host", "0.0.0.0", "--port", "8080"]
+    port = _free_port()
+    cmd = [*cmd[:-1], str(port)]
+    log = tmp_path / "dashboard.log"
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+    def status(path: str, auth: str | None = None, method: str = "GET") -> int:
+        headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} \
+            if auth else {}
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                     headers=headers, data=b"{}" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        deadline = time.monotonic() + 120
+        while "at http://" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert f"basic auth as hpo) for {url} at http://0.0.0.0:{port}/" in log.read_text()
+        assert status("/healthz") == 200
+        assert status("/api/studies") == 401
+        assert status("/api/studies", "hpo:change-me-too") == 200
+        assert status("/api/studies", "hpo:change-me-too", "POST") == 405
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 143 and log.read_text().splitlines()[-1] == "hpo: terminated"

@@ -16,6 +16,7 @@ The database is read with ``psql`` inside the postgres container (its port is no
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -117,8 +118,10 @@ class Stack:
         self.port = _free_port()
         self.env_file = tmp_path / "compose.env"
         text = (ROOT / ".env.example").read_text()
+        self.login = ("hpo", secrets.token_hex(8))
         values = {"POSTGRES_PASSWORD": secrets.token_hex(12),
-                  "HPO_DASHBOARD_PORT": str(self.port), **env}
+                  "HPO_DASHBOARD_PORT": str(self.port), "HPO_DASHBOARD_USER": self.login[0],
+                  "HPO_DASHBOARD_PASSWORD": self.login[1], **env}
         for key, value in values.items():
             text, n = re.subn(rf"^{key}=.*$", f"{key}={value}", text, flags=re.M)
             if not n:
@@ -257,9 +260,12 @@ def retried(s: Stack) -> list[list[str]]:
                  "JOIN trials t USING (trial_id) WHERE a.key = 'failed_trial'")
 
 
-def http(url: str, method: str = "GET", body: bytes | None = None) -> int:
-    req = urllib.request.Request(url, data=body, method=method,
-                                 headers={"Content-Type": "application/json"})
+def http(url: str, method: str = "GET", body: bytes | None = None,
+         auth: tuple[str, str] | None = None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status
@@ -293,13 +299,16 @@ def test_stack_runs_the_budget_exactly_and_down_v_removes_it(stack):
     bindings = dashboard["NetworkSettings"]["Ports"]["8080/tcp"]
     assert [(b["HostIp"], b["HostPort"]) for b in bindings] == [("127.0.0.1", str(s.port))]
     base = f"http://127.0.0.1:{s.port}"
-    assert http(f"{base}/api/meta") == 200
-    with urllib.request.urlopen(f"{base}/api/studies", timeout=10) as resp:
+    assert http(f"{base}/api/meta") == 401  # the login of .env is asked for
+    assert http(f"{base}/api/meta", auth=s.login) == 200
+    auth = "Basic " + base64.b64encode(":".join(s.login).encode()).decode()
+    req = urllib.request.Request(f"{base}/api/studies", headers={"Authorization": auth})
+    with urllib.request.urlopen(req, timeout=10) as resp:
         studies = json.load(resp)["study_summaries"]
     assert [st["study_name"] for st in studies] == ["book-random"]
     assert http(f"{base}/api/studies", "POST", b'{"study_name": "x", "directions": '
-                b'["minimize"]}') == 405
-    assert http(f"{base}/api/studies/{studies[0]['study_id']}", "DELETE") == 405
+                b'["minimize"]}', auth=s.login) == 405
+    assert http(f"{base}/api/studies/{studies[0]['study_id']}", "DELETE", auth=s.login) == 405
     assert [st[0] for st in s.sql("SELECT study_name FROM studies")] == ["book-random"]
     postgres = inspect(s.containers("postgres")[0])
     assert not any(postgres["NetworkSettings"]["Ports"].values())
@@ -506,7 +515,9 @@ def test_k8s_pods_run_in_containers_under_their_security_context(engine, tmp_pat
                          "HPO_N_TRIALS": str(budget)}}
     sec = {"hpo-db": {"POSTGRES_USER": "hpo", "POSTGRES_PASSWORD": password,
                       "POSTGRES_DB": "hpo", "POSTGRES_HOST": "postgres",
-                      "POSTGRES_PORT": "5432"}}
+                      "POSTGRES_PORT": "5432"},
+           "hpo-dashboard": {"HPO_DASHBOARD_USER": "hpo",
+                             "HPO_DASHBOARD_PASSWORD": secrets.token_hex(8)}}
     port = _free_port()
 
     def run(doc: dict, c: dict, name: str, detach: bool, publish: str = "") -> str:
@@ -572,7 +583,9 @@ def test_k8s_pods_run_in_containers_under_their_security_context(engine, tmp_pat
         path = probe["readinessProbe"]["httpGet"]["path"]
         wait_for(lambda: _probe(f"http://127.0.0.1:{port}{path}") == 200, 60,
                  "the dashboard's readiness probe")
-        assert http(f"http://127.0.0.1:{port}/api/studies", "POST", b"{}") == 405
+        login = tuple(sec["hpo-dashboard"].values())
+        assert http(f"http://127.0.0.1:{port}/api/studies", "POST", b"{}") == 401
+        assert http(f"http://127.0.0.1:{port}/api/studies", "POST", b"{}", auth=login) == 405
         assert inspect(dashboard)["State"]["Running"] is True
     finally:
         label = f"label=com.docker.compose.project={project}"

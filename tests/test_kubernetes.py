@@ -49,6 +49,7 @@ CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "ClusterRole", "ClusterRoleBi
                   "StorageClass", "CustomResourceDefinition", "PriorityClass"}
 SECRET_KEYS = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "POSTGRES_HOST",
                "POSTGRES_PORT"}
+DASHBOARD_SECRET_KEYS = {"HPO_DASHBOARD_USER", "HPO_DASHBOARD_PASSWORD"}
 
 
 # --- 1. rendering --------------------------------------------------------------------------------
@@ -323,19 +324,32 @@ def test_probes_services_and_credentials(rendered):
              for k, d in workloads(docs).items() if d["kind"] != "Job"}
     assert {name: len(cs) for name, cs in ready.items()} == {
         "hpo-dashboard": 1, "hpo-proxy": 1, "postgres": 1}
-    assert ready["hpo-dashboard"][0]["readinessProbe"]["httpGet"]["path"] == "/api/meta"
+    dash = ready["hpo-dashboard"][0]
+    assert dash["readinessProbe"]["httpGet"]["path"] == "/healthz"  # needs no credentials
+    assert dash["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # beyond loopback, with its login from the Secret hpo-dashboard (no --no-auth)
+    assert dash["args"][:3] == ["dashboard", "--host", "0.0.0.0"]
+    assert "--no-auth" not in dash["args"]
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"] for e in dash["env"]
+            if e["name"].startswith("HPO_DASHBOARD_")} == {
+        k: {"name": "hpo-dashboard", "key": k} for k in DASHBOARD_SECRET_KEYS}
     for key, svc in docs.items():
         if key[0] == "Service":
             assert svc["spec"].get("type", "ClusterIP") == "ClusterIP", key  # nothing exposed
     stateful = docs[("StatefulSet", "postgres")]
     assert stateful["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]
-    # credentials: only from the Secret hpo-db, only its documented keys, never literal
+    # credentials: only from the Secrets hpo-db and hpo-dashboard, only their documented keys,
+    # never literal
     for key, doc in workloads(docs).items():
         for c in containers(doc):
             for e in c.get("env", []):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
-                    assert ref["name"] == "hpo-db" and ref["key"] in SECRET_KEYS, (key, e)
+                    assert (ref["name"], ref["key"] in SECRET_KEYS) == ("hpo-db", True) or (
+                        ref["name"], ref["key"] in DASHBOARD_SECRET_KEYS) == (
+                        "hpo-dashboard", True), (key, e)
+                elif e["name"].startswith("HPO_DASHBOARD_"):
+                    pytest.fail(f"{key}: {e['name']} not from a Secret")
                 elif e["name"].startswith("POSTGRES_"):
                     assert e["name"] == "PGDATA" or "PASSWORD" not in e["name"], (key, e)
             assert "POSTGRES_PASSWORD" not in str(c.get("args", [])), key
@@ -480,8 +494,14 @@ def _states(url: str, study: str) -> dict[str, int]:
         storage.engine.dispose()
 
 
-def _status(url: str, method: str = "GET") -> int:
-    req = urllib.request.Request(url, data=b"{}" if method != "GET" else None, method=method)
+def _status(url: str, method: str = "GET", auth: tuple[str, str] | None = None) -> int:
+    import base64
+
+    headers = {}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    req = urllib.request.Request(url, data=b"{}" if method != "GET" else None, method=method,
+                                 headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status
@@ -501,7 +521,8 @@ def _topology_inputs(docs: dict, spec: Path, study: str, n_trials: int, pg_url: 
     u = make_url(pg_url)
     secret = {"POSTGRES_USER": u.username, "POSTGRES_PASSWORD": u.password or "trust-auth",
               "POSTGRES_DB": u.database, "POSTGRES_HOST": u.host, "POSTGRES_PORT": str(u.port)}
-    return {"hpo-study": cm}, {"hpo-db": secret}
+    login = {"HPO_DASHBOARD_USER": "ann", "HPO_DASHBOARD_PASSWORD": "k8s-test-login"}
+    return {"hpo-study": cm}, {"hpo-db": secret, "hpo-dashboard": login}
 
 
 def _port_of(doc: dict, name: str) -> int:
@@ -558,7 +579,13 @@ def test_topology_runs_locally(rendered, tiny_spec, pg_url, tmp_path):
         while _status_or_none(url + probe["path"]) != 200 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _status(url + probe["path"]) == 200, pods[-1].log.read_text()
-        assert _status(url + "/api/studies", "POST") == 405
+        assert "basic auth as ann" in pods[-1].log.read_text()  # the Secret's login
+        assert _status(url + "/api/studies") == 401  # no credentials, no studies
+        assert _status(url + "/api/studies", "POST") == 401
+        login = (secrets["hpo-dashboard"]["HPO_DASHBOARD_USER"],
+                 secrets["hpo-dashboard"]["HPO_DASHBOARD_PASSWORD"])
+        assert _status(url + "/api/studies", auth=login) == 200
+        assert _status(url + "/api/studies", "POST", auth=login) == 405  # and read-only
     finally:
         for p in [*pods, init]:
             p.stop()

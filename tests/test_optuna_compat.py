@@ -5,8 +5,10 @@ place to mend."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -15,6 +17,7 @@ from optuna.storages import InMemoryStorage, RDBStorage
 from optuna.trial import TrialState
 
 from hpo import optuna_compat as oc
+from hpo.retry import finished_elsewhere, reason
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -23,6 +26,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalW
 @pytest.fixture
 def db(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'c.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def wb_db(request, tmp_path: Path) -> str:
+    """The write-behind storage's tests run on both backends hpo supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'c.db'}"
+    return request.getfixturevalue("pg_url")
 
 
 def test_ids_match_the_storage(db: str) -> None:
@@ -168,13 +179,13 @@ def _statements(storage: RDBStorage) -> list[str]:
     return seen
 
 
-def test_write_behind_commits_attrs_and_reports_with_the_trials_end(db: str) -> None:
+def test_write_behind_commits_attrs_and_reports_with_the_trials_end(wb_db: str) -> None:
     """User attributes and intermediate values of a running trial are held back (another
     process sees none of them), seen by this process at once, and committed in the
     transaction that finishes the trial."""
-    storage = oc.WriteBehindRDBStorage(db)
+    storage = oc.WriteBehindRDBStorage(wb_db)
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
-    other = RDBStorage(db)
+    other = RDBStorage(wb_db)
     trial = study.ask()
     trial.suggest_float("x", 0, 1)
     trial.report(0.25, 5)
@@ -196,8 +207,8 @@ def test_write_behind_commits_attrs_and_reports_with_the_trials_end(db: str) -> 
     assert done.intermediate_values == {5: 0.25, 10: 0.5}
 
 
-def test_write_behind_a_pruned_trial_takes_its_last_report(db: str) -> None:
-    storage = oc.WriteBehindRDBStorage(db)
+def test_write_behind_a_pruned_trial_takes_its_last_report(wb_db: str) -> None:
+    storage = oc.WriteBehindRDBStorage(wb_db)
     study = optuna.create_study(storage=storage)
 
     def objective(trial: optuna.Trial) -> float:
@@ -207,53 +218,53 @@ def test_write_behind_a_pruned_trial_takes_its_last_report(db: str) -> None:
         raise optuna.TrialPruned
 
     study.optimize(objective, n_trials=1)
-    (done,) = optuna.load_study(study_name=study.study_name, storage=db).trials
+    (done,) = optuna.load_study(study_name=study.study_name, storage=wb_db).trials
     assert done.state == TrialState.PRUNED and done.value == 0.4
     assert done.intermediate_values == {1: 0.3, 2: 0.4} and done.user_attrs == {"model_seed": 7}
 
 
-def test_write_behind_a_trial_finished_elsewhere_keeps_the_sweepers_word(db: str) -> None:
+def test_write_behind_a_trial_finished_elsewhere_keeps_the_sweepers_word(wb_db: str) -> None:
     """A trial a sweeper failed meanwhile: the tell is refused as before, nothing pending is
     written, and nothing stays pending."""
-    storage = oc.WriteBehindRDBStorage(db)
+    storage = oc.WriteBehindRDBStorage(wb_db)
     study = optuna.create_study(storage=storage)
     trial = study.ask()
     trial.set_user_attr("a", 1)
     tid = oc.trial_id(trial)
-    RDBStorage(db).set_trial_state_values(tid, TrialState.FAIL)
+    RDBStorage(wb_db).set_trial_state_values(tid, TrialState.FAIL)
     # its own trial is not read back: the finishing transaction finds it finished
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         study.tell(trial, 1.0)
-    assert RDBStorage(db).get_trial(tid).user_attrs == {}
+    assert RDBStorage(wb_db).get_trial(tid).user_attrs == {}
     assert tid not in storage._wb_running
     trial2 = study.ask()
     trial2.set_user_attr("b", 2)
-    RDBStorage(db).set_trial_state_values(oc.trial_id(trial2), TrialState.FAIL)
+    RDBStorage(wb_db).set_trial_state_values(oc.trial_id(trial2), TrialState.FAIL)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         storage.set_trial_state_values(oc.trial_id(trial2), TrialState.COMPLETE, [1.0])
-    assert RDBStorage(db).get_trial(oc.trial_id(trial2)).user_attrs == {}
+    assert RDBStorage(wb_db).get_trial(oc.trial_id(trial2)).user_attrs == {}
 
 
-def test_write_behind_a_heartbeat_writes_what_is_pending(db: str) -> None:
-    storage = oc.WriteBehindRDBStorage(db, heartbeat_interval=1)
+def test_write_behind_a_heartbeat_writes_what_is_pending(wb_db: str) -> None:
+    storage = oc.WriteBehindRDBStorage(wb_db, heartbeat_interval=1)
     study = optuna.create_study(storage=storage)
     with pytest.warns(UserWarning, match="Heartbeat"):
         trial = study.ask()
     trial.report(0.5, 3)
     trial.set_user_attr("k", "v")
     oc.record_heartbeat(study, trial)  # the trial's first beat: nothing written yet
-    assert RDBStorage(db).get_trial(oc.trial_id(trial)).user_attrs == {}
+    assert RDBStorage(wb_db).get_trial(oc.trial_id(trial)).user_attrs == {}
     time.sleep(1.1)
     oc.record_heartbeat(study, trial)
-    seen = RDBStorage(db).get_trial(oc.trial_id(trial))
+    seen = RDBStorage(wb_db).get_trial(oc.trial_id(trial))
     assert seen.intermediate_values == {3: 0.5} and seen.user_attrs == {"k": "v"}
     assert seen.state == TrialState.RUNNING
     study.tell(trial, 1.0)
-    assert RDBStorage(db).get_trial(oc.trial_id(trial)).state == TrialState.COMPLETE
+    assert RDBStorage(wb_db).get_trial(oc.trial_id(trial)).state == TrialState.COMPLETE
 
 
-def test_write_behind_a_new_trial_is_not_read_back(db: str) -> None:
-    storage = oc.WriteBehindRDBStorage(db)
+def test_write_behind_a_new_trial_is_not_read_back(wb_db: str) -> None:
+    storage = oc.WriteBehindRDBStorage(wb_db)
     study = optuna.create_study(storage=storage)
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     seen = _statements(storage)
@@ -264,13 +275,13 @@ def test_write_behind_a_new_trial_is_not_read_back(db: str) -> None:
     assert trial.number == 2 and oc.storage_of(study).get_trial(oc.trial_id(trial)).number == 2
 
 
-def test_write_behind_a_popped_waiting_trial_is_written_behind_too(db: str) -> None:
-    storage = oc.WriteBehindRDBStorage(db)
+def test_write_behind_a_popped_waiting_trial_is_written_behind_too(wb_db: str) -> None:
+    storage = oc.WriteBehindRDBStorage(wb_db)
     study = optuna.create_study(storage=storage)
     study.enqueue_trial({"x": 0.5}, user_attrs={"from": "queue"})
     trial = study.ask()
     trial.set_user_attr("k", 1)
-    assert RDBStorage(db).get_trial(oc.trial_id(trial)).user_attrs == {"from": "queue"}
+    assert RDBStorage(wb_db).get_trial(oc.trial_id(trial)).user_attrs == {"from": "queue"}
     study.tell(trial, trial.suggest_float("x", 0, 1))
     assert study.trials[0].user_attrs == {"from": "queue", "k": 1}
 
@@ -297,11 +308,11 @@ def test_skip_first_stale_check_skips_one_lookup_only(db: str) -> None:
 
 
 @pytest.mark.parametrize("enqueued", [False, True])
-def test_write_behind_its_view_of_a_running_trial_is_the_stored_trial(db: str,
+def test_write_behind_its_view_of_a_running_trial_is_the_stored_trial(wb_db: str,
                                                                       enqueued: bool) -> None:
     """What ``get_trial`` answers for a trial this process runs, without reading it back, is
     what the database holds once the pending writes are flushed."""
-    storage = oc.WriteBehindRDBStorage(db)
+    storage = oc.WriteBehindRDBStorage(wb_db)
     study = optuna.create_study(storage=storage)
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     if enqueued:
@@ -318,12 +329,137 @@ def test_write_behind_its_view_of_a_running_trial_is_the_stored_trial(db: str,
     seen = _statements(storage)
     mine = storage.get_trial(tid)
     assert seen == []  # not read back
-    assert RDBStorage(db).get_trial(tid).system_attrs.get("behind") is None
+    assert RDBStorage(wb_db).get_trial(tid).system_attrs.get("behind") is None
     storage.flush_trial(tid)
-    stored = RDBStorage(db).get_trial(tid)
+    stored = RDBStorage(wb_db).get_trial(tid)
     assert mine == stored
     assert (mine.params, mine.distributions) == (stored.params, stored.distributions)
     assert mine.system_attrs == stored.system_attrs and mine.system_attrs["behind"] == {
         "a": [1, 2]}
     study.tell(trial, 0.5)
-    assert RDBStorage(db).get_trial(tid).state == TrialState.COMPLETE
+    assert RDBStorage(wb_db).get_trial(tid).state == TrialState.COMPLETE
+
+
+@contextlib.contextmanager
+def refused_writes(url: str, table: str) -> Iterator[None]:
+    """While the block runs, the database refuses every INSERT and UPDATE on ``table`` (a
+    trigger that raises: SQLite's RAISE(ABORT), PostgreSQL's RAISE EXCEPTION)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    if url.startswith("sqlite"):
+        make = [f"CREATE TRIGGER refuse_{op} BEFORE {op} ON {table} BEGIN "
+                "SELECT RAISE(ABORT, 'refused by the test'); END" for op in ("INSERT", "UPDATE")]
+        drop = [f"DROP TRIGGER refuse_{op}" for op in ("INSERT", "UPDATE")]
+    else:
+        make = ["CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+                f"CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION refuse()"]
+        drop = [f"DROP TRIGGER refuse ON {table}", "DROP FUNCTION refuse()"]
+    try:
+        with engine.begin() as conn:
+            for sql in make:
+                conn.execute(sqlalchemy.text(sql))
+        yield
+    finally:
+        with engine.begin() as conn:
+            for sql in drop:
+                conn.execute(sqlalchemy.text(sql))
+        engine.dispose()
+
+
+class _Flushes(oc.WriteBehindRDBStorage):
+    """Notes each failed flush of held writes (hpo's storage reports them in one line)."""
+
+    def flush_failed(self, trial_id: int, e: BaseException) -> None:
+        self.failed = [*getattr(self, "failed", []), e]
+
+
+def _heartbeat_rows(url: str, trial_id: int) -> int:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sqlalchemy.text(
+                "SELECT count(*) FROM trial_heartbeats WHERE trial_id = :t"),
+                {"t": trial_id}).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def _due(storage: oc.WriteBehindRDBStorage, trial_id: int) -> None:
+    """Make the trial's held writes due at its next beat (it has run for an interval)."""
+    storage._wb_running[trial_id].since -= 3600
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_write_behind_a_failing_held_write_never_stops_the_heartbeat(wb_db: str) -> None:
+    """The beat is recorded first: held writes the database refuses at a beat stay held (the
+    heartbeat goes on), and are written with the trial's end once the database takes them."""
+    storage = _Flushes(wb_db, heartbeat_interval=1)
+    study = optuna.create_study(storage=storage, direction="maximize")
+    trial = study.ask()
+    tid = oc.trial_id(trial)
+    trial.set_user_attr("model_seed", 7)
+    trial.report(0.5, 1)
+    _due(storage, tid)
+    with refused_writes(wb_db, "trial_user_attributes"):
+        oc.record_heartbeat(study, trial)
+    assert _heartbeat_rows(wb_db, tid) == 1  # the beat went through
+    assert "refused by the test" in reason(storage.failed[0])
+    assert RDBStorage(wb_db).get_trial(tid).user_attrs == {}
+    assert storage.get_trial(tid).user_attrs == {"model_seed": 7}  # still held
+    study.tell(trial, 0.9)
+    done = RDBStorage(wb_db).get_trial(tid)
+    assert done.state == TrialState.COMPLETE and done.user_attrs == {"model_seed": 7}
+    assert done.intermediate_values == {1: 0.5}
+
+
+def test_write_behind_held_writes_survive_a_failed_final_write(wb_db: str) -> None:
+    """The trial's final write fails (the database refuses its value): nothing is written, the
+    trial stays RUNNING and its held writes stay held, so the retried final write stores
+    COMPLETE with every user attribute (``model_seed``) and report."""
+    storage = oc.WriteBehindRDBStorage(wb_db)
+    study = optuna.create_study(storage=storage, direction="maximize")
+    trial = study.ask()
+    tid = oc.trial_id(trial)
+    trial.suggest_float("x", 0, 1)
+    trial.set_user_attr("model_seed", 42)
+    trial.report(0.25, 3)
+    with refused_writes(wb_db, "trial_values"):
+        try:
+            ok = storage.set_trial_state_values(tid, TrialState.COMPLETE, [0.75])
+        except optuna.exceptions.StorageInternalError:
+            ok = False  # PostgreSQL: raised; SQLite: Optuna's False for its IntegrityError
+    assert not ok
+    stored = RDBStorage(wb_db).get_trial(tid)
+    assert stored.state == TrialState.RUNNING and stored.user_attrs == {}
+    assert storage.set_trial_state_values(tid, TrialState.COMPLETE, [0.75])
+    done = RDBStorage(wb_db).get_trial(tid)
+    assert done.state == TrialState.COMPLETE and done.value == 0.75
+    assert done.user_attrs == {"model_seed": 42} and done.intermediate_values == {3: 0.25}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_write_behind_a_held_write_never_lands_in_a_finished_trial(wb_db: str) -> None:
+    """A sweeper failed the trial while it ran here: the next beat writes none of its held
+    writes into the FAIL trial (they are dropped), and its tell is refused."""
+    storage = oc.WriteBehindRDBStorage(wb_db, heartbeat_interval=1)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    tid = oc.trial_id(trial)
+    trial.set_user_attr("late", 1)
+    trial.report(0.1, 1)
+    RDBStorage(wb_db).set_trial_state_values(tid, TrialState.FAIL)  # the sweeper
+    _due(storage, tid)
+    oc.record_heartbeat(study, trial)
+    failed = RDBStorage(wb_db).get_trial(tid)
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs == {} and failed.intermediate_values == {}
+    assert tid not in storage._wb_running
+    with pytest.raises(ValueError, match="Cannot tell a FAIL trial") as refused:
+        study.tell(trial, 1.0)
+    assert finished_elsewhere(refused.value)  # the trial loop's one line, then it carries on
+    assert RDBStorage(wb_db).get_trial(tid).user_attrs == {}

@@ -32,12 +32,19 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # --- helpers ------------------------------------------------------------------------------------
 
 
+def _probe_args(url: str) -> dict:
+    """The probe's connections name themselves (a test cutting the workers' sessions spares
+    them)."""
+    return {"application_name": "probe"} if url.startswith("postgresql") else {}
+
+
 class Probe:
     """Reads a study's trials straight from the database (survives a server restart)."""
 
     def __init__(self, url: str, study: str) -> None:
         self.storage = optuna.storages.RDBStorage(
-            url, skip_table_creation=True, engine_kwargs={"pool_pre_ping": True})
+            url, skip_table_creation=True, engine_kwargs={
+                "pool_pre_ping": True, "connect_args": _probe_args(url)})
         self.study = study
 
     def trials(self) -> list[FrozenTrial]:
@@ -300,6 +307,73 @@ def test_sigterm_fails_the_running_trial(tiny_spec, pg_url, tmp_path):
         assert probe.storage.get_trial(running._trial_id).state == TrialState.FAIL
         states = probe.states()
         assert states["RUNNING"] == 0 and states["WAITING"] == 0, states
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        probe.close()
+
+
+@pytest.mark.postgres
+def test_a_role_that_may_not_write_values_is_exit_1_after_one_attempt(tiny_spec, pg_url,
+                                                                     tmp_path):
+    """A worker whose role may not INSERT or UPDATE ``trial_values``: its first trial's final
+    write is refused (42501). One attempt, one line, exit 1, at most one trial created, and
+    none left RUNNING (the trial is failed; the role may still update ``trials``). Not retried
+    however long ``$HPO_DB_WAIT`` is."""
+    from tests.test_retry import role_without
+
+    spec = tiny_spec(name="denied", n_trials=3)
+    init(spec, pg_url)
+    probe = Probe(pg_url, "denied")
+    try:
+        with role_without(pg_url, "INSERT, UPDATE ON trial_values") as url:
+            r = hpo(*worker_args(url, "denied"), env={"HPO_DB_WAIT": "300"}, timeout=240)
+        assert r.returncode == 1, r.stderr
+        (line,) = r.stderr.strip().splitlines()
+        assert line == ("hpo worker: error: the database refused a write (InsufficientPrivilege: "
+                        "permission denied for table trial_values)"), r.stderr
+        states = probe.states()
+        assert sum(states.values()) <= 1 and states["RUNNING"] == 0, states
+    finally:
+        probe.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_sessions_cut_by_the_server_mid_run_are_retried(tiny_spec, pg_url, tmp_path):
+    """The server ends every session of the worker (``pg_terminate_backend``, 57P01: what a
+    failover or an idle-session killer does) while a trial runs, three times: each is retried
+    (a connection-level failure), and the study ends with exactly its budget, exit 0."""
+    import psycopg
+
+    n_trials = 6
+    spec = tiny_spec(name="cut", n_trials=n_trials, epochs=1500)
+    init(spec, pg_url)
+    probe = Probe(pg_url, "cut")
+    log = tmp_path / "worker.log"
+    proc = spawn(log, *worker_args(pg_url, "cut", "--heartbeat-interval", "1",
+                                   "--grace-period", "10"))
+    plain = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    cuts = 0
+    try:
+        with psycopg.connect(plain, autocommit=True) as con:
+            for number in range(3):
+                wait_for(lambda n=number: any(t.number >= n for t in probe.running())
+                         or proc.poll() is not None, 120, f"trial {number} to run")
+                if proc.poll() is not None:
+                    break
+                pids = [r[0] for r in con.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND application_name NOT LIKE 'probe%'")]
+                for pid in pids:
+                    con.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                cuts += bool(pids)
+        proc.wait(timeout=240)
+        out = log.read_text()
+        assert proc.returncode == 0, out
+        assert cuts >= 1, "no session was cut: the run finished first"
+        assert "Traceback" not in out, out
+        assert_exact(probe, n_trials)
     finally:
         if proc.poll() is None:
             proc.kill()

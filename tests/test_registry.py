@@ -128,7 +128,7 @@ def test_gp_without_torch_says_what_to_install(monkeypatch: pytest.MonkeyPatch) 
     assert "gp" not in available_samplers()
     with pytest.raises(ValueError) as info:
         make_sampler("gp")
-    assert str(info.value) == "sampler 'gp' needs torch: pip install 'hpo[gp]'"
+    assert str(info.value) == "sampler 'gp' needs torch: pip install 'hpo-book[gp]'"
 
 
 def test_gp_and_cmaes_build_when_their_dependency_is_there(

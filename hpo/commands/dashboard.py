@@ -1,26 +1,60 @@
-"""``hpo dashboard``: optuna-dashboard on the storage, read-only unless told otherwise."""
+"""``hpo dashboard``: optuna-dashboard on the storage, on waitress, read-only unless told
+otherwise; beyond loopback only with credentials (or ``--no-auth``)."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
-from hpo.dashboard import make_app, make_server_for
-from hpo.errors import UsageError
-from hpo.storage import mask_url, resolve_url
+from hpo.errors import Terminated, UsageError
 
 
 def dashboard(args: argparse.Namespace) -> int:
-    app = make_app(args.storage, allow_writes=args.allow_writes, artifact_dir=args.artifact_dir)
+    stop: list[int] = []
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stop.append(signum)
+        # waitress's run() returns on KeyboardInterrupt (Terminated is one); outside it, the
+        # exception ends the command: 143 / 130 with one line (errors.run_command)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    # first, before the slow imports (optuna, SQLAlchemy): a SIGTERM at any moment is 143
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    from hpo.dashboard import (
+        PASSWORD_ENV,
+        PASSWORD_FILE_ENV,
+        USER_ENV,
+        credentials_from_env,
+        is_loopback,
+        listen_urls,
+        make_app,
+        make_server_for,
+    )
+    from hpo.storage import mask_url, resolve_url
+
+    credentials = credentials_from_env()
+    if credentials is None and not args.no_auth and not is_loopback(args.host):
+        raise UsageError(f"--host {args.host} is beyond loopback: set {USER_ENV} and "
+                         f"{PASSWORD_ENV} (or {PASSWORD_FILE_ENV}) for HTTP basic auth, or "
+                         "pass --no-auth to serve it to anyone who can reach it")
+    app = make_app(args.storage, allow_writes=args.allow_writes, artifact_dir=args.artifact_dir,
+                   credentials=credentials)
     try:
-        server = make_server_for(app, args.host, args.port)
+        server = make_server_for(app, args.host, args.port)  # bound here: the real port is known
     except OSError as e:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+        raise UsageError(f"--host {args.host} --port {args.port}: cannot listen there "
+                         f"({e.strerror or e})") from None
     mode = "read-write" if args.allow_writes else "read-only"
-    print(f"optuna-dashboard ({mode}) for {mask_url(resolve_url(args.storage))} at "
-          f"http://{args.host}:{args.port}/  (Ctrl-C stops)", file=sys.stderr, flush=True)
+    auth = f"basic auth as {credentials.user}" if credentials else "no auth"
+    print(f"optuna-dashboard ({mode}, {auth}) for {mask_url(resolve_url(args.storage))} at "
+          f"{', '.join(listen_urls(server))}  (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
-        server.serve_forever()
+        server.run()
     finally:
-        server.server_close()
+        server.close()
+    if stop:
+        raise Terminated() if stop[0] == signal.SIGTERM else KeyboardInterrupt()
     return 0
