@@ -209,7 +209,12 @@ def trial_text(fields: dict[str, Any]) -> str:
 
 
 def log_trial(study: Any, trial: Any) -> None:
-    """An Optuna callback: one ``hpo.trial`` record for the finished ``trial``."""
+    """An Optuna callback: one ``hpo.trial`` record for the finished ``trial`` (none for a
+    surplus trial: it ran nothing, and the budget counts it nowhere)."""
+    from hpo.trials import SURPLUS_ATTR
+
+    if trial.state.name == "FAIL" and trial.system_attrs.get(SURPLUS_ATTR):
+        return
     trial_logger.info("trial %s %s", trial.number, trial.state.name,
                       extra={"trial": trial_fields(study.study_name, trial)})
 
