@@ -290,10 +290,38 @@ def make_server_for(app: Callable, host: str, port: int) -> Any:
     """A waitress server for ``app`` on ``host:port``, already listening (``port`` 0: a free
     one; OSError if it cannot listen). ``server.run()`` serves until a signal;
     :func:`listen_urls` says where it listens."""
+    import logging
+
     from waitress.server import create_server
 
+    # "Task queue depth is N" on stderr whenever a few requests wait for a thread: normal for a
+    # dashboard that polls, not worth a line each
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     return create_server(app, host=host, port=port, threads=THREADS, ident="hpo",
                          clear_untrusted_proxy_headers=True)
+
+
+def run_in_thread(server: Any) -> Callable[[], None]:
+    """Serve ``server`` from a daemon thread (tests, benchmarks); returns the function that
+    stops it (closing its sockets under the running loop ends the loop with EBADF: expected)."""
+    import threading
+
+    closed = threading.Event()
+
+    def run() -> None:
+        try:
+            server.run()
+        except (OSError, ValueError):
+            if not closed.is_set():
+                raise
+
+    threading.Thread(target=run, daemon=True).start()
+
+    def stop() -> None:
+        closed.set()
+        server.close()
+
+    return stop
 
 
 def listen_urls(server: Any) -> list[str]:

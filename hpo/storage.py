@@ -43,9 +43,8 @@ if TYPE_CHECKING:
     from hpo.spec import Spec
 
 DEFAULT_URL = "sqlite:///hpo.db"
-#: The spec's JSON: a study *system* attribute (kB in a user attribute made ``optuna studies``
-#: unreadable; older studies have it there: :func:`stored_spec` reads both); the user attribute
-#: holds its :func:`spec_key`.
+#: The spec's JSON: a study *system* attribute (kB in a user one made ``optuna studies`` unreadable;
+#: older studies have it there: :func:`stored_spec` reads both); the user one holds its key.
 SPEC_ATTR = "hpo:spec"
 SPEC_KEY_ATTR = "hpo:spec_sha256"
 METRIC_NAME = "val_acc"
@@ -63,9 +62,10 @@ LOCK_KEY = 0x68706F5F6C6F636B
 
 
 def resolve_url(url: str | None) -> str:
-    """``--storage URL``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db`` in the current
-    directory."""
-    return url or os.environ.get("HPO_STORAGE") or DEFAULT_URL
+    """``--storage URL``, else ``$HPO_STORAGE``, else ``$OPTUNA_STORAGE`` (what Optuna's own
+    CLI reads), else ``sqlite:///hpo.db`` in the current directory."""
+    return (url or os.environ.get("HPO_STORAGE") or os.environ.get("OPTUNA_STORAGE")
+            or DEFAULT_URL)
 
 
 def mask_url(url: str) -> str:
@@ -333,12 +333,16 @@ def create_or_load_study(
                 f"study {name!r} exists with a different spec: pick another --study name, or "
                 f"resume it with `hpo worker --study {name}`"
             )
-        if stored.get("budget") != wanted["budget"]:
+        if any(stored.get(k) != wanted.get(k) for k in _NOT_THE_SEARCH):
             store_spec(storage, sid, wanted)
         return study
 
     return with_retries(attempt, who="hpo", what=f"the study {name!r}", races=True,
                         still_missing=lambda e: isinstance(e, _NotYet), missing_wait=wait)
+
+
+#: Spec tables a resumed study may change: its budget, where its trials are also logged.
+_NOT_THE_SEARCH = ("budget", "tracking")
 
 
 def spec_key(spec: dict[str, Any]) -> str:
@@ -349,17 +353,14 @@ def spec_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
-def store_spec(storage: optuna.storages.BaseStorage, study_id: int,
-               spec: dict[str, Any]) -> None:
-    """Record ``spec`` in a study: the JSON as system attribute :data:`SPEC_ATTR`, its
-    :func:`spec_key` as user attribute :data:`SPEC_KEY_ATTR` (what ``optuna studies`` shows)."""
+def store_spec(storage: optuna.storages.BaseStorage, study_id: int, spec: dict[str, Any]) -> None:
+    """The JSON as system attribute :data:`SPEC_ATTR`, its key as :data:`SPEC_KEY_ATTR`."""
     storage.set_study_system_attr(study_id, SPEC_ATTR, spec)
     storage.set_study_user_attr(study_id, SPEC_KEY_ATTR, spec_key(spec))
 
 
 def stored_spec(system_attrs: dict[str, Any], user_attrs: dict[str, Any]) -> dict[str, Any] | None:
-    """The spec in a study's attributes (a ``FrozenStudy``'s, or :func:`spec_of`): the system
-    attribute, else the user attribute of a study made before; None: not made by hpo."""
+    """The spec in a study's attributes (system, else a former study's user); None: not hpo's."""
     spec = system_attrs.get(SPEC_ATTR, user_attrs.get(SPEC_ATTR))
     return spec if isinstance(spec, dict) else None
 
@@ -369,14 +370,13 @@ def spec_of(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, An
                        storage.get_study_user_attrs(study_id))
 
 
-def study_spec(study: optuna.Study) -> dict[str, Any] | None:
-    """:func:`stored_spec` of a loaded study."""
+def study_spec(study: optuna.Study) -> dict[str, Any] | None:  # stored_spec of a loaded study
     from hpo import optuna_compat as oc
     return spec_of(oc.storage_of(study), oc.study_id(study))
 
 
 def _without_budget(spec: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in spec.items() if k != "budget"}
+    return {k: v for k, v in spec.items() if k not in _NOT_THE_SEARCH}
 
 
 def load_study_spec(storage: optuna.storages.BaseStorage, study_name: str,

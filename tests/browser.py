@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,7 +74,9 @@ PROBE_JS = b"""
         function (b) { return b.getClientRects().length > 0; }).map(function (b) {
       return b.getAttribute("aria-label") || b.textContent || "(icon)"; });
     var pre = document.getElementById("hpo-probe");
+    // hidden: its one long line of JSON would otherwise widen the page it measures
     if (!pre) { pre = document.createElement("pre"); pre.id = "hpo-probe";
+                pre.style.display = "none";
                 document.body.appendChild(pre); }
     pre.textContent = JSON.stringify(out);
   }
@@ -110,16 +111,15 @@ def dashboard(storage_url: str, allow_writes: bool = False) -> Iterator[str]:
     """Serve ``hpo dashboard``'s app (read-only unless ``allow_writes``, with its page
     stylesheet) plus the probe on a free local port, on waitress as ``hpo dashboard`` does;
     yields the base URL."""
-    from hpo.dashboard import listen_urls, make_app, make_server_for
+    from hpo.dashboard import listen_urls, make_app, make_server_for, run_in_thread
 
     server = make_server_for(_probed(make_app(storage_url, allow_writes=allow_writes)),
                              "127.0.0.1", 0)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    stop = run_in_thread(server)
     try:
         yield listen_urls(server)[0].rstrip("/")
     finally:
-        server.close()
+        stop()
 
 
 def run_chromium(chromium: str, profile: Path, *args: str, timeout: float = 120) -> str:
@@ -137,7 +137,7 @@ def probe(chromium: str, profile: Path, url: str, width: int = 1400,
           height: int = 2400) -> dict[str, Any]:
     """What the probe measured on ``url`` (a window of ``width`` x ``height``)."""
     dom = dump_dom(chromium, profile, url, width, height)
-    m = re.search(r'<pre id="hpo-probe">(.*?)</pre>', dom, re.S)
+    m = re.search(r'<pre id="hpo-probe"[^>]*>(.*?)</pre>', dom, re.S)
     assert m, f"no probe output from {url}"
     return json.loads(html.unescape(m.group(1)))
 

@@ -275,6 +275,7 @@ def test_compose_proxy_profile_runs_locally(env_file, tiny_spec, pg_url, tmp_pat
     assert not states.get("RUNNING") and not states.get("WAITING"), states
 
 
+@pytest.mark.slow
 def test_compose_dashboard_runs_locally_behind_its_login(env_file, tiny_spec, tmp_path):
     """The dashboard service's command and environment as a local process (on SQLite, a free
     port): waitress, the login of .env asked for, /healthz (its healthcheck) open, read-only;

@@ -176,6 +176,7 @@ def test_beyond_loopback_with_credentials_asks_for_them(study_db, tmp_path):
         assert _stop(proc, signal.SIGTERM) == 143
 
 
+@pytest.mark.slow
 def test_no_auth_is_said_out_loud(study_db, tmp_path):
     log = tmp_path / "d.log"
     proc, _ = _start(log, "--storage", study_db, "--host", "0.0.0.0", "--port", "0",

@@ -126,6 +126,33 @@ def test_a_final_write_lost_to_a_locked_database_is_retried_with_its_held_writes
 
 
 @pytest.mark.slow
+def test_a_read_only_sqlite_file_is_exit_1_in_one_line(tiny_spec, tmp_path: Path) -> None:
+    """A study on an SQLite file the worker may read but not write (immutable, ``chattr +i``,
+    which binds root too; else opened read-only, ``mode=ro``): one attempt, one line, exit 1,
+    nothing written."""
+    db = tmp_path / "ro.db"
+    url = f"sqlite:///{db}"
+    spec = tiny_spec(name="ro", n_trials=3)
+    r = hpo("init", str(spec), "--storage", url, timeout=120)
+    assert r.returncode == 0, r.stderr
+    immutable = shutil.which("chattr") is not None and subprocess.run(
+        ["chattr", "+i", str(db)], capture_output=True).returncode == 0
+    try:
+        worker_url = url if immutable else f"sqlite:///file:{db}?mode=ro&uri=true"
+        r = hpo("worker", "--study", "ro", "--storage", worker_url,
+                env={"HPO_DB_WAIT": "300"}, timeout=240)
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(db)], check=True)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "hpo worker: error: the database refused a write (OperationalError: attempt to write a "
+        "readonly database)"], r.stderr
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT count(*) FROM trials").fetchone() == (0,)
+
+
+@pytest.mark.slow
 def test_reads_that_succeed_do_not_keep_a_write_outage_alive(tmp_path: Path, monkeypatch,
                                                              capsys) -> None:
     """Another process holds the SQLite file's write lock for good: every read of the trial

@@ -10,9 +10,9 @@ before writing anything.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
-import sys
 
 from hpo.commands.common import heartbeat_settings, output_dir
 from hpo.commands.worker import worker_job
@@ -28,6 +28,8 @@ from hpo.storage import get_storage, mask_url
 #: The comparison's own storage, inside --out.
 STORAGE_FILE = "compare.db"
 
+
+log = logging.getLogger("hpo.compare")
 
 def storage_url(args: argparse.Namespace) -> str:
     """``--storage``, else ``sqlite:///<out>/compare.db``."""
@@ -152,6 +154,6 @@ def compare(args: argparse.Namespace) -> int:
     paths = write_outputs(grid, args.out, command, notes)
     print(table(grid))
     for note in notes:
-        print(f"hpo compare: note: {note}", file=sys.stderr)
-    print(f"wrote {paths['plot']}, {paths['table']}, {paths['json']}", file=sys.stderr)
+        log.warning("hpo compare: note: %s", note)
+    log.info("wrote %s, %s, %s", paths["plot"], paths["table"], paths["json"])
     return 0
