@@ -163,14 +163,14 @@ def test_warnings_on_stderr_one_naming_for_small_gaps_and_worker_lines(tiny_spec
 
     w = hpo("worker", "--study", "edgy", "--storage", sqlite_url, "--n-trials", "5")
     assert w.returncode == 0, w.stderr
-    lines = [x for x in w.stdout.splitlines() if x.startswith("trial ")]
+    lines = [x for x in w.stderr.splitlines() if x.startswith("trial ")]  # log lines: stderr
     assert len(lines) == 2
     done = optuna.load_study(study_name="edgy", storage=sqlite_url).trials
     for line in lines:
         t = done[int(line.split()[1])]
-        assert line == (f"trial {t.number} COMPLETE val_acc={t.value:.3f} | "
-                        f"{listing.fmt_params(t.params)}")
-        for v in re.findall(r":([0-9.e+-]+)", line.split(" | ")[1]):  # never 0.0008288912837852258
+        assert line == (f"trial {t.number} COMPLETE val_acc={t.value:.3f} "
+                        + " ".join(f"{k}={listing.fmt_param(v)}" for k, v in t.params.items()))
+        for v in re.findall(r"=([0-9.e+-]+)", line.split(" ", 3)[3]):  # not 0.0008288912837852258
             assert float(v) == float(f"{float(v):.4g}") and len(v) <= 9, line
 
 
