@@ -44,8 +44,8 @@ def test_only_values_the_new_space_can_take_are_carried(tiny_spec, sqlite_url):
     narrow = tiny_spec("narrow", n_trials=4)
     text = narrow.read_text()
     narrow.write_text(text.replace("low = 1e-3\nhigh = 0.5", "low = 1e-3\nhigh = 2e-3"))
-    r = hpo("run", str(narrow), "--storage", sqlite_url, "--quiet", "--warm-start", "wide",
-            "--warm-start-top", "4")
+    r = hpo("run", str(narrow), "--storage", sqlite_url, "--warm-start", "wide",
+            "--warm-start-top", "4")  # not -q: the "as it was" lines are info
     assert r.returncode == 0, r.stderr
     wide = optuna.load_study(study_name="wide", storage=sqlite_url)
     new = optuna.load_study(study_name="narrow", storage=sqlite_url)

@@ -110,9 +110,11 @@ def run(args: argparse.Namespace) -> int:
              mask_url(url), spec.n_trials, spec.sampler, spec.pruner, args.workers)
     if configs is not None:
         carries = warm_start(study, spec, warm, configs)
-        if carries is not None:
-            for line in describe(warm, carries):
-                log.info("%s", line)
+        if carries is not None:  # a configuration not run as it was is a warning (-q shows it)
+            head, *lines = describe(warm, carries)
+            log.info("%s", head)
+            for c, line in zip(carries, lines, strict=True):
+                (log.warning if c.redrawn else log.info)("%s", line)
         else:
             log.info("warm start from %r skipped: study %r already holds trials", warm,
                      study_name)
