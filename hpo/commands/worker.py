@@ -13,7 +13,7 @@ from hpo.procs import WorkerJob, pin_blas_threads
 from hpo.retry import with_retries
 from hpo.signals import install_signal_handlers, watch_parent
 from hpo.storage import JOIN_WAIT, check_schema, get_storage, load_study_spec, resolve_url
-from hpo.trials import KEYED_SAMPLERS, build_sampler_and_pruner, work
+from hpo.trials import KEYED_SAMPLERS, SURPLUS_ATTR, build_sampler_and_pruner, work
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -56,6 +56,8 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
     timeout = timeout if timeout is not None else spec.timeout
 
     def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        if SURPLUS_ATTR in t.system_attrs:
+            return  # a surplus claim ran nothing and counts nowhere: one line per trial run
         value = "-" if t.value is None else f"{t.value:.3f}"
         print(f"trial {t.number} {t.state.name} val_acc={value} params={t.params}", flush=True)
 
