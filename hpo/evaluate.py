@@ -33,9 +33,11 @@ class AlreadyTested(RuntimeError):
     """The study's test split was already used; pass force=True to use it again."""
 
 
-def study_spec(study: optuna.Study) -> Spec:
-    """The spec an hpo study was made with."""
-    return from_dict(study.user_attrs[SPEC_ATTR], source=f"study {study.study_name!r}")
+def study_spec(study: optuna.Study, data_dir: str | None = None) -> Spec:
+    """The spec an hpo study was made with (reading the dataset's files from ``data_dir`` when
+    given: a path on this machine, see :func:`hpo.spec.Spec.with_data_dir`)."""
+    spec = from_dict(study.user_attrs[SPEC_ATTR], source=f"study {study.study_name!r}")
+    return spec.with_data_dir(data_dir)
 
 
 def choose_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
@@ -58,9 +60,10 @@ def choose_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
     return best[0]
 
 
-def evaluate_on_test(study: optuna.Study, trial: FrozenTrial, *, force: bool = False
-                     ) -> dict[str, Any]:
-    """Retrain ``trial`` and measure it on the test split once; store and return the result."""
+def evaluate_on_test(study: optuna.Study, trial: FrozenTrial, *, force: bool = False,
+                     data_dir: str | None = None) -> dict[str, Any]:
+    """Retrain ``trial`` and measure it on the test split once; store and return the result.
+    ``data_dir``: where this machine keeps the dataset's files (``--data-dir``)."""
     previous = study.user_attrs.get(TEST_ATTR)
     if previous and not force:
         raise AlreadyTested(
@@ -68,7 +71,7 @@ def evaluate_on_test(study: optuna.Study, trial: FrozenTrial, *, force: bool = F
             f"{previous['at']} (trial {previous['trial']}, test acc {previous['test_acc']:.4f}); "
             "use --force to evaluate again"
         )
-    spec = study_spec(study)
+    spec = study_spec(study, data_dir)
     d = spec.data
     data = search_data(spec)
     seed = trial.user_attrs.get("model_seed")
@@ -103,7 +106,8 @@ def confirm_seed(spec_seed: int, trial_number: int, j: int) -> int:
     return int(np.random.SeedSequence([spec_seed, trial_number, j, 0xC0F1]).generate_state(1)[0])
 
 
-def confirm(study: optuna.Study, *, top: int = 5, seeds: int = 5) -> dict[str, Any]:
+def confirm(study: optuna.Study, *, top: int = 5, seeds: int = 5,
+            data_dir: str | None = None) -> dict[str, Any]:
     """Retrain the ``top`` best configurations with ``seeds`` fresh initialisation seeds each, on
     the same train/validation split, and rank them by mean validation accuracy.
 
@@ -114,7 +118,7 @@ def confirm(study: optuna.Study, *, top: int = 5, seeds: int = 5) -> dict[str, A
     """
     if top < 1 or seeds < 2:
         raise ValueError(f"confirm needs --top >= 1 and --seeds >= 2, got {top} and {seeds}")
-    spec = study_spec(study)
+    spec = study_spec(study, data_dir)
     candidates = ranked(study.get_trials(deepcopy=False))[:top]
     if not candidates:
         raise ValueError(f"study {study.study_name!r} has no COMPLETE trial to confirm")

@@ -59,9 +59,10 @@ LOCK_KEY = 0x68706F5F6C6F636B
 
 
 def resolve_url(url: str | None) -> str:
-    """``--storage URL``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db`` in the current
-    directory."""
-    return url or os.environ.get("HPO_STORAGE") or DEFAULT_URL
+    """``--storage URL``, else ``$HPO_STORAGE``, else ``$OPTUNA_STORAGE`` (what Optuna's own
+    CLI reads), else ``sqlite:///hpo.db`` in the current directory."""
+    return (url or os.environ.get("HPO_STORAGE") or os.environ.get("OPTUNA_STORAGE")
+            or DEFAULT_URL)
 
 
 def mask_url(url: str) -> str:
@@ -328,7 +329,7 @@ def create_or_load_study(
                 f"study {name!r} exists with a different spec: pick another --study name, or "
                 f"resume it with `hpo worker --study {name}`"
             )
-        if stored.get("budget") != wanted["budget"]:
+        if any(stored.get(k) != wanted.get(k) for k in _NOT_THE_SEARCH):
             study.set_user_attr(SPEC_ATTR, wanted)
         return study
 
@@ -336,8 +337,12 @@ def create_or_load_study(
                         still_missing=lambda e: isinstance(e, _NotYet), missing_wait=wait)
 
 
+#: Spec tables a resumed study may change: its budget, where its trials are also logged.
+_NOT_THE_SEARCH = ("budget", "tracking")
+
+
 def _without_budget(spec: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in spec.items() if k != "budget"}
+    return {k: v for k, v in spec.items() if k not in _NOT_THE_SEARCH}
 
 
 def load_study_spec(storage: optuna.storages.BaseStorage, study_name: str,

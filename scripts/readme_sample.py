@@ -27,10 +27,41 @@ START, END = "<!-- sample -->", "<!-- /sample -->"
 
 
 def quick_start_output(cwd: str) -> subprocess.CompletedProcess:
-    """The quick start's run, in ``cwd`` (its ./hpo.db), as ``.venv/bin/hpo`` runs it."""
-    return subprocess.run([sys.executable, "-m", "hpo", *COMMAND.split()[1:-1],
-                           str(ROOT / COMMAND.split()[-1])], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "HPO_STORAGE": ""}, timeout=1800)
+    """The quick start's run, in ``cwd`` (its ./hpo.db), as ``.venv/bin/hpo`` runs it in a
+    terminal: stderr on a pseudo-terminal 100 columns wide (hpo draws its progress bar only on
+    a terminal); ``stderr`` is what the terminal showed."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    args = [sys.executable, "-m", "hpo", *COMMAND.split()[1:-1], str(ROOT / COMMAND.split()[-1])]
+    env = {**os.environ, "HPO_STORAGE": "", "OPTUNA_STORAGE": ""}
+    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=slave, text=True,
+                            env=env)
+    os.close(slave)
+    shown = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's last writer exited
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    out, _ = proc.communicate(timeout=1800)
+    reader.join(timeout=30)
+    os.close(master)
+    return subprocess.CompletedProcess(args, proc.returncode, out,
+                                       shown.decode(errors="replace"))
 
 
 def sample_block(run: subprocess.CompletedProcess) -> str:

@@ -14,8 +14,8 @@ def test_a_new_study_runs_the_earlier_studys_best_first(tiny_spec, sqlite_url):
     first = optuna.load_study(study_name="first", storage=sqlite_url)
     top3 = ranked(first.trials)[:3]
     spec = tiny_spec("second", n_trials=5)
-    r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet", "--warm-start", "first",
-            "--warm-start-top", "3")
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--warm-start", "first",
+            "--warm-start-top", "3")  # not -q: that would keep only warnings
     assert r.returncode == 0, r.stderr
     assert "warm start from 'first': its best 3 configuration(s)" in r.stderr
     second = optuna.load_study(study_name="second", storage=sqlite_url)
@@ -27,7 +27,7 @@ def test_a_new_study_runs_the_earlier_studys_best_first(tiny_spec, sqlite_url):
     record = second.user_attrs["hpo:warm_start"]
     assert record["study"] == "first" and record["trials"] == [t.number for t in top3]
     # resumed: nothing enqueued twice
-    r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet", "--warm-start", "first",
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--warm-start", "first",
             "--n-trials", "6")
     assert r.returncode == 0 and "skipped" in r.stderr, r.stderr
     second = optuna.load_study(study_name="second", storage=sqlite_url)

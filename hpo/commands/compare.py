@@ -10,9 +10,9 @@ before writing anything.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
-import sys
 
 from hpo.commands.common import heartbeat_settings, output_dir
 from hpo.commands.worker import worker_job
@@ -27,6 +27,8 @@ from hpo.storage import get_storage, mask_url
 #: The comparison's own storage, inside --out.
 STORAGE_FILE = "compare.db"
 
+
+log = logging.getLogger("hpo.compare")
 
 def storage_url(args: argparse.Namespace) -> str:
     """``--storage``, else ``sqlite:///<out>/compare.db``."""
@@ -136,5 +138,5 @@ def compare(args: argparse.Namespace) -> int:
                + (" --resume" if args.resume else ""))
     paths = write_outputs(grid, args.out, command)
     print(table(grid))
-    print(f"wrote {paths['plot']}, {paths['table']}, {paths['json']}", file=sys.stderr)
+    log.info("wrote %s, %s, %s", paths["plot"], paths["table"], paths["json"])
     return 0
