@@ -144,6 +144,42 @@ def test_worker_joins_with_stored_spec(tiny_spec, sqlite_url):
     assert _budget(sqlite_url, "tiny") == 4
 
 
+def test_a_worker_prints_no_line_for_a_surplus_claim(tiny_spec, sqlite_url):
+    """A surplus claim (two workers took the last slot at once) ran nothing and counts nowhere:
+    `hpo worker` logs one line per trial it ran and none for it (docs/compose.md, `logs -f
+    worker`; tests/test_containers.py counts the lines). Here: 1 COMPLETE, another worker's
+    trial RUNNING and a retry WAITING, budget 2: the worker pops the retry, whose claim fails;
+    once the test finishes the RUNNING trial the study holds its budget and the worker leaves."""
+    spec = tiny_spec(n_trials=2)
+    r = hpo("init", str(spec), "--storage", sqlite_url)
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    done = study.ask()
+    study.tell(done, 0.5)
+    running = study.ask()  # another worker's, young: left alone
+    study.enqueue_trial({"lr": 0.01, "weight_decay": 1e-6})  # trial 2, WAITING
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "worker", "--study", "tiny",
+                             "--storage", sqlite_url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _states(sqlite_url, "tiny").get("FAIL", 0) < 1:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        study.tell(running, 0.7)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    surplus = study.trials[2]
+    assert surplus.state.name == "FAIL" and surplus.system_attrs.get("hpo:surplus") is True
+    assert out == "" and not [x for x in err.splitlines() if x.startswith("trial ")], err
+    assert "ran 0 trial(s); study holds 2 finished of its budget 2 (budget)" in err, err
+
+
 def test_run_on_a_study_that_holds_its_budget_says_nothing_to_run(tiny_spec, sqlite_url):
     spec = tiny_spec(n_trials=4)
     _run(spec, sqlite_url)
