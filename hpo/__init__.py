@@ -1,3 +1,9 @@
 """hpo: hyperparameter optimization on Optuna, after chapter 6 of "Deep Learning from Scratch"."""
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":  # from the installed package's metadata, as `hpo --version`
+        from hpo.logs import version
+
+        return version()
+    raise AttributeError(f"module 'hpo' has no attribute {name!r}")

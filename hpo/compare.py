@@ -458,7 +458,7 @@ def code_commit() -> str:
     return head + (" + local changes" if dirty else "")
 
 
-def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
+def write_outputs(grid: Grid, out: str, command: str, notes: tuple = ()) -> dict[str, str]:
     os.makedirs(out, exist_ok=True)
     paths = {"plot": os.path.join(out, "best_so_far.png"),
              "table": os.path.join(out, "summary.md"),
@@ -485,8 +485,8 @@ def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
         + "Test acc: the chosen trial retrained with its own seed and evaluated once on the "
         "test split.",
         "",
-        table(grid),
-        "",
+        table(grid), "",
+        *[f"**Note:** {n}\n" for n in notes],
         "![best so far](best_so_far.png)",
         "",
     ]
@@ -496,5 +496,5 @@ def write_outputs(grid: Grid, out: str, command: str) -> dict[str, str]:
     with open(paths["json"], "w") as fh:
         json.dump(clean_floats({"spec": grid.title, "n_trials": grid.n_trials,
                                 "seeds": grid.seeds, "target": grid.target,
-                                "workers": grid.workers, "runs": raw}), fh)
+                                "workers": grid.workers, "runs": raw, "notes": list(notes)}), fh)
     return paths

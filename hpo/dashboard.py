@@ -2,8 +2,12 @@
 
 **Publishing** (``hpo report``): the report's plotly figures (study system attributes
 ``dashboard:plot_data:<id>:<i>``), the Best-N note (``dashboard:note_ver`` /
-``dashboard:note_str:<i>``) and, with an artifact store, each top trial's learning curve as an
-artifact of its trial.
+``dashboard:note_str:<i>``); the report's PNG figures as Optuna artifacts of the study
+(``optuna.artifacts.upload_artifact`` into a ``FileSystemArtifactStore``: by default the folder
+``<db>-artifacts`` beside an SQLite file, :func:`default_artifact_dir`), listed by
+``optuna.artifacts.get_all_artifact_meta(study)``; with ``--artifact-dir``, each top trial's
+learning curve too, as an artifact of the study that optuna-dashboard also lists on its trial's
+page.
 
 **Serving** (``hpo dashboard``): optuna-dashboard's ``wsgi()`` app on waitress (a production
 WSGI server, pure Python). optuna-dashboard has no authentication, and its API creates,
@@ -356,22 +360,48 @@ def _has_artifact(study_attrs: dict[str, Any], trial: FrozenTrial, filename: str
     return False
 
 
+def default_artifact_dir(url: str) -> str | None:
+    """Where a study's artifacts go by default: ``<dir>/<name>-artifacts`` beside an SQLite
+    file (``sqlite:///out/hpo.db`` -> ``out/hpo-artifacts``); None for other storages (give
+    ``--artifact-dir``)."""
+    if not url.startswith("sqlite:///") or "?" in url:
+        return None
+    path = Path(url.removeprefix("sqlite:///"))
+    if not path.name or path.name == ":memory:":
+        return None
+    return str(path.with_name(f"{path.stem}-artifacts"))
+
+
+def upload_study_artifact(study: optuna.Study, path: Path, artifact_dir: str) -> str | None:
+    """Upload ``path`` as an Optuna artifact of ``study`` into the FileSystemArtifactStore at
+    ``artifact_dir`` (``optuna.artifacts.upload_artifact``); None, and nothing written, when
+    the study already lists a readable artifact of that file name in that store."""
+    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(artifact_dir)
+    for meta in get_all_artifact_meta(study):
+        if meta.filename == path.name:
+            try:
+                store.open_reader(meta.artifact_id).close()
+                return None
+            except ArtifactNotFound:
+                continue
+    return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+
+
 def upload_trial_artifact(
     study: optuna.Study, trial: FrozenTrial, path: Path, artifact_dir: str
 ) -> str:
-    """Store ``path`` in the FileSystemArtifactStore at ``artifact_dir`` and list it as an
-    artifact of the (finished) ``trial`` in optuna-dashboard. Returns the artifact id."""
-    import mimetypes
-    import uuid
+    """Upload ``path`` as an Optuna artifact of the study (a finished trial's attributes are
+    frozen) and list the same artifact on the (finished) ``trial``'s page in optuna-dashboard.
+    Returns the artifact id."""
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-    from optuna.artifacts import FileSystemArtifactStore
-
-    artifact_id = str(uuid.uuid4())
-    with open(path, "rb") as f:
-        FileSystemArtifactStore(artifact_dir).write(artifact_id, f)
-    mimetype, encoding = mimetypes.guess_type(path.name)
-    meta = {"artifact_id": artifact_id, "filename": path.name,
-            "mimetype": mimetype or "application/octet-stream", "encoding": encoding}
+    store = FileSystemArtifactStore(artifact_dir)
+    artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+    meta = json.loads(oc.study_system_attrs(study)[f"artifacts:{artifact_id}"])
     oc.set_study_system_attr(study, f"{DASHBOARD_ARTIFACTS}{oc.trial_id(trial)}:{artifact_id}",
                              json.dumps(meta))
     return artifact_id

@@ -20,10 +20,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import hpo.data as hpo_data
-from hpo.listing import CONFIRM_ATTR, TEST_ATTR, ranked
+from hpo.listing import CONFIRM_ATTR, TEST_ATTR, n_finished, ranked, state_names
 from hpo.objective import fit, make_config, search_data
 from hpo.spec import Spec, from_dict
-from hpo.storage import SPEC_ATTR
+from hpo.storage import study_spec as stored_study_spec
 
 __all__ = ["CONFIRM_ATTR", "TEST_ATTR", "AlreadyTested", "choose_trial", "confirm",
            "confirm_seed", "evaluate_on_test", "study_spec"]
@@ -33,9 +33,11 @@ class AlreadyTested(RuntimeError):
     """The study's test split was already used; pass force=True to use it again."""
 
 
-def study_spec(study: optuna.Study) -> Spec:
-    """The spec an hpo study was made with."""
-    return from_dict(study.user_attrs[SPEC_ATTR], source=f"study {study.study_name!r}")
+def study_spec(study: optuna.Study, data_dir: str | None = None) -> Spec:
+    """The spec an hpo study was made with (reading the dataset's files from ``data_dir`` when
+    given: a path on this machine, see :func:`hpo.spec.Spec.with_data_dir`)."""
+    spec = from_dict(stored_study_spec(study) or {}, source=f"study {study.study_name!r}")
+    return spec.with_data_dir(data_dir)
 
 
 def choose_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
@@ -58,9 +60,10 @@ def choose_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
     return best[0]
 
 
-def evaluate_on_test(study: optuna.Study, trial: FrozenTrial, *, force: bool = False
-                     ) -> dict[str, Any]:
-    """Retrain ``trial`` and measure it on the test split once; store and return the result."""
+def evaluate_on_test(study: optuna.Study, trial: FrozenTrial, *, force: bool = False,
+                     data_dir: str | None = None) -> dict[str, Any]:
+    """Retrain ``trial`` and measure it on the test split once; store and return the result.
+    ``data_dir``: where this machine keeps the dataset's files (``--data-dir``)."""
     previous = study.user_attrs.get(TEST_ATTR)
     if previous and not force:
         raise AlreadyTested(
@@ -68,7 +71,8 @@ def evaluate_on_test(study: optuna.Study, trial: FrozenTrial, *, force: bool = F
             f"{previous['at']} (trial {previous['trial']}, test acc {previous['test_acc']:.4f}); "
             "use --force to evaluate again"
         )
-    spec = study_spec(study)
+    spec = study_spec(study, data_dir)
+    finished = n_finished(state_names(study.get_trials(deepcopy=False)))
     d = spec.data
     data = search_data(spec)
     seed = trial.user_attrs.get("model_seed")
@@ -89,6 +93,8 @@ def evaluate_on_test(study: optuna.Study, trial: FrozenTrial, *, force: bool = F
         "test_acc": test_acc,
         "n_test": int(len(test.t_test)),
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # what the study held when this was made: listings mark the result STALE after more
+        "n_finished": finished,
         "runs": int(previous.get("runs", 1)) + 1 if previous else 1,
     }
     study.set_user_attr(TEST_ATTR, record)
@@ -103,7 +109,8 @@ def confirm_seed(spec_seed: int, trial_number: int, j: int) -> int:
     return int(np.random.SeedSequence([spec_seed, trial_number, j, 0xC0F1]).generate_state(1)[0])
 
 
-def confirm(study: optuna.Study, *, top: int = 5, seeds: int = 5) -> dict[str, Any]:
+def confirm(study: optuna.Study, *, top: int = 5, seeds: int = 5,
+            data_dir: str | None = None) -> dict[str, Any]:
     """Retrain the ``top`` best configurations with ``seeds`` fresh initialisation seeds each, on
     the same train/validation split, and rank them by mean validation accuracy.
 
@@ -114,8 +121,9 @@ def confirm(study: optuna.Study, *, top: int = 5, seeds: int = 5) -> dict[str, A
     """
     if top < 1 or seeds < 2:
         raise ValueError(f"confirm needs --top >= 1 and --seeds >= 2, got {top} and {seeds}")
-    spec = study_spec(study)
-    candidates = ranked(study.get_trials(deepcopy=False))[:top]
+    spec = study_spec(study, data_dir)
+    trials = study.get_trials(deepcopy=False)
+    candidates = ranked(trials)[:top]
     if not candidates:
         raise ValueError(f"study {study.study_name!r} has no COMPLETE trial to confirm")
     data = search_data(spec)
@@ -145,6 +153,7 @@ def confirm(study: optuna.Study, *, top: int = 5, seeds: int = 5) -> dict[str, A
         "noise_floor_std": float(np.median([r["std"] for r in rows])),
         "n_val": int(len(data.t_val)),
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "n_finished": n_finished(state_names(trials)),
     }
     study.set_user_attr(CONFIRM_ATTR, record)
     return record

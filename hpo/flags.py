@@ -19,13 +19,32 @@ from hpo import catalog
 _OURS = re.compile(r"argument (?P<flag>[^:]+): (?P<what>(must be|may hold) .*)$", re.S)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` shows each flag's default, unless its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default == argparse.SUPPRESS
+                or "default" in text or not action.option_strings
+                or isinstance(action, (argparse._CountAction, argparse._VersionAction))):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, with a refused flag value on one line, and its own errors' usage on one."""
+    """argparse, with a refused flag value on one line, and its own errors' usage on one;
+    ``--help`` shows the defaults (:class:`HelpFormatter`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         m = _OURS.match(message)
         if m:
-            flag = m["flag"].split("/")[-1]
+            names = m["flag"].split("/")  # "-q/--quiet", "--study/--study-name": the first long
+            flag = next((n for n in names if n.startswith("--")), names[-1])
             self.exit(2, f"{self.prog}: error: {flag} {m['what']}\n")
         usage = " ".join(self.format_usage().split())
         self.exit(2, f"{usage}\n{self.prog}: error: {message}\n")

@@ -7,12 +7,11 @@ is the book's line (section 6.5.3); hpo prints params as a person reads them (``
 because "is Best-8, with a small gap and train accuracy below 100%, the one to pick?" is the
 question the book leaves the reader with. :func:`summary` gathers everything said about
 a study (rows, small-gap rows, edge warnings, the confirmation and the test result) once;
-:class:`Summary` renders it as text, JSON, Markdown or HTML.
+:class:`Summary` renders it as text, JSON or Markdown (report.html's HTML: :mod:`hpo.page`).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.samplers.edges import edge_warnings as _edge_warnings
-from hpo.storage import SPEC_ATTR
+from hpo.storage import study_spec
 
 BOOK_NAMES = {"weight_decay": "weight decay"}
 #: How many Best-N lines ``hpo run``, ``hpo best`` and ``hpo report`` list by default: the
@@ -33,7 +32,11 @@ TOP = 20
 #: Significant digits of a float param in text (``lr:0.009213``) and of every float in JSON.
 TEXT_DIGITS = 4
 JSON_DIGITS = 12
-#: How many trials the "Best with gap < G" section of best.md and the page lists.
+#: Chance level of every hpo dataset (ten digit classes), and the final train accuracy below
+#: which a trial "learned nothing" and never counts as a small-gap trial (twice chance).
+CHANCE = 0.1
+LEARNED_MIN = 2 * CHANCE
+#: How many trials the "Best with train-val gap < G" section of best.md and the page lists.
 GAP_LIST = 5
 #: A param within this fraction of its range's width (log10 space for log params) of an edge.
 EDGE_FRACTION = 0.1
@@ -54,6 +57,12 @@ def fmt_param(value: Any) -> str:
     if isinstance(value, float):
         return repr(round_sig(value, TEXT_DIGITS))
     return str(value)
+
+
+def fmt_params(params: Mapping[str, Any]) -> str:
+    """Params as every text line shows them (``hpo best``, ``hpo worker``, warm-start lines):
+    ``lr:0.0008289, weight decay:2.56e-08`` (:func:`fmt_param`, the book's names)."""
+    return ", ".join(f"{BOOK_NAMES.get(k, k)}:{fmt_param(v)}" for k, v in params.items())
 
 
 def clean_floats(obj: Any, digits: int = JSON_DIGITS) -> Any:
@@ -124,16 +133,22 @@ def best_rows(study: optuna.Study, top: int = TOP) -> list[Row]:
     return rows_from_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))[:top]
 
 
+def learned(row: Row) -> bool:
+    """False for a trial that learned nothing: its final train accuracy is below
+    :data:`LEARNED_MIN` (twice chance on every hpo dataset, all of ten classes). Such a trial's
+    small gap is chance minus chance, not a sign that it does not overfit."""
+    return row.train_acc is not None and not row.diverged and row.train_acc >= LEARNED_MIN
+
+
 def small_gap(row: Row, max_gap: float) -> bool:
-    """True when the trial's train-validation gap is below ``max_gap`` (diverged trials, whose
-    gap is chance minus chance, never count)."""
-    return row.gap is not None and not row.diverged and row.gap < max_gap
+    """True when the trial's train-validation gap is below ``max_gap`` and it learned something
+    (:func:`learned`: diverged trials and trials at chance level never count)."""
+    return row.gap is not None and learned(row) and row.gap < max_gap
 
 
 def format_row(row: Row) -> str:
     """One line in the book's format, then train accuracy and gap."""
-    params = ", ".join(f"{BOOK_NAMES.get(k, k)}:{fmt_param(v)}" for k, v in row.params.items())
-    line = f"Best-{row.rank}(val acc:{row.val_acc:.2f}) | {params}"
+    line = f"Best-{row.rank}(val acc:{row.val_acc:.2f}) | {fmt_params(row.params)}"
     if row.train_acc is not None:
         line += f" | train acc:{row.train_acc:.2f}, gap:{row.gap:+.2f}"
     if row.diverged:
@@ -147,11 +162,10 @@ def gap_mark(max_gap: float) -> str:
 
 
 def small_gap_rows(all_rows: Sequence[Row], max_gap: float, top: int) -> list[Row]:
-    """The best rows whose train-validation gap is below ``max_gap`` (the book's closing
-    question: a trial that does not overfit), ranked among themselves."""
-    picked = [r for r in all_rows if small_gap(r, max_gap)]
-    return [Row(i + 1, r.number, r.val_acc, r.train_acc, r.params, r.diverged)
-            for i, r in enumerate(picked[:top])]
+    """The best rows whose train-validation gap is below ``max_gap`` and that learned something
+    (the book's closing question: a trial that does not overfit). Each keeps its overall rank:
+    ``Best-4`` is the same trial in every listing."""
+    return [r for r in all_rows if small_gap(r, max_gap)][:top]
 
 
 # --- edge warnings ----------------------------------------------------------------------------
@@ -195,23 +209,57 @@ def edge_warnings(trials: Sequence[FrozenTrial], spec: Mapping[str, Any]) -> lis
 # --- what hpo confirm and hpo test stored -------------------------------------------------------
 
 
-def format_confirm(record: Mapping[str, Any]) -> str:
-    """The ``hpo confirm`` result: each configuration's mean over fresh seeds, best first."""
-    lines = [f"Confirmed over {record['n_seeds']} fresh seeds each (mean ± standard error; "
-             f"noise floor: one configuration's val acc moves by ±{record['noise_floor_std']:.3f}"
-             f" (std) across seeds on {record['n_val']} validation images):"]
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def n_finished(counts: Mapping[str, int]) -> int:
+    """Finished trials (COMPLETE and PRUNED) of :func:`state_names` counts."""
+    return sum(counts.get(s, 0) for s in FINISHED)
+
+
+def made_at(record: Mapping[str, Any]) -> str:
+    """When a stored result was made: its date and the number of finished trials the study held
+    then (``2026-12-07T07:00:00+00:00, at 30 finished trials``)."""
+    then = record.get("n_finished")
+    text = str(record.get("at", "?"))
+    return text + (f", at {then} finished trials" if then is not None else
+                   ", trial count not recorded")
+
+
+def stale_note(record: Mapping[str, Any], what: str, again: str,
+               finished_now: int | None) -> str | None:
+    """One line when ``record`` was made before the study's latest trials (the study has moved
+    on since): ``STALE: ...``; None when it is current or cannot be told."""
+    then = record.get("n_finished")
+    if finished_now is None or then is None or finished_now <= then:
+        return None
+    return (f"STALE: {what} was made at {then} finished trials; the study now holds "
+            f"{finished_now}: run `{again}` again to include the new trials")
+
+
+def format_confirm(record: Mapping[str, Any], finished_now: int | None = None) -> str:
+    """The ``hpo confirm`` result: each configuration's mean over fresh seeds, best first, with
+    when it was made; marked STALE when the study holds more finished trials now."""
+    lines = [f"Confirmed ({made_at(record)}) over {record['n_seeds']} fresh seeds each (mean ± "
+             f"standard error; noise floor: one configuration's val acc moves by "
+             f"±{record['noise_floor_std']:.3f} (std) across seeds on {record['n_val']} "
+             f"validation images):"]
+    stale = stale_note(record, "this confirmation", "hpo confirm", finished_now)
+    if stale:
+        lines.insert(0, stale)
     for i, r in enumerate(record["rows"], 1):
-        params = ", ".join(f"{BOOK_NAMES.get(k, k)}:{fmt_param(v)}"
-                           for k, v in r["params"].items())
-        lines.append(f"Confirmed-{i}(val acc:{r['mean']:.3f} ± {r['sem']:.3f}) | {params} | "
-                     f"search val acc:{r['search_val_acc']:.2f}  [trial {r['trial']}]")
+        lines.append(f"Confirmed-{i}(val acc:{r['mean']:.3f} ± {r['sem']:.3f}) | "
+                     f"{fmt_params(r['params'])} | search val acc:{r['search_val_acc']:.2f}  "
+                     f"[trial {r['trial']}]")
     return "\n".join(lines)
 
 
-def format_test(record: Mapping[str, Any]) -> str:
-    """The ``hpo test`` result in one line."""
-    return (f"Test (once, {record['at']}): trial {record['trial']} test acc "
+def format_test(record: Mapping[str, Any], finished_now: int | None = None) -> str:
+    """The ``hpo test`` result in one line (two when it is STALE)."""
+    line = (f"Test (once, {made_at(record)}): trial {record['trial']} test acc "
             f"{record['test_acc']:.4f} on {record['n_test']} images")
+    stale = stale_note(record, "this test result", "hpo test --force", finished_now)
+    return f"{stale}\n{line}" if stale else line
 
 
 # --- the summary --------------------------------------------------------------------------------
@@ -256,29 +304,35 @@ class Summary:
     @property
     def after(self) -> list[str]:
         """What ``hpo confirm`` (with the noise floor) and ``hpo test`` stored."""
-        lines = format_confirm(self.confirm).splitlines() if self.confirm else []
-        return lines + ([format_test(self.test)] if self.test else [])
+        now = n_finished(self.counts)
+        lines = format_confirm(self.confirm, now).splitlines() if self.confirm else []
+        return lines + (format_test(self.test, now).splitlines() if self.test else [])
 
     # ---------------------------------------------------------------- renderings
 
     def text(self) -> str:
         """``hpo best``: the Best-N lines, then (when present) the small-gap ranking, the
-        confirmation, the test result and edge warnings."""
+        confirmation and the test result. The edge warnings are not in it: commands print them
+        to stderr (:meth:`warning_lines`)."""
         if not self.rows:
             return f"study {self.study!r} has no COMPLETE trials yet"
         lines = list(self.listing)
         if self.max_gap is not None:
             picked = small_gap_rows(self.rows, self.max_gap, self.top)
             lines.append("")
-            lines.append(f"Best with train-val gap < {self.max_gap:g}:" if picked else
-                         f"no COMPLETE trial has a train-val gap < {self.max_gap:g}")
-            lines += [format_row(r).replace("Best-", "Gap-best-", 1) for r in picked]
+            lines.append(f"{self.gap_title()} (overall ranks):" if picked else
+                         self.no_gap_text())
+            lines += [format_row(r) for r in picked]
         if self.confirm:
-            lines += ["", format_confirm(self.confirm)]
+            lines += ["", format_confirm(self.confirm, n_finished(self.counts))]
         if self.test:
-            lines += ["", format_test(self.test)]
-        lines += [f"warning: {w}" for w in self.warnings]
+            lines += ["", format_test(self.test, n_finished(self.counts))]
         return "\n".join(lines)
+
+    def warning_lines(self, who: str) -> list[str]:
+        """The edge warnings as every command prints them, on stderr:
+        ``hpo best: warning: lr=0.385 sits at the upper edge ...``."""
+        return [f"{who}: warning: {w}" for w in self.warnings]
 
     def json(self) -> str:
         """``hpo best --json``."""
@@ -288,10 +342,12 @@ class Summary:
             out["max_gap"] = self.max_gap
             out["best_small_gap"] = [r.to_dict() for r in
                                      small_gap_rows(self.rows, self.max_gap, self.top)]
+        now = n_finished(self.counts)
         if self.confirm:
-            out["confirm"] = self.confirm
+            out["confirm"] = {**self.confirm, "stale": stale_note(self.confirm, "", "", now)
+                              is not None}
         if self.test:
-            out["test"] = self.test
+            out["test"] = {**self.test, "stale": stale_note(self.test, "", "", now) is not None}
         out["warnings"] = self.warnings
         return dumps(out, indent=2)
 
@@ -301,14 +357,16 @@ class Summary:
                 "accuracy and the train-validation gap.")
         if self.max_gap is not None:
             text += (f" Lines marked `<- gap < {self.max_gap:g}` have a gap below "
-                     f"{self.max_gap:g} (diverged trials never count).")
+                     f"{self.max_gap:g} (diverged trials and trials that learned nothing, "
+                     f"train acc below {LEARNED_MIN:.2f}, never count).")
         return text
 
     def gap_title(self) -> str:
-        return f"Best with gap < {self.max_gap:g}"
+        return f"Best with train-val gap < {self.max_gap:g}"
 
     def no_gap_text(self) -> str:
-        return f"No COMPLETE trial has a train-validation gap below {self.max_gap:g}."
+        return (f"No COMPLETE trial that learned something (train acc >= {LEARNED_MIN:.2f}) has "
+                f"a train-validation gap below {self.max_gap:g}.")
 
     def markdown(self) -> str:
         """The summary as Markdown (best.md, the optuna-dashboard note)."""
@@ -323,24 +381,6 @@ class Summary:
             parts.append("")
         if self.after:
             parts += ["## Confirmation and test", "", "```text", *self.after, "```", ""]
-        return "\n".join(parts)
-
-    def html(self) -> str:
-        """The summary as an HTML fragment."""
-        e = html.escape
-        parts = [f"<p>{e(self.header())}</p>"]
-        if self.warnings:
-            parts.append('<div class="warn"><b>Edge warning:</b><ul>'
-                         + "".join(f"<li>{e(w)}</li>" for w in self.warnings) + "</ul></div>")
-        parts.append("<pre>" + e("\n".join(self.listing or ["no COMPLETE trials yet"]))
-                     + "</pre>")
-        if self.max_gap is not None:
-            parts.append(f"<h3>{e(self.gap_title())}</h3>")
-            parts.append("<pre>" + e("\n".join(self.small_gap)) + "</pre>" if self.small_gap
-                         else f"<p>{e(self.no_gap_text())}</p>")
-        if self.after:
-            parts.append("<h3>Confirmation and test</h3>")
-            parts.append("<pre>" + e("\n".join(self.after)) + "</pre>")
         return "\n".join(parts)
 
 
@@ -367,7 +407,7 @@ def study_summary(study: optuna.Study, spec: Mapping[str, Any] | None = None,
     """:func:`summary` of a live study (one read of its trials); ``spec`` defaults to the one
     the study records."""
     attrs = study.user_attrs
-    spec = attrs.get(SPEC_ATTR, {}) if spec is None else spec
+    spec = (study_spec(study) or {}) if spec is None else spec
     return summary(study.get_trials(deepcopy=False), spec, study.study_name, top, max_gap, attrs)
 
 

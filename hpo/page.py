@@ -13,16 +13,41 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpo.listing import Summary
+from hpo.listing import (
+    BOOK_NAMES,
+    GAP_LIST,
+    LEARNED_MIN,
+    Row,
+    Summary,
+    fmt_param,
+    fmt_params,
+    made_at,
+    n_finished,
+    small_gap,
+    small_gap_rows,
+    stale_note,
+)
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222;
+       padding: 0 1em; }
+h1 { margin-bottom: 0.2em; }
+p.lead { font-size: 17px; margin-top: 0.3em; }
 pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 12px; }
-.warn { background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.4em 1em; }
+.warn { background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.3em 1em; margin: 0.5em 0; }
+.warn ul { margin: 0.2em 0; }
 p.caption { color: #555; font-size: 14px; }
+table { border-collapse: collapse; font-size: 14px; margin: 0.5em 0; }
+th, td { padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }
+th { background: #f6f8fa; }
+td:first-child, th:first-child { text-align: left; }
+tr.small-gap td { background: #eaf6ea; }
+details { margin: 0.8em 0; }
+summary { cursor: pointer; color: #0550ae; }
+b.stale { color: #b35900; }
 """
 
 
@@ -56,18 +81,131 @@ _MISSING_JS = """<script>if (typeof Plotly === "undefined") {
 }</script>"""
 
 
+def html_text(text: str) -> str:
+    """``text`` escaped for HTML, its Markdown code marks (```hpo confirm```) as ``<code>``."""
+    import re
+
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def summary_intro(s: Summary) -> str:
+    """The first screen of report.html: one paragraph on the study and its Best-1, and the
+    warnings (no listing: the figure comes next)."""
+    e = html.escape
+    if not s.rows:
+        return f"<p>{e(s.study)}: no COMPLETE trials yet ({s.n_trials} trials).</p>"
+    b = s.rows[0]
+    train = "" if b.train_acc is None else (
+        f", train accuracy {b.train_acc:.2f} (gap {b.gap:+.2f})")
+    parts = [f'<p class="lead">{s.n_complete} COMPLETE of {s.n_trials} trials. '
+             f"<b>Best-1</b>: validation accuracy <b>{b.val_acc:.2f}</b> (trial {b.number})"
+             f" at {e(fmt_params(b.params))}{e(train)}.</p>"]
+    if s.warnings:
+        parts.append('<div class="warn"><b>Edge warning:</b><ul>'
+                     + "".join(f"<li>{e(w)}</li>" for w in s.warnings) + "</ul></div>")
+    now = n_finished(s.counts)
+    for rec, what, again in ((s.confirm, "confirmation", "hpo confirm"),
+                             (s.test, "test result", "hpo test --force")):
+        stale = rec and stale_note(rec, f"the {what}", again, now)
+        if stale:
+            parts.append(f'<div class="warn">{html_text(stale)}</div>')
+    return "\n".join(parts)
+
+def rows_table(s: Summary, rows: Sequence[Row]) -> str:
+    e = html.escape
+    names = list(dict.fromkeys(k for r in rows for k in r.params))
+    head = (["", "val acc"] + [BOOK_NAMES.get(k, k) for k in names]
+            + ["train acc", "gap", "trial"])
+    out = ["<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head)
+           + "</tr></thead><tbody>"]
+    for r in rows:
+        small = s.max_gap is not None and small_gap(r, s.max_gap)
+        cells = [f"Best-{r.rank}", f"{r.val_acc:.2f}"]
+        cells += [fmt_param(r.params[k]) if k in r.params else "" for k in names]
+        cells += ["" if r.train_acc is None else f"{r.train_acc:.2f}",
+                  "" if r.gap is None else f"{r.gap:+.2f}" + (" diverged" if r.diverged
+                                                              else ""),
+                  str(r.number)]
+        cls = ' class="small-gap"' if small else ""
+        out.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+    return "\n".join(out + ["</tbody></table>"])
+
+def summary_tables(s: Summary, shown: int = 5) -> str:
+    """The Best-N listing of report.html as HTML tables: the best ``shown`` rows, the
+    rest (and the book-format text lines) in a collapsed ``<details>``; then the small-gap
+    rows, the confirmation and the test result."""
+    e = html.escape
+    if not s.rows:
+        return "<p>No COMPLETE trials yet.</p>"
+    listed = s.rows[:s.top]
+    parts = [f"<p>{e(header(s))}</p>", rows_table(s, listed[:shown])]
+    parts.append(f"<details><summary>All Best-{len(listed)} rows, and the listing in the "
+                 "book's format</summary>"
+                 + (rows_table(s, listed) if len(listed) > shown else "")
+                 + "<pre>" + e("\n".join(s.listing)) + "</pre></details>")
+    if s.max_gap is not None:
+        parts.append(f"<h3>{e(s.gap_title())}</h3>")
+        picked = small_gap_rows(s.rows, s.max_gap, GAP_LIST)
+        parts.append(rows_table(s, picked) if picked
+                     else f"<p>{e(s.no_gap_text())}</p>")
+    now = n_finished(s.counts)
+    if s.confirm:
+        parts.append("<h3>Confirmation (fresh seeds)</h3>")
+        stale = stale_note(s.confirm, "this confirmation", "hpo confirm", now)
+        parts.append(f"<p>Made {e(made_at(s.confirm))}; {s.confirm['n_seeds']} fresh "
+                     f"seeds each; noise floor ±{s.confirm['noise_floor_std']:.3f} (std) "
+                     f"on {s.confirm['n_val']} validation images."
+                     + (f' <b class="stale">{html_text(stale)}</b>' if stale else "") + "</p>")
+        parts.append("<table><thead><tr><th></th><th>mean val acc</th><th>± s.e.</th>"
+                     "<th>params</th><th>search val acc</th><th>trial</th></tr></thead>"
+                     "<tbody>" + "".join(
+                         f"<tr><td>Confirmed-{i}</td><td>{r['mean']:.3f}</td>"
+                         f"<td>{r['sem']:.3f}</td><td>{e(fmt_params(r['params']))}</td>"
+                         f"<td>{r['search_val_acc']:.2f}</td><td>{r['trial']}</td></tr>"
+                         for i, r in enumerate(s.confirm["rows"], 1))
+                     + "</tbody></table>")
+    if s.test:
+        stale = stale_note(s.test, "this test result", "hpo test --force", now)
+        parts.append("<h3>Test split (read once)</h3>")
+        parts.append(f"<p>Trial {s.test['trial']}: test accuracy "
+                     f"<b>{s.test['test_acc']:.4f}</b> on {s.test['n_test']} images, "
+                     f"made {e(made_at(s.test))}."
+                     + (f' <b class="stale">{html_text(stale)}</b>' if stale else "") + "</p>")
+    return "\n".join(parts)
+
+def header(s: Summary) -> str:
+    """``Summary.header`` for a page (no Markdown marks)."""
+    text = (f"{s.n_complete} COMPLETE of {s.n_trials} trials, ranked by final "
+            "validation accuracy, with the final training accuracy and the train-validation "
+            "gap.")
+    if s.max_gap is not None:
+        text += (f" Highlighted rows have a gap below {s.max_gap:g} (diverged trials and "
+                 f"trials that learned nothing, train acc below {LEARNED_MIN:.2f}, never "
+                 "count).")
+    return text
+
+
 def html_page(study: str, summary_: Summary, figures: Sequence[tuple[str, str, go.Figure]],
               plotly_js: str | None = None) -> str:
-    """One HTML page: the summary, then each ``(title, caption, figure)``, drawn by the plotly.js
-    file ``plotly_js`` beside the page (:func:`write_plotly_js`; default
+    """One HTML page, what matters first: a one-paragraph summary (Best-1, warnings), the
+    first ``(title, caption, figure)`` (the book's learning curves), the best trials as an HTML
+    table (the full Best-N and the book-format listing collapsed), then the other figures.
+    Drawn by the plotly.js file ``plotly_js`` beside the page (:func:`write_plotly_js`; default
     :func:`plotly_js_name`). No network is needed."""
     e = html.escape
     src = plotly_js or plotly_js_name()
-    body = [f"<h1>hpo report: {e(study)}</h1>", "<h2>Best trials</h2>", summary_.html()]
-    for i, (title, caption, fig) in enumerate(figures):
-        body += [f"<h2>{e(title)}</h2>", f'<p class="caption">{e(caption)}</p>',
-                 fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{i}",
-                             config={"displaylogo": False})]
+
+    def section(i: int, title: str, caption: str, fig: go.Figure) -> list[str]:
+        return [f"<h2>{e(title)}</h2>", f'<p class="caption">{e(caption)}</p>',
+                fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{i}",
+                            config={"displaylogo": False})]
+
+    body = [f"<h1>hpo report: {e(study)}</h1>", summary_intro(summary_)]
+    for i, (title, caption, fig) in enumerate(figures[:1]):
+        body += section(i, title, caption, fig)
+    body += ["<h2>Best trials</h2>", summary_tables(summary_)]
+    for i, (title, caption, fig) in enumerate(figures[1:], 1):
+        body += section(i, title, caption, fig)
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f"<title>hpo report: {e(study)}</title>", f"<style>{_CSS}</style>",

@@ -1,11 +1,22 @@
-"""The progress bar of a long run: finished trials of the budget, the best value so far, how
-many trials were pruned (with a pruner) and the narrowing stage (narrowing sampler), e.g.
+"""The progress of a long run: finished trials of the budget, the best value so far, how many
+trials were pruned (with a pruner) and the narrowing stage (narrowing sampler).
 
-``41%|████      | 123/300 [00:41<00:58, 3.0trial/s, best val acc 0.760, stage 2/3]``
+On a terminal (stderr is a TTY) it is a tqdm bar, redrawn in place::
+
+    41%|████      | 123/300 [00:41<00:58, 3.0trial/s, best val acc 0.760, stage 2/3]
+
+Anywhere else (a log file, ``docker compose logs``, a pipe) a redrawn bar would repeat itself
+in every state, so progress is a plain log line (``hpo.progress``, INFO) every
+:data:`LINE_EVERY_FRACTION` of the budget or :data:`LINE_EVERY_SECONDS` seconds, whichever
+comes first, and one at the end::
+
+    progress: 123/300 trials (41%) in 41 s, best val acc 0.760, stage 2/3
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import sys
 import time
@@ -13,10 +24,16 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from hpo.storage import SPEC_ATTR, state_counts
+from hpo.storage import state_counts, study_spec
 from hpo.trials import FINISHED
 
-__all__ = ["Progress", "best_value", "postfix"]
+__all__ = ["LINE_EVERY_FRACTION", "LINE_EVERY_SECONDS", "Progress", "best_value", "postfix"]
+
+#: Without a terminal: a progress line each time another tenth of the budget is finished...
+LINE_EVERY_FRACTION = 0.1
+#: ... or this many seconds passed since the last line, whichever comes first.
+LINE_EVERY_SECONDS = 30.0
+log = logging.getLogger("hpo.progress")
 
 
 def postfix(best: float | None, pruned: int | None = None,
@@ -38,32 +55,63 @@ def stage_of(done: int, total: int, stage_trials: int) -> tuple[int, int]:
 
 
 class Progress:
-    """A progress bar over the study's finished trials with the best value so far (stderr);
-    with a pruner it counts the pruned trials, with the narrowing sampler it names the stage."""
+    """Progress over the study's finished trials with the best value so far (stderr); with a
+    pruner it counts the pruned trials, with the narrowing sampler it names the stage. A tqdm
+    bar on a terminal (``bar``), else plain lines (``lines``); nothing when not ``enabled``."""
 
-    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+    def __init__(self, total: int, initial: int, enabled: bool, *,
+                 terminal: bool | None = None) -> None:
         self.bar = None
-        if enabled:
+        self.enabled = enabled
+        if terminal is None:
+            terminal = _isatty(sys.stderr)
+        self.lines = enabled and not terminal
+        self._redirect: contextlib.ExitStack | None = None
+        if enabled and terminal:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="trial", file=sys.stderr,
                             dynamic_ncols=True, leave=True)
+            # log lines (-v's trial lines, warnings) printed above the bar, not through it
+            self._redirect = contextlib.ExitStack()
+            self._redirect.enter_context(logging_redirect_tqdm([logging.getLogger()]))
         self.total = total
         self.n = initial
         self._last = 0.0
         self._shown: tuple[bool, int | None] | None = None  # (pruned?, stage_trials), read once
+        self._start = time.monotonic()
+        self._line_at = (initial, self._start)  # (done, when) of the last plain line
+        self._text = ""
 
     def update(self, done: int, best: float | None, pruned: int | None = None,
                stage: tuple[int, int] | None = None) -> None:
-        if self.bar is None:
+        if not self.enabled:
             return
         text = postfix(best, pruned, stage)
+        if self.bar is None:
+            self.n = max(self.n, min(done, self.total))
+            self._text = text or self._text
+            last_done, last_time = self._line_at
+            step = max(1, math.ceil(self.total * LINE_EVERY_FRACTION))
+            now = time.monotonic()
+            if self.n > last_done and (self.n - last_done >= step or self.n >= self.total
+                                       or now - last_time >= LINE_EVERY_SECONDS):
+                self._line(now)
+            return
         if text:
             self.bar.set_postfix_str(text, refresh=False)
         if done > self.n:
             self.bar.update(min(done, self.bar.total) - self.n)
             self.n = done
         self.bar.refresh()
+
+    def _line(self, now: float) -> None:
+        pct = 100 * self.n // max(1, self.total)
+        tail = f", {self._text}" if self._text else ""
+        log.info("progress: %d/%d trials (%d%%) in %.0f s%s", self.n, self.total, pct,
+                 now - self._start, tail)
+        self._line_at = (self.n, now)
 
     def on_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """After each trial: the counts and the best value are two storage reads, so they are
@@ -75,7 +123,7 @@ class Progress:
 
     def refresh(self, study: optuna.Study) -> None:
         """Bring the bar up to date: one count query, the best value (and the spec, once)."""
-        if self.bar is None:
+        if not self.enabled:
             return
         if self._shown is None:
             self._shown = _what_to_show(study)
@@ -87,8 +135,20 @@ class Progress:
                     stage=stage_of(done, self.total, stage_trials) if stage_trials else None)
 
     def close(self) -> None:
+        if self.lines and self.n > self._line_at[0]:  # where it stopped (a timeout, Ctrl-C)
+            self._line(time.monotonic())
         if self.bar is not None:
             self.bar.close()
+        if self._redirect is not None:
+            self._redirect.close()
+            self._redirect = None
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _what_to_show(study: optuna.Study) -> tuple[bool, int | None]:
@@ -96,7 +156,7 @@ def _what_to_show(study: optuna.Study) -> tuple[bool, int | None]:
     from hpo.spec import from_dict
 
     try:
-        spec = from_dict(study.user_attrs[SPEC_ATTR], source=f"study {study.study_name!r}")
+        spec = from_dict(study_spec(study) or {}, source=f"study {study.study_name!r}")
     except Exception:  # noqa: BLE001 - not an hpo study: show only the counts
         return False, None
     stage_trials = spec.sampler_kwargs().get("stage_trials") if spec.sampler == "narrowing" \

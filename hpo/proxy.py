@@ -92,11 +92,11 @@ def sweep_once(storage: Any) -> int:
     import optuna
     from optuna.trial import TrialState
 
-    from hpo.storage import SPEC_ATTR, sweep_stale_trials
+    from hpo.storage import stored_spec, sweep_stale_trials
 
     failed = 0
     for frozen in storage.get_all_studies():
-        if SPEC_ATTR not in frozen.user_attrs:
+        if stored_spec(frozen.system_attrs, frozen.user_attrs) is None:
             continue  # not an hpo study: its workers may not beat at all
         study = optuna.load_study(study_name=frozen.study_name, storage=storage,
                                   sampler=optuna.samplers.RandomSampler())

@@ -12,6 +12,7 @@ search space::
     [sampler]  name, and the sampler's options as further keys
     [pruner]   name, and the pruner's options as further keys
     [budget]   n_trials, timeout (seconds, 0 = none)
+    [tracking] mlflow (an MLflow tracking URI: one MLflow run per finished trial)
 
 Every name and option is checked against :mod:`hpo.catalog`, the one declaration of what
 exists. Errors name the file, the key and what is allowed (:class:`SpecError`, one line).
@@ -25,6 +26,7 @@ import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as replace_data
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,7 @@ class Spec:
     timeout: float | None = None
     seed: int = 0
     description: str = ""
+    mlflow: str | None = None  # [tracking] mlflow: an MLflow tracking URI (hpo.tracking)
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data, the same shape as the TOML file (round-trips via from_dict)."""
@@ -134,6 +137,8 @@ class Spec:
         d["sampler"] = {"name": self.sampler, **self.sampler_options}
         d["pruner"] = {"name": self.pruner, **self.pruner_options}
         d["budget"] = {"n_trials": self.n_trials, "timeout": self.timeout or 0}
+        if self.mlflow is not None:
+            d["tracking"] = {"mlflow": self.mlflow}
         return d
 
     def to_json(self) -> str:
@@ -165,6 +170,21 @@ class Spec:
         from dataclasses import replace
 
         return replace(self, **changes)
+
+    def with_data_dir(self, data_dir: str | None) -> Spec:
+        """This spec reading its dataset's files from ``data_dir`` (``--data-dir``: a path on
+        the machine that runs it; the study keeps the spec as written). Only ``mnist`` reads
+        files: with another dataset the folder is not used, and a warning says so."""
+        if data_dir is None:
+            return self
+        if self.data.dataset != "mnist":
+            import logging
+
+            logging.getLogger("hpo").warning(
+                "warning: --data-dir %s is not used: dataset %r ships with hpo (only 'mnist' "
+                "reads files)", data_dir, self.data.dataset)
+            return self
+        return self.replace(data=replace_data(self.data, data_dir=data_dir))
 
     def sampler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the sampler's class (without ``seed``): hpo's defaults, then
@@ -223,7 +243,7 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
     """Validate plain data (parsed TOML or stored JSON) into a :class:`Spec`."""
     v = _Validator(source)
     v.keys("", raw, {"name", "description", "seed", "data", "model", "search", "sampler",
-                     "pruner", "budget"})
+                     "pruner", "budget", "tracking"})
     name = v.string("name", raw.get("name", default_name))
     problem = catalog.name_problem(name)
     if problem:
@@ -285,6 +305,12 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
     n_trials = v.integer("budget.n_trials", b.get("n_trials", 100), minimum=1,
                          maximum=catalog.MAX_TRIALS)
     timeout = v.number("budget.timeout", b.get("timeout", 0), low=0.0, high=catalog.MAX_TIMEOUT)
+    tr = v.table("tracking", raw.get("tracking", {}))
+    v.keys("tracking", tr, {"mlflow"})
+    mlflow = v.string("tracking.mlflow", tr["mlflow"]) if "mlflow" in tr else None
+    if mlflow is not None and not mlflow.strip():
+        raise v.fail("tracking.mlflow", "must be an MLflow tracking URI, e.g. "
+                                        "'file:./mlruns' or 'sqlite:///mlflow.db', got ''")
 
     _check_split(source, data)
     for p in search:
@@ -298,7 +324,7 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
     return Spec(name=name, search=search, data=data, model=model, sampler=sampler,
                 sampler_options=sm, pruner=pruner, pruner_options=pr, n_trials=n_trials,
                 timeout=timeout or None, seed=seed,
-                description=v.text("description", raw.get("description", "")))
+                description=v.text("description", raw.get("description", "")), mlflow=mlflow)
 
 
 def _check_split(source: str, data: DataSpec) -> None:

@@ -43,7 +43,10 @@ if TYPE_CHECKING:
     from hpo.spec import Spec
 
 DEFAULT_URL = "sqlite:///hpo.db"
+#: The spec's JSON: a study *system* attribute (kB in a user one made ``optuna studies`` unreadable;
+#: older studies have it there: :func:`stored_spec` reads both); the user one holds its key.
 SPEC_ATTR = "hpo:spec"
+SPEC_KEY_ATTR = "hpo:spec_sha256"
 METRIC_NAME = "val_acc"
 # Heartbeats: a trial of the book's task takes ~0.1-1 s, but a slow machine or a big spec can take
 # minutes, and a heartbeat that is too short fails live trials (seen at 1 s with 16 workers).
@@ -59,9 +62,10 @@ LOCK_KEY = 0x68706F5F6C6F636B
 
 
 def resolve_url(url: str | None) -> str:
-    """``--storage URL``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db`` in the current
-    directory."""
-    return url or os.environ.get("HPO_STORAGE") or DEFAULT_URL
+    """``--storage URL``, else ``$HPO_STORAGE``, else ``$OPTUNA_STORAGE`` (what Optuna's own
+    CLI reads), else ``sqlite:///hpo.db`` in the current directory."""
+    return (url or os.environ.get("HPO_STORAGE") or os.environ.get("OPTUNA_STORAGE")
+            or DEFAULT_URL)
 
 
 def mask_url(url: str) -> str:
@@ -353,12 +357,13 @@ def create_or_load_study(
                 pass  # another process created it a moment ago
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler,
                                   pruner=pruner)
+        sid = storage.get_study_id_from_name(name)
         if created:
-            if SPEC_ATTR not in study.user_attrs:
+            if spec_of(storage, sid) is None:
                 study.set_metric_names([METRIC_NAME])
-                study.set_user_attr(SPEC_ATTR, wanted)
+                store_spec(storage, sid, wanted)
             return study
-        stored = study.user_attrs.get(SPEC_ATTR)
+        stored = spec_of(storage, sid)
         if stored is None:
             raise _NotYet(f"study {name!r} exists but was not made by hpo (no spec recorded)")
         if _without_budget(stored) != _without_budget(wanted):
@@ -366,16 +371,50 @@ def create_or_load_study(
                 f"study {name!r} exists with a different spec: pick another --study name, or "
                 f"resume it with `hpo worker --study {name}`"
             )
-        if stored.get("budget") != wanted["budget"]:
-            study.set_user_attr(SPEC_ATTR, wanted)
+        if any(stored.get(k) != wanted.get(k) for k in _NOT_THE_SEARCH):
+            store_spec(storage, sid, wanted)
         return study
 
     return with_retries(attempt, who="hpo", what=f"the study {name!r}", races=True,
                         still_missing=lambda e: isinstance(e, _NotYet), missing_wait=wait)
 
 
+#: Spec tables a resumed study may change: its budget, where its trials are also logged.
+_NOT_THE_SEARCH = ("budget", "tracking")
+
+
+def spec_key(spec: dict[str, Any]) -> str:
+    """The short key of a spec: 12 hex digits of the SHA-256 of its canonical JSON."""
+    import hashlib
+    import json
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def store_spec(storage: optuna.storages.BaseStorage, study_id: int, spec: dict[str, Any]) -> None:
+    """The JSON as system attribute :data:`SPEC_ATTR`, its key as :data:`SPEC_KEY_ATTR`."""
+    storage.set_study_system_attr(study_id, SPEC_ATTR, spec)
+    storage.set_study_user_attr(study_id, SPEC_KEY_ATTR, spec_key(spec))
+
+
+def stored_spec(system_attrs: dict[str, Any], user_attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The spec in a study's attributes (system, else a former study's user); None: not hpo's."""
+    spec = system_attrs.get(SPEC_ATTR, user_attrs.get(SPEC_ATTR))
+    return spec if isinstance(spec, dict) else None
+
+
+def spec_of(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, Any] | None:
+    return stored_spec(storage.get_study_system_attrs(study_id),
+                       storage.get_study_user_attrs(study_id))
+
+
+def study_spec(study: optuna.Study) -> dict[str, Any] | None:  # stored_spec of a loaded study
+    from hpo import optuna_compat as oc
+    return spec_of(oc.storage_of(study), oc.study_id(study))
+
+
 def _without_budget(spec: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in spec.items() if k != "budget"}
+    return {k: v for k, v in spec.items() if k not in _NOT_THE_SEARCH}
 
 
 def load_study_spec(storage: optuna.storages.BaseStorage, study_name: str,
@@ -397,10 +436,10 @@ def load_study_spec(storage: optuna.storages.BaseStorage, study_name: str,
                                    f"{', '.join(names[:10])}") from None
             # made by a creator between the two reads (a crowded start): it is there now
             study_id = storage.get_study_id_from_name(study_name)
-        attrs = storage.get_study_user_attrs(study_id)
-        if SPEC_ATTR not in attrs:
+        spec = spec_of(storage, study_id)
+        if spec is None:
             raise _NotYet(f"study {study_name!r} was not made by hpo (no spec recorded)")
-        return attrs[SPEC_ATTR]
+        return spec
 
     stored = with_retries(attempt, who="hpo", what=f"the study {study_name!r}",
                           still_missing=lambda e: isinstance(e, _NotYet), missing_wait=wait)

@@ -4,21 +4,24 @@ configurations of an earlier one (``hpo run SPEC --warm-start STUDY``).
 The earlier study's best ``top`` COMPLETE trials are enqueued in the new study as its first
 trials (Optuna's ``enqueue_trial``; WAITING until a worker runs them, and they count toward the
 budget like any trial). Only the params the new spec searches are carried over, and only values
-inside its ranges; the others are sampled as usual. Each enqueued trial records where it came
-from (user attribute ``hpo:warm_start``: ``"STUDY#N"``), and the new study records the whole
-warm start (user attribute ``hpo:warm_start``). A study that already holds trials is not warm
-started again.
+inside its ranges; the others are drawn by the sampler (never clipped: an lr at the edge of the
+new range is another configuration, not the earlier one). ``hpo run`` says, per configuration,
+whether it runs as it was, with which params re-drawn and why, or is skipped (none of its params
+fits the new space). Each enqueued trial records where it came from (user attribute
+``hpo:warm_start``: ``"STUDY#N"``), and the new study records the whole warm start (user
+attribute ``hpo:warm_start``). A study that already holds trials is not warm started again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpo.listing import ranked
+from hpo.listing import BOOK_NAMES, fmt_param, fmt_params, ranked
 from hpo.spec import Param, Spec
 
 WARM_ATTR = "hpo:warm_start"
@@ -38,10 +41,58 @@ def fits(p: Param, value: Any) -> bool:
     return p.low <= value <= p.high
 
 
+def why_not(p: Param | None, value: Any) -> str:
+    """Why ``value`` is not carried into the new spec's param ``p`` (None: not searched)."""
+    if p is None:
+        return "not searched by the new spec"
+    if p.type == "categorical":
+        return f"{value!r} is not one of {list(p.choices)}"
+    return (f"{fmt_param(value)} is outside the new range [{fmt_param(p.low)}, "
+            f"{fmt_param(p.high)}]")
+
+
+@dataclass
+class Carry:
+    """What becomes of one of the earlier study's configurations in the new study."""
+
+    number: int  # the source trial
+    value: float
+    params: dict[str, Any]  # carried as they were
+    redrawn: dict[str, str] = field(default_factory=dict)  # param -> why it is drawn anew
+
+    @property
+    def skipped(self) -> bool:
+        return not self.params
+
+    def line(self) -> str:
+        """``trial 7 as it was: lr:0.009, weight decay:1e-06``, ``trial 3 with lr re-drawn
+        (0.385 is outside the new range [0.001, 0.002]), weight decay:1.357e-06 kept`` or
+        ``trial 5 skipped: ...``."""
+        why = "; ".join(f"{BOOK_NAMES.get(k, k)} {r}" for k, r in self.redrawn.items())
+        if self.skipped:
+            return f"trial {self.number} skipped: none of its params fits ({why})"
+        if not self.redrawn:
+            return f"trial {self.number} as it was: {fmt_params(self.params)}"
+        names = ", ".join(BOOK_NAMES.get(k, k) for k in self.redrawn)
+        return (f"trial {self.number} with {names} re-drawn by the sampler ({why}); kept "
+                f"{fmt_params(self.params)}")
+
+
+def plan(spec: Spec, configs: Sequence[FrozenTrial]) -> list[Carry]:
+    """What each of ``configs`` becomes in a study of ``spec``: its params that the new space
+    can take, and why the others are re-drawn."""
+    space = {p.name: p for p in spec.suggest_space()}
+    out = []
+    for t in configs:
+        keep = {k: v for k, v in t.params.items() if k in space and fits(space[k], v)}
+        why = {k: why_not(space.get(k), v) for k, v in t.params.items() if k not in keep}
+        out.append(Carry(t.number, float(t.value), keep, why))
+    return out
+
+
 def carried(spec: Spec, trial: FrozenTrial) -> dict[str, Any]:
     """The params of ``trial`` that the new spec searches, with values inside its ranges."""
-    space = {p.name: p for p in spec.suggest_space()}
-    return {k: v for k, v in trial.params.items() if k in space and fits(space[k], v)}
+    return plan(spec, [trial])[0].params
 
 
 def best_configs(source: optuna.Study, top: int) -> list[FrozenTrial]:
@@ -50,21 +101,33 @@ def best_configs(source: optuna.Study, top: int) -> list[FrozenTrial]:
 
 
 def warm_start(study: optuna.Study, spec: Spec, source_name: str,
-               configs: Sequence[FrozenTrial]) -> list[int]:
+               configs: Sequence[FrozenTrial]) -> list[Carry] | None:
     """Enqueue ``configs`` (trials of the study ``source_name``) as the first trials of a study
-    that holds none yet; returns the source trial numbers enqueued (none when the study already
-    has trials)."""
+    that holds none yet; returns what became of each (:class:`Carry`; skipped ones were not
+    enqueued), or None when the study already has trials (nothing enqueued)."""
     if study.get_trials(deepcopy=False):
-        return []
-    done = []
-    for t in configs:
-        params = carried(spec, t)
-        if not params:
-            continue
-        study.enqueue_trial(params, user_attrs={WARM_ATTR: f"{source_name}#{t.number}"},
-                            skip_if_exists=True)
-        done.append(t.number)
-    study.set_user_attr(WARM_ATTR, {"study": source_name, "trials": done,
-                                    "values": [float(t.value) for t in configs
-                                               if t.number in done]})
-    return done
+        return None
+    carries = plan(spec, configs)
+    for c in carries:
+        if not c.skipped:
+            study.enqueue_trial(c.params, user_attrs={WARM_ATTR: f"{source_name}#{c.number}"},
+                                skip_if_exists=True)
+    study.set_user_attr(WARM_ATTR, {
+        "study": source_name,
+        "trials": [c.number for c in carries if not c.skipped],
+        "values": [c.value for c in carries if not c.skipped],
+        "redrawn": {str(c.number): c.redrawn for c in carries if c.redrawn and not c.skipped},
+        "skipped": {str(c.number): c.redrawn for c in carries if c.skipped},
+    })
+    return carries
+
+
+def describe(source_name: str, carries: Sequence[Carry]) -> list[str]:
+    """What ``hpo run --warm-start`` prints (stderr): a headline, then one line per
+    configuration."""
+    run = [c for c in carries if not c.skipped]
+    exact = sum(not c.redrawn for c in run)
+    head = (f"warm start from {source_name!r}: {len(run)} of its best {len(carries)} "
+            f"configuration(s) run first ({exact} as they were, {len(run) - exact} with params "
+            f"re-drawn, {len(carries) - len(run)} skipped):")
+    return [head] + [f"  {c.line()}" for c in carries]

@@ -6,8 +6,9 @@
 Runs ``hpo run studies/book-random.toml`` (the quick start's command) in a fresh temporary
 directory, so that it starts from an empty ``./hpo.db`` as a new user's first run does, and puts
 what it printed between ``<!-- sample -->`` and ``<!-- /sample -->`` in README.md: the command,
-its first stderr line, the progress bar's last state (its timings are this run's) and all of
-stdout. tests/test_readme.py checks that the sample's Best-1 line is what the quick start prints.
+its first stderr line, the progress bar's last state (its timings are this run's), all of
+stdout, then the edge warnings it printed on stderr. tests/test_readme.py checks that the
+sample's Best-1 line is what the quick start prints.
 """
 
 from __future__ import annotations
@@ -27,17 +28,50 @@ START, END = "<!-- sample -->", "<!-- /sample -->"
 
 
 def quick_start_output(cwd: str) -> subprocess.CompletedProcess:
-    """The quick start's run, in ``cwd`` (its ./hpo.db), as ``.venv/bin/hpo`` runs it."""
-    return subprocess.run([sys.executable, "-m", "hpo", *COMMAND.split()[1:-1],
-                           str(ROOT / COMMAND.split()[-1])], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "HPO_STORAGE": ""}, timeout=1800)
+    """The quick start's run, in ``cwd`` (its ./hpo.db), as ``.venv/bin/hpo`` runs it in a
+    terminal: stderr on a pseudo-terminal 100 columns wide (hpo draws its progress bar only on
+    a terminal); ``stderr`` is what the terminal showed."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    args = [sys.executable, "-m", "hpo", *COMMAND.split()[1:-1], str(ROOT / COMMAND.split()[-1])]
+    env = {**os.environ, "HPO_STORAGE": "", "OPTUNA_STORAGE": ""}
+    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=slave, text=True,
+                            env=env)
+    os.close(slave)
+    shown = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's last writer exited
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    out, _ = proc.communicate(timeout=1800)
+    reader.join(timeout=30)
+    os.close(master)
+    return subprocess.CompletedProcess(args, proc.returncode, out,
+                                       shown.decode(errors="replace"))
 
 
 def sample_block(run: subprocess.CompletedProcess) -> str:
     frames = [f for f in re.split(r"[\r\n]", run.stderr) if f.strip()]
     first = frames[0]
     bar = [f for f in frames if "%|" in f]
-    lines = [f"$ .venv/bin/{COMMAND}", first, *bar[-1:], *run.stdout.rstrip("\n").splitlines()]
+    warned = [f for f in frames if f.startswith("hpo run: warning: ")]  # stderr, after stdout
+    lines = [f"$ .venv/bin/{COMMAND}", first, *bar[-1:], *run.stdout.rstrip("\n").splitlines(),
+             *warned]
     return "```text\n" + "\n".join(lines) + "\n```"
 
 

@@ -126,3 +126,89 @@ def test_noisy_floats_read_as_a_person_would():
                                "train acc:0.91, gap:+0.17  [trial 0]")
     s = listing.summary([t], {}, "s")
     assert "dropout:0.15 " in s.markdown() and '"dropout": 0.15' in s.json()
+
+
+def _add(study, number_value_train, lr):
+    """Finished trials added to ``study`` directly: (value, train_acc) each, at ``lr``."""
+    dists = {"lr": FloatDistribution(1e-3, 0.5, log=True),
+             "weight_decay": FloatDistribution(1e-8, 1e-4, log=True)}
+    for value, train in number_value_train:
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr, "weight_decay": 1.2345678e-6}, distributions=dists, value=value,
+            user_attrs={"train_acc": train}))
+
+
+def test_warnings_on_stderr_one_naming_for_small_gaps_and_worker_lines(tiny_spec, sqlite_url):
+    """`hpo best` prints its edge warning on stderr (as `hpo report` does), the `--max-gap`
+    section names each trial by its overall rank (Best-2, never Gap-best-1) and leaves out the
+    trials that learned nothing (train acc 0.10), and `hpo worker` prints params as the listing
+    does (4 significant digits)."""
+    spec = tiny_spec(name="edgy", n_trials=5)
+    assert hpo("init", str(spec), "--storage", sqlite_url).returncode == 0
+    study = optuna.load_study(study_name="edgy", storage=sqlite_url)
+    _add(study, [(0.80, 0.95), (0.70, 0.72)], lr=0.4987654321)  # Best-1 at lr's upper edge
+    _add(study, [(0.17, 0.10)], lr=0.01)  # learned nothing; gap -0.07
+    b = hpo("best", "edgy", "--storage", sqlite_url, "--max-gap", "0.05")
+    assert b.returncode == 0, b.stderr
+    assert "warning" not in b.stdout
+    assert b.stderr.splitlines() == [
+        "hpo best: warning: lr=0.499 sits at the upper edge of its original range [0.001, 0.5]: "
+        "the optimum may lie outside it"]
+    section = b.stdout.split("Best with train-val gap < 0.05 (overall ranks):\n", 1)[1]
+    assert [line.split("(")[0] for line in section.splitlines()] == ["Best-2"]
+    assert "[trial 1]" in section and "Gap-best" not in b.stdout
+    data = json.loads(hpo("best", "edgy", "--storage", sqlite_url, "--json",
+                          "--max-gap", "0.05").stdout)
+    assert [(r["rank"], r["trial"]) for r in data["best_small_gap"]] == [(2, 1)]
+
+    w = hpo("worker", "--study", "edgy", "--storage", sqlite_url, "--n-trials", "5")
+    assert w.returncode == 0, w.stderr
+    lines = [x for x in w.stderr.splitlines() if x.startswith("trial ")]  # log lines: stderr
+    assert len(lines) == 2
+    done = optuna.load_study(study_name="edgy", storage=sqlite_url).trials
+    for line in lines:
+        t = done[int(line.split()[1])]
+        assert line == (f"trial {t.number} COMPLETE val_acc={t.value:.3f} "
+                        + " ".join(f"{k}={listing.fmt_param(v)}" for k, v in t.params.items()))
+        for v in re.findall(r"=([0-9.e+-]+)", line.split(" ", 3)[3]):  # not 0.0008288912837852258
+            assert float(v) == float(f"{float(v):.4g}") and len(v) <= 9, line
+
+
+def test_spec_is_a_system_attr_so_optuna_studies_stays_readable(tiny_spec, sqlite_url):
+    """The spec's JSON lives in a system attribute; `optuna studies` shows a 12-digit key in its
+    user_attrs column instead of kB of JSON. A study made before (the spec in a user attribute)
+    is still read by hpo: its worker runs, `hpo best` and `hpo studies` list it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hpo.spec import load_spec
+    from hpo.storage import SPEC_KEY_ATTR, spec_key, study_spec
+
+    new = tiny_spec(name="new", n_trials=1)
+    assert hpo("init", str(new), "--storage", sqlite_url).returncode == 0
+    study = optuna.load_study(study_name="new", storage=sqlite_url)
+    spec = load_spec(new).to_dict()
+    assert "hpo:spec" not in study.user_attrs
+    assert study.user_attrs == {SPEC_KEY_ATTR: spec_key(spec)} and len(spec_key(spec)) == 12
+    assert study_spec(study) == spec
+
+    def optuna_studies() -> list[str]:
+        return subprocess.run([str(Path(sys.executable).with_name("optuna")), "studies",
+                               "--storage", sqlite_url], capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+
+    (new_line,) = [x for x in optuna_studies() if "| new " in x]
+    assert spec_key(spec) in new_line and len(new_line) < 120, new_line
+    old = load_spec(tiny_spec(name="old", n_trials=1)).to_dict()
+    made = optuna.create_study(study_name="old", storage=sqlite_url, direction="maximize")
+    made.set_user_attr("hpo:spec", old)  # as hpo stored it before
+    assert len(next(x for x in optuna_studies() if "| old " in x)) > 600  # what it was
+
+    w = hpo("worker", "--study", "old", "--storage", sqlite_url, "--quiet")
+    assert w.returncode == 0, w.stderr
+    b = hpo("best", "old", "--storage", sqlite_url)
+    assert b.returncode == 0 and b.stdout.startswith("Best-1("), b.stderr
+    s = json.loads(hpo("studies", "--storage", sqlite_url, "--json").stdout)
+    assert {r["study"]: (r["sampler"], r["budget"]) for r in s} == \
+        {"new": ("random", 1), "old": ("random", 1)}

@@ -19,6 +19,7 @@ import numpy as np
 import optuna
 import pytest
 
+from hpo.storage import spec_key, study_spec
 from tests import browser
 from tests.conftest import hpo
 
@@ -190,17 +191,20 @@ def test_report_page_draws_its_figures_offline(reported, tmp_path):
 
 def test_read_only_hides_write_buttons_and_the_spec_fits_its_card(reported, tmp_path):
     """Read-only (the default): the study list shows no create / rename / delete button, and
-    the study page's attribute card shows the whole spec (the ~1 kB JSON line of ``hpo:spec``
-    used to run past the card's right edge); with --allow-writes the buttons are there."""
+    the study page's attribute card fits its box (the ~1 kB JSON line of ``hpo:spec`` used to
+    run past the card's right edge; the JSON is now a system attribute and the card shows its
+    12-digit key, ``hpo:spec_sha256``); with --allow-writes the buttons are there."""
     chromium = _need_chromium()
     url, _ = reported
     with browser.dashboard(url) as base:
         listing = browser.probe(chromium, tmp_path / "p1", f"{base}/dashboard", 1000, 600)
         assert listing["write_buttons"] == []
         study = browser.probe(chromium, tmp_path / "p2", f"{base}/dashboard/studies/1", 1400)
-    (table,) = [t for t in study["tables"] if any(c["text"] == "hpo:spec" for c in t["cells"])]
+    (table,) = [t for t in study["tables"]
+                if any(c["text"] == "hpo:spec_sha256" for c in t["cells"])]
     spec_cell = table["cells"][-1]
-    assert spec_cell["text"].startswith('{"name": "rep"')
+    rep = optuna.load_study(study_name="rep", storage=url)
+    assert spec_cell["text"] == spec_key(study_spec(rep))
     assert table["table"]["right"] <= table["container"]["right"] + 1, table
     assert spec_cell["right"] <= table["container"]["right"] + 1, table
     with browser.dashboard(url, allow_writes=True) as base:

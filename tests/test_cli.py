@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -12,6 +13,7 @@ from collections import Counter
 import optuna
 import pytest
 
+from hpo.storage import study_spec
 from tests.conftest import ROOT, STUDIES, hpo
 
 
@@ -46,7 +48,7 @@ def test_run_records_the_contract(tiny_spec, sqlite_url):
     assert "lr:" in lines[0] and "weight decay:" in lines[0] and "train acc:" in lines[0]
     study = optuna.load_study(study_name="tiny", storage=sqlite_url)
     assert study.metric_names == ["val_acc"]
-    assert study.user_attrs["hpo:spec"]["name"] == "tiny"
+    assert study_spec(study)["name"] == "tiny"
     trials = study.get_trials()
     assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
     for t in trials:
@@ -56,7 +58,9 @@ def test_run_records_the_contract(tiny_spec, sqlite_url):
         assert ua["val_acc_curve"][-1] == pytest.approx(t.value, abs=1e-6)
         assert ua["train_acc"] == pytest.approx(ua["train_acc_curve"][-1], abs=1e-6)
         assert isinstance(ua["model_seed"], int)
-        assert not t.intermediate_values  # no pruner: nothing reported
+        # no pruner: the validation curve is still the trial's intermediate values
+        assert t.intermediate_values == pytest.approx(
+            dict(enumerate(ua["val_acc_curve"], 1)), abs=1e-6)
 
 
 def test_optuna_cli_reads_what_hpo_wrote(tiny_spec, sqlite_url):
@@ -113,8 +117,7 @@ def test_two_workers_exact_budget(tiny_spec, sqlite_url):
 
 
 def _budget(url: str, study: str) -> int:
-    return optuna.load_study(study_name=study, storage=url).user_attrs["hpo:spec"]["budget"][
-        "n_trials"]
+    return study_spec(optuna.load_study(study_name=study, storage=url))["budget"]["n_trials"]
 
 
 def test_worker_joins_with_stored_spec(tiny_spec, sqlite_url):
@@ -125,13 +128,56 @@ def test_worker_joins_with_stored_spec(tiny_spec, sqlite_url):
     assert r.returncode == 0, r.stderr
     r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--n-trials", "1")
     assert r.returncode == 0, r.stderr
-    assert _states(sqlite_url, "tiny") == {"COMPLETE": 1} and r.stdout.count("COMPLETE") == 1
+    assert _states(sqlite_url, "tiny") == {"COMPLETE": 1} and r.stderr.count(" COMPLETE ") == 1
     assert "ran 1 trial(s); study holds 1 finished of its budget 4 (n_trials)" in r.stderr
     r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--n-trials", "24")
     assert r.returncode == 0, r.stderr
-    assert _states(sqlite_url, "tiny") == {"COMPLETE": 4} and r.stdout.count("COMPLETE") == 3
+    assert _states(sqlite_url, "tiny") == {"COMPLETE": 4}
+    # one log line per trial it ran, on stderr, params to 4 significant digits
+    lines = [x for x in r.stderr.splitlines() if x.startswith("trial ")]
+    assert len(lines) == 3 and r.stdout == "", r.stderr
+    assert re.fullmatch(r"trial [1-3] COMPLETE val_acc=0\.\d{3} lr=[0-9.e-]+ "
+                        r"weight_decay=[0-9.e-]+", lines[0]), lines[0]
+    lr = lines[0].split("lr=")[1].split()[0]
+    assert len(lr.replace("0.", "", 1).lstrip("0").split("e")[0].replace(".", "")) <= 4, lr
     assert "ran 3 trial(s); study holds 4 finished of its budget 4 (budget)" in r.stderr
     assert _budget(sqlite_url, "tiny") == 4
+
+
+def test_a_worker_prints_no_line_for_a_surplus_claim(tiny_spec, sqlite_url):
+    """A surplus claim (two workers took the last slot at once) ran nothing and counts nowhere:
+    `hpo worker` logs one line per trial it ran and none for it (docs/compose.md, `logs -f
+    worker`; tests/test_containers.py counts the lines). Here: 1 COMPLETE, another worker's
+    trial RUNNING and a retry WAITING, budget 2: the worker pops the retry, whose claim fails;
+    once the test finishes the RUNNING trial the study holds its budget and the worker leaves."""
+    spec = tiny_spec(n_trials=2)
+    r = hpo("init", str(spec), "--storage", sqlite_url)
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    done = study.ask()
+    study.tell(done, 0.5)
+    running = study.ask()  # another worker's, young: left alone
+    study.enqueue_trial({"lr": 0.01, "weight_decay": 1e-6})  # trial 2, WAITING
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "worker", "--study", "tiny",
+                             "--storage", sqlite_url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _states(sqlite_url, "tiny").get("FAIL", 0) < 1:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        study.tell(running, 0.7)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    surplus = study.trials[2]
+    assert surplus.state.name == "FAIL" and surplus.system_attrs.get("hpo:surplus") is True
+    assert out == "" and not [x for x in err.splitlines() if x.startswith("trial ")], err
+    assert "ran 0 trial(s); study holds 2 finished of its budget 2 (budget)" in err, err
 
 
 def test_run_on_a_study_that_holds_its_budget_says_nothing_to_run(tiny_spec, sqlite_url):
@@ -139,9 +185,11 @@ def test_run_on_a_study_that_holds_its_budget_says_nothing_to_run(tiny_spec, sql
     _run(spec, sqlite_url)
     r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet", "--n-trials", "2")
     assert r.returncode == 0, r.stderr
-    assert r.stderr.strip().splitlines() == [
-        "hpo run: nothing to run: study 'tiny' already has 4 finished trials of its budget 2"]
-    assert "Best-" in r.stdout  # the listing still prints
+    said = r.stderr.strip().splitlines()  # then the listing's edge warnings, if any
+    assert said[0] == \
+        "hpo run: nothing to run: study 'tiny' already has 4 finished trials of its budget 2"
+    assert all(x.startswith("hpo run: warning: ") for x in said[1:]), said
+    assert "Best-" in r.stdout and "warning" not in r.stdout  # the listing still prints
     assert _states(sqlite_url, "tiny") == {"COMPLETE": 4} and _budget(sqlite_url, "tiny") == 2
     r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet", "--n-trials", "5")
     assert r.returncode == 0 and _states(sqlite_url, "tiny") == {"COMPLETE": 5}, r.stderr
@@ -406,5 +454,174 @@ def test_shipped_spec_runs(tmp_path):
 def test_seed_and_data_seed_name_the_study(tiny_spec, sqlite_url):
     _run(tiny_spec(n_trials=2), sqlite_url, "--seed", "3", "--data-seed", "4")
     study = optuna.load_study(study_name="tiny/data4/seed3", storage=sqlite_url)
-    spec = study.user_attrs["hpo:spec"]
+    spec = study_spec(study)
     assert spec["seed"] == 3 and spec["data"]["seed"] == 4
+
+
+def test_version_comes_from_the_package_metadata():
+    from importlib import metadata
+
+    from hpo.logs import version
+
+    r = hpo("--version")
+    assert r.returncode == 0 and r.stdout == f"hpo {version()}\n", (r.stdout, r.stderr)
+    dists = metadata.packages_distributions()["hpo"]
+    assert version() == metadata.version(dists[0])
+
+
+@pytest.mark.slow
+def test_optuna_storage_is_honoured_after_hpo_storage(tmp_path, tiny_spec):
+    """--storage > $HPO_STORAGE > $OPTUNA_STORAGE (Optuna's own CLI reads it) > ./hpo.db."""
+    spec = tiny_spec(n_trials=1)
+    optuna_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    r = hpo("run", str(spec), "-q", cwd=tmp_path,
+            env={"HPO_STORAGE": "", "OPTUNA_STORAGE": optuna_url})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "optuna.db").exists() and not (tmp_path / "hpo.db").exists()
+    r = hpo("best", "--json", cwd=tmp_path, env={"HPO_STORAGE": "", "OPTUNA_STORAGE": optuna_url})
+    assert r.returncode == 0 and json.loads(r.stdout)["study"] == "tiny", r.stderr
+    hpo_url = f"sqlite:///{tmp_path / 'hpo-env.db'}"
+    r = hpo("run", str(spec), "-q", cwd=tmp_path,
+            env={"HPO_STORAGE": hpo_url, "OPTUNA_STORAGE": optuna_url})
+    assert r.returncode == 0 and (tmp_path / "hpo-env.db").exists()
+
+
+@pytest.mark.slow
+def test_a_study_is_named_the_same_ways_everywhere(tiny_spec, sqlite_url):
+    """`hpo best --study X`, Optuna's `--study-name X`, the NAME argument: one thing, on every
+    command that names a study; flags go before or after NAME."""
+    r = hpo("run", str(tiny_spec(n_trials=2)), "--study-name", "named", "--storage", sqlite_url,
+            "-q")
+    assert r.returncode == 0, r.stderr
+    outputs = set()
+    for args in (["best", "named"], ["best", "--study", "named"],
+                 ["best", "--study-name", "named"]):
+        r = hpo(*args, "--storage", sqlite_url, "--json")
+        assert r.returncode == 0, (args, r.stderr)
+        outputs.add(r.stdout)
+    assert len(outputs) == 1 and json.loads(outputs.pop())["study"] == "named"
+    r = hpo("worker", "--study-name", "named", "--storage", sqlite_url)
+    assert r.returncode == 0 and "study holds 2 finished of its budget 2" in r.stderr, r.stderr
+    r = hpo("confirm", "--study-name", "named", "--storage", sqlite_url, "--top", "1",
+            "--seeds", "2", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["rows"], r.stderr
+    r = hpo("best", "named", "--study", "other", "--storage", sqlite_url)
+    assert r.returncode == 2 and "named twice" in r.stderr
+
+
+@pytest.mark.parametrize("args, usage", [
+    (["best", "--bogus"], "usage: hpo best "),
+    (["worker", "--study", "x", "--nope"], "usage: hpo worker "),
+    (["run", "s.toml", "--trials", "3"], "usage: hpo run "),
+    (["test"], "usage: hpo test "),
+    (["--bogus"], "usage: hpo "),
+])
+def test_a_bad_flag_is_answered_with_the_commands_usage(args, usage):
+    r = hpo(*args)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    first, second = r.stderr.splitlines()
+    assert first.startswith(usage) and second.startswith(f"{usage[7:].strip()}: error: "), r.stderr
+
+
+def test_every_commands_flags_go_before_or_after_it():
+    """--debug and the log flags are taken before the command or after it, by every command,
+    and the later one wins; `-v`/`-q` add up."""
+    import logging
+
+    from hpo import logs
+    from hpo.cli import COMMANDS, build_parser
+
+    positional = {"run": ["s.toml"], "init": ["s.toml"], "worker": ["--study", "x"],
+                  "compare": ["s.toml"], "experiment": ["overfit"], "completion": ["bash"]}
+    parser = build_parser()
+    for cmd in COMMANDS:
+        rest = positional.get(cmd, [])
+        for argv, level, fmt in (
+                ([cmd, *rest], logging.INFO, "text"),
+                (["-q", cmd, *rest], logging.WARNING, "text"),
+                ([cmd, *rest, "-qq"], logging.ERROR, "text"),
+                (["-v", cmd, *rest, "--log-format", "JSON"], logging.DEBUG, "json"),
+                (["--log-level", "error", cmd, "--log-level", "Debug", *rest], logging.DEBUG,
+                 "text"),
+                ([cmd, *rest, "-v", "--debug"], logging.DEBUG, "text")):
+            args = parser.parse_args(argv)
+            assert args.command == cmd and logs.settings(args) == (level, fmt), argv
+        assert parser.parse_args([cmd, *rest, "--debug"]).debug is True
+        assert parser.parse_args(["--debug", cmd, *rest]).debug is True
+
+
+def test_log_level_flag_and_environment(tiny_spec, sqlite_url):
+    spec = str(tiny_spec(n_trials=1))
+    r = hpo("run", spec, "--storage", sqlite_url, "--log-level", "warning")
+    assert r.returncode == 0, r.stderr  # no study line, no progress: only edge warnings
+    assert all(x.startswith("hpo run: warning: ") for x in r.stderr.splitlines()), r.stderr
+    r = hpo("run", spec, "--storage", sqlite_url, "--log-level", "loud")
+    assert r.returncode == 2 and r.stderr.strip() == \
+        "hpo run: error: --log-level must be one of debug, info, warning, error, critical, " \
+        "got 'loud'", r.stderr
+    r = hpo("best", "--storage", sqlite_url, env={"HPO_LOG_FORMAT": "xml"})
+    assert r.returncode == 2 and r.stderr.strip() == \
+        "hpo best: error: $HPO_LOG_FORMAT must be one of text, json, got 'xml'"
+    r = hpo("best", "--storage", sqlite_url, "-q", env={"HPO_LOG_LEVEL": "debug"})
+    assert r.returncode == 0 and r.stdout.startswith("Best-1("), r.stderr
+
+
+@pytest.mark.slow
+def test_data_dir_reaches_every_command_that_reads_data(tmp_path, tiny_spec, sqlite_url):
+    """`--data-dir` (run, worker, test, confirm) is where the mnist dataset's files are read
+    from: an empty folder is refused by each, naming it, before anything is written."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    mnist = tiny_spec(name="m", n_trials=1).read_text().replace('"digits"', '"mnist"')
+    spec = tmp_path / "m.toml"
+    spec.write_text(mnist)
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--data-dir", str(empty))
+    assert r.returncode == 2 and f"MNIST data dir {empty} lacks" in r.stderr, r.stderr
+    assert _nothing_written(tmp_path, tmp_path / "hpo.db")
+    # a study of the digits set: --data-dir is not used, and a warning says so
+    _run(tiny_spec(n_trials=1), sqlite_url, "--data-dir", str(empty))
+    r = hpo("worker", "--study", "tiny", "--storage", sqlite_url, "--n-trials", "2",
+            "--data-dir", str(empty))
+    assert r.returncode == 0 and "--data-dir" in r.stderr and "is not used" in r.stderr
+    # the mnist study's stored spec, run on a machine whose files are elsewhere
+    from hpo import optuna_compat as oc
+    from hpo.storage import store_spec
+
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    stored = dict(study_spec(study))
+    stored["data"] = {**stored["data"], "dataset": "mnist"}
+    store_spec(oc.storage_of(study), oc.study_id(study), stored)
+    for args in (["worker", "--study", "tiny", "--n-trials", "3"], ["test", "tiny"],
+                 ["confirm", "tiny", "--seeds", "2"]):
+        r = hpo(*args, "--storage", sqlite_url, "--data-dir", str(empty))
+        assert r.returncode == 2 and f"MNIST data dir {empty} lacks" in r.stderr, (args, r.stderr)
+
+
+def test_shell_completion_from_the_parser(tmp_path):
+    """`hpo completion bash` is a script bash really completes with: commands, each command's
+    flags (the same parser: a new flag is completed at once), spec files."""
+    r = hpo("completion", "bash")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    script = tmp_path / "hpo.bash"
+    script.write_text(r.stdout)
+    (tmp_path / "tiny.toml").write_text("")
+
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        code = (f'source {script}\nCOMP_WORDS=({line}); COMP_CWORD={len(words) - 1}\n'
+                f'COMP_LINE="{line}"; COMP_POINT=${{#COMP_LINE}}\n'
+                f'_shtab_hpo hpo "{words[-1]}" "{words[-2]}"\nprintf "%s\\n" "${{COMPREPLY[@]}}"')
+        out = subprocess.run(["bash", "-c", code], capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return sorted(out.stdout.split())
+
+    assert complete("hpo be") == ["best"]
+    assert complete("hpo comp") == ["compare", "completion"]
+    assert complete("hpo best --st") == ["--storage", "--study", "--study-name"]
+    assert complete("hpo run --data") == ["--data-dir", "--data-seed"]
+    assert complete("hpo run ti") == ["tiny.toml"]
+    zsh = hpo("completion", "zsh")
+    assert zsh.returncode == 0 and zsh.stdout.startswith("#compdef hpo")
+    assert "--study-name" in zsh.stdout
+    bad = hpo("completion", "fish")
+    assert bad.returncode == 2 and "invalid choice: 'fish'" in bad.stderr

@@ -15,6 +15,7 @@ from hpo.compare import (
     grid_from_summary,
     study_name,
 )
+from hpo.storage import study_spec
 from tests.conftest import hpo, trial_states
 
 SAMPLERS = ["narrowing", "random", "tpe"]
@@ -60,6 +61,12 @@ def _best_curve(url, name):
     return np.maximum.accumulate([t.value for t in trials]), study
 
 
+def test_no_startup_note_when_tpe_models(grid):
+    """16 trials > TPE's 10 start-up trials: no note; the narrowing and random arms have none."""
+    _, out, r = grid
+    assert "note:" not in r.stderr and "**Note:**" not in (out / "summary.md").read_text()
+
+
 def test_files_and_one_study_per_cell(grid):
     url, out, _ = grid
     assert (out / "best_so_far.png").stat().st_size > 10_000
@@ -74,8 +81,8 @@ def test_files_and_one_study_per_cell(grid):
 
 def test_same_split_different_seeds(grid):
     url, _, _ = grid
-    specs = [optuna.load_study(study_name=study_name("cmp", s, k), storage=url)
-             .user_attrs["hpo:spec"] for s in SAMPLERS for k in range(2)]
+    specs = [study_spec(optuna.load_study(study_name=study_name("cmp", s, k), storage=url))
+             for s in SAMPLERS for k in range(2)]
     assert len({json.dumps(s["data"], sort_keys=True) for s in specs}) == 1
     assert {s["seed"] for s in specs} == {0, 1}
     assert specs[0]["sampler"]["stage_trials"] == 8  # the spec's own narrowing options
@@ -160,6 +167,13 @@ def test_two_forked_workers_per_cell_keep_the_exact_budget(tmp_path, tiny_spec):
             states = [t.state.name for t in study.get_trials(deepcopy=False)
                       if "hpo:surplus" not in t.system_attrs]
             assert states == ["COMPLETE"] * 6, (sampler, k, states)
+    # 6 trials < TPE's 10 start-up trials: TPE equals random search here, and the run says so
+    note = ("tpe: 6 trials per study are no more than its 10 random start-up trials "
+            "(n_startup_trials), so it never used its model and its row measures random search; "
+            "give --n-trials above 10")
+    assert r.stderr.splitlines().count(f"hpo compare: note: {note}") == 1
+    assert f"**Note:** {note}" in (tmp_path / "o" / "summary.md").read_text()
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["notes"] == [note]
 
 
 def test_sigterm_during_a_two_worker_compare_exits_143_with_nothing_running(tmp_path, tiny_spec):

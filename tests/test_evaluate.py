@@ -108,5 +108,39 @@ def test_test_uses_the_confirmed_winner(tiny_spec, sqlite_url):
     assert json.loads(r.stdout)["trial"] == winner
     r = hpo("best", "tiny", "--storage", sqlite_url)
     assert "Confirmed-1(val acc:" in r.stdout and "Test (once," in r.stdout
+    assert "at 5 finished trials" in r.stdout and "STALE" not in r.stdout
+
+
+def test_results_made_before_new_trials_are_marked_stale(tiny_spec, sqlite_url):
+    """Confirm and test results are stored with the number of finished trials they were made at;
+    once the study holds more, every listing marks them STALE (text and JSON), and `hpo test`
+    says that the confirmation it follows is stale."""
+    spec = str(tiny_spec(n_trials=4))
+    assert hpo("run", spec, "--storage", sqlite_url, "--quiet").returncode == 0
+    assert hpo("confirm", "tiny", "--storage", sqlite_url, "--top", "2", "--seeds", "2"
+               ).returncode == 0
+    assert hpo("test", "tiny", "--storage", sqlite_url).returncode == 0
+    current = hpo("best", "tiny", "--storage", sqlite_url)
+    assert "STALE" not in current.stdout and current.stdout.count("at 4 finished trials") == 2
+    assert hpo("run", spec, "--storage", sqlite_url, "--n-trials", "6", "--quiet"
+               ).returncode == 0
+    moved = hpo("best", "tiny", "--storage", sqlite_url).stdout.splitlines()
+    assert ("STALE: this confirmation was made at 4 finished trials; the study now holds 6: "
+            "run `hpo confirm` again to include the new trials") in moved
+    assert ("STALE: this test result was made at 4 finished trials; the study now holds 6: "
+            "run `hpo test --force` again to include the new trials") in moved
+    data = json.loads(hpo("best", "tiny", "--storage", sqlite_url, "--json").stdout)
+    assert data["confirm"]["stale"] is True and data["test"]["stale"] is True
+    assert data["confirm"]["n_finished"] == data["test"]["n_finished"] == 4
+    again = hpo("test", "tiny", "--storage", sqlite_url, "--force")
+    assert again.returncode == 0, again.stderr
+    assert "hpo test: warning: the confirmation was made at 4 finished trials" in again.stderr
+    after = hpo("best", "tiny", "--storage", sqlite_url).stdout
+    assert after.count("STALE") == 1 and "at 6 finished trials" in after  # the new test result
+
+
+def test_confirm_refuses_one_seed(tiny_spec, sqlite_url):
+    assert hpo("run", str(tiny_spec(n_trials=1)), "--storage", sqlite_url,
+               "--quiet").returncode == 0
     r = hpo("confirm", "tiny", "--storage", sqlite_url, "--seeds", "1")
     assert r.returncode == 2 and "--seeds must be >= 2" in r.stderr

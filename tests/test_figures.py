@@ -20,6 +20,7 @@ from hpo import figures, listing, plane, plots
 from hpo import page as page_module
 from hpo.cli import main
 from hpo.listing import best_rows, format_row, ranked
+from hpo.storage import study_spec
 from tests.conftest import hpo
 
 SPEC = {"search": {"lr": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
@@ -102,10 +103,11 @@ def _trial_no(line: str) -> int:
 
 
 def _expected_small_gap(trials: list[FrozenTrial], g: float) -> list[int]:
-    """Recomputed from the trials: COMPLETE, not diverged, train_acc - val_acc < g."""
+    """Recomputed from the trials: COMPLETE, not diverged, learned something (train acc at
+    least twice chance), train_acc - val_acc < g."""
     return [t.number for t in ranked(trials)
             if "train_acc" in t.user_attrs and not t.user_attrs.get("diverged")
-            and t.user_attrs["train_acc"] - t.value < g]
+            and t.user_attrs["train_acc"] >= 0.2 and t.user_attrs["train_acc"] - t.value < g]
 
 
 # --- builders on synthetic trials -------------------------------------------------------------
@@ -162,17 +164,20 @@ def test_summary_marks_small_gaps_and_skips_diverged_and_unknown():
         _trial(2, 0.70, 1e-3, 1e-6),                           # no train_acc: never marked
         _trial(3, 0.10, 1e-3, 1e-6, train=0.10, diverged=True),  # gap 0 but diverged
         _trial(4, 0.60, 1e-3, 1e-6, train=0.55),               # negative gap: marked
+        _trial(5, 0.17, 1e-3, 1e-6, train=0.10),               # learned nothing: never marked
+        _trial(6, 0.20, 1e-3, 1e-6, train=0.12),               # learned nothing: never marked
     ]
     s = listing.summary(trials, SPEC, "s", top=20, max_gap=0.05)
     marked = [_trial_no(x) for x in s.listing if x.endswith(listing.gap_mark(0.05))]
     assert marked == [1, 4] == _expected_small_gap(trials, 0.05)
     assert [_trial_no(x) for x in s.small_gap] == [1, 4]
     md = s.markdown()
-    assert "## Best with gap < 0.05" in md and md.count("[trial 1]") == 2
+    assert "## Best with train-val gap < 0.05" in md and md.count("[trial 1]") == 2
     unmarked = listing.summary(trials, SPEC, "s", top=20).markdown()
-    assert "<- gap" not in unmarked and "Best with gap" not in unmarked
+    assert "<- gap" not in unmarked and "Best with train-val gap" not in unmarked
     none = listing.summary(trials[:1], SPEC, "s", max_gap=0.01)
-    assert "No COMPLETE trial has a train-validation gap below 0.01" in none.markdown()
+    assert ("No COMPLETE trial that learned something (train acc >= 0.20) has a "
+            "train-validation gap below 0.01") in none.markdown()
 
 
 def test_edge_warning_for_a_best_trial_near_an_edge():
@@ -256,10 +261,10 @@ def test_report_on_a_random_study(tiny_spec, sqlite_url, tmp_path, capsys):
     assert 0 < sum(x.endswith(listing.gap_mark(g)) for x in lines) < len(lines)
     for line in lines:
         assert line.endswith(listing.gap_mark(g)) == (_trial_no(line) in small), line
-    section = md.split(f"## Best with gap < {g:g}", 1)[1]
+    section = md.split(f"## Best with train-val gap < {g:g}", 1)[1]
     assert [_trial_no(x) for x in _listing_block(section)] == \
         _expected_small_gap(trials, g)[:listing.GAP_LIST]
-    warnings = listing.edge_warnings(trials, study.user_attrs["hpo:spec"])
+    warnings = listing.edge_warnings(trials, study_spec(study))
     for w in warnings:
         assert w in md
 
@@ -274,7 +279,7 @@ def test_report_on_a_random_study(tiny_spec, sqlite_url, tmp_path, capsys):
     assert f"wrote {js}" in r.stderr
     assert not re.search(r"<link[^>]*\shref\s*=\s*[\"']https?:", page)
     assert page.count("Plotly.newPlot(") == 3 and '"type":"contour"' in page
-    assert "Best-1(val acc:" in page and "Best with gap &lt;" in page
+    assert "Best-1(val acc:" in page and "Best with train-val gap &lt;" in page
     for w in warnings:
         assert w in page
 
@@ -308,6 +313,26 @@ def test_report_on_a_random_study(tiny_spec, sqlite_url, tmp_path, capsys):
     assert len(again["plotly_graph_objects"]) == 3 and again["note"]["version"] == 2
     assert sum(len(t["artifacts"]) for t in again["trials"]) == 5
 
+    # Optuna's own artifact API lists the report's figures and the curves (each once: the
+    # second report at the same trial count added nothing) and reads them back
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
+
+    metas = get_all_artifact_meta(study)
+    n = len(trials)
+    assert sorted(m.filename for m in metas) == sorted(
+        [f"{f}-{n}trials.png" for f in ("best_curves", "acc_vs_params", "contour")]
+        + [f"learning_curve_trial{k}.png" for k in top5])
+    fig = next(m for m in metas if m.filename.startswith("best_curves-"))
+    download_artifact(artifact_store=FileSystemArtifactStore(str(art)),
+                      artifact_id=fig.artifact_id, file_path=str(tmp_path / "got.png"))
+    assert (tmp_path / "got.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert fig.mimetype == "image/png"
+    # without --artifact-dir the figures go beside the SQLite file (hpo-artifacts/)
+    assert main(["report", "rnd", "--storage", sqlite_url, "--out", str(tmp_path / "pub2")]) == 0
+    beside = Path(sqlite_url.removeprefix("sqlite:///")).with_name("hpo-artifacts")
+    assert len(list(beside.iterdir())) == 3
+    assert len(get_all_artifact_meta(study)) == len(metas) + 3
+
     capsys.readouterr()
     assert main(["report", "nope", "--storage", sqlite_url, "--out", str(tmp_path / "x")]) == 2
     assert "no study named 'nope'; studies here: rnd" in capsys.readouterr().err
@@ -325,11 +350,11 @@ def test_report_on_a_narrowing_study(tiny_spec, sqlite_url, tmp_path):
     r = hpo("report", "nar", "--storage", sqlite_url, "--out", str(out))
     assert r.returncode == 0, r.stderr
     _check_png(out / "stages.png")
-    assert "## Best with gap" not in (out / "best.md").read_text()
+    assert "## Best with train-val gap" not in (out / "best.md").read_text()
 
     study = optuna.load_study(study_name="nar", storage=sqlite_url)
     trials = study.get_trials()
-    found = plane.stages(trials, study.user_attrs["hpo:spec"])
+    found = plane.stages(trials, study_spec(study))
     assert [s.number for s in found] == [0, 1, 2] and [len(s.trials) for s in found] == [8] * 3
     for s in found[1:]:
         recorded = trials[8 * s.number].system_attrs["narrowing:ranges"]
@@ -350,3 +375,36 @@ def test_report_bad_input_is_one_line_and_exit_2(tiny_spec, sqlite_url, tmp_path
     r = hpo("report", "x", "--storage", sqlite_url, "--top", "0")
     assert r.returncode == 2 and "--top must be >= 1" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_report_page_opens_on_a_summary_and_the_main_figure_with_html_tables():
+    """report.html's first screen: a one-paragraph summary (Best-1) and the warnings, then the
+    book's figure; no Markdown marks, no monospace listing before it; the best trials as HTML
+    tables, the full Best-N and the book's text listing collapsed in <details>; a confirmation
+    made before the latest trials is marked stale."""
+    trials = _random_trials(25)
+    trials.append(_trial(25, 0.99, 9.9e-3, 1e-6, train=1.0))  # Best-1 at lr's upper edge
+    confirm = {"n_seeds": 2, "noise_floor_std": 0.01, "n_val": 60, "winner": 25, "top": 1,
+               "at": "2026-12-07T07:00:00+00:00", "n_finished": 20,
+               "rows": [{"trial": 25, "params": {"lr": 9.9e-3, "weight_decay": 1e-6},
+                         "mean": 0.9, "sem": 0.01, "search_val_acc": 0.99}]}
+    s = listing.summary(trials, SPEC, "s", top=20, max_gap=0.05,
+                        user_attrs={listing.CONFIRM_ATTR: confirm})
+    figs = plots.report_figures(trials, SPEC, 20)
+    page = page_module.html_page("s", s, [(*page_module.SECTIONS[k], f) for k, f in figs.items()])
+    body = page.split("<body>", 1)[1]
+    first = body.split('id="figure-0"', 1)[0]
+    assert "<pre" not in first and "`" not in first and "<table" not in first
+    assert "<b>Best-1</b>: validation accuracy <b>0.99</b> (trial 25)" in first
+    assert "lr=0.0099 sits at the upper edge" in first
+    assert "STALE: the confirmation was made at 20 finished trials; the study now holds 26" \
+        in first
+    assert first.count("<h2>") == 1  # the figure's own heading: nothing else before it
+    rest = body.split('id="figure-0"', 1)[1].split('id="figure-1"', 1)[0]
+    assert "`" not in body.split("<script", 1)[0]
+    tables = re.findall(r"<table>.*?</table>", rest, re.S)
+    assert len(tables) == 4  # Best-5, all Best-20 (collapsed), small gap, confirmation
+    assert tables[0].count("<tr") == 1 + 5 and tables[1].count("<tr") == 1 + 20
+    details = rest.split("<details>", 1)[1].split("</details>", 1)[0]
+    assert tables[1] in details and "<pre>" in details and "Best-20(val acc:" in details
+    assert "<pre" not in rest.replace(details, "")

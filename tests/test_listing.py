@@ -7,6 +7,7 @@ import json
 import optuna
 
 from hpo.listing import edge_warnings, search_limits
+from hpo.storage import study_spec
 from tests.conftest import hpo
 
 
@@ -34,7 +35,7 @@ def test_best_and_report_give_the_same_edge_warnings_on_a_shift_study(tiny_spec,
     study = optuna.load_study(study_name="shift", storage=sqlite_url)
     assert study.best_params["lr"] > 1e-2
     assert from_best and all("[0.0001, 0.05]" in w for w in from_best)
-    assert from_best == edge_warnings(study.trials, study.user_attrs["hpo:spec"])
+    assert from_best == edge_warnings(study.trials, study_spec(study))
 
 
 def test_search_limits_are_the_bounds_of_a_shift_spec():

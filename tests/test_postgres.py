@@ -24,6 +24,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.storage import study_spec
 from tests.conftest import hpo
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -389,13 +390,13 @@ def test_init_creates_the_study_once_and_checks_its_input(tiny_spec, sqlite_url,
     assert r.returncode == 0, r.stderr
     assert "made-here" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     study = optuna.load_study(study_name="made-here", storage=sqlite_url)
-    assert study.user_attrs["hpo:spec"]["budget"]["n_trials"] == 7
+    assert study_spec(study)["budget"]["n_trials"] == 7
     assert study.metric_names == ["val_acc"] and study.trials == []
     # again, with a new budget: loaded, not re-created; the budget is recorded
     r = hpo("init", str(spec), "--storage", sqlite_url, "--study", "made-here", "--n-trials", "9")
     assert r.returncode == 0, r.stderr
     study = optuna.load_study(study_name="made-here", storage=sqlite_url)
-    assert study.user_attrs["hpo:spec"]["budget"]["n_trials"] == 9
+    assert study_spec(study)["budget"]["n_trials"] == 9
     assert len(optuna.get_all_study_names(sqlite_url)) == 1
     # a different spec under the same name, a zero budget, a proxy URL: refused, nothing written
     other = tmp_path / "other.toml"  # same name, another model

@@ -1,4 +1,5 @@
-"""Pruning: hopeless trials stop early, report only where the pruner can act."""
+"""Pruning: hopeless trials stop early, report only where the pruner can act while training; a
+finished trial's whole validation curve is its intermediate values."""
 
 import optuna
 import pytest
@@ -37,7 +38,9 @@ def test_hopeless_trial_is_pruned_and_its_last_value_stored(tiny_spec):
     study.optimize(Objective(spec), n_trials=3)
     good, _, hopeless = study.trials
     assert good.state.name == "COMPLETE"
-    assert set(good.intermediate_values) == {2, 4, 6, 8}  # only the pruner's steps
+    # the whole curve, once the trial ended (during it, only the pruner's steps 2, 4, 6, 8)
+    assert good.intermediate_values == pytest.approx(
+        dict(enumerate(good.user_attrs["val_acc_curve"], 1)), abs=1e-6)  # the attr is rounded
     assert hopeless.state.name == "PRUNED"
     last_step = max(hopeless.intermediate_values)
     assert last_step < 8
@@ -45,11 +48,30 @@ def test_hopeless_trial_is_pruned_and_its_last_value_stored(tiny_spec):
     assert "model_seed" in hopeless.user_attrs
 
 
-def test_no_pruner_reports_nothing(tiny_spec):
+def test_without_a_pruner_the_curve_is_reported_when_the_trial_ends(tiny_spec, sqlite_url):
+    """No pruner: the validation curve is the trial's intermediate values at its end
+    (optuna-dashboard's own charts draw it), held back and written in the transaction that
+    finishes the trial (hpo's write-behind storage)."""
+    from hpo.storage import get_storage
+
     spec = load_spec(tiny_spec(epochs=4))
-    study = optuna.create_study(direction="maximize")
-    study.optimize(Objective(spec), n_trials=2)
-    assert all(not t.intermediate_values for t in study.trials)
+    seen = []
+
+    class Watch(Objective):
+        def _report_curve(self, trial, result):
+            super()._report_curve(trial, result)
+            # reported, but held back: another connection sees none of it before the end
+            other = optuna.load_study(study_name=trial.study.study_name, storage=sqlite_url)
+            seen.append(other.trials[-1].intermediate_values)
+
+    study = optuna.create_study(direction="maximize",
+                                storage=get_storage(sqlite_url, create_schema=True))
+    study.optimize(Watch(spec), n_trials=2)
+    assert seen == [{}, {}]
+    stored = optuna.load_study(study_name=study.study_name, storage=sqlite_url).trials
+    for t in stored:
+        assert t.intermediate_values == pytest.approx(
+            dict(enumerate(t.user_attrs["val_acc_curve"], 1)), abs=1e-6)
 
 
 def test_pruned_study_lists_best(tiny_spec, sqlite_url):
@@ -182,3 +204,17 @@ def test_median_pruner_pickles_and_keeps_optunas_options():
     assert (clone._n_startup_trials, clone._n_warmup_steps, clone._n_min_trials) == (2, 5, 3)
     with pytest.raises(ValueError, match="has no option 'percentile'"):
         make_pruner("median", {"percentile": 25.0}, 20)
+
+
+def test_a_long_curve_is_thinned_to_curve_points(tiny_spec, monkeypatch):
+    """A curve longer than CURVE_POINTS becomes that many intermediate values, evenly spaced,
+    the last epoch kept (a 30,000-epoch spec behind `hpo proxy` made 30,000 calls a trial)."""
+    from hpo import objective
+
+    monkeypatch.setattr(objective, "CURVE_POINTS", 4)
+    spec = load_spec(tiny_spec(epochs=10))
+    study = optuna.create_study(direction="maximize")
+    study.optimize(Objective(spec), n_trials=1)
+    (t,) = study.trials
+    assert sorted(t.intermediate_values) == [1, 4, 7, 10]
+    assert t.intermediate_values[10] == pytest.approx(t.value)

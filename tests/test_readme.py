@@ -81,8 +81,9 @@ def test_sample_best_1_is_what_the_quick_start_prints(tmp_path, request):
     sample = _sample_lines()
     best_1 = next(x for x in sample if x.startswith("Best-1("))
     assert printed[0] == best_1
-    assert [x for x in printed if x.startswith("warning:")] == \
-        [x for x in sample if x.startswith("warning:")]
+    assert not [x for x in printed if "warning:" in x]  # warnings go to stderr
+    assert [x for x in run.stderr.splitlines() if x.startswith("hpo run: warning:")] == \
+        [x for x in sample if x.startswith("hpo run: warning:")]
     assert (tmp_path / "hpo.db").exists()
     again = subprocess.run([sys.executable, "-m", "hpo", "best"], cwd=tmp_path, text=True,
                            capture_output=True, env={**os.environ, "HPO_STORAGE": ""})
@@ -102,3 +103,74 @@ def test_docs_stand_alone():
                 and outside.search(path.read_text(errors="replace"))):
             found.append(str(rel))
     assert found == []
+
+
+def _readme_flag_tables() -> dict[str, list[tuple[str, str]]]:
+    """The README's flag tables: {"": the flags every command takes, "run": run's own, ...}."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- flags -->\n", 1)[1].split("<!-- /flags -->", 1)[0]
+    tables: dict[str, list[tuple[str, str]]] = {}
+    current = ""
+    for line in block.splitlines():
+        m = re.fullmatch(r"`hpo (\S+)`:", line)
+        if m:
+            current = m.group(1)
+        m = re.fullmatch(r"\| `(.+?)` \| (.*) \|", line)
+        if m:
+            tables.setdefault(current, []).append((m.group(1), m.group(2).replace("\\|", "|")))
+    return tables
+
+
+def _help_rows(help_text: str) -> list[tuple[str, str]]:
+    """(invocation, help) of each argument in `hpo COMMAND --help`'s output."""
+    rows: list[list[str]] = []
+    body = help_text.split("\npositional arguments:\n", 1)[-1]
+    body = re.split(r"\noptions:\n", body)
+    lines = "\n".join(body).splitlines()
+    for line in lines:
+        if not line.strip() or not line.startswith(" "):
+            continue
+        m = re.match(r"  (\S.*?)(?:\s{2,}(.*))?$", line)
+        if line.startswith("   ") and rows:  # a continuation of the help text
+            rows[-1][1] += " " + line.strip()
+        elif m:
+            rows.append([m.group(1), m.group(2) or ""])
+    return [(inv, " ".join(h.split())) for inv, h in rows]
+
+
+def test_the_flag_tables_are_what_help_prints():
+    """Every flag and default that `hpo COMMAND --help` prints is in the README, with the same
+    words, and the README lists nothing else (`python -m hpo.cli` regenerates the tables)."""
+    from hpo.cli import COMMANDS, COMMON_FLAGS, reference_markdown
+
+    text = (ROOT / "README.md").read_text()
+    assert text.split("<!-- flags -->\n", 1)[1].split("<!-- /flags -->", 1)[0] == \
+        reference_markdown(), "README's flag tables are stale: python -m hpo.cli"
+    tables = _readme_flag_tables()
+    assert set(tables) == {"", *COMMANDS}
+    for cmd in COMMANDS:
+        shown = subprocess.run([sys.executable, "-m", "hpo", cmd, "--help"], capture_output=True,
+                               text=True, env={**os.environ, "COLUMNS": "100"}, cwd=ROOT)
+        assert shown.returncode == 0, shown.stderr
+        rows = _help_rows(shown.stdout)
+        common = [r for r in rows if r[0].split(",")[0].split()[0] in COMMON_FLAGS]
+        own = [r for r in rows if r not in common]
+        assert common == tables[""], cmd
+        assert own == tables[cmd], (cmd, own, tables[cmd])
+
+
+def test_the_command_summary_names_only_real_flags():
+    """The Commands table's short forms (`hpo run SPEC [--workers W] ...`) name flags the
+    command has."""
+    from hpo.cli import _subparsers, build_parser
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    commands = _subparsers(build_parser())
+    seen = 0
+    for cmd, usage in re.findall(r"^\| `hpo (\S+)([^`]*)` \|", section, re.M):
+        flags = set(re.findall(r"(--[a-z][a-z-]*)", usage))
+        known = {s for a in commands[cmd]._actions for s in a.option_strings}
+        assert flags <= known, (cmd, flags - known)
+        seen += 1
+    assert seen == len(commands)  # every command has its row

@@ -24,6 +24,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo.storage import study_spec
 from tests.conftest import free_port, fresh_pg_database, hpo, require_pg
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -120,7 +121,7 @@ def assert_exact_budget(url: str, study: str, n_trials: int) -> None:
         if t.state == TrialState.FAIL:
             assert t.system_attrs.get("hpo:surplus") is True and not t.params, t
     loaded = optuna.load_study(study_name=study, storage=url)
-    assert loaded.user_attrs["hpo:spec"]["budget"]["n_trials"] == n_trials
+    assert study_spec(loaded)["budget"]["n_trials"] == n_trials
     assert loaded.metric_names == ["val_acc"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from hpo.listing import ranked
+from hpo.listing import fmt_params, ranked
 from tests.conftest import hpo
 
 
@@ -14,10 +14,13 @@ def test_a_new_study_runs_the_earlier_studys_best_first(tiny_spec, sqlite_url):
     first = optuna.load_study(study_name="first", storage=sqlite_url)
     top3 = ranked(first.trials)[:3]
     spec = tiny_spec("second", n_trials=5)
-    r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet", "--warm-start", "first",
-            "--warm-start-top", "3")
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--warm-start", "first",
+            "--warm-start-top", "3")  # not -q: that would keep only warnings
     assert r.returncode == 0, r.stderr
-    assert "warm start from 'first': its best 3 configuration(s)" in r.stderr
+    assert ("warm start from 'first': 3 of its best 3 configuration(s) run first (3 as they "
+            "were, 0 with params re-drawn, 0 skipped):") in r.stderr
+    for t in top3:
+        assert f"  trial {t.number} as it was: {fmt_params(t.params)}" in r.stderr
     second = optuna.load_study(study_name="second", storage=sqlite_url)
     assert len(second.trials) == 5
     for t, source in zip(second.trials[:3], top3, strict=True):
@@ -27,7 +30,7 @@ def test_a_new_study_runs_the_earlier_studys_best_first(tiny_spec, sqlite_url):
     record = second.user_attrs["hpo:warm_start"]
     assert record["study"] == "first" and record["trials"] == [t.number for t in top3]
     # resumed: nothing enqueued twice
-    r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet", "--warm-start", "first",
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--warm-start", "first",
             "--n-trials", "6")
     assert r.returncode == 0 and "skipped" in r.stderr, r.stderr
     second = optuna.load_study(study_name="second", storage=sqlite_url)
@@ -41,8 +44,8 @@ def test_only_values_the_new_space_can_take_are_carried(tiny_spec, sqlite_url):
     narrow = tiny_spec("narrow", n_trials=4)
     text = narrow.read_text()
     narrow.write_text(text.replace("low = 1e-3\nhigh = 0.5", "low = 1e-3\nhigh = 2e-3"))
-    r = hpo("run", str(narrow), "--storage", sqlite_url, "--quiet", "--warm-start", "wide",
-            "--warm-start-top", "4")
+    r = hpo("run", str(narrow), "--storage", sqlite_url, "--warm-start", "wide",
+            "--warm-start-top", "4")  # not -q: the "as it was" lines are info
     assert r.returncode == 0, r.stderr
     wide = optuna.load_study(study_name="wide", storage=sqlite_url)
     new = optuna.load_study(study_name="narrow", storage=sqlite_url)
@@ -54,6 +57,42 @@ def test_only_values_the_new_space_can_take_are_carried(tiny_spec, sqlite_url):
     for t in carried:
         source = by_number[int(t.user_attrs["hpo:warm_start"].split("#")[1])]
         assert t.params["weight_decay"] == source.params["weight_decay"]
+    # it says which ran as they were and which had lr re-drawn, and why
+    top4 = ranked(wide.trials)[:4]
+    lines = r.stderr.splitlines()
+    head = next(x for x in lines if x.startswith("warm start from 'wide':"))
+    outside = [t for t in top4 if not 1e-3 <= t.params["lr"] <= 2e-3]
+    assert outside  # the test needs a best lr outside the new range
+    assert head == (f"warm start from 'wide': 4 of its best 4 configuration(s) run first "
+                    f"({4 - len(outside)} as they were, {len(outside)} with params re-drawn, "
+                    f"0 skipped):")
+    for t in outside:
+        assert (f"  trial {t.number} with lr re-drawn by the sampler (lr "
+                f"{fmt_params({'x': t.params['lr']})[2:]} is outside the new range "
+                f"[0.001, 0.002]); kept weight decay:"
+                f"{fmt_params({'x': t.params['weight_decay']})[2:]}") in lines, lines
+    record = new.user_attrs["hpo:warm_start"]
+    assert sorted(record["redrawn"]) == sorted(str(t.number) for t in outside)
+    assert record["skipped"] == {}
+
+
+def test_a_configuration_with_nothing_that_fits_is_skipped(tiny_spec):
+    """Unit: a config whose every param is outside the new space is skipped, with the reason."""
+    from optuna.distributions import FloatDistribution
+
+    from hpo.spec import load_spec
+    from hpo.warmstart import plan
+
+    spec = load_spec(tiny_spec("n"))  # lr in [1e-3, 0.5], weight decay in [1e-8, 1e-4]
+    d = {"lr": FloatDistribution(1e-6, 1.0, log=True),
+         "momentum": FloatDistribution(0.0, 1.0)}
+    t = optuna.trial.create_trial(params={"lr": 0.9, "momentum": 0.5}, distributions=d,
+                                  value=0.5)
+    t.number = 7
+    (c,) = plan(spec, [t])
+    assert c.skipped and c.line() == ("trial 7 skipped: none of its params fits (lr 0.9 is "
+                                      "outside the new range [0.001, 0.5]; momentum not "
+                                      "searched by the new spec)")
 
 
 def test_a_bad_source_is_refused_before_anything_is_written(tiny_spec, sqlite_url, tmp_path):

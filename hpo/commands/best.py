@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import optuna
 
@@ -11,7 +12,7 @@ from hpo import optuna_compat as oc
 from hpo.commands.common import open_storage, open_study, positive
 from hpo.errors import UsageError
 from hpo.listing import dumps, rows_from_trials, state_names, study_summary
-from hpo.storage import SPEC_ATTR
+from hpo.storage import stored_spec, study_spec
 
 
 def best(args: argparse.Namespace) -> int:
@@ -22,8 +23,10 @@ def best(args: argparse.Namespace) -> int:
     if args.study is None:
         args.study = only_study(open_storage(args))
     study = open_study(args)
-    info = study_summary(study, study.user_attrs.get(SPEC_ATTR, {}), args.top, args.max_gap)
+    info = study_summary(study, study_spec(study) or {}, args.top, args.max_gap)
     print(info.json() if args.json else info.text())
+    for line in info.warning_lines("hpo best"):
+        print(line, file=sys.stderr)
     return 0
 
 
@@ -47,7 +50,7 @@ def studies(args: argparse.Namespace) -> int:
     for s in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
         trials = storage.get_all_trials(oc.study_id(s), deepcopy=False)
         best_row = rows_from_trials(trials)[:1]
-        spec = s.user_attrs.get(SPEC_ATTR, {})
+        spec = stored_spec(s.system_attrs, s.user_attrs) or {}
         rows.append({
             "study": s.study_name,
             "sampler": spec.get("sampler", {}).get("name", "?"),

@@ -20,8 +20,8 @@ from hpo.storage import (
 
 
 def open_storage(args: argparse.Namespace) -> optuna.storages.BaseStorage:
-    """The storage of ``--storage`` (else ``$HPO_STORAGE``, else ``sqlite:///hpo.db``), which
-    must hold hpo's schema."""
+    """The storage of ``--storage`` (else ``$HPO_STORAGE``, ``$OPTUNA_STORAGE``,
+    ``sqlite:///hpo.db``), which must hold hpo's schema."""
     url = resolve_url(args.storage)
     storage = get_storage(url)
     check_schema(storage, url)
@@ -85,3 +85,17 @@ def positive(flag: str, value: int | None) -> None:
     """``value`` (if given) must be >= 1."""
     if value is not None and value < 1:
         raise UsageError(f"{flag} must be >= 1, got {value}")
+
+
+def callbacks(*fns):
+    """One Optuna callback calling each of ``fns`` that is not None (None when none is: then
+    optimize() does not read each finished trial back)."""
+    chosen = [f for f in fns if f is not None]
+    if len(chosen) <= 1:
+        return chosen[0] if chosen else None
+
+    def each(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        for f in chosen:
+            f(study, trial)
+
+    return each

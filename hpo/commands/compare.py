@@ -10,23 +10,26 @@ before writing anything.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
-import sys
 
 from hpo.commands.common import heartbeat_settings, output_dir
 from hpo.commands.worker import worker_job
-from hpo.compare import cell_names, make_arms, run_grid, table, write_outputs
+from hpo.compare import Grid, cell_names, make_arms, run_grid, table, write_outputs
 from hpo.errors import StorageError, UsageError
 from hpo.objective import Objective
 from hpo.procs import WorkerJob
 from hpo.samplers import available_samplers
+from hpo.samplers.registry import startup_trials
 from hpo.spec import load_spec
 from hpo.storage import get_storage, mask_url
 
 #: The comparison's own storage, inside --out.
 STORAGE_FILE = "compare.db"
 
+
+log = logging.getLogger("hpo.compare")
 
 def storage_url(args: argparse.Namespace) -> str:
     """``--storage``, else ``sqlite:///<out>/compare.db``."""
@@ -76,6 +79,19 @@ def check_resume(args: argparse.Namespace, url: str, names: list[str]) -> None:
         raise UsageError(f"--storage {mask_url(url)} already holds {len(ours)} of this "
                          f"comparison's {len(names)} studies ({listed(ours)}); pass --resume to "
                          "continue them, or choose another --storage")
+
+
+def startup_notes(grid: Grid) -> list[str]:
+    """One line per arm with no more trials than its sampler's random start-up trials: such a
+    TPE (CMA-ES, GP) arm *is* random search, and its row (p = 1.000) says nothing about it."""
+    notes = []
+    for arm in (a for a in grid.arms if a.spec is not None):  # None: from summary.json
+        n = startup_trials(arm.spec.sampler, arm.spec.sampler_kwargs())
+        if n is not None and grid.n_trials <= n:
+            notes.append(f"{arm.label}: {grid.n_trials} trials per study are no more than its "
+                         f"{n} random start-up trials (n_startup_trials), so it never used its "
+                         f"model and its row measures random search; give --n-trials above {n}")
+    return notes
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -134,7 +150,10 @@ def compare(args: argparse.Namespace) -> int:
                   if args.confirm else "")
                + f" --out {shlex.quote(args.out)}" + (" --no-test" if args.no_test else "")
                + (" --resume" if args.resume else ""))
-    paths = write_outputs(grid, args.out, command)
+    notes = tuple(startup_notes(grid))
+    paths = write_outputs(grid, args.out, command, notes)
     print(table(grid))
-    print(f"wrote {paths['plot']}, {paths['table']}, {paths['json']}", file=sys.stderr)
+    for note in notes:
+        log.warning("hpo compare: note: %s", note)
+    log.info("wrote %s, %s, %s", paths["plot"], paths["table"], paths["json"])
     return 0

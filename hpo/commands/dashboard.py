@@ -4,6 +4,7 @@ otherwise; beyond loopback only with credentials (or ``--no-auth``)."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -28,6 +29,7 @@ def dashboard(args: argparse.Namespace) -> int:
         PASSWORD_FILE_ENV,
         USER_ENV,
         credentials_from_env,
+        default_artifact_dir,
         is_loopback,
         listen_urls,
         make_app,
@@ -40,7 +42,9 @@ def dashboard(args: argparse.Namespace) -> int:
         raise UsageError(f"--host {args.host} is beyond loopback: set {USER_ENV} and "
                          f"{PASSWORD_ENV} (or {PASSWORD_FILE_ENV}) for HTTP basic auth, or "
                          "pass --no-auth to serve it to anyone who can reach it")
-    app = make_app(args.storage, allow_writes=args.allow_writes, artifact_dir=args.artifact_dir,
+    beside = default_artifact_dir(resolve_url(args.storage))  # where hpo report stores them
+    artifacts = args.artifact_dir or (beside if beside and os.path.isdir(beside) else None)
+    app = make_app(args.storage, allow_writes=args.allow_writes, artifact_dir=artifacts,
                    credentials=credentials)
     try:
         server = make_server_for(app, args.host, args.port)  # bound here: the real port is known

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import sys
 
 from hpo.commands.common import output_dir
 from hpo.errors import UsageError
 from hpo.experiment import plot, run_experiment
 from hpo.procs import pin_blas_threads
 
+log = logging.getLogger("hpo.experiment")
 
 def experiment(args: argparse.Namespace) -> int:
     """``hpo experiment NAME``: one of section 6.4's experiments, printed and plotted."""
@@ -28,5 +29,5 @@ def experiment(args: argparse.Namespace) -> int:
     plot(outcome, path)
     print(f"{args.name}: train acc {outcome.train_acc:.3f}, test acc {outcome.test_acc:.3f}, "
           f"gap {outcome.gap:+.3f} ({len(outcome.train_curve)} epochs)")
-    print(f"wrote {path}", file=sys.stderr)
+    log.info("wrote %s", path)
     return 0

@@ -13,7 +13,7 @@ the spec, the sampler, the pruner and the data have all been checked.
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
 from hpo.commands.run import spec_from_args
 from hpo.errors import UsageError
@@ -22,6 +22,7 @@ from hpo.retry import with_retries
 from hpo.storage import create_or_load_study, get_storage, mask_url, resolve_url
 from hpo.trials import build_sampler_and_pruner, count
 
+log = logging.getLogger("hpo.init")
 
 def init(args: argparse.Namespace) -> int:
     """Create (or check) the schema and the study of ``args.spec``; print one line."""
@@ -36,7 +37,7 @@ def init(args: argparse.Namespace) -> int:
     study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
     done, in_flight = with_retries(lambda: count(study), who="hpo init",
                                    what=f"the storage {mask_url(url)}")
-    print(f"hpo init: study {study_name!r} ready on {mask_url(url)}: budget {spec.n_trials} "
-          f"trials ({done} finished, {in_flight} in flight), sampler {spec.sampler}; "
-          f"join with `hpo worker --study {study_name}`", file=sys.stderr, flush=True)
+    log.info("hpo init: study %r ready on %s: budget %d trials (%d finished, %d in flight), "
+             "sampler %s; join with `hpo worker --study %s`", study_name, mask_url(url),
+             spec.n_trials, done, in_flight, spec.sampler, study_name)
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 import threading
 import time
 
@@ -14,6 +14,7 @@ from hpo.proxy import check_port_free, heartbeat_settings, make_storage, sweeper
 from hpo.signals import raise_at_once
 from hpo.storage import mask_url, resolve_url
 
+log = logging.getLogger("hpo.proxy")
 
 def proxy(args: argparse.Namespace) -> int:
     """``hpo proxy``: serve the storage over gRPC until interrupted."""
@@ -23,8 +24,8 @@ def proxy(args: argparse.Namespace) -> int:
         raise UsageError(f"--pool-size must be >= 1, got {args.pool_size}")
     url = resolve_url(args.storage)
     if url.startswith("grpc://"):
-        raise UsageError("hpo proxy needs a database URL (--storage or $HPO_STORAGE), not "
-                         f"another proxy: {url}")
+        raise UsageError("hpo proxy needs a database URL (--storage, $HPO_STORAGE or "
+                         f"$OPTUNA_STORAGE), not another proxy: {url}")
     interval, grace = heartbeat_settings()
     check_port_free(args.host, args.port)
     storage = make_storage(url, args.pool_size, interval, grace)
@@ -36,10 +37,10 @@ def proxy(args: argparse.Namespace) -> int:
     # beats again before anything is judged stale
     threading.Thread(target=sweeper, args=(storage, float(interval), stop, float(grace)),
                      daemon=True, name="hpo-stale-sweeper").start()
-    print(f"hpo proxy: serving {mask_url(url)} at grpc://{args.host}:{args.port} with at most "
-          f"{args.pool_size} database connection(s); failing stale trials of hpo studies "
-          f"every {interval} s (grace {grace} s; proxied workers beat through the proxy)",
-          file=sys.stderr, flush=True)
+    log.info("hpo proxy: serving %s at grpc://%s:%d with at most %d database connection(s); "
+             "failing stale trials of hpo studies every %d s (grace %d s; proxied workers "
+             "beat through the proxy)", mask_url(url), args.host, args.port, args.pool_size,
+             interval, grace)
     started = time.monotonic()
     try:
         optuna.storages.run_grpc_proxy_server(storage, host=args.host, port=args.port)

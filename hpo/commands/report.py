@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpo.commands.common import open_storage, output_dir, positive
-from hpo.dashboard import GRAPH_IDS, publish
+from hpo.dashboard import GRAPH_IDS, default_artifact_dir, publish, upload_study_artifact
 from hpo.errors import UsageError
 from hpo.figures import (
     acc_vs_params_figure,
@@ -23,11 +25,11 @@ from hpo.figures import (
     curve_figure,
     stages_figure,
 )
-from hpo.listing import TOP, ranked, summary
+from hpo.listing import TOP, n_finished, ranked, state_names, summary
 from hpo.page import SECTIONS, html_page, write_plotly_js
 from hpo.plane import PLANE, numeric_plane
 from hpo.plots import report_figures
-from hpo.storage import load_study_spec
+from hpo.storage import load_study_spec, resolve_url
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -83,8 +85,8 @@ def report(args: argparse.Namespace) -> int:
     written += [out / "report.html", js]
     for path in written:
         print(f"hpo report: wrote {path}", file=sys.stderr)
-    for w in info.warnings:
-        print(f"hpo report: warning: {w}", file=sys.stderr)
+    for line in info.warning_lines("hpo report"):
+        print(line, file=sys.stderr)
 
     if args.no_dashboard:
         if args.artifact_dir:
@@ -106,5 +108,21 @@ def report(args: argparse.Namespace) -> int:
         print(f"hpo report: uploaded {uploaded} learning curves to {args.artifact_dir} "
               f"({len(curves) - uploaded} already there); serve them with "
               f"`hpo dashboard --artifact-dir {args.artifact_dir}`", file=sys.stderr)
+    store = args.artifact_dir or default_artifact_dir(resolve_url(args.storage))
+    if store is None:
+        print("hpo report: figures not stored as Optuna artifacts: give --artifact-dir DIR "
+              "(the default, beside the database, exists for SQLite only)", file=sys.stderr)
+        return 0
+    # one set of figures per number of finished trials: a report of a grown study adds its own
+    done = n_finished(state_names(trials))
+    with tempfile.TemporaryDirectory() as tmp:
+        new = []
+        for path in (p for p in written if p.suffix == ".png"):
+            tagged = Path(tmp, f"{path.stem}-{done}trials{path.suffix}")
+            shutil.copyfile(path, tagged)
+            new.append(upload_study_artifact(study, tagged, store))
+    print(f"hpo report: stored {sum(a is not None for a in new)} figures as Optuna artifacts "
+          f"of study {args.study!r} in {store} ({sum(a is None for a in new)} already there; "
+          "optuna.artifacts.get_all_artifact_meta lists them)", file=sys.stderr)
     return 0
 

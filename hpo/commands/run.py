@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 import tempfile
 from dataclasses import replace
 
 import optuna
 
-from hpo.commands.common import heartbeat_settings, positive, worker_storage
+from hpo import logs
+from hpo.commands.common import callbacks, heartbeat_settings, positive, worker_storage
 from hpo.commands.worker import worker_job
 from hpo.errors import UsageError
 from hpo.listing import study_summary
@@ -20,6 +23,7 @@ from hpo.retry import OUTAGE, is_transient, with_retries
 from hpo.signals import install_signal_handlers
 from hpo.spec import Spec, load_spec
 from hpo.storage import create_or_load_study, get_storage, load_study_spec, mask_url, resolve_url
+from hpo.tracking import mlflow_callback
 from hpo.trials import (
     build_sampler_and_pruner,
     close_waiting,
@@ -28,7 +32,9 @@ from hpo.trials import (
     count_states,
     work,
 )
-from hpo.warmstart import WARM_TOP, best_configs, warm_start
+from hpo.warmstart import WARM_TOP, best_configs, describe, warm_start
+
+log = logging.getLogger("hpo.run")
 
 
 def spec_from_args(args: argparse.Namespace) -> tuple[Spec, str]:
@@ -52,6 +58,13 @@ def spec_from_args(args: argparse.Namespace) -> tuple[Spec, str]:
     return spec, getattr(args, "study", None) or spec.name + suffix
 
 
+def trial_lines(args: argparse.Namespace) -> bool:
+    """Whether every finished trial is a log line: ``--log-format json`` at level info, or
+    ``-v`` (with a progress bar or progress lines the text trial lines are debug detail)."""
+    level, fmt = getattr(args, "log_settings", (logging.INFO, "text"))
+    return level <= logging.DEBUG or (fmt == "json" and level <= logging.INFO)
+
+
 def run(args: argparse.Namespace) -> int:
     spec, study_name = spec_from_args(args)
     positive("--workers", args.workers)
@@ -60,56 +73,73 @@ def run(args: argparse.Namespace) -> int:
     interval, grace = heartbeat_settings(args)
     timeout = args.timeout if args.timeout is not None else spec.timeout
     sampler, pruner = build_sampler_and_pruner(spec)
-    objective = Objective(spec)  # loads the data: a data error stops us before any write
+    data_dir = getattr(args, "data_dir", None)
+    # loads the data: a data error stops us before any write
+    objective = Objective(spec.with_data_dir(data_dir))
     url = resolve_url(args.storage)
     warm = getattr(args, "warm_start", None)
     top = getattr(args, "warm_start_top", None)
     if top is not None and not warm:
         raise UsageError("--warm-start-top needs --warm-start STUDY (the study to start from)")
     configs = _warm_configs(url, warm, study_name, top or WARM_TOP) if warm else None
+    # MLflow (the spec's [tracking] or --mlflow-uri): checked before the study is written
+    tracking = mlflow_callback(getattr(args, "mlflow_uri", None), spec.mlflow, study_name)
     install_signal_handlers()  # a SIGTERM while waiting for the database ends the wait
     storage = worker_storage(url, interval, grace, create_schema=True)
     study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
     # a resumed or joined study: new points, not the first ones again (before the warm start)
     with_retries(lambda: continue_sampling(study, spec), who="hpo run",
                  what=f"the study {study_name!r}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    level, _ = getattr(args, "log_settings", (logging.INFO, "text"))
+    logs.configure_optuna(level)
     done, _, waiting = with_retries(lambda: count_states(study), who="hpo run",
                                     what=f"the study {study_name!r}")
     if done >= spec.n_trials:  # the budget just recorded is already met: say so, run nothing
         if waiting:
             with_retries(lambda: close_waiting(study), who="hpo run",
                          what=f"the study {study_name!r}")
-        print(f"hpo run: nothing to run: study {study_name!r} already has {done} finished "
-              f"trials of its budget {spec.n_trials}", file=sys.stderr)
+        log.warning("hpo run: nothing to run: study %r already has %d finished trials of its "
+                 "budget %d", study_name, done, spec.n_trials)
         summary = with_retries(lambda: study_summary(study, spec.to_dict(), args.top),
                                who="hpo run", what=f"the study {study_name!r}")
         print(summary.text())
+        for line in summary.warning_lines("hpo run"):
+            log.warning("%s", line)
         return 0
-    print(f"study {study_name!r} on {mask_url(url)}: {spec.n_trials} trials, sampler "
-          f"{spec.sampler}, pruner {spec.pruner}, {args.workers} worker(s)", file=sys.stderr)
+    log.info("study %r on %s: %d trials, sampler %s, pruner %s, %d worker(s)", study_name,
+             mask_url(url), spec.n_trials, spec.sampler, spec.pruner, args.workers)
     if configs is not None:
-        enqueued = warm_start(study, spec, warm, configs)
-        print(f"warm start from {warm!r}: its best {len(enqueued)} configuration(s) (trials "
-              f"{', '.join(map(str, enqueued))}) run first" if enqueued else
-              f"warm start from {warm!r} skipped: study {study_name!r} already holds trials",
-              file=sys.stderr)
-    progress = Progress(spec.n_trials, done, enabled=not args.quiet)
+        carries = warm_start(study, spec, warm, configs)
+        if carries is not None:  # a configuration not run as it was is a warning (-q shows it)
+            head, *lines = describe(warm, carries)
+            log.info("%s", head)
+            for c, line in zip(carries, lines, strict=True):
+                (log.warning if c.redrawn else log.info)("%s", line)
+        else:
+            log.info("warm start from %r skipped: study %r already holds trials", warm,
+                     study_name)
+    progress = Progress(spec.n_trials, done, enabled=level <= logging.INFO)
+    per_trial = trial_lines(args)
     failed = 0
     try:
         if args.workers == 1:
             pin_blas_threads()
             work(study, objective, n_trials=spec.n_trials, timeout=timeout,
-                 on_trial=progress.on_trial if progress.bar is not None else None)
+                 on_trial=callbacks(progress.on_trial if progress.enabled else None,
+                                    logs.log_trial if per_trial else None, tracking))
             progress.refresh(study)
         else:
-            job = worker_job(study_name, url, timeout, interval, grace)
-            failed = _run_workers(study, job, args.workers, progress)
+            job = worker_job(study_name, url, timeout, interval, grace,
+                             trial_lines=per_trial, data_dir=data_dir,
+                             mlflow_uri=getattr(args, "mlflow_uri", None))
+            failed = _run_workers(study, job, args.workers, progress, per_trial)
     finally:
         progress.close()
     summary = with_retries(lambda: study_summary(study, spec.to_dict(), args.top),
                            who="hpo run", what=f"the study {study_name!r}")
     print(summary.text())
+    for line in summary.warning_lines("hpo run"):
+        log.warning("%s", line)
     if failed and _finished(study) < spec.n_trials:
         return 1
     return 0  # workers may die: the study still holds its budget (their failures were shown)
@@ -134,15 +164,21 @@ def _warm_configs(url: str, source: str, study_name: str, top: int) -> list:
     return configs
 
 
-def _run_workers(study: optuna.Study, job, n_workers: int, progress: Progress) -> int:
+def _run_workers(study: optuna.Study, job, n_workers: int, progress: Progress,
+                 per_trial: bool = False) -> int:
     """Run ``n_workers`` worker processes and show progress until they exit. Returns how many
-    failed (the last lines of their logs go to stderr). The workers' log folder is removed on
-    every way out."""
+    failed (the last lines of their logs go to stderr). With ``per_trial`` the workers write a
+    JSON line per finished trial into their logs, and each is logged again here as it comes.
+    The workers' log folder is removed on every way out."""
     from hpo import optuna_compat as oc
 
     rdb = oc.rdb_of(study)
+    tails: dict[str, _Tail] = {}
 
     def tick() -> None:
+        for tail in tails.values():
+            for line in tail.lines():
+                logs.relog_trial(line)
         try:
             progress.refresh(study)
         except Exception as e:  # noqa: BLE001 - a database outage must not stop supervision
@@ -154,9 +190,32 @@ def _run_workers(study: optuna.Study, job, n_workers: int, progress: Progress) -
 
     with tempfile.TemporaryDirectory(prefix="hpo-workers-") as log_dir:
         procs = start_workers(n_workers, job, log_dir, dispose=[rdb.engine] if rdb else [])
+        if per_trial:  # the logs start_workers names (a child may not have opened its own yet)
+            tails.update((name, _Tail(os.path.join(log_dir, name)))
+                         for name in (f"worker-{i}.log" for i in range(n_workers)))
         supervise(procs, tick)
         tick()
         bad = failures(procs, log_dir)
     for message in bad:
         print(f"hpo run: {message}", file=sys.stderr)
     return len(bad)
+
+
+class _Tail:
+    """The complete lines appended to a worker's log since the last look."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = 0
+        self.rest = b""
+
+    def lines(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except OSError:
+            return []
+        self.offset += len(data)
+        *done, self.rest = (self.rest + data).split(b"\n")
+        return [line.decode(errors="replace") for line in done]

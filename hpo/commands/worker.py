@@ -3,31 +3,41 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
 import optuna
 
-from hpo.commands.common import heartbeat_settings, positive
+from hpo import logs
+from hpo.commands.common import callbacks, heartbeat_settings, positive
 from hpo.objective import Objective
 from hpo.procs import WorkerJob, pin_blas_threads
 from hpo.retry import with_retries
 from hpo.signals import install_signal_handlers, watch_parent
 from hpo.storage import JOIN_WAIT, check_schema, get_storage, load_study_spec, resolve_url
+from hpo.tracking import mlflow_callback
 from hpo.trials import KEYED_SAMPLERS, build_sampler_and_pruner, work
+
+log = logging.getLogger("hpo.worker")
 
 
 def worker(args: argparse.Namespace) -> int:
     positive("--n-trials", args.n_trials)
     interval, grace = heartbeat_settings(args)
+    level, _ = getattr(args, "log_settings", (logging.INFO, "text"))
     return run_worker(args.study, resolve_url(args.storage), args.n_trials, args.timeout,
-                      quiet=args.quiet, heartbeat_interval=interval, grace_period=grace)
+                      trial_lines=level <= logging.INFO, heartbeat_interval=interval,
+                      grace_period=grace, data_dir=args.data_dir, log_level=level,
+                      mlflow_uri=args.mlflow_uri)
 
 
 def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float | None, *,
-               quiet: bool, heartbeat_interval: int, grace_period: int) -> int:
+               trial_lines: bool, heartbeat_interval: int, grace_period: int,
+               data_dir: str | None = None, log_level: int = logging.INFO,
+               mlflow_uri: str | None = None) -> int:
     """Run trials of ``study_name`` until it holds its recorded budget of finished trials, this
     worker has run ``n_trials`` trials (``None``: no cap of its own), or ``timeout`` seconds
-    pass. Returns the exit code.
+    pass. Returns the exit code. ``trial_lines``: one ``hpo.trial`` log record per finished
+    trial (:mod:`hpo.logs`).
 
     ``--n-trials`` of a worker caps that worker only: it never changes the study's budget
     (``hpo run`` and ``hpo init`` record it), so a worker cannot make a study overshoot it.
@@ -48,38 +58,46 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
         # samplers key each draw by (seed, trial number) and stay reproducible whatever the
         # number of workers.
         sampler.reseed_rng()
-    objective = Objective(spec)
+    objective = Objective(spec.with_data_dir(data_dir))
+    tracking = mlflow_callback(mlflow_uri, spec.mlflow, study_name)
     study = with_retries(lambda: optuna.load_study(study_name=study_name, storage=storage,
                                                     sampler=sampler, pruner=pruner),
                          who="hpo worker", what=f"the study {study_name!r}")
     pin_blas_threads()
     timeout = timeout if timeout is not None else spec.timeout
 
-    def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        value = "-" if t.value is None else f"{t.value:.3f}"
-        print(f"trial {t.number} {t.state.name} val_acc={value} params={t.params}", flush=True)
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logs.configure_optuna(log_level)
     # with a callback, optimize() reads the finished trial back (a get_trial: six queries)
     result = work(study, objective, n_trials=spec.n_trials, timeout=timeout, max_runs=n_trials,
-                  on_trial=None if quiet else on_trial)
-    print(f"worker done: ran {result.trials_run} trial(s); study holds {result.finished} "
-          f"finished of its budget {spec.n_trials} ({result.stopped_by})", file=sys.stderr)
+                  on_trial=callbacks(logs.log_trial if trial_lines else None, tracking))
+    log.info("worker done: ran %d trial(s); study holds %d finished of its budget %d (%s)",
+             result.trials_run, result.finished, spec.n_trials, result.stopped_by)
     return 0
 
 
 def worker_job(study_name: str, url: str, timeout: float | None,
-               heartbeat_interval: int, grace_period: int) -> WorkerJob:
-    """How ``hpo run`` and ``hpo compare`` start a quiet worker of ``study_name`` with their
-    own heartbeat settings (forked, or ``hpo worker ...`` in a fresh interpreter). The worker
-    runs until the study holds the budget recorded in it (the caller recorded it first)."""
-    argv = ["worker", "--study", study_name, "--quiet",
+               heartbeat_interval: int, grace_period: int, *, trial_lines: bool = False,
+               data_dir: str | None = None, mlflow_uri: str | None = None) -> WorkerJob:
+    """How ``hpo run`` and ``hpo compare`` start a worker of ``study_name`` with their own
+    heartbeat settings (forked, or ``hpo worker ...`` in a fresh interpreter): quiet, or with
+    ``trial_lines`` a JSON line per finished trial in its log (``hpo run`` logs them again).
+    The worker runs until the study holds the budget recorded in it (the caller recorded it
+    first)."""
+    argv = ["worker", "--study", study_name,
+            *(["--log-level", "info", "--log-format", "json"] if trial_lines else ["--quiet"]),
             "--heartbeat-interval", str(heartbeat_interval), "--grace-period", str(grace_period)]
     if timeout:
         argv += ["--timeout", str(timeout)]
+    if data_dir:
+        argv += ["--data-dir", data_dir]
+    if mlflow_uri:
+        argv += ["--mlflow-uri", mlflow_uri]
+    level = logging.INFO if trial_lines else logging.WARNING
 
     def target() -> int:
-        return run_worker(study_name, url, None, timeout, quiet=True,
-                          heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        logs.configure(level, "json" if trial_lines else "text")  # into this child's log
+        return run_worker(study_name, url, None, timeout, trial_lines=trial_lines,
+                          heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                          data_dir=data_dir, log_level=level, mlflow_uri=mlflow_uri)
 
     return WorkerJob(url=url, target=target, argv=argv, env={"HPO_STORAGE": url})

@@ -52,6 +52,19 @@ def load_class(target: str) -> Any:
     """The class a catalog entry names (``"module:Class"``), imported now."""
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
+def startup_trials(name: str, kwargs: Mapping[str, Any]) -> int | None:
+    """How many trials sampler ``name`` with ``kwargs`` draws at random before it models any
+    (``n_startup_trials``: given, else its class's default); None for a sampler without that
+    phase (random, qmc, narrowing)."""
+    import inspect
+
+    if "n_startup_trials" in kwargs:
+        return int(kwargs["n_startup_trials"])
+    param = inspect.signature(load_class(catalog.SAMPLERS[name].target)).parameters.get(
+        "n_startup_trials")
+    return None if param is None else int(param.default)
+
+
 def _pair(value: Any) -> tuple[float, float] | None:
     """``value`` as a finite ``(low, high)`` pair with low < high, else ``None``."""
     if isinstance(value, (str, bytes, Mapping)):
