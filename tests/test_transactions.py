@@ -24,7 +24,7 @@ from hpo.storage import get_storage
 from hpo.trials import work
 from tests.conftest import PG_URL, fresh_pg_database, require_pg
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = pytest.mark.postgres
 
 #: Transactions per finished trial of a one-worker study with a random sampler and no pruner:
 #: create (with the heartbeat's first beat), two parameters, the end, the loop's count. (Was
@@ -73,6 +73,7 @@ def _count_run(spec, n: int) -> tuple[int, int]:
         return after - before, finished
 
 
+@pytest.mark.slow  # two `hpo run`s, about 11 s
 def test_transactions_per_finished_trial(tiny_spec):
     require_pg()
     spec = tiny_spec(sampler="random", n_trials=6)
