@@ -77,8 +77,14 @@ def engine_kwargs(url: str, idle_timeout: float = GRACE_PERIOD) -> dict[str, Any
     """Engine options per backend.
 
     SQLite: a 60 s busy timeout so a few local workers queue instead of failing with "database is
-    locked". PostgreSQL/MySQL: ``pool_pre_ping`` (the first query after a server restart otherwise
-    fails) and at most 2 connections per worker process, both kept open: the trial's thread and
+    locked". PostgreSQL/MySQL: no ping per checkout (``pool_pre_ping`` was one more transaction
+    for every transaction, about half of a worker's: ``benchmarks/RESULTS.md``, issue 26), but a
+    ping of a connection that sat idle in the pool for :data:`IDLE_PING` seconds or more
+    (:func:`ping_after_idle`); a pooled connection that a server restart or
+    ``pg_terminate_backend`` killed meanwhile fails its first statement with a connection-level
+    error, which :func:`hpo.retry.is_transient` classifies as transient: the caller retries
+    within ``$HPO_DB_WAIT``, and SQLAlchemy invalidates the pool's older connections with it.
+    At most 2 connections per worker process, both kept open: the trial's thread and
     its heartbeat thread each hold one. (With 1 + 1 overflow, the overflow connection was closed
     whenever the two were returned together and a new one opened at the next trial: a TCP
     connection and a server process per trial, about 5 ms on PostgreSQL.) On PostgreSQL a
@@ -96,7 +102,7 @@ def engine_kwargs(url: str, idle_timeout: float = GRACE_PERIOD) -> dict[str, Any
     """
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 0,
+    kwargs: dict[str, Any] = {"pool_pre_ping": False, "pool_size": 2, "max_overflow": 0,
                               "pool_recycle": 300}
     if url.startswith("postgresql"):
         kwargs["connect_args"] = {
@@ -105,6 +111,35 @@ def engine_kwargs(url: str, idle_timeout: float = GRACE_PERIOD) -> dict[str, Any
             "options": "-c idle_in_transaction_session_timeout="
                        f"{max(1000, int(idle_timeout * 1000))}"}
     return kwargs
+
+
+#: Seconds a pooled connection may sit idle before its next checkout pings it first.
+IDLE_PING = 30.0
+
+
+def ping_after_idle(engine: Any, idle: float = IDLE_PING) -> None:
+    """Ping a pooled connection at checkout only when it was checked in ``idle`` seconds ago
+    or more (a worker that waited at a stage boundary, a paused machine): a dead one is then
+    replaced before the caller's statement instead of failing it. SQLAlchemy's pessimistic
+    recipe: raising ``DisconnectionError`` in a checkout handler makes the pool discard the
+    connection and check out another (a fresh one, up to three times)."""
+    import time
+
+    from sqlalchemy import event, exc
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_con, record) -> None:
+        record.info["hpo_checkin"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_con, record, _proxy) -> None:
+        since = record.info.get("hpo_checkin")
+        if since is None or time.monotonic() - since < idle:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_con)
+        except Exception as e:  # noqa: BLE001 - any failure: this connection is not usable
+            raise exc.DisconnectionError(f"idle pooled connection is dead ({e})") from e
 
 
 def _sqlite_path(url: str) -> str:
@@ -203,6 +238,7 @@ def get_storage(
         )
     path = _sqlite_path(url)
     cls = storage_class or rdb_storage_class()
+    options = engine or engine_kwargs(url, grace_period)
 
     def attempt() -> Any:
         if create_schema and url.startswith("sqlite"):
@@ -211,7 +247,7 @@ def get_storage(
             raise _NotYet(f"storage {url} does not exist: create the study first with "
                           "`hpo run SPEC` or `hpo init SPEC`")
         with creation_lock(url):
-            return cls(url, engine_kwargs=engine or engine_kwargs(url, grace_period),
+            return cls(url, engine_kwargs=options,
                        skip_table_creation=not create_schema, **kwargs)
 
     def not_yet(e: BaseException) -> bool:
@@ -226,6 +262,8 @@ def get_storage(
         raise _storage_error(url, path, e) from None
     if url.startswith("sqlite"):
         _sqlite_synchronous_normal(storage.engine)
+    elif not options.get("pool_pre_ping"):
+        ping_after_idle(storage.engine)
     return storage
 
 

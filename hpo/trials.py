@@ -320,6 +320,7 @@ def work(
                 study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
                                gc_after_trial=False)
             OUTAGE.ok()  # the trial was told: a write went through, whatever the storage
+            delay = 0.5  # the next outage (a pooled connection killed meanwhile) starts over
         except Exception as e:  # noqa: BLE001 - filtered just below
             if finished_elsewhere(e):
                 # a sweeper failed this trial while it ran: its retry runs elsewhere

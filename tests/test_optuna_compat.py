@@ -245,6 +245,36 @@ def test_write_behind_a_trial_finished_elsewhere_keeps_the_sweepers_word(wb_db: 
     assert RDBStorage(wb_db).get_trial(oc.trial_id(trial2)).user_attrs == {}
 
 
+def test_write_behind_beats_first_with_the_trial_creation(wb_db: str) -> None:
+    """A trial created RUNNING with heartbeats on has its heartbeat row from the transaction
+    that creates it (the database's clock); the first ``record_heartbeat`` (Optuna's heartbeat
+    thread beats at once) is then skipped, the next ones write as Optuna's do. An enqueued
+    (WAITING) trial gets no row until it runs."""
+    import sqlalchemy
+
+    storage = oc.WriteBehindRDBStorage(wb_db, heartbeat_interval=7, grace_period=20)
+    study = optuna.create_study(storage=storage)
+
+    def beats() -> dict[int, object]:
+        with storage.engine.connect() as conn:
+            return dict(conn.execute(sqlalchemy.text(
+                "SELECT trial_id, heartbeat FROM trial_heartbeats")).all())
+
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        trial = study.ask()
+    tid = oc.trial_id(trial)
+    created = beats()
+    assert list(created) == [tid]
+    oc.record_heartbeat(study, trial)  # the first beat: already written
+    assert beats() == created
+    time.sleep(0.05 if wb_db.startswith("postgresql") else 1.05)  # SQLite's clock: seconds
+    oc.record_heartbeat(study, trial)  # the next: a new time
+    assert beats()[tid] > created[tid]
+    study.enqueue_trial({"x": 1.0})
+    assert list(beats()) == [tid]
+    study.tell(trial, 1.0)
+
+
 def test_write_behind_a_heartbeat_writes_what_is_pending(wb_db: str) -> None:
     storage = oc.WriteBehindRDBStorage(wb_db, heartbeat_interval=1)
     study = optuna.create_study(storage=storage)
