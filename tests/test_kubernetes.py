@@ -515,7 +515,8 @@ def _topology_inputs(docs: dict, spec: Path, study: str, n_trials: int, pg_url: 
     from sqlalchemy.engine import make_url
 
     cm = dict(docs[("ConfigMap", "hpo-study")]["data"])
-    assert set(cm) == {"HPO_SPEC", "HPO_STUDY", "HPO_N_TRIALS"}
+    assert set(cm) == {"HPO_SPEC", "HPO_STUDY", "HPO_N_TRIALS", "HPO_LOG_FORMAT"}
+    assert cm["HPO_LOG_FORMAT"] == "json"  # one JSON object per finished trial in pod logs
     assert (ROOT / cm["HPO_SPEC"]).is_file()  # the image's working directory holds studies/
     cm.update(HPO_SPEC=str(spec), HPO_STUDY=study, HPO_N_TRIALS=str(n_trials))
     u = make_url(pg_url)
