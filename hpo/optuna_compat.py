@@ -22,6 +22,8 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.held_writes import HeldWrites
+
 #: The logger Optuna's ``study.optimize`` reports a failed trial on (with its traceback).
 OPTIMIZE_LOGGER = "optuna.study._optimize"
 
@@ -101,30 +103,6 @@ def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
     storage_of(study).set_study_system_attr(study_id(study), key, value)
 
 
-class _Running:
-    """What this process knows of one of its running trials: the trial as stored plus the
-    write-through writes made here since (``trial``), and the writes held back."""
-
-    __slots__ = ("trial", "user", "system", "steps", "since", "beaten")
-
-    def __init__(self, trial: FrozenTrial | None, beaten: bool = False) -> None:
-        self.trial = trial
-        self.since = time.monotonic()
-        self.beaten = beaten  # its first heartbeat was written with its creation
-        self.user: dict[str, str] = {}  # key -> JSON text
-        self.system: dict[str, str] = {}
-        self.steps: dict[int, float] = {}
-
-    def pending(self) -> bool:
-        return bool(self.user or self.system or self.steps)
-
-    def overlay(self, trial: FrozenTrial) -> None:
-        """Apply the held-back writes to ``trial`` (a copy this process hands out or keeps)."""
-        trial.user_attrs.update({k: json.loads(v) for k, v in self.user.items()})
-        trial.system_attrs.update({k: json.loads(v) for k, v in self.system.items()})
-        trial.intermediate_values.update(self.steps)
-
-
 class WriteBehindRDBStorage(RDBStorage):
     """``RDBStorage`` that holds back the writes nobody else reads while a trial runs, and
     commits them with the trial's end (hpo's storage class: :mod:`hpo.heartbeats`).
@@ -174,7 +152,7 @@ class WriteBehindRDBStorage(RDBStorage):
 
     def _wb_init(self) -> None:
         self._wb_lock = threading.RLock()
-        self._wb_running: dict[int, _Running] = {}
+        self._wb_running: dict[int, HeldWrites] = {}
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
@@ -191,7 +169,7 @@ class WriteBehindRDBStorage(RDBStorage):
         frozen = super()._create_new_trial(study_id, template_trial)
         if frozen.state == TrialState.RUNNING and template_trial is None:
             with self._wb_lock:
-                self._wb_running[frozen._trial_id] = _Running(
+                self._wb_running[frozen._trial_id] = HeldWrites(
                     copy.deepcopy(frozen), beaten=self.heartbeat_interval is not None)
         return frozen
 
@@ -287,7 +265,7 @@ class WriteBehindRDBStorage(RDBStorage):
             ok = super().set_trial_state_values(trial_id, state, values)
             if ok and state == TrialState.RUNNING:  # a WAITING trial this process now runs
                 with self._wb_lock:
-                    self._wb_running.setdefault(trial_id, _Running(None))
+                    self._wb_running.setdefault(trial_id, HeldWrites(None))
             return ok
         # the lock is held through the write: a heartbeat's flush cannot interleave. The held
         # writes are let go only once the trial is finished (here or elsewhere): a final write
@@ -309,7 +287,7 @@ class WriteBehindRDBStorage(RDBStorage):
             self._wb_running.pop(trial_id, None)
 
     def _finish(self, trial_id: int, state: TrialState, values: Sequence[float] | None,
-                running: _Running | None) -> bool:
+                running: HeldWrites | None) -> bool:
         """``RDBStorage.set_trial_state_values`` for a finished state, with the pending writes
         in the same transaction: all committed, or none (a trial a sweeper failed meanwhile
         raises UpdateFinishedTrialError and nothing is written)."""
@@ -389,7 +367,7 @@ class WriteBehindRDBStorage(RDBStorage):
             running.system.clear()
             running.steps.clear()
 
-    def _wb_write(self, session: Any, trial_id: int, running: _Running) -> None:
+    def _wb_write(self, session: Any, trial_id: int, running: HeldWrites) -> None:
         """Upsert the pending writes of a trial in ``session`` (not committed): one statement
         per table on PostgreSQL and SQLite, Optuna's per-row writes elsewhere."""
         import sqlite3

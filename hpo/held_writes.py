@@ -1,0 +1,35 @@
+"""What a process knows of one of the trials it runs while the write-behind storage
+(:class:`hpo.optuna_compat.WriteBehindRDBStorage`) holds back its writes."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+
+class HeldWrites:
+    """What this process knows of one of its running trials: the trial as stored plus the
+    write-through writes made here since (``trial``), and the writes held back."""
+
+    __slots__ = ("trial", "user", "system", "steps", "since", "beaten")
+
+    def __init__(self, trial: FrozenTrial | None, beaten: bool = False) -> None:
+        self.trial = trial
+        self.since = time.monotonic()
+        self.beaten = beaten  # its first heartbeat was written with its creation
+        self.user: dict[str, str] = {}  # key -> JSON text
+        self.system: dict[str, str] = {}
+        self.steps: dict[int, float] = {}
+
+    def pending(self) -> bool:
+        return bool(self.user or self.system or self.steps)
+
+    def overlay(self, trial: FrozenTrial) -> None:
+        """Apply the held-back writes to ``trial`` (a copy this process hands out or keeps)."""
+        trial.user_attrs.update({k: json.loads(v) for k, v in self.user.items()})
+        trial.system_attrs.update({k: json.loads(v) for k, v in self.system.items()})
+        trial.intermediate_values.update(self.steps)
