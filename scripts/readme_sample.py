@@ -27,10 +27,13 @@ COMMAND = "hpo run studies/book-random.toml"
 START, END = "<!-- sample -->", "<!-- /sample -->"
 
 
-def quick_start_output(cwd: str) -> subprocess.CompletedProcess:
-    """The quick start's run, in ``cwd`` (its ./hpo.db), as ``.venv/bin/hpo`` runs it in a
-    terminal: stderr on a pseudo-terminal 100 columns wide (hpo draws its progress bar only on
-    a terminal); ``stderr`` is what the terminal showed."""
+def on_a_terminal(args: list[str], *, columns: int = 100, cwd: str | None = None,
+                  env: dict[str, str] | None = None,
+                  timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run ``args`` with stderr on a pseudo-terminal ``columns`` wide (as in a shell: hpo draws
+    its progress bar only on a terminal; a fresh pseudo-terminal is 0 wide and tqdm would draw
+    nothing); ``stderr`` is what the terminal showed. tests/test_progress.py runs hpo this way
+    too."""
     import fcntl
     import pty
     import struct
@@ -38,9 +41,7 @@ def quick_start_output(cwd: str) -> subprocess.CompletedProcess:
     import threading
 
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
-    args = [sys.executable, "-m", "hpo", *COMMAND.split()[1:-1], str(ROOT / COMMAND.split()[-1])]
-    env = {**os.environ, "HPO_STORAGE": "", "OPTUNA_STORAGE": ""}
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=slave, text=True,
                             env=env)
     os.close(slave)
@@ -58,11 +59,19 @@ def quick_start_output(cwd: str) -> subprocess.CompletedProcess:
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    out, _ = proc.communicate(timeout=1800)
+    out, _ = proc.communicate(timeout=timeout)
     reader.join(timeout=30)
     os.close(master)
     return subprocess.CompletedProcess(args, proc.returncode, out,
                                        shown.decode(errors="replace"))
+
+
+def quick_start_output(cwd: str) -> subprocess.CompletedProcess:
+    """The quick start's run, in ``cwd`` (its ./hpo.db), as ``.venv/bin/hpo`` runs it in a
+    terminal 100 columns wide."""
+    args = [sys.executable, "-m", "hpo", *COMMAND.split()[1:-1], str(ROOT / COMMAND.split()[-1])]
+    return on_a_terminal(args, cwd=cwd,
+                         env={**os.environ, "HPO_STORAGE": "", "OPTUNA_STORAGE": ""})
 
 
 def sample_block(run: subprocess.CompletedProcess) -> str:

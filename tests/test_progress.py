@@ -2,51 +2,27 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import re
-import struct
-import subprocess
 import sys
-import termios
-import threading
 
 import optuna
 import pytest
 
 from hpo.progress import postfix, stage_of
-from tests.conftest import hpo
+from tests.conftest import ROOT, hpo
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import readme_sample  # noqa: E402
 
 
 def hpo_on_a_terminal(*args: str) -> tuple[int, str, str]:
-    """Run `hpo` with its stderr on a real pseudo-terminal (as in a shell): (code, stdout,
-    what the terminal showed)."""
-    master, slave = pty.openpty()
-    # a terminal 160 columns wide (a fresh pseudo-terminal has 0: tqdm would draw nothing)
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "hpo", *args], stdout=subprocess.PIPE,
-                            stderr=slave, text=True,
-                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
-    os.close(slave)
-    shown = bytearray()
-
-    def drain() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the terminal's last writer exited
-                return
-            if not chunk:
-                return
-            shown.extend(chunk)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    out, _ = proc.communicate(timeout=300)
-    reader.join(timeout=30)
-    os.close(master)
-    return proc.returncode, out, shown.decode(errors="replace")
+    """Run `hpo` with its stderr on a real pseudo-terminal 160 columns wide (as in a shell):
+    (code, stdout, what the terminal showed)."""
+    r = readme_sample.on_a_terminal([sys.executable, "-m", "hpo", *args], columns=160,
+                                    env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+                                    timeout=300)
+    return r.returncode, r.stdout, r.stderr
 
 
 def test_postfix_and_stage_arithmetic():
