@@ -77,7 +77,7 @@ import json, sys, time
 marks = [("python started", time.time())]
 import argparse
 from hpo.commands import run as runner   # the command's module (hpo.cli imports it lazily)
-import hpo.objective, hpo.spec, hpo.storage
+import hpo.objectives.book, hpo.spec, hpo.storage
 marks.append(("import hpo.commands.run, hpo.objective (optuna, numpy)", time.time()))
 
 def timed(owner, attr, label):
@@ -92,11 +92,11 @@ def timed(owner, attr, label):
 
 timed(hpo.spec, "load_spec", "load_spec (TOML, validation)")
 timed(runner, "build_sampler_and_pruner", "sampler + pruner")
-orig_init = hpo.objective.Objective.__init__
+orig_init = hpo.objectives.book.Objective.__init__
 def init(self, *a, **kw):
     t0 = time.time(); orig_init(self, *a, **kw)
     marks.append(("Objective: load the data split", time.time(), t0))
-hpo.objective.Objective.__init__ = init
+hpo.objectives.book.Objective.__init__ = init
 timed(runner, "worker_storage",
       "RDBStorage: import sqlalchemy + alembic, create the schema, stamp its version")
 timed(hpo.storage, "create_or_load_study", "create the study, store the spec")

@@ -4,7 +4,7 @@ library's threading wsgiref server (what it served on before), same app, same re
     .venv/bin/python benchmarks/bench_dashboard.py --storage sqlite:///hpo.db --requests 200 \
         --clients 4 --rounds 3
 
-Both servers serve ``hpo.dashboard.make_app(storage)`` (read-only, page stylesheet) on a free
+Both servers serve ``hpo.report.dashboard.make_app(storage)`` (read-only, page stylesheet) on a free
 loopback port in this process; ``clients`` threads each send ``requests / clients`` GETs of the
 study's detail (``/api/studies/1?after=0``, what the dashboard polls) and of ``/api/meta``,
 alternating; the rounds alternate the servers. Prints requests per second per round and the
@@ -25,7 +25,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpo.dashboard import listen_urls, make_app, make_server_for, run_in_thread  # noqa: E402
+from hpo.report.dashboard import listen_urls, make_app, make_server_for, run_in_thread  # noqa: E402
 
 
 class _Threading(ThreadingMixIn, WSGIServer):

@@ -60,7 +60,7 @@ def load_data(kind: str):
     """(x_train, t_train, x_val, t_val, description); pixels float32 in [0, 1]."""
     if kind in ("auto", "mnist5k"):
         try:
-            from hpo.data import load_search
+            from hpo.nn.data import load_search
 
             d = load_search("mnist5k", train_size=N_TRAIN + N_VAL, validation_rate=0.2, seed=0)
             return d.x_train, d.t_train, d.x_val, d.t_val, "mnist5k (real digits, hpo.data)"

@@ -5,12 +5,12 @@ Each configuration (storage x spec) runs in a fresh child process that calls
 ``hpo.commands.run.run`` exactly as ``hpo run SPEC --quiet --n-trials N`` does (one worker,
 heartbeats on, the product's own storage options), with timers patched around:
 
-* ``hpo.objective.fit`` -> *training* (building the net, 50 epochs, the per-epoch evaluation);
+* ``hpo.objectives.book.fit`` -> *training* (building the net, 50 epochs, the per-epoch evaluation);
 * the sampler's methods -> *sampler*;
 * every method of Optuna's ``_CachedStorage`` (what ``RDBStorage`` is wrapped in) -> *storage*,
   by method (``_read_trials_from_remote_storage`` is the SQL part of ``get_all_trials``);
 * ``Trial.report`` / ``Trial.should_prune`` (the pruning callback) -> *pruning*;
-* ``hpo.storage.state_counts`` (the worker loop's one-query trial count on an RDBStorage, which
+* ``hpo.db.storage.state_counts`` (the worker loop's one-query trial count on an RDBStorage, which
   bypasses ``_CachedStorage``) -> *storage: hpo state_counts*.
 
 Timers count self time (a storage call made by the sampler is storage, not sampler), on the main
@@ -97,8 +97,8 @@ def child(spec_path: str, url: str, n_trials: int) -> dict:
     import optuna
     from optuna.storages import _CachedStorage
 
-    import hpo.objective
-    from hpo import trials
+    import hpo.objectives.book
+    from hpo.engine import loop as trials
     from hpo.commands import run as runner
     from hpo.samplers.narrowing import NarrowingSampler
 

@@ -9,7 +9,7 @@ The objective is trivial, so the storage is all there is. Two kinds of client pr
   attributes (50-point accuracy curves) with a network so small that training takes ~1 ms.
   Through the proxy: ``--storage grpc://...``. This is what deployed workers do to the database.
 * ``optuna``: Optuna's public API alone, ``study.optimize(objective, n_trials=1)`` in a loop on
-  ``hpo.storage.get_storage(url, heartbeat=True)``, the objective suggesting ``lr`` and
+  ``hpo.db.storage.get_storage(url, heartbeat=True)``, the objective suggesting ``lr`` and
   ``weight_decay`` and writing the same four user attributes, then returning a constant. Unlike
   hpo's loop, Optuna's ``ask()`` reads the study's new trials each time (to find WAITING ones),
   so every client reads every other client's trials.
@@ -76,7 +76,7 @@ def client(url: str) -> None:
     """One client process: warm up, say ready, wait for "go T_END", run until T_END, report."""
     import optuna
 
-    from hpo.storage import get_storage
+    from hpo.db.storage import get_storage
 
     storage = get_storage(url, heartbeat=True)
     curve = [round(0.1 + 0.8 * i / 49, 6) for i in range(50)]
@@ -205,7 +205,7 @@ def create_study(kind: str, url: str, workdir: Path) -> None:
         return
     import optuna
 
-    from hpo.storage import get_storage
+    from hpo.db.storage import get_storage
 
     storage = get_storage(url, create_schema=True)
     optuna.create_study(study_name=STUDY, storage=storage, direction="maximize")

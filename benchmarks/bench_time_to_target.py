@@ -115,7 +115,7 @@ def book_seconds_per_trial(repeats: int) -> float:
     from book_baseline import book_trial
     from threadpoolctl import threadpool_limits
 
-    from hpo.data import load_search
+    from hpo.nn.data import load_search
 
     d = load_search("mnist5k", train_size=500, validation_rate=0.2, seed=0)
     x, t = d.x_train.astype(np.float64), d.t_train

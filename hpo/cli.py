@@ -14,7 +14,7 @@ from importlib import import_module
 
 from hpo import catalog, logs
 from hpo.errors import EXIT_USAGE, BadInput, run_command
-from hpo.flags import FRACTION, PORT, SECONDS, SEED, TOP, TRIALS, Parser, count, study_name, title
+from hpo.commands.flags import FRACTION, PORT, SECONDS, SEED, TOP, TRIALS, Parser, count, study_name, title
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:
@@ -62,7 +62,7 @@ SPEC_EPILOG = (f"A spec's [sampler] name is one of {', '.join(catalog.SAMPLER_NA
                "`python -m hpo.catalog` (the README's tables).")
 
 
-#: hpo run, hpo best and hpo report list the same Best-N (hpo.listing.TOP).
+#: hpo run, hpo best and hpo report list the same Best-N (hpo.report.listing.TOP).
 TOP_HELP = "how many best trials to list (default 20, the book's figure)"
 BUDGET_HELP = ("the study's budget: finished trials it should hold in total, recorded in the study "
                "(default: the spec's [budget]); nothing runs when it already holds that many")

@@ -191,7 +191,7 @@ def configure_optuna(level: int) -> None:
 
 def trial_fields(study_name: str, trial: Any) -> dict[str, Any]:
     """What a finished trial's record carries: study, trial, state, value, params, worker."""
-    from hpo.listing import clean_floats
+    from hpo.report.listing import clean_floats
 
     return {"study": study_name, "trial": trial.number, "state": trial.state.name,
             "value": None if trial.value is None else clean_floats(float(trial.value)),
@@ -201,7 +201,7 @@ def trial_fields(study_name: str, trial: Any) -> dict[str, Any]:
 def trial_text(fields: dict[str, Any]) -> str:
     """``trial 3 COMPLETE val_acc=0.740 lr=0.008985 weight_decay=2.56e-08`` (4 significant
     digits, as the listing shows params)."""
-    from hpo.listing import fmt_param
+    from hpo.report.listing import fmt_param
 
     value = "-" if fields.get("value") is None else f"{fields['value']:.3f}"
     params = " ".join(f"{k}={fmt_param(v)}" for k, v in fields.get("params", {}).items())
@@ -211,7 +211,7 @@ def trial_text(fields: dict[str, Any]) -> str:
 def log_trial(study: Any, trial: Any) -> None:
     """An Optuna callback: one ``hpo.trial`` record for the finished ``trial`` (none for a
     surplus trial: it ran nothing, and the budget counts it nowhere)."""
-    from hpo.trials import SURPLUS_ATTR
+    from hpo.db.keys import SURPLUS_ATTR
 
     if trial.state.name == "FAIL" and trial.system_attrs.get(SURPLUS_ATTR):
         return

@@ -9,7 +9,7 @@ for it until the worker was killed), so the signal is only noted, and it is rais
 safe point: when the storage call returns (:func:`deferred`, around the objective's own
 storage calls) or at the trial loop's next :func:`check_stop`.
 
-A worker started by ``hpo run`` / ``hpo compare`` (:mod:`hpo.procs`) stops when that parent
+A worker started by ``hpo run`` / ``hpo compare`` (:mod:`hpo.engine.procs`) stops when that parent
 dies, even by SIGKILL (:func:`watch_parent`): Linux sends it :data:`ORPHAN_SIGNAL` at once
 (``prctl(PR_SET_PDEATHSIG)``), and every safe point also compares the parent's pid. It raises
 :class:`Orphaned` like a SIGTERM, and the trial loop hands its running trial back (re-queued
@@ -88,7 +88,7 @@ def reset() -> None:
 
 def watch_parent(parent: int | None = None) -> bool:
     """Stop this process (as :class:`Orphaned`, at a safe point) when process ``parent`` dies:
-    default, the pid in ``$HPO_PARENT_PID`` (set by :func:`hpo.procs.start_workers`); nothing
+    default, the pid in ``$HPO_PARENT_PID`` (set by :func:`hpo.engine.procs.start_workers`); nothing
     when there is none. Linux: ``prctl(PR_SET_PDEATHSIG, ORPHAN_SIGNAL)``; everywhere: the
     parent's pid compared at every :func:`check_stop`. True when watching."""
     if parent is None:

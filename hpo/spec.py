@@ -328,7 +328,7 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
 
 
 def _check_split(source: str, data: DataSpec) -> None:
-    from hpo.data import DataError, validate_split
+    from hpo.nn.data import DataError, validate_split
 
     try:
         validate_split(data.dataset, data.train_size, data.validation_rate)

@@ -39,7 +39,7 @@ def main() -> int:
         return 1
     import optuna
 
-    from hpo import dashboard
+    from hpo.report import dashboard
 
     study = optuna.load_study(study_name=args.study, storage=args.storage)
     study_id = optuna.storages.RDBStorage(args.storage).get_study_id_from_name(args.study)

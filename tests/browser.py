@@ -111,7 +111,7 @@ def dashboard(storage_url: str, allow_writes: bool = False) -> Iterator[str]:
     """Serve ``hpo dashboard``'s app (read-only unless ``allow_writes``, with its page
     stylesheet) plus the probe on a free local port, on waitress as ``hpo dashboard`` does;
     yields the base URL."""
-    from hpo.dashboard import listen_urls, make_app, make_server_for, run_in_thread
+    from hpo.report.dashboard import listen_urls, make_app, make_server_for, run_in_thread
 
     server = make_server_for(_probed(make_app(storage_url, allow_writes=allow_writes)),
                              "127.0.0.1", 0)

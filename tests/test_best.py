@@ -10,8 +10,8 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
-from hpo import listing
-from hpo.listing import TOP, clean_floats, fmt_param, format_row, rows_from_trials
+from hpo.report import listing
+from hpo.report.listing import TOP, clean_floats, fmt_param, format_row, rows_from_trials
 from tests.conftest import hpo
 
 TINY = """
@@ -183,7 +183,7 @@ def test_spec_is_a_system_attr_so_optuna_studies_stays_readable(tiny_spec, sqlit
     from pathlib import Path
 
     from hpo.spec import load_spec
-    from hpo.storage import SPEC_KEY_ATTR, spec_key, study_spec
+    from hpo.db.storage import SPEC_KEY_ATTR, spec_key, study_spec
 
     new = tiny_spec(name="new", n_trials=1)
     assert hpo("init", str(new), "--storage", sqlite_url).returncode == 0

@@ -19,7 +19,7 @@ import numpy as np
 import optuna
 import pytest
 
-from hpo.storage import spec_key, study_spec
+from hpo.db.storage import spec_key, study_spec
 from tests import browser
 from tests.conftest import hpo
 

@@ -22,7 +22,7 @@ def test_every_declared_option_is_a_keyword_of_its_class(component):
 
 
 def test_names_agree_with_the_code_that_implements_them():
-    from hpo.data import DATASETS
+    from hpo.nn.data import DATASETS
     from hpo.nn.net import INITS
     from hpo.nn.optim import OPTIMIZERS
 

@@ -13,7 +13,7 @@ from collections import Counter
 import optuna
 import pytest
 
-from hpo.storage import study_spec
+from hpo.db.storage import study_spec
 from tests.conftest import ROOT, STUDIES, hpo
 
 
@@ -584,8 +584,8 @@ def test_data_dir_reaches_every_command_that_reads_data(tmp_path, tiny_spec, sql
             "--data-dir", str(empty))
     assert r.returncode == 0 and "--data-dir" in r.stderr and "is not used" in r.stderr
     # the mnist study's stored spec, run on a machine whose files are elsewhere
-    from hpo import optuna_compat as oc
-    from hpo.storage import store_spec
+    from hpo.db import optuna_private as oc
+    from hpo.db.storage import store_spec
 
     study = optuna.load_study(study_name="tiny", storage=sqlite_url)
     stored = dict(study_spec(study))

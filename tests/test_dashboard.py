@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from hpo import dashboard
+from hpo.report import dashboard
 from hpo.errors import UsageError
 from tests.conftest import hpo
 

@@ -8,8 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from hpo import data
-from hpo.data import DataError, load_search, load_test, load_training
+from hpo.nn import data
+from hpo.nn.data import DataError, load_search, load_test, load_training
 from hpo.errors import RuntimeFailure
 from tests.conftest import ROOT
 

@@ -5,9 +5,9 @@ import json
 import optuna
 import pytest
 
-from hpo import data as hpo_data
-from hpo.evaluate import TEST_ATTR, AlreadyTested, choose_trial, evaluate_on_test
-from hpo.objective import Objective
+from hpo.nn import data as hpo_data
+from hpo.report.evaluate import TEST_ATTR, AlreadyTested, choose_trial, evaluate_on_test
+from hpo.objectives.book import Objective
 from hpo.spec import load_spec
 from tests.conftest import hpo
 
@@ -66,9 +66,9 @@ def test_cli_test_once_then_refuse_then_force(tiny_spec, sqlite_url):
 def test_confirm_ranks_by_mean_over_fresh_seeds(tiny_spec, sqlite_url, monkeypatch):
     import numpy as np
 
-    from hpo.data import load_search
-    from hpo.evaluate import CONFIRM_ATTR, confirm, confirm_seed
-    from hpo.objective import fit, make_config
+    from hpo.nn.data import load_search
+    from hpo.report.evaluate import CONFIRM_ATTR, confirm, confirm_seed
+    from hpo.objectives.book import fit, make_config
 
     r = hpo("run", str(tiny_spec(n_trials=6)), "--storage", sqlite_url, "--quiet")
     assert r.returncode == 0, r.stderr

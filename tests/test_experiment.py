@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from hpo.experiment import run_experiment
+from hpo.nn.experiment import run_experiment
 from tests.conftest import hpo
 
 pytestmark = pytest.mark.slow

@@ -29,9 +29,9 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from hpo import optuna_compat as oc
-from hpo.retry import OUTAGE
-from hpo.storage import get_storage, sweep_stale_trials
+from hpo.db import optuna_private as oc
+from hpo.db.retry import OUTAGE
+from hpo.db.storage import get_storage, sweep_stale_trials
 from tests.conftest import free_port, hpo
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -160,7 +160,7 @@ def test_reads_that_succeed_do_not_keep_a_write_outage_alive(tmp_path: Path, mon
     by the reads, so it ends after ``$HPO_DB_WAIT`` with one line (a runtime failure), having
     created no trial (it used to retry for ever, counting each successful read as recovery)."""
     from hpo.errors import RuntimeFailure
-    from hpo.trials import work
+    from hpo.engine.loop import work
 
     monkeypatch.setenv("HPO_DB_WAIT", "2")
     url = f"sqlite:///{tmp_path / 'busy.db'}"

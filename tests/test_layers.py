@@ -18,21 +18,20 @@ PACKAGE = ROOT / "hpo"
 #: Bottom to top. A module may import modules of its own layer or below (no circle), never above.
 LAYERS: list[tuple[str, ...]] = [
     ("hpo.errors", "hpo.catalog"),
-    ("hpo.nn", "hpo.data", "hpo.signals", "hpo.flags"),
+    ("hpo.nn", "hpo.signals"),
     ("hpo.spec", "hpo.spec_checks"),
-    ("hpo.optuna_compat", "hpo.storage", "hpo.heartbeats", "hpo.retry", "hpo.engine_options",
-     "hpo.held_writes"),
-    ("hpo.samplers", "hpo.pruners", "hpo.objective"),
-    ("hpo.trials", "hpo.procs", "hpo.progress"),
-    ("hpo.listing", "hpo.evaluate", "hpo.plane", "hpo.figures", "hpo.plots", "hpo.page",
-     "hpo.dashboard", "hpo.compare", "hpo.experiment", "hpo.proxy", "hpo.warmstart",
-     "hpo.logs", "hpo.tracking"),
+    ("hpo.db",),
+    ("hpo.samplers",),
+    ("hpo.objectives",),
+    ("hpo.report",),
+    ("hpo.logs",),
+    ("hpo.engine",),
     ("hpo.commands",),
     ("hpo.cli",),
     ("hpo.__main__", "hpo"),
 ]
 
-#: Optuna's private names; only hpo/optuna_compat.py may use them.
+#: Optuna's private names; only hpo/db/optuna_private.py may use them.
 PRIVATE_OPTUNA = ("_storage", "_study_id", "_trial_id", "_backend", "_get_trials",
                   "_pop_waiting_trial_id", "_is_multi_objective", "_filter_study",
                   "_raise_error_if_multi_objective", "_CachedStorage")
@@ -142,15 +141,15 @@ def _third_party(module: str) -> set[str]:
 
 def test_the_model_and_the_data_know_nothing_of_optuna():
     for module in MODULES:
-        if module.startswith(("hpo.nn", "hpo.data", "hpo.catalog", "hpo.errors")):
+        if module.startswith(("hpo.nn", "hpo.catalog", "hpo.errors")):
             assert "optuna" not in _third_party(module), module
-            assert not any(m.startswith(("hpo.spec", "hpo.storage")) for m in GRAPH[module])
+            assert not any(m.startswith(("hpo.spec", "hpo.db")) for m in GRAPH[module])
 
 
 def test_samplers_know_nothing_of_the_model():
     for module in MODULES:
         if module.startswith("hpo.samplers"):
-            assert not any(m.startswith(("hpo.nn", "hpo.objective")) for m in GRAPH[module])
+            assert not any(m.startswith(("hpo.nn", "hpo.objectives")) for m in GRAPH[module])
 
 
 def _private_uses(module: str) -> list[str]:
@@ -170,9 +169,9 @@ def _private_uses(module: str) -> list[str]:
 
 
 def test_private_optuna_names_only_in_the_adapter():
-    users = {m: _private_uses(m) for m in MODULES if m != "hpo.optuna_compat"}
+    users = {m: _private_uses(m) for m in MODULES if m != "hpo.db.optuna_private"}
     assert {m: u for m, u in users.items() if u} == {}
-    assert _private_uses("hpo.optuna_compat")  # the check sees them where they are
+    assert _private_uses("hpo.db.optuna_private")  # the check sees them where they are
 
 
 def test_no_module_over_500_lines():

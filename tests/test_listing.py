@@ -6,8 +6,8 @@ import json
 
 import optuna
 
-from hpo.listing import edge_warnings, search_limits
-from hpo.storage import study_spec
+from hpo.report.listing import edge_warnings, search_limits
+from hpo.db.storage import study_spec
 from tests.conftest import hpo
 
 

@@ -8,12 +8,12 @@ from dataclasses import replace
 import optuna
 import pytest
 
-from hpo.objective import Objective
+from hpo.objectives.book import Objective
 from hpo.spec import load_spec
 
 
 def _trials(spec, n: int = 3) -> list[optuna.trial.FrozenTrial]:
-    from hpo.pruners import make_pruner
+    from hpo.samplers.pruners import make_pruner
 
     study = optuna.create_study(
         direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3),

@@ -1,4 +1,4 @@
-"""What hpo relies on in Optuna's private names (hpo/optuna_compat.py), pinned.
+"""What hpo relies on in Optuna's private names (hpo/db/optuna_private.py), pinned.
 
 If a new Optuna release moves one of them, these tests fail, and hpo.optuna_compat is the one
 place to mend."""
@@ -16,8 +16,8 @@ import pytest
 from optuna.storages import InMemoryStorage, RDBStorage
 from optuna.trial import TrialState
 
-from hpo import optuna_compat as oc
-from hpo.retry import finished_elsewhere, reason
+from hpo.db import optuna_private as oc
+from hpo.db.retry import finished_elsewhere, reason
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -140,7 +140,7 @@ def test_a_grpc_client_with_an_interval_beats_inside_optimize(db: str) -> None:
     import sqlalchemy
     from optuna.storages._grpc.server import make_server
 
-    from hpo.heartbeats import BEAT_ATTR, relay_storage_class
+    from hpo.db.heartbeats import BEAT_ATTR, relay_storage_class
     from tests.conftest import free_port
 
     rdb = relay_storage_class()(db, heartbeat_interval=1, grace_period=2)

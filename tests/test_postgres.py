@@ -24,7 +24,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.storage import study_spec
+from hpo.db.storage import study_spec
 from tests.conftest import hpo
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -138,9 +138,9 @@ runpy.run_module("hpo", run_name="__main__", alter_sys=True)
 # never does), whatever the machine's speed.
 HOLD = """
 import os, runpy, sys, time
-import hpo.objective
+import hpo.objectives.book
 gate, first = sys.argv[1], int(sys.argv[2])
-suggest = hpo.objective.suggest
+suggest = hpo.objectives.book.suggest
 def held(trial, space):
     params = suggest(trial, space)
     if trial.number >= first:
@@ -148,7 +148,7 @@ def held(trial, space):
         while not os.path.exists(os.path.join(gate, "go")):
             time.sleep(0.01)
     return params
-hpo.objective.suggest = held
+hpo.objectives.book.suggest = held
 sys.argv = ["hpo", *sys.argv[3:]]
 runpy.run_module("hpo", run_name="__main__", alter_sys=True)
 """
@@ -510,8 +510,8 @@ def test_dashboard_is_read_only_unless_told(tiny_spec, sqlite_url, tmp_path):
 def test_state_counts_read_postgres_enum_states(pg_url):
     """The worker loop's one-query counts (a native enum column on PostgreSQL) agree with the
     trials, for every state, and the claim query counts only lower numbers."""
-    from hpo.storage import get_storage, state_counts
-    from hpo.trials import count_states
+    from hpo.db.storage import get_storage, state_counts
+    from hpo.engine.loop import count_states
 
     storage = get_storage(pg_url, create_schema=True)
     study = optuna.create_study(storage=storage, study_name="counts", direction="maximize")
@@ -535,8 +535,8 @@ def test_a_worker_opens_no_connection_per_trial(pg_url):
     opened (a TCP connection and a server process) and closed again per trial."""
     from sqlalchemy import event
 
-    from hpo.storage import get_storage
-    from hpo.trials import work
+    from hpo.db.storage import get_storage
+    from hpo.engine.loop import work
 
     storage = get_storage(pg_url, heartbeat=True, create_schema=True)
     study = optuna.create_study(storage=storage, study_name="conns", direction="maximize")

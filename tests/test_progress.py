@@ -9,7 +9,7 @@ import sys
 import optuna
 import pytest
 
-from hpo.progress import postfix, stage_of
+from hpo.engine.progress import postfix, stage_of
 from tests.conftest import ROOT, hpo
 
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -4,9 +4,9 @@ finished trial's whole validation curve is its intermediate values."""
 import optuna
 import pytest
 
-from hpo.listing import listing
-from hpo.objective import Objective
-from hpo.pruners import make_pruner, report_steps
+from hpo.report.listing import listing
+from hpo.objectives.book import Objective
+from hpo.samplers.pruners import make_pruner, report_steps
 from hpo.spec import load_spec
 from tests.conftest import STUDIES, hpo
 
@@ -52,7 +52,7 @@ def test_without_a_pruner_the_curve_is_reported_when_the_trial_ends(tiny_spec, s
     """No pruner: the validation curve is the trial's intermediate values at its end
     (optuna-dashboard's own charts draw it), held back and written in the transaction that
     finishes the trial (hpo's write-behind storage)."""
-    from hpo.storage import get_storage
+    from hpo.db.storage import get_storage
 
     spec = load_spec(tiny_spec(epochs=4))
     seen = []
@@ -98,7 +98,7 @@ def test_shipped_pruned_spec_builds(name):
     assert make_pruner(spec.pruner, spec.pruner_options, spec.model.epochs)
 
 
-# --- hpo.pruners.MedianPruner: Optuna's decisions, one storage read per trial -------------------
+# --- hpo.samplers.pruners.MedianPruner: Optuna's decisions, one storage read per trial -------------------
 
 MEDIAN = {"n_startup_trials": 3, "n_warmup_steps": 2, "interval_steps": 2}
 
@@ -140,7 +140,7 @@ def _counted_study(url: str, name: str, pruner, sampler) -> optuna.Study:
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_median_pruner_decides_as_optunas_with_one_read_per_trial(tmp_path, sampler):
-    from hpo.pruners import MedianPruner
+    from hpo.samplers.pruners import MedianPruner
 
     def make_sampler():
         if sampler == "tpe":
@@ -176,7 +176,7 @@ def test_median_pruner_decides_as_optunas_with_one_read_per_trial(tmp_path, samp
 def test_median_pruner_snapshot_is_never_older_than_the_trial(tmp_path):
     """A study object whose per-trial cache predates the trial (it did not ask for it) does
     not make the pruner decide on stale trials: it reads them again."""
-    from hpo.pruners import MedianPruner
+    from hpo.samplers.pruners import MedianPruner
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(storage=url, study_name="s", direction="maximize",
@@ -209,7 +209,7 @@ def test_median_pruner_pickles_and_keeps_optunas_options():
 def test_a_long_curve_is_thinned_to_curve_points(tiny_spec, monkeypatch):
     """A curve longer than CURVE_POINTS becomes that many intermediate values, evenly spaced,
     the last epoch kept (a 30,000-epoch spec behind `hpo proxy` made 30,000 calls a trial)."""
-    from hpo import objective
+    from hpo.objectives import book as objective
 
     monkeypatch.setattr(objective, "CURVE_POINTS", 4)
     spec = load_spec(tiny_spec(epochs=10))

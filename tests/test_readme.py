@@ -51,7 +51,7 @@ def _sample_lines() -> list[str]:
 def test_sample_is_a_run_of_the_quick_start():
     """The sample is the quick start's command and its output: the study line, the Best-20
     listing in the book's format (hpo's default, listing.TOP)."""
-    from hpo.listing import TOP
+    from hpo.report.listing import TOP
 
     lines = _sample_lines()
     first_command = _quick_start_commands()[0]

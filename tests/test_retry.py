@@ -1,4 +1,4 @@
-"""Database errors sorted by hpo/retry.py, from real errors of real databases, and the bounded
+"""Database errors sorted by hpo/db/retry.py, from real errors of real databases, and the bounded
 retries built on them (what they say, how often, and what they end with)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy
 
 from hpo.errors import RuntimeFailure, StorageError
-from hpo.retry import (
+from hpo.db.retry import (
     Outage,
     bad_database,
     finished_elsewhere,

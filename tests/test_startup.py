@@ -24,7 +24,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.storage import study_spec
+from hpo.db.storage import study_spec
 from tests.conftest import free_port, fresh_pg_database, hpo, require_pg
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -270,7 +270,7 @@ def test_a_study_made_between_the_workers_two_reads_is_joined(tmp_path, tiny_spe
     import optuna
 
     from hpo.spec import load_spec
-    from hpo.storage import create_or_load_study, get_storage, load_study_spec
+    from hpo.db.storage import create_or_load_study, get_storage, load_study_spec
 
     url = f"sqlite:///{tmp_path / 'race.db'}"
     spec = load_spec(tiny_spec(name="crowd"))

@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from optuna.trial import TrialState
 
-from hpo.storage import get_storage
-from hpo.trials import work
+from hpo.db.storage import get_storage
+from hpo.engine.loop import work
 from tests.conftest import PG_URL, fresh_pg_database, require_pg
 
 pytestmark = pytest.mark.postgres

@@ -1,4 +1,4 @@
-"""The trial loop and its budget (hpo/trials.py): exact counts and claims, stale trials and
+"""The trial loop and its budget (hpo/engine/loop.py): exact counts and claims, stale trials and
 WAITING retries, and the storage round trips the loop makes per trial.
 
 The storages here are real (SQLite files, and the in-memory storage for the fallback path); calls
@@ -14,8 +14,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.storage import get_storage, state_counts
-from hpo.trials import CLOSED_ATTR, HANDED_BACK_ATTR, Surplus, _claim, count_states, hand_back, work
+from hpo.db.storage import get_storage, state_counts
+from hpo.engine.loop import CLOSED_ATTR, HANDED_BACK_ATTR, Surplus, _claim, count_states, hand_back, work
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -217,7 +217,7 @@ def test_routine_failures_are_not_logged_but_a_broken_objective_is(sqlite_url, c
     A bug in the objective is logged as Optuna logs it."""
     import logging
 
-    from hpo import optuna_compat as oc
+    from hpo.db import optuna_private as oc
     from hpo.errors import Terminated
 
     study, _ = make_study(sqlite_url)

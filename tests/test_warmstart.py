@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from hpo.listing import fmt_params, ranked
+from hpo.report.listing import fmt_params, ranked
 from tests.conftest import hpo
 
 
@@ -81,7 +81,7 @@ def test_a_configuration_with_nothing_that_fits_is_skipped(tiny_spec):
     from optuna.distributions import FloatDistribution
 
     from hpo.spec import load_spec
-    from hpo.warmstart import plan
+    from hpo.engine.warmstart import plan
 
     spec = load_spec(tiny_spec("n"))  # lr in [1e-3, 0.5], weight decay in [1e-8, 1e-4]
     d = {"lr": FloatDistribution(1e-6, 1.0, log=True),

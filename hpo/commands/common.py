@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 
 from hpo.errors import UsageError
-from hpo.storage import (
+from hpo.db.storage import (
     GRACE_PERIOD,
     HEARTBEAT_INTERVAL,
     check_schema,

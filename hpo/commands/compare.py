@@ -1,4 +1,4 @@
-"""``hpo compare SPEC...``: samplers or specs compared fairly across seeds (:mod:`hpo.compare`).
+"""``hpo compare SPEC...``: samplers or specs compared fairly across seeds (:mod:`hpo.engine.compare`).
 
 The comparison keeps its studies in its own storage, ``sqlite:///<out>/compare.db``, beside its
 table and plot (``--storage`` chooses another; ``$HPO_STORAGE`` does not apply: a comparison's
@@ -16,14 +16,14 @@ import shlex
 
 from hpo.commands.common import heartbeat_settings, output_dir
 from hpo.commands.worker import worker_job
-from hpo.compare import Grid, cell_names, make_arms, run_grid, table, write_outputs
+from hpo.engine.compare import Grid, cell_names, make_arms, run_grid, table, write_outputs
 from hpo.errors import StorageError, UsageError
-from hpo.objective import Objective
-from hpo.procs import WorkerJob
+from hpo.objectives.book import Objective
+from hpo.engine.procs import WorkerJob
 from hpo.samplers import available_samplers
 from hpo.samplers.registry import startup_trials
 from hpo.spec import load_spec
-from hpo.storage import get_storage, mask_url
+from hpo.db.storage import get_storage, mask_url
 
 #: The comparison's own storage, inside --out.
 STORAGE_FILE = "compare.db"

@@ -7,9 +7,9 @@ import logging
 
 from hpo.commands.common import open_study, positive
 from hpo.errors import UsageError
-from hpo.evaluate import AlreadyTested, choose_trial, confirm, evaluate_on_test
-from hpo.listing import CONFIRM_ATTR, dumps, format_confirm, n_finished, stale_note, state_names
-from hpo.procs import pin_blas_threads
+from hpo.report.evaluate import AlreadyTested, choose_trial, confirm, evaluate_on_test
+from hpo.report.listing import CONFIRM_ATTR, dumps, format_confirm, n_finished, stale_note, state_names
+from hpo.engine.procs import pin_blas_threads
 
 log = logging.getLogger("hpo.test")
 

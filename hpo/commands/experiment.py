@@ -1,4 +1,4 @@
-"""``hpo experiment overfit|weight-decay|dropout``: section 6.4 (:mod:`hpo.experiment`)."""
+"""``hpo experiment overfit|weight-decay|dropout``: section 6.4 (:mod:`hpo.nn.experiment`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 
 from hpo.commands.common import output_dir
 from hpo.errors import UsageError
-from hpo.experiment import plot, run_experiment
-from hpo.procs import pin_blas_threads
+from hpo.nn.experiment import plot, run_experiment
+from hpo.engine.procs import pin_blas_threads
 
 log = logging.getLogger("hpo.experiment")
 

@@ -3,7 +3,7 @@
 This is what the compose ``init`` service runs: the schema and the study are made here, and
 every ``hpo worker`` only loads them (it needs nothing but the study's name). Started together
 with workers, other ``hpo init`` or ``hpo run`` on an empty database, it is safe: creation is
-serialised and retried, and the workers wait for it (:mod:`hpo.storage`).
+serialised and retried, and the workers wait for it (:mod:`hpo.db.storage`).
 
 Running it again is safe: the study is loaded, its recorded spec compared with SPEC (a different
 spec is refused, exit 2), and a new ``--n-trials`` budget is recorded. It writes nothing before
@@ -17,10 +17,10 @@ import logging
 
 from hpo.commands.run import spec_from_args
 from hpo.errors import UsageError
-from hpo.objective import Objective
-from hpo.retry import with_retries
-from hpo.storage import create_or_load_study, get_storage, mask_url, resolve_url
-from hpo.trials import build_sampler_and_pruner, count
+from hpo.objectives.book import Objective
+from hpo.db.retry import with_retries
+from hpo.db.storage import create_or_load_study, get_storage, mask_url, resolve_url
+from hpo.engine.loop import build_sampler_and_pruner, count
 
 log = logging.getLogger("hpo.init")
 

@@ -1,4 +1,4 @@
-"""``hpo proxy``: Optuna's gRPC storage proxy in front of the database (:mod:`hpo.proxy`)."""
+"""``hpo proxy``: Optuna's gRPC storage proxy in front of the database (:mod:`hpo.db.proxy`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import time
 import optuna
 
 from hpo.errors import UsageError
-from hpo.proxy import check_port_free, heartbeat_settings, make_storage, sweeper
+from hpo.db.proxy import check_port_free, heartbeat_settings, make_storage, sweeper
 from hpo.signals import raise_at_once
-from hpo.storage import mask_url, resolve_url
+from hpo.db.storage import mask_url, resolve_url
 
 log = logging.getLogger("hpo.proxy")
 

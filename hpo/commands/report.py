@@ -1,6 +1,6 @@
 """``hpo report NAME``: the book's figures for a study, as PNGs, one HTML page and dashboard
-plots (figures: :mod:`hpo.figures` and :mod:`hpo.plots`; the page: :mod:`hpo.page`; publishing:
-:mod:`hpo.dashboard`; the listing: :mod:`hpo.listing`)."""
+plots (figures: :mod:`hpo.report.figures` and :mod:`hpo.report.plots`; the page: :mod:`hpo.report.page`; publishing:
+:mod:`hpo.report.dashboard`; the listing: :mod:`hpo.report.listing`)."""
 
 from __future__ import annotations
 
@@ -16,20 +16,20 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpo.commands.common import open_storage, output_dir, positive
-from hpo.dashboard import GRAPH_IDS, default_artifact_dir, publish, upload_study_artifact
+from hpo.report.dashboard import GRAPH_IDS, default_artifact_dir, publish, upload_study_artifact
 from hpo.errors import UsageError
-from hpo.figures import (
+from hpo.report.figures import (
     acc_vs_params_figure,
     best_curves_figure,
     contour_figure,
     curve_figure,
     stages_figure,
 )
-from hpo.listing import TOP, n_finished, ranked, state_names, summary
-from hpo.page import SECTIONS, html_page, write_plotly_js
-from hpo.plane import PLANE, numeric_plane
-from hpo.plots import report_figures
-from hpo.storage import load_study_spec, resolve_url
+from hpo.report.listing import TOP, n_finished, ranked, state_names, summary
+from hpo.report.page import SECTIONS, html_page, write_plotly_js
+from hpo.report.plane import PLANE, numeric_plane
+from hpo.report.plots import report_figures
+from hpo.db.storage import load_study_spec, resolve_url
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

@@ -15,16 +15,16 @@ from hpo import logs
 from hpo.commands.common import callbacks, heartbeat_settings, positive, worker_storage
 from hpo.commands.worker import worker_job
 from hpo.errors import UsageError
-from hpo.listing import study_summary
-from hpo.objective import Objective
-from hpo.procs import failures, pin_blas_threads, start_workers, supervise
-from hpo.progress import Progress
-from hpo.retry import OUTAGE, is_transient, with_retries
+from hpo.report.listing import study_summary
+from hpo.objectives.book import Objective
+from hpo.engine.procs import failures, pin_blas_threads, start_workers, supervise
+from hpo.engine.progress import Progress
+from hpo.db.retry import OUTAGE, is_transient, with_retries
 from hpo.signals import install_signal_handlers
 from hpo.spec import Spec, load_spec
-from hpo.storage import create_or_load_study, get_storage, load_study_spec, mask_url, resolve_url
-from hpo.tracking import mlflow_callback
-from hpo.trials import (
+from hpo.db.storage import create_or_load_study, get_storage, load_study_spec, mask_url, resolve_url
+from hpo.engine.tracking import mlflow_callback
+from hpo.engine.loop import (
     build_sampler_and_pruner,
     close_waiting,
     continue_sampling,
@@ -32,7 +32,7 @@ from hpo.trials import (
     count_states,
     work,
 )
-from hpo.warmstart import WARM_TOP, best_configs, describe, warm_start
+from hpo.engine.warmstart import WARM_TOP, best_configs, describe, warm_start
 
 log = logging.getLogger("hpo.run")
 
@@ -170,7 +170,7 @@ def _run_workers(study: optuna.Study, job, n_workers: int, progress: Progress,
     failed (the last lines of their logs go to stderr). With ``per_trial`` the workers write a
     JSON line per finished trial into their logs, and each is logged again here as it comes.
     The workers' log folder is removed on every way out."""
-    from hpo import optuna_compat as oc
+    from hpo.db import optuna_private as oc
 
     rdb = oc.rdb_of(study)
     tails: dict[str, _Tail] = {}

@@ -9,13 +9,13 @@ import optuna
 
 from hpo import logs
 from hpo.commands.common import callbacks, heartbeat_settings, positive
-from hpo.objective import Objective
-from hpo.procs import WorkerJob, pin_blas_threads
-from hpo.retry import with_retries
+from hpo.objectives.book import Objective
+from hpo.engine.procs import WorkerJob, pin_blas_threads
+from hpo.db.retry import with_retries
 from hpo.signals import install_signal_handlers, watch_parent
-from hpo.storage import JOIN_WAIT, check_schema, get_storage, load_study_spec, resolve_url
-from hpo.tracking import mlflow_callback
-from hpo.trials import KEYED_SAMPLERS, build_sampler_and_pruner, work
+from hpo.db.storage import JOIN_WAIT, check_schema, get_storage, load_study_spec, resolve_url
+from hpo.engine.tracking import mlflow_callback
+from hpo.engine.loop import KEYED_SAMPLERS, build_sampler_and_pruner, work
 
 log = logging.getLogger("hpo.worker")
 
@@ -43,7 +43,7 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
     (``hpo run`` and ``hpo init`` record it), so a worker cannot make a study overshoot it.
 
     A worker started together with the ``hpo run`` / ``hpo init`` that creates its study waits
-    for it (up to :data:`~hpo.storage.JOIN_WAIT` seconds, while the storage is still empty);
+    for it (up to :data:`~hpo.db.storage.JOIN_WAIT` seconds, while the storage is still empty);
     a database that refuses connections is retried (``$HPO_DB_WAIT``)."""
     install_signal_handlers()  # a SIGTERM while waiting for the database ends the wait
     watch_parent()  # started by `hpo run` / `hpo compare`: stop when it dies

@@ -4,7 +4,7 @@ A best value at the edge of the range it was searched in says the range was too 
 optimum may lie outside it. The narrowing sampler records it per stage
 (``narrowing:edge_warning``) and moves a crowded range outward with ``shift=True``;
 ``hpo best``, ``hpo report`` and the dashboard note say it about the study's best trial
-(:mod:`hpo.listing`, through :func:`edge_warnings`).
+(:mod:`hpo.report.listing`, through :func:`edge_warnings`).
 """
 
 from __future__ import annotations

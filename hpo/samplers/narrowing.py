@@ -28,12 +28,13 @@ from optuna.storages import InMemoryStorage
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import optuna_compat as oc
+from hpo.db import optuna_private as oc
 from hpo.samplers.edges import edge_warnings
 from hpo.samplers.ranges import MIN_WIDTH_FRACTION, draw
 from hpo.samplers.stages import Rule, StageBook, StageRanges
 from hpo.signals import stop_requested
-from hpo.storage import keep_alive
+from hpo.db.storage import keep_alive
+from hpo.db.keys import STAGE_ATTR, RANGES_ATTR, EDGE_WARNING_ATTR, PARTIAL_ATTR, SHIFTED_ATTR
 
 __all__ = [
     "EDGE_WARNING_ATTR",
@@ -48,16 +49,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-#: Trial system attribute: the trial's stage (``int``).
-STAGE_ATTR = "narrowing:stage"
-#: Trial system attribute: ``{param: [low, high]}`` (numeric) / ``{param: [choices]}``.
-RANGES_ATTR = "narrowing:ranges"
-#: Trial system attribute: present when the previous stage's best trial sits on an edge.
-EDGE_WARNING_ATTR = "narrowing:edge_warning"
-#: Trial system attribute: ``True`` when the ranges came from an unfinished history.
-PARTIAL_ATTR = "narrowing:partial"
-#: Trial system attribute: the params whose range moved outward (``shift=True`` only).
-SHIFTED_ATTR = "narrowing:shifted"
 
 _MAX_CONTEXTS = 4096
 
@@ -153,7 +144,7 @@ class NarrowingSampler(BaseSampler):
       range was recentred for this stage instead of narrowed (``shift=True`` only, absent when
       none was), e.g. ``["lr"]``. Nobody reads them before the trial ends (a stage is a
       function of the trial's number), so on hpo's storage they are written with the trial's
-      end, in its final transaction (:func:`hpo.optuna_compat.set_trial_system_attr_behind`);
+      end, in its final transaction (:func:`hpo.db.optuna_private.set_trial_system_attr_behind`);
       "when the trial starts" above is when this process knows them.
 
     * **Edge-aware mode** (``shift=True``): for each numeric param, if stage ``s-1``'s best
@@ -417,7 +408,7 @@ class NarrowingSampler(BaseSampler):
         finish it, or when the wait timed out.
 
         With a heartbeat-enabled storage the waiting trial keeps its own heartbeat and stale
-        trials are failed (:func:`hpo.storage.keep_alive`), since ``Study.optimize`` only does
+        trials are failed (:func:`hpo.db.storage.keep_alive`), since ``Study.optimize`` only does
         that between trials and every worker may be waiting here.
         """
         trials = oc.cached_trials(study)

@@ -20,7 +20,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import optuna_compat as oc
+from hpo.db import optuna_private as oc
 from hpo.samplers.edges import best_first, direction_sign, trial_edge_warnings
 from hpo.samplers.ranges import (
     Range,

@@ -12,7 +12,7 @@ draws that grid and the views that make the narrowing decision easier:
 
 Each is a plain function of a list of FrozenTrials and the spec dict (``hpo:spec``); matplotlib
 is imported inside them, so ``hpo --help`` stays fast. The plotly versions are in
-:mod:`hpo.plots`.
+:mod:`hpo.report.plots`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial
 
-from hpo.listing import ranked
-from hpo.plane import (
+from hpo.report.listing import ranked
+from hpo.report.plane import (
     PLANE,
     curve_x,
     finite,

@@ -1,4 +1,4 @@
-"""Storage URLs, opening a storage (engine options: :mod:`hpo.engine_options`), schema and
+"""Storage URLs, opening a storage (engine options: :mod:`hpo.db.connect`), schema and
 study creation, and the storage side of liveness: trial counts by state, heartbeats and the
 stale-trial sweep.
 
@@ -11,7 +11,7 @@ stale-trial sweep.
   advisory lock (:func:`creation_lock`), so one process at a time creates or checks the schema;
 * on every backend, creation races (a table, type or row created twice at the same moment:
   SQLite, MySQL, or a process without the lock) are retried, bounded
-  (:func:`hpo.retry.with_retries`);
+  (:func:`hpo.db.retry.with_retries`);
 * a study is created by ``create_new_study``, which exactly one process wins; only the winner
   records the spec and the metric name, and the others wait (bounded) until the spec is there;
 * a process that only *joins* (``hpo worker``, the dashboard) and finds the storage empty (no
@@ -33,10 +33,11 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from hpo.engine_options import CONNECT_TIMEOUT, engine_kwargs, ping_after_idle
+from hpo.db.connect import CONNECT_TIMEOUT, engine_kwargs, ping_after_idle
 from hpo.errors import BadInput, RuntimeFailure, StorageError
-from hpo.heartbeats import grpc_client, rdb_storage_class
-from hpo.retry import OUTAGE, bad_database, reason, with_retries
+from hpo.db.heartbeats import grpc_client, rdb_storage_class
+from hpo.db.retry import OUTAGE, bad_database, reason, with_retries
+from hpo.db.keys import SPEC_ATTR, SPEC_KEY_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -45,10 +46,6 @@ if TYPE_CHECKING:
     from hpo.spec import Spec
 
 DEFAULT_URL = "sqlite:///hpo.db"
-#: The spec's JSON: a study *system* attribute (kB in a user one made ``optuna studies`` unreadable;
-#: older studies have it there: :func:`stored_spec` reads both); the user one holds its key.
-SPEC_ATTR = "hpo:spec"
-SPEC_KEY_ATTR = "hpo:spec_sha256"
 METRIC_NAME = "val_acc"
 # Heartbeats: a trial of the book's task takes ~0.1-1 s, but a slow machine or a big spec can take
 # minutes, and a heartbeat that is too short fails live trials (seen at 1 s with 16 workers).
@@ -201,7 +198,7 @@ def get_storage(
 def _no_schema(e: BaseException) -> bool:
     """Whether opening failed because the database has no Optuna schema (no ``version_info``
     table), and not because it is not a database at all."""
-    from hpo.retry import chain
+    from hpo.db.retry import chain
 
     if bad_database(e):
         return False
@@ -267,7 +264,7 @@ def create_or_load_study(
 
     Any number of processes may call this at once for the same new study: ``create_new_study``
     lets exactly one of them create it, and only that one records the spec; the others wait up
-    to ``wait`` seconds for it. Connection errors are retried (:func:`hpo.retry.with_retries`).
+    to ``wait`` seconds for it. Connection errors are retried (:func:`hpo.db.retry.with_retries`).
     """
     import optuna
     from optuna.study import StudyDirection
@@ -340,7 +337,7 @@ def spec_of(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, An
 
 
 def study_spec(study: optuna.Study) -> dict[str, Any] | None:  # stored_spec of a loaded study
-    from hpo import optuna_compat as oc
+    from hpo.db import optuna_private as oc
     return spec_of(oc.storage_of(study), oc.study_id(study))
 
 
@@ -391,7 +388,7 @@ def state_counts(study: optuna.Study, below: int | None = None) -> dict[TrialSta
     import sqlalchemy
     from optuna.trial import TrialState
 
-    from hpo import optuna_compat as oc
+    from hpo.db import optuna_private as oc
 
     rdb = oc.rdb_of(study)
     if rdb is None:
@@ -424,7 +421,7 @@ def adopt_trials_without_heartbeat(study: optuna.Study) -> int:
     against the sweeper's). RDB storages with heartbeats only."""
     import sqlalchemy
 
-    from hpo import optuna_compat as oc
+    from hpo.db import optuna_private as oc
 
     rdb = oc.rdb_of(study)
     if rdb is None or rdb.get_heartbeat_interval() is None:
@@ -448,7 +445,7 @@ def sweep_stale_trials(study: optuna.Study) -> None:
     Nothing without heartbeats."""
     import optuna
 
-    from hpo import optuna_compat as oc
+    from hpo.db import optuna_private as oc
 
     if not oc.heartbeat_enabled(oc.storage_of(study)):
         return
@@ -462,7 +459,7 @@ def sweep_stale_trials(study: optuna.Study) -> None:
 def keep_alive(study: optuna.Study, trial: Any) -> None:
     """For a trial that waits outside ``Study.optimize``'s own loop (a narrowing stage
     boundary): record its heartbeat, and fail the stale trials it may be waiting for."""
-    from hpo import optuna_compat as oc
+    from hpo.db import optuna_private as oc
 
     if oc.heartbeat_enabled(oc.storage_of(study)):
         oc.record_heartbeat(study, trial)

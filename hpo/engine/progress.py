@@ -24,8 +24,8 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from hpo.storage import state_counts, study_spec
-from hpo.trials import FINISHED
+from hpo.db.storage import state_counts, study_spec
+from hpo.engine.loop import FINISHED
 
 __all__ = ["LINE_EVERY_FRACTION", "LINE_EVERY_SECONDS", "Progress", "best_value", "postfix"]
 

@@ -1,5 +1,5 @@
 """SQLAlchemy engine options per backend, and the ping of a pooled connection after idle
-(:mod:`hpo.storage` opens storages with them)."""
+(:mod:`hpo.db.storage` opens storages with them)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def engine_kwargs(url: str, idle_timeout: float) -> dict[str, Any]:
     ping of a connection that sat idle in the pool for :data:`IDLE_PING` seconds or more
     (:func:`ping_after_idle`); a pooled connection that a server restart or
     ``pg_terminate_backend`` killed meanwhile fails its first statement with a connection-level
-    error, which :func:`hpo.retry.is_transient` classifies as transient: the caller retries
+    error, which :func:`hpo.db.retry.is_transient` classifies as transient: the caller retries
     within ``$HPO_DB_WAIT``, and SQLAlchemy invalidates the pool's older connections with it.
     At most 2 connections per worker process, both kept open: the trial's thread and
     its heartbeat thread each hold one. (With 1 + 1 overflow, the overflow connection was closed

@@ -1,5 +1,5 @@
-"""The report's figures as plotly figures: the HTML page (:mod:`hpo.page`) and
-optuna-dashboard (:mod:`hpo.dashboard`) show these. Same data as :mod:`hpo.figures`.
+"""The report's figures as plotly figures: the HTML page (:mod:`hpo.report.page`) and
+optuna-dashboard (:mod:`hpo.report.dashboard`) show these. Same data as :mod:`hpo.report.figures`.
 
 Each builder draws for the page by default, and with ``card=True`` for a card of
 optuna-dashboard's study page, which draws a saved figure in a box of fixed height
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial
 
-from hpo.figures import GRID_COLUMNS
-from hpo.listing import ranked
-from hpo.plane import PLANE, curve_x, interpolate, is_log, label, plane_points, stages, xy
+from hpo.report.figures import GRID_COLUMNS
+from hpo.report.listing import ranked
+from hpo.report.plane import PLANE, curve_x, interpolate, is_log, label, plane_points, stages, xy
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,7 +45,7 @@ def report_figures(trials: Sequence[FrozenTrial], spec: dict[str, Any], top: int
                    card: bool = False) -> dict[str, go.Figure]:
     """The report's figures by key (``best_curves``, and with a numeric lr x weight-decay
     plane ``acc_vs_params``, ``contour`` and, for a narrowing study, ``stages``)."""
-    from hpo.plane import numeric_plane
+    from hpo.report.plane import numeric_plane
 
     figs = {"best_curves": best_curves_plotly(trials, top, card=card)}
     if numeric_plane(spec):

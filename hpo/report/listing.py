@@ -7,7 +7,7 @@ is the book's line (section 6.5.3); hpo prints params as a person reads them (``
 because "is Best-8, with a small gap and train accuracy below 100%, the one to pick?" is the
 question the book leaves the reader with. :func:`summary` gathers everything said about
 a study (rows, small-gap rows, edge warnings, the confirmation and the test result) once;
-:class:`Summary` renders it as text, JSON or Markdown (report.html's HTML: :mod:`hpo.page`).
+:class:`Summary` renders it as text, JSON or Markdown (report.html's HTML: :mod:`hpo.report.page`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.samplers.edges import edge_warnings as _edge_warnings
-from hpo.storage import study_spec
+from hpo.db.storage import study_spec
+from hpo.db.keys import TEST_ATTR, CONFIRM_ATTR
 
 BOOK_NAMES = {"weight_decay": "weight decay"}
 #: How many Best-N lines ``hpo run``, ``hpo best`` and ``hpo report`` list by default: the
@@ -41,8 +42,6 @@ GAP_LIST = 5
 #: A param within this fraction of its range's width (log10 space for log params) of an edge.
 EDGE_FRACTION = 0.1
 EDGE_SUFFIX = ": the optimum may lie outside it"
-TEST_ATTR = "hpo:test"
-CONFIRM_ATTR = "hpo:confirm"
 
 
 def round_sig(x: float, digits: int) -> float:

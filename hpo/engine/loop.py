@@ -20,8 +20,8 @@ queries; a ``study.get_trials`` is seven on PostgreSQL even when incremental), s
 RDBStorage both counts are one ``SELECT state, COUNT(*) ... GROUP BY state`` query, the claim
 costs nothing while the trial's number is below N (fewer than N trials precede it at all),
 when the count saw no WAITING trial, ``ask()`` does not read the trials to look for one
-(:func:`hpo.optuna_compat.skip_waiting_lookup`), and when it saw no RUNNING trial,
-``optimize`` does not query for stale ones (:func:`hpo.optuna_compat.skip_first_stale_check`).
+(:func:`hpo.db.optuna_private.skip_waiting_lookup`), and when it saw no RUNNING trial,
+``optimize`` does not query for stale ones (:func:`hpo.db.optuna_private.skip_first_stale_check`).
 Other storages (in-memory, the gRPC proxy client) count with ``study.get_trials``. Per trial
 the loop itself thus adds one count query and no trial read.
 
@@ -34,7 +34,7 @@ same params). A worker that finds the budget met while a retry is still WAITING 
 (:func:`close_waiting`): the study ends with nothing WAITING or RUNNING.
 
 A database restart (or a lost proxy) is one line per outage: the loop retries with backoff for
-up to ``max_outage`` seconds, the heartbeat thread keeps beating (:mod:`hpo.heartbeats`), and a
+up to ``max_outage`` seconds, the heartbeat thread keeps beating (:mod:`hpo.db.heartbeats`), and a
 trial whose ``tell`` was lost is failed once its heartbeat is stale and re-run with the same
 params. A trial that a sweeper failed while this worker still ran it (it looked dead: a long
 outage, a paused machine) cannot be told; the worker says so in one line and carries on, its
@@ -53,14 +53,15 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from hpo import optuna_compat as oc
+from hpo.db import optuna_private as oc
 from hpo.errors import RuntimeFailure, SpecError
-from hpo.pruners import make_pruner
-from hpo.retry import OUTAGE, chain, db_wait, finished_elsewhere, is_transient, reason, refused
+from hpo.samplers.pruners import make_pruner
+from hpo.db.retry import OUTAGE, chain, db_wait, finished_elsewhere, is_transient, reason, refused
 from hpo.samplers import make_sampler
 from hpo.signals import Orphaned, check_stop, deferred, interruptible
 from hpo.spec import Spec
-from hpo.storage import MAX_RETRY, state_counts, sweep_stale_trials
+from hpo.db.storage import MAX_RETRY, state_counts, sweep_stale_trials
+from hpo.db.keys import SURPLUS_ATTR, CLOSED_ATTR, HANDED_BACK_ATTR
 
 __all__ = ["FINISHED", "IN_FLIGHT", "KEYED_SAMPLERS", "Surplus", "WorkerResult",
            "build_sampler_and_pruner", "close_waiting", "continue_sampling", "count",
@@ -68,12 +69,6 @@ __all__ = ["FINISHED", "IN_FLIGHT", "KEYED_SAMPLERS", "Surplus", "WorkerResult",
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 IN_FLIGHT = (TrialState.RUNNING, TrialState.WAITING)
-#: Trial system attribute of a trial failed because it fell beyond the budget.
-SURPLUS_ATTR = "hpo:surplus"
-
-
-#: Trial system attribute of a WAITING trial closed (failed) because the study met its budget.
-CLOSED_ATTR = "hpo:closed"
 
 
 class Surplus(Exception):
@@ -222,10 +217,6 @@ def close_waiting(study: optuna.Study) -> int:
     return closed
 
 
-#: Trial system attribute of a trial its worker handed back (re-queued) as it stopped.
-HANDED_BACK_ATTR = "hpo:handed_back"
-
-
 def hand_back(study: optuna.Study, trial: optuna.Trial) -> None:
     """Re-queue ``trial`` (same params, WAITING, as Optuna's retry of a dead worker's trial
     does) and mark it with the reason; Optuna then fails it as the worker stops. For a worker
@@ -263,10 +254,10 @@ def work(
 
     Connection-level storage errors (a database restart, a dropped proxy) are retried with
     backoff for up to ``max_outage`` seconds (default ``$HPO_DB_WAIT``) from the outage's
-    start, a clock that only a successful write restarts (:data:`hpo.retry.OUTAGE`, shared with
+    start, a clock that only a successful write restarts (:data:`hpo.db.retry.OUTAGE`, shared with
     the heartbeat and the trial's final write); a trial whose ``tell`` was lost stays RUNNING
     until its heartbeat goes stale, then is failed and re-run with the same params. An error
-    the database answers with (:func:`hpo.retry.refused`: permission denied, read-only, ...)
+    the database answers with (:func:`hpo.db.retry.refused`: permission denied, read-only, ...)
     ends the loop at once: one line, exit 1."""
     max_outage = db_wait() if max_outage is None else max_outage
     heartbeat = oc.heartbeat_enabled(oc.storage_of(study))

@@ -18,7 +18,7 @@ Rules that make forking safe here:
 Every worker gets this process's pid (``$HPO_PARENT_PID``) and stops when this process dies,
 even by SIGKILL (:func:`hpo.signals.watch_parent`: Linux's parent-death signal, and the
 parent's pid checked at every safe point); it hands its running trial back first (re-queued
-with the same params, :func:`hpo.trials.hand_back`), so an orphan never runs on to the budget.
+with the same params, :func:`hpo.engine.loop.hand_back`), so an orphan never runs on to the budget.
 
 Supervision (:func:`supervise`): the parent polls its workers, shows progress, and on SIGTERM or
 Ctrl-C passes SIGTERM on to every worker still running and waits for them (each fails its own

@@ -1,5 +1,5 @@
 """What a process knows of one of the trials it runs while the write-behind storage
-(:class:`hpo.optuna_compat.WriteBehindRDBStorage`) holds back its writes."""
+(:class:`hpo.db.optuna_private.WriteBehindRDBStorage`) holds back its writes."""
 
 from __future__ import annotations
 

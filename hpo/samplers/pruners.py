@@ -37,7 +37,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import catalog
-from hpo import optuna_compat as oc
+from hpo.db import optuna_private as oc
 
 __all__ = ["MedianPruner", "make_pruner", "report_steps"]
 

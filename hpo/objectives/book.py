@@ -10,9 +10,9 @@ Design decisions:
 
 * **The validation curve is the trial's intermediate values**, with or without a pruner, so
   optuna-dashboard's own intermediate-value and learning-curve charts show it. While training,
-  only the epochs at which the pruner can act are reported (:func:`hpo.pruners.report_steps`:
+  only the epochs at which the pruner can act are reported (:func:`hpo.samplers.pruners.report_steps`:
   none without a pruner); the rest of the curve is reported when the trial ends. hpo's storage
-  writes intermediate values behind (:class:`hpo.optuna_compat.WriteBehindRDBStorage`): 50 of
+  writes intermediate values behind (:class:`hpo.db.optuna_private.WriteBehindRDBStorage`): 50 of
   them cost one multi-row insert in the transaction that finishes the trial, not 50 round trips
   (through ``hpo proxy`` each is still its own call). A longer curve is thinned to
   :data:`CURVE_POINTS` epochs. A pruned trial keeps what it reported.
@@ -20,7 +20,7 @@ Design decisions:
   ``diverged = true``. Marking it FAIL would hide the region from the samplers (TPE and the
   narrowing sampler only learn from COMPLETE trials) and they would keep sampling there; as a
   low-scoring COMPLETE trial it teaches them to stay away. It never crashes a worker.
-* **The test split is never read here**: only :func:`hpo.data.load_search` is called.
+* **The test split is never read here**: only :func:`hpo.nn.data.load_search` is called.
 * **Signals only interrupt training.** The trial loop runs the objective where SIGTERM and
   Ctrl-C raise at once (:func:`hpo.signals.interruptible`); the objective's own storage calls
   (suggest, report, should_prune, attributes) run :func:`hpo.signals.deferred`, so a signal
@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import optuna
 
-from hpo.data import SearchData, load_search
+from hpo.nn.data import SearchData, load_search
 from hpo.nn import MLP, TrainResult, make_optimizer, train
-from hpo.pruners import report_steps
+from hpo.samplers.pruners import report_steps
 from hpo.signals import deferred
 from hpo.spec import ModelSpec, Param, Spec
 

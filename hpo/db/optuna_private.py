@@ -22,7 +22,7 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.held_writes import HeldWrites
+from hpo.db.held_writes import HeldWrites
 
 #: The logger Optuna's ``study.optimize`` reports a failed trial on (with its traceback).
 OPTIMIZE_LOGGER = "optuna.study._optimize"
@@ -105,7 +105,7 @@ def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
 
 class WriteBehindRDBStorage(RDBStorage):
     """``RDBStorage`` that holds back the writes nobody else reads while a trial runs, and
-    commits them with the trial's end (hpo's storage class: :mod:`hpo.heartbeats`).
+    commits them with the trial's end (hpo's storage class: :mod:`hpo.db.heartbeats`).
 
     Each ``RDBStorage`` call is its own transaction: a pooled connection checked out,
     the trial row read, the write, a commit; 3-15 ms on PostgreSQL on a busy machine.

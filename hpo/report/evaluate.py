@@ -19,11 +19,11 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-import hpo.data as hpo_data
-from hpo.listing import CONFIRM_ATTR, TEST_ATTR, n_finished, ranked, state_names
-from hpo.objective import fit, make_config, search_data
+import hpo.nn.data as hpo_data
+from hpo.report.listing import CONFIRM_ATTR, TEST_ATTR, n_finished, ranked, state_names
+from hpo.objectives.book import fit, make_config, search_data
 from hpo.spec import Spec, from_dict
-from hpo.storage import study_spec as stored_study_spec
+from hpo.db.storage import study_spec as stored_study_spec
 
 __all__ = ["CONFIRM_ATTR", "TEST_ATTR", "AlreadyTested", "choose_trial", "confirm",
            "confirm_seed", "evaluate_on_test", "study_spec"]

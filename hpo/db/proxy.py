@@ -7,8 +7,8 @@ PostgreSQL refuses clients beyond ``max_connections``). The proxy does not creat
 
 **Heartbeats cross the proxy.** Optuna 5's gRPC API has no heartbeat call, so a proxied worker
 beats by writing the trial system attribute ``hpo:beat`` every ``--heartbeat-interval``
-(:mod:`hpo.heartbeats`), and the proxy's storage records each such write as the trial's
-heartbeat row instead (:func:`hpo.heartbeats.relay_storage_class`): the database's clock, in
+(:mod:`hpo.db.heartbeats`), and the proxy's storage records each such write as the trial's
+heartbeat row instead (:func:`hpo.db.heartbeats.relay_storage_class`): the database's clock, in
 Optuna's own table. A proxied trial is then like a direct worker's: when its worker dies
 (SIGKILL, OOM, a lost machine), its heartbeat goes stale.
 
@@ -33,6 +33,7 @@ import sys
 import threading
 from typing import Any
 
+from hpo.db.keys import SURPLUS_ATTR
 from hpo.errors import UsageError
 
 ENV_INTERVAL = "HPO_HEARTBEAT_INTERVAL"
@@ -42,7 +43,7 @@ ENV_GRACE = "HPO_GRACE_PERIOD"
 def heartbeat_settings() -> tuple[int, int]:
     """(interval, grace period) in seconds for the proxy's own storage, from the environment or
     hpo's defaults; the grace period must be longer than the interval."""
-    from hpo.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
+    from hpo.db.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
     def read(name: str, default: int | None) -> int | None:
         raw = os.environ.get(name, "").strip()
@@ -72,8 +73,8 @@ def make_storage(url: str, pool_size: int, interval: int, grace: int) -> Any:
     and wrapped in Optuna's cache as ``run_grpc_proxy_server`` recommends."""
     import optuna
 
-    from hpo.heartbeats import relay_storage_class
-    from hpo.storage import CONNECT_TIMEOUT, get_storage
+    from hpo.db.heartbeats import relay_storage_class
+    from hpo.db.storage import CONNECT_TIMEOUT, get_storage
 
     engine: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0, "pool_pre_ping": True}
     if url.startswith("sqlite"):
@@ -92,7 +93,7 @@ def sweep_once(storage: Any) -> int:
     import optuna
     from optuna.trial import TrialState
 
-    from hpo.storage import stored_spec, sweep_stale_trials
+    from hpo.db.storage import stored_spec, sweep_stale_trials
 
     failed = 0
     for frozen in storage.get_all_studies():
@@ -106,7 +107,7 @@ def sweep_once(storage: Any) -> int:
             continue
         sweep_stale_trials(study)
         failed += sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                      if t.number in running and "hpo:surplus" not in t.system_attrs)
+                      if t.number in running and SURPLUS_ATTR not in t.system_attrs)
     return failed
 
 
@@ -116,7 +117,7 @@ def sweeper(storage: Any, every: float, stop: threading.Event, first: float = 0.
     fatal."""
     if stop.wait(first):
         return
-    from hpo.retry import OUTAGE, is_transient, reason
+    from hpo.db.retry import OUTAGE, is_transient, reason
 
     while True:
         try:

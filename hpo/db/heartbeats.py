@@ -7,12 +7,12 @@ the proxy's end of their beats.
   no heartbeat).
 * **The same storage's writes, sorted** (:func:`rdb_storage_class`): each successful write (a
   beat, a trial created, a trial finished) restarts the process's outage clock
-  (:data:`hpo.retry.OUTAGE`); a trial's final write lost to a dropped connection is retried
+  (:data:`hpo.db.retry.OUTAGE`); a trial's final write lost to a dropped connection is retried
   within ``$HPO_DB_WAIT`` with its held writes; an error the database answers with (permission
   denied, read-only, a full disk...) is one attempt, the trial failed, exit 1.
 * **Through the proxy** (:func:`grpc_client`): Optuna's gRPC API has no heartbeat call, so the
   client is a ``GrpcStorageProxy`` that Optuna treats as a heartbeat storage
-  (:func:`hpo.optuna_compat.heartbeat_grpc_client`): ``Study.optimize`` runs its heartbeat
+  (:func:`hpo.db.optuna_private.heartbeat_grpc_client`): ``Study.optimize`` runs its heartbeat
   thread around the objective as it does for a database, and each beat writes the trial system
   attribute ``hpo:beat`` through the proxy.
 * **The proxy's end** (:func:`relay_storage_class`): ``hpo proxy`` serves an RDBStorage that
@@ -34,14 +34,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import RuntimeFailure, StorageError, UsageError
-from hpo.retry import OUTAGE, db_wait, finished_elsewhere, is_transient, reason, refused
+from hpo.db.retry import OUTAGE, db_wait, finished_elsewhere, is_transient, reason, refused
 from hpo.signals import check_stop
+from hpo.db.keys import BEAT_ATTR
 
 if TYPE_CHECKING:
     import optuna
 
-#: Trial system attribute a worker behind ``hpo proxy`` writes as its heartbeat.
-BEAT_ATTR = "hpo:beat"
 #: Seconds a worker waits for ``hpo proxy`` to answer at start-up (``$HPO_GRPC_WAIT``).
 GRPC_WAIT = 60.0
 
@@ -50,8 +49,8 @@ def beat_failed(e: BaseException) -> None:
     """A heartbeat (or a heartbeat's flush of held writes) that could not be recorded: a
     transient error is one line per outage (the heartbeat thread beats again next interval); a
     trial failed elsewhere is for its ``tell`` to notice; an error the database answered with
-    (:func:`hpo.retry.refused`: permission denied, read-only...) ends the trial loop, whose one
-    line says it (exit 1, :meth:`hpo.retry.Outage.check`); anything else is raised."""
+    (:func:`hpo.db.retry.refused`: permission denied, read-only...) ends the trial loop, whose one
+    line says it (exit 1, :meth:`hpo.db.retry.Outage.check`); anything else is raised."""
     if finished_elsewhere(e):
         return
     if refused(e) is not None:
@@ -66,11 +65,11 @@ def beat_failed(e: BaseException) -> None:
 def rdb_storage_class() -> type:
     """``RDBStorage`` with a heartbeat that outlives database outages (module docstring), and
     a running trial's user attributes and intermediate values written with its end
-    (:class:`hpo.optuna_compat.WriteBehindRDBStorage`)."""
+    (:class:`hpo.db.optuna_private.WriteBehindRDBStorage`)."""
     import optuna
     from optuna.trial import TrialState
 
-    from hpo import optuna_compat as oc
+    from hpo.db import optuna_private as oc
 
     class HpoRDBStorage(oc.WriteBehindRDBStorage):
         def record_heartbeat(self, trial_id: int) -> None:
@@ -167,7 +166,7 @@ def grpc_client(url: str, interval: int | None, who: str) -> optuna.storages.Bas
     """The client of ``hpo proxy`` at ``grpc://HOST:PORT``, beating every ``interval`` seconds
     inside ``Study.optimize`` (no beats with ``None``). Waits for the proxy to answer, bounded
     by ``$HPO_GRPC_WAIT`` (60 s), saying so in one line; then exit 1."""
-    from hpo import optuna_compat as oc
+    from hpo.db import optuna_private as oc
 
     m = re.fullmatch(r"grpc://([^:/]+):(\d+)/?", url)
     if not m:

@@ -1,6 +1,6 @@
 """A study's trials on the plane of two params (the book's lr and weight decay): the points,
 the narrowing stages, an interpolated surface, the epochs of a learning curve. The figures
-(:mod:`hpo.figures`, matplotlib) and the plots (:mod:`hpo.plots`, plotly) draw from here.
+(:mod:`hpo.report.figures`, matplotlib) and the plots (:mod:`hpo.report.plots`, plotly) draw from here.
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial
 
-from hpo.listing import BOOK_NAMES, ranked
+from hpo.report.listing import BOOK_NAMES, ranked
+from hpo.db.keys import STAGE_ATTR, RANGES_ATTR
 
 if TYPE_CHECKING:
     import numpy as np
 
 #: The plane of figures 2-4: the book's two hyperparameters.
 PLANE = ("lr", "weight_decay")
-#: Trial system attributes written by hpo.samplers.narrowing.
-STAGE_ATTR = "narrowing:stage"
-RANGES_ATTR = "narrowing:ranges"
 
 
 def label(name: str) -> str:

@@ -6,12 +6,12 @@ Fairness rules:
   split** (the spec's ``data.seed``); seed k sets the sampler's seed and the trials' network seeds,
   so trial n of every sampler at seed k starts from the same initial weights (common random
   numbers: a difference between samplers is the samplers', not the initialisations');
-* the budget is exact (:func:`hpo.trials.work`); the studies live in their own storage,
+* the budget is exact (:func:`hpo.engine.loop.work`); the studies live in their own storage,
   ``<out>/compare.db`` unless ``--storage`` says otherwise, and a rerun continues them only when
   asked (``--resume``: finished studies are skipped, unfinished ones completed);
 * what is compared is the best **validation** accuracy so far, with its spread over seeds (median
   and interquartile range), and the **test** accuracy of each study's chosen trial, measured once
-  per study by :mod:`hpo.evaluate` (stored; a rerun reuses it).
+  per study by :mod:`hpo.report.evaluate` (stored; a rerun reuses it).
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from hpo import optuna_compat as oc
-from hpo.evaluate import CONFIRM_ATTR, choose_trial, confirm, evaluate_on_test
-from hpo.listing import TEST_ATTR, clean_floats
-from hpo.objective import Objective
-from hpo.procs import WorkerJob, failures, pin_blas_threads, start_workers, supervise
-from hpo.progress import Progress
+from hpo.db import optuna_private as oc
+from hpo.report.evaluate import CONFIRM_ATTR, choose_trial, confirm, evaluate_on_test
+from hpo.report.listing import TEST_ATTR, clean_floats
+from hpo.objectives.book import Objective
+from hpo.engine.procs import WorkerJob, failures, pin_blas_threads, start_workers, supervise
+from hpo.engine.progress import Progress
 from hpo.signals import install_signal_handlers
-from hpo.storage import create_or_load_study, get_storage, mask_url
-from hpo.trials import build_sampler_and_pruner, continue_sampling, count, work
+from hpo.db.storage import create_or_load_study, get_storage, mask_url
+from hpo.engine.loop import build_sampler_and_pruner, continue_sampling, count, work
 
 CHECKPOINTS = (10, 25, 50, 100, 200, 300, 500, 1000)
 NARROWING_DEFAULTS = {"stage_trials": 100, "keep_top": 10}
@@ -152,7 +152,7 @@ def summarize_study(study: optuna.Study, sampler: str, seed: int) -> StudyRun:
     # elapsed must be monotone for "seconds to target" (workers finish out of number order)
     elapsed = list(np.maximum.accumulate(elapsed)) if elapsed else []
     test = study.user_attrs.get(TEST_ATTR)
-    confirmed = study.user_attrs.get("hpo:confirm")
+    confirmed = study.user_attrs.get(CONFIRM_ATTR)
     return StudyRun(sampler, seed, study.study_name, curve, [float(x) for x in elapsed],
                     test_acc=None if test is None else float(test["test_acc"]),
                     chosen_trial=None if test is None else int(test["trial"]),
@@ -169,7 +169,7 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
     seeds (``confirm_top`` > 0); evaluate each chosen trial on the test split once.
 
     With ``workers`` > 1, ``worker_job(study_name, n_trials)`` says how to start a worker of a
-    cell's study; the workers are supervised as ``hpo run``'s are (:mod:`hpo.procs`). ``data``:
+    cell's study; the workers are supervised as ``hpo run``'s are (:mod:`hpo.engine.procs`). ``data``:
     the arms' shared split, when the caller loaded it already (else loaded here)."""
     if workers > 1 and worker_job is None:
         raise ValueError("run_grid: several workers need worker_job")

@@ -36,7 +36,7 @@ class Outcome:
 
 def run_experiment(name: str, *, dataset: str = "mnist5k", epochs: int | None = None,
                    seed: int = 0, data_dir: str | None = None) -> Outcome:
-    from hpo.data import load_test, load_training
+    from hpo.nn.data import load_test, load_training
     from hpo.nn import MLP, make_optimizer, train
 
     weight_decay, dropout, book_epochs = EXPERIMENTS[name]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpo.listing import (
+from hpo.report.listing import (
     BOOK_NAMES,
     GAP_LIST,
     LEARNED_MIN,

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial
 
-from hpo import optuna_compat as oc
+from hpo.db import optuna_private as oc
 from hpo.errors import UsageError
 
 if TYPE_CHECKING:
@@ -260,7 +260,7 @@ def make_app(storage_url: str | None, *, allow_writes: bool = False,
     HTTP basic auth with ``credentials``; :data:`HEALTH_PATH` open."""
     import optuna_dashboard
 
-    from hpo.storage import JOIN_WAIT, check_schema, get_storage, resolve_url
+    from hpo.db.storage import JOIN_WAIT, check_schema, get_storage, resolve_url
 
     url = resolve_url(storage_url)
     # started together with the `hpo run` / `hpo init` that creates the storage: wait for it
