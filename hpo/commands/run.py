@@ -7,55 +7,47 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import replace
+from typing import TYPE_CHECKING
 
-import optuna
-
-from hpo import logs
-from hpo.commands.common import callbacks, heartbeat_settings, positive, worker_storage
-from hpo.commands.worker import worker_job
+from hpo import catalog, logs
+from hpo.commands import flags
+from hpo.commands.common import heartbeat_settings, spec_from_args, worker_storage
 from hpo.errors import UsageError
-from hpo.report.listing import study_summary
-from hpo.objectives.book import Objective
-from hpo.engine.procs import failures, pin_blas_threads, start_workers, supervise
-from hpo.engine.progress import Progress
-from hpo.db.retry import OUTAGE, is_transient, with_retries
-from hpo.signals import install_signal_handlers
-from hpo.spec import Spec, load_spec
-from hpo.db.storage import create_or_load_study, get_storage, load_study_spec, mask_url, resolve_url
-from hpo.engine.tracking import mlflow_callback
-from hpo.engine.loop import (
-    build_sampler_and_pruner,
-    close_waiting,
-    continue_sampling,
-    count,
-    count_states,
-    work,
-)
-from hpo.engine.warmstart import WARM_TOP, best_configs, describe, warm_start
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hpo.engine.progress import Progress
 
 log = logging.getLogger("hpo.run")
 
+HELP = "create or resume a study from a spec and run it"
 
-def spec_from_args(args: argparse.Namespace) -> tuple[Spec, str]:
-    """The spec of ``args.spec`` with the flags applied, and the study's name: ``--study``, else
-    the spec's name with ``/data<D>`` and ``/seed<S>`` for ``--data-seed`` and ``--seed``."""
-    spec = load_spec(args.spec)
-    if getattr(args, "n_trials", None) is not None:
-        positive("--n-trials", args.n_trials)
-        spec = spec.replace(n_trials=args.n_trials)
-    suffix = ""
-    if getattr(args, "data_seed", None) is not None:
-        if args.data_seed < 0:
-            raise UsageError(f"--data-seed must be >= 0, got {args.data_seed}")
-        spec = spec.replace(data=replace(spec.data, seed=args.data_seed))
-        suffix += f"/data{args.data_seed}"
-    if getattr(args, "seed", None) is not None:
-        if args.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {args.seed}")
-        spec = spec.replace(seed=args.seed)
-        suffix += f"/seed{args.seed}"
-    return spec, getattr(args, "study", None) or spec.name + suffix
+
+def add_arguments(p: flags.Parser) -> None:
+    p.description = ("Create (or resume) the study of SPEC, run W local worker processes until "
+                     "it holds N finished trials, print Best-N.")
+    p.epilog = flags.SPEC_EPILOG
+    flags.files(p.add_argument("spec", metavar="SPEC",
+                               help="study spec file (TOML), e.g. studies/book-random.toml"))
+    flags.storage(p)
+    flags.study_flag(p, help="study name (default: the spec's name)")
+    p.add_argument("--n-trials", type=flags.TRIALS, metavar="N", help=flags.BUDGET_HELP)
+    p.add_argument("--workers", type=flags.count(catalog.MAX_WORKERS), default=1, metavar="W",
+                   help="local worker processes (forked; one BLAS thread each)")
+    p.add_argument("--seed", type=flags.SEED, metavar="S",
+                   help="sampler/model seed (default: spec's)")
+    p.add_argument("--data-seed", type=flags.SEED, metavar="D",
+                   help="seed of the train/validation shuffle (default: the spec's data.seed)")
+    p.add_argument("--timeout", type=flags.SECONDS, metavar="S", help="stop after S seconds")
+    p.add_argument("--top", type=flags.TOP, metavar="K", help=flags.TOP_HELP)
+    flags.data_dir(p)
+    flags.mlflow(p)
+    p.add_argument("--warm-start", type=flags.study_name, metavar="STUDY",
+                   help="begin a new study with the best configurations of STUDY (same storage)")
+    p.add_argument("--warm-start-top", type=flags.count(1000), metavar="K",
+                   help="how many of STUDY's best configurations (default 5; needs --warm-start)")
+    flags.heartbeat(p)
 
 
 def trial_lines(args: argparse.Namespace) -> bool:
@@ -66,10 +58,25 @@ def trial_lines(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hpo.db.retry import with_retries
+    from hpo.db.storage import create_or_load_study, mask_url, resolve_url
+    from hpo.engine.jobs import callbacks, worker_job
+    from hpo.engine.loop import (
+        build_sampler_and_pruner,
+        close_waiting,
+        continue_sampling,
+        count_states,
+        work,
+    )
+    from hpo.engine.procs import pin_blas_threads
+    from hpo.engine.progress import Progress
+    from hpo.engine.tracking import mlflow_callback
+    from hpo.engine.warmstart import WARM_TOP, describe, warm_start
+    from hpo.objectives.book import Objective
+    from hpo.report.listing import study_summary
+    from hpo.signals import install_signal_handlers
+
     spec, study_name = spec_from_args(args)
-    positive("--workers", args.workers)
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError(f"--timeout must be > 0, got {args.timeout}")
     interval, grace = heartbeat_settings(args)
     timeout = args.timeout if args.timeout is not None else spec.timeout
     sampler, pruner = build_sampler_and_pruner(spec)
@@ -147,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _finished(study: optuna.Study) -> int:
     """Finished trials of the study (retried through an outage)."""
+    from hpo.db.retry import with_retries
+    from hpo.engine.loop import count
+
     return with_retries(lambda: count(study)[0], who="hpo run",
                         what=f"the study {study.study_name!r}")
 
@@ -154,6 +164,11 @@ def _finished(study: optuna.Study) -> int:
 def _warm_configs(url: str, source: str, study_name: str, top: int) -> list:
     """The best ``top`` configurations of the study ``source`` in the same storage, read
     before anything is written (bad input: no such study, or nothing finished in it)."""
+    import optuna
+
+    from hpo.db.storage import get_storage, load_study_spec
+    from hpo.engine.warmstart import best_configs
+
     if source == study_name:
         raise UsageError(f"--warm-start {source}: name another study than the one being run")
     storage = get_storage(url)
@@ -171,6 +186,8 @@ def _run_workers(study: optuna.Study, job, n_workers: int, progress: Progress,
     JSON line per finished trial into their logs, and each is logged again here as it comes.
     The workers' log folder is removed on every way out."""
     from hpo.db import optuna_private as oc
+    from hpo.db.retry import OUTAGE, is_transient
+    from hpo.engine.procs import failures, start_workers, supervise
 
     rdb = oc.rdb_of(study)
     tails: dict[str, _Tail] = {}
