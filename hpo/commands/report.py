@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +43,8 @@ def add_arguments(p: flags.Parser) -> None:
 def report(args: argparse.Namespace) -> int:
     """``hpo report NAME``: PNGs, best.md and report.html in ``--out``; the plotly figures and
     the listing in optuna-dashboard unless ``--no-dashboard``."""
+    import tempfile
+
     import optuna
 
     from hpo.db.storage import load_study_spec, resolve_url

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from typing import TYPE_CHECKING
 
 from hpo import catalog, logs
@@ -185,6 +184,8 @@ def _run_workers(study: optuna.Study, job, n_workers: int, progress: Progress,
     failed (the last lines of their logs go to stderr). With ``per_trial`` the workers write a
     JSON line per finished trial into their logs, and each is logged again here as it comes.
     The workers' log folder is removed on every way out."""
+    import tempfile
+
     from hpo.db import optuna_private as oc
     from hpo.db.retry import OUTAGE, is_transient
     from hpo.engine.procs import failures, start_workers, supervise
