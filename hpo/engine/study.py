@@ -125,11 +125,9 @@ class Outcome:
         return bool(self.failed_workers) and self.finished < self.spec.n_trials
 
 
-def prepare(req: RunRequest, tracking: bool = True
-            ) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner,
-                       Callable[..., float], Callback | None]:
+def prepare(req: RunRequest, tracking: bool = True) -> tuple:
     """Everything that can refuse bad input, made before anything is written: the sampler and
-    pruner, the objective (its data is loaded now) and the MLflow callback."""
+    pruner, the objective (its data is loaded now) and the MLflow callback (or None)."""
     assert req.spec is not None
     sampler, pruner = build_sampler_and_pruner(req.spec)
     objective = req.objective or make_objective(req.spec, data=req.data, data_dir=req.data_dir)
@@ -138,8 +136,7 @@ def prepare(req: RunRequest, tracking: bool = True
     return sampler, pruner, objective, callback
 
 
-def open_study(req: RunRequest, *, heartbeat: bool = True, tracking: bool = True
-               ) -> tuple[optuna.Study, Callable[..., float], Callback | None, list | None]:
+def open_study(req: RunRequest, *, heartbeat: bool = True, tracking: bool = True) -> tuple:
     """Create (or resume) the study of ``req.spec``: everything that can refuse bad input is
     made first (sampler, pruner, the objective and its data, the warm start's configurations,
     MLflow), then the schema and the study are written. Returns the study, the objective, the
