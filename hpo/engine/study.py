@@ -131,8 +131,9 @@ def prepare(req: RunRequest, tracking: bool = True) -> tuple:
     assert req.spec is not None
     sampler, pruner = build_sampler_and_pruner(req.spec)
     objective = req.objective or make_objective(req.spec, data=req.data, data_dir=req.data_dir)
-    callback = mlflow_callback(req.mlflow_uri, req.spec.mlflow, req.study_name) if tracking \
-        else None
+    callback = None
+    if tracking:
+        callback = mlflow_callback(req.mlflow_uri, req.spec.mlflow, req.study_name)
     return sampler, pruner, objective, callback
 
 
