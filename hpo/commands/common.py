@@ -52,16 +52,6 @@ def heartbeat_settings(args: argparse.Namespace) -> tuple[int, int]:
     return interval, grace
 
 
-def worker_storage(url: str, interval: int, grace: int, create_schema: bool
-                   ) -> optuna.storages.BaseStorage:
-    """The storage a worker runs trials on: heartbeats on (a dead worker's trial is failed
-    after ``grace`` seconds and retried)."""
-    from hpo.db.storage import get_storage
-
-    return get_storage(url, heartbeat=True, heartbeat_interval=interval, grace_period=grace,
-                       create_schema=create_schema)
-
-
 def output_dir(flag: str, path: str | os.PathLike) -> Path:
     """``path`` as a folder hpo can create and write into, checked before anything is written:
     a folder that does not exist yet is made and removed again at once (nothing is left)."""

@@ -1,5 +1,6 @@
 """``hpo report NAME``: the book's figures for a study, as PNGs, one HTML page and dashboard
-plots (figures: :mod:`hpo.report.figures` and :mod:`hpo.report.plots`; the page: :mod:`hpo.report.page`; publishing:
+plots (figures: :mod:`hpo.report.figures` and :mod:`hpo.report.plots`; the page:
+:mod:`hpo.report.page`; publishing:
 :mod:`hpo.report.dashboard`; the listing: :mod:`hpo.report.listing`)."""
 
 from __future__ import annotations

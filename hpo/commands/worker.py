@@ -6,7 +6,6 @@ import argparse
 import logging
 
 from hpo.commands import flags
-from hpo.commands.common import heartbeat_settings
 
 HELP = "join an existing study and run trials"
 
@@ -26,13 +25,25 @@ def add_arguments(p: flags.Parser) -> None:
 
 
 def worker(args: argparse.Namespace) -> int:
-    """Run trials of ``--study`` (:func:`hpo.engine.jobs.run_worker`)."""
-    from hpo.db.storage import resolve_url
-    from hpo.engine.jobs import run_worker
+    """Run trials of ``args.study`` until it holds its recorded budget of finished trials, this
+    worker has run ``--n-trials`` trials (no cap of its own by default), or ``--timeout``
+    seconds pass.
 
-    interval, grace = heartbeat_settings(args)
+    ``--n-trials`` of a worker caps that worker only: it never changes the study's budget
+    (``hpo run`` and ``hpo init`` record it), so a worker cannot make a study overshoot it.
+
+    A worker started together with the ``hpo run`` / ``hpo init`` that creates its study waits
+    for it (up to :data:`~hpo.db.storage.JOIN_WAIT` seconds, while the storage is still empty);
+    a database that refuses connections is retried (``$HPO_DB_WAIT``)."""
+    from hpo.db.storage import resolve_url
+    from hpo.engine.study import RunRequest, run_study
+
     level, _ = getattr(args, "log_settings", (logging.INFO, "text"))
-    return run_worker(args.study, resolve_url(args.storage), args.n_trials, args.timeout,
-                      trial_lines=level <= logging.INFO, heartbeat_interval=interval,
-                      grace_period=grace, data_dir=args.data_dir, log_level=level,
-                      mlflow_uri=args.mlflow_uri)
+    req = RunRequest(args.study, resolve_url(args.storage), join=True, max_runs=args.n_trials,
+                   timeout=args.timeout, heartbeat_interval=args.heartbeat_interval,
+                   grace_period=args.grace_period, data_dir=args.data_dir,
+                   mlflow_uri=args.mlflow_uri, log_level=level, trial_lines=level <= logging.INFO,
+                   who="hpo worker")
+    req.heartbeats()  # a bad pair of heartbeat flags is bad input before anything runs
+    run_study(req)
+    return 0
