@@ -307,10 +307,11 @@ def worker_job(study_name: str, url: str, timeout: float | None,
 
     def target() -> int:
         logs.configure(level, "json" if trial_lines else "text")  # into this child's log
-        run_study(RunRequest(study_name, url, join=True, timeout=timeout,
-                           heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                           data_dir=data_dir, mlflow_uri=mlflow_uri, log_level=level,
-                           trial_lines=trial_lines, objective=objective, who="hpo worker"))
+        req = RunRequest(study_name, url, join=True, timeout=timeout,
+                         heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                         data_dir=data_dir, mlflow_uri=mlflow_uri, log_level=level,
+                         trial_lines=trial_lines, objective=objective, who="hpo worker")
+        run_study(req)
         return 0
 
     return WorkerJob(url=url, target=target, argv=argv, env={"HPO_STORAGE": url})
