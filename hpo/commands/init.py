@@ -17,7 +17,7 @@ import logging
 
 from hpo.commands.run import spec_from_args
 from hpo.errors import UsageError
-from hpo.objectives.book import Objective
+from hpo.objectives import make_objective
 from hpo.db.retry import with_retries
 from hpo.db.storage import create_or_load_study, get_storage, mask_url, resolve_url
 from hpo.engine.loop import build_sampler_and_pruner, count
@@ -32,7 +32,7 @@ def init(args: argparse.Namespace) -> int:
         raise UsageError("hpo init needs the database URL, not a gRPC proxy: the proxy does not "
                          "create schemas")
     sampler, pruner = build_sampler_and_pruner(spec)
-    Objective(spec)  # loads the data: a data error stops us before anything is written
+    make_objective(spec)  # the data, or the user's function: an error stops us before a write
     storage = get_storage(url, create_schema=True)
     study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
     done, in_flight = with_retries(lambda: count(study), who="hpo init",

@@ -16,7 +16,7 @@ from hpo.commands.common import callbacks, heartbeat_settings, positive, worker_
 from hpo.commands.worker import worker_job
 from hpo.errors import UsageError
 from hpo.report.listing import study_summary
-from hpo.objectives.book import Objective
+from hpo.objectives import make_objective
 from hpo.engine.procs import failures, pin_blas_threads, start_workers, supervise
 from hpo.engine.progress import Progress
 from hpo.db.retry import OUTAGE, is_transient, with_retries
@@ -74,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
     timeout = args.timeout if args.timeout is not None else spec.timeout
     sampler, pruner = build_sampler_and_pruner(spec)
     data_dir = getattr(args, "data_dir", None)
-    # loads the data: a data error stops us before any write
-    objective = Objective(spec.with_data_dir(data_dir))
+    # loads the data (or the user's function): an error stops us before any write
+    objective = make_objective(spec, data_dir=data_dir,
+                               max_failures=getattr(args, "max_failures", None),
+                               debug=getattr(args, "debug", False))
     url = resolve_url(args.storage)
     warm = getattr(args, "warm_start", None)
     top = getattr(args, "warm_start_top", None)
@@ -131,7 +133,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             job = worker_job(study_name, url, timeout, interval, grace,
                              trial_lines=per_trial, data_dir=data_dir,
-                             mlflow_uri=getattr(args, "mlflow_uri", None))
+                             mlflow_uri=getattr(args, "mlflow_uri", None),
+                             code_dirs=[spec.objective.base] if spec.objective else None,
+                             max_failures=getattr(args, "max_failures", None),
+                             debug=getattr(args, "debug", False))
             failed = _run_workers(study, job, args.workers, progress, per_trial)
     finally:
         progress.close()

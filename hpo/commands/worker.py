@@ -9,7 +9,8 @@ import optuna
 
 from hpo import logs
 from hpo.commands.common import callbacks, heartbeat_settings, positive
-from hpo.objectives.book import Objective
+from hpo.objectives import make_objective
+from hpo.objectives.user import code_dirs_from
 from hpo.engine.procs import WorkerJob, pin_blas_threads
 from hpo.db.retry import with_retries
 from hpo.signals import install_signal_handlers, watch_parent
@@ -27,13 +28,17 @@ def worker(args: argparse.Namespace) -> int:
     return run_worker(args.study, resolve_url(args.storage), args.n_trials, args.timeout,
                       trial_lines=level <= logging.INFO, heartbeat_interval=interval,
                       grace_period=grace, data_dir=args.data_dir, log_level=level,
-                      mlflow_uri=args.mlflow_uri)
+                      mlflow_uri=args.mlflow_uri,
+                      code_dirs=code_dirs_from(getattr(args, "code_dir", None)),
+                      max_failures=getattr(args, "max_failures", None),
+                      debug=getattr(args, "debug", False))
 
 
 def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float | None, *,
                trial_lines: bool, heartbeat_interval: int, grace_period: int,
                data_dir: str | None = None, log_level: int = logging.INFO,
-               mlflow_uri: str | None = None) -> int:
+               mlflow_uri: str | None = None, code_dirs: list[str] | None = None,
+               max_failures: int | None = None, debug: bool = False) -> int:
     """Run trials of ``study_name`` until it holds its recorded budget of finished trials, this
     worker has run ``n_trials`` trials (``None``: no cap of its own), or ``timeout`` seconds
     pass. Returns the exit code. ``trial_lines``: one ``hpo.trial`` log record per finished
@@ -44,7 +49,10 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
 
     A worker started together with the ``hpo run`` / ``hpo init`` that creates its study waits
     for it (up to :data:`~hpo.db.storage.JOIN_WAIT` seconds, while the storage is still empty);
-    a database that refuses connections is retried (``$HPO_DB_WAIT``)."""
+    a database that refuses connections is retried (``$HPO_DB_WAIT``).
+
+    A study of a user's objective runs its code only from ``code_dirs`` (``--code-dir`` /
+    ``$HPO_CODE_DIR``; ``hpo run`` passes its spec's folder): :mod:`hpo.objectives.user`."""
     install_signal_handlers()  # a SIGTERM while waiting for the database ends the wait
     watch_parent()  # started by `hpo run` / `hpo compare`: stop when it dies
     storage = get_storage(url, heartbeat=True, heartbeat_interval=heartbeat_interval,
@@ -58,7 +66,8 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
         # samplers key each draw by (seed, trial number) and stay reproducible whatever the
         # number of workers.
         sampler.reseed_rng()
-    objective = Objective(spec.with_data_dir(data_dir))
+    objective = make_objective(spec, data_dir=data_dir, code_dirs=code_dirs,
+                               max_failures=max_failures, debug=debug)
     tracking = mlflow_callback(mlflow_uri, spec.mlflow, study_name)
     study = with_retries(lambda: optuna.load_study(study_name=study_name, storage=storage,
                                                     sampler=sampler, pruner=pruner),
@@ -77,7 +86,9 @@ def run_worker(study_name: str, url: str, n_trials: int | None, timeout: float |
 
 def worker_job(study_name: str, url: str, timeout: float | None,
                heartbeat_interval: int, grace_period: int, *, trial_lines: bool = False,
-               data_dir: str | None = None, mlflow_uri: str | None = None) -> WorkerJob:
+               data_dir: str | None = None, mlflow_uri: str | None = None,
+               code_dirs: list[str] | None = None, max_failures: int | None = None,
+               debug: bool = False) -> WorkerJob:
     """How ``hpo run`` and ``hpo compare`` start a worker of ``study_name`` with their own
     heartbeat settings (forked, or ``hpo worker ...`` in a fresh interpreter): quiet, or with
     ``trial_lines`` a JSON line per finished trial in its log (``hpo run`` logs them again).
@@ -92,12 +103,19 @@ def worker_job(study_name: str, url: str, timeout: float | None,
         argv += ["--data-dir", data_dir]
     if mlflow_uri:
         argv += ["--mlflow-uri", mlflow_uri]
+    for folder in code_dirs or ():
+        argv += ["--code-dir", folder]
+    if max_failures:
+        argv += ["--max-failures", str(max_failures)]
+    if debug:
+        argv += ["--debug"]
     level = logging.INFO if trial_lines else logging.WARNING
 
     def target() -> int:
         logs.configure(level, "json" if trial_lines else "text")  # into this child's log
         return run_worker(study_name, url, None, timeout, trial_lines=trial_lines,
                           heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                          data_dir=data_dir, log_level=level, mlflow_uri=mlflow_uri)
+                          data_dir=data_dir, log_level=level, mlflow_uri=mlflow_uri,
+                          code_dirs=code_dirs, max_failures=max_failures, debug=debug)
 
     return WorkerJob(url=url, target=target, argv=argv, env={"HPO_STORAGE": url})

@@ -62,6 +62,7 @@ from hpo.signals import Orphaned, check_stop, deferred, interruptible
 from hpo.spec import Spec
 from hpo.db.storage import MAX_RETRY, state_counts, sweep_stale_trials
 from hpo.db.keys import SURPLUS_ATTR, CLOSED_ATTR, HANDED_BACK_ATTR
+from hpo.objectives.user import TooManyFailures, TrialFailed
 
 __all__ = ["FINISHED", "IN_FLIGHT", "KEYED_SAMPLERS", "Surplus", "WorkerResult",
            "build_sampler_and_pruner", "close_waiting", "continue_sampling", "count",
@@ -108,7 +109,8 @@ class _QuietFailures(logging.Filter):
 
 
 def _routine(e: BaseException) -> bool:
-    return (isinstance(e, (KeyboardInterrupt, Surplus)) or finished_elsewhere(e)
+    return (isinstance(e, (KeyboardInterrupt, Surplus, TrialFailed, TooManyFailures))
+            or finished_elsewhere(e)
             or is_transient(e))
 
 
@@ -308,7 +310,7 @@ def work(
             # no RUNNING trial a moment ago: none can be stale, optimize() need not look
             with (oc.skip_waiting_lookup(study, skip=not waiting),
                   oc.skip_first_stale_check(study, skip=in_flight == waiting)):
-                study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
+                study.optimize(claimed, n_trials=1, catch=(Surplus, TrialFailed), callbacks=callbacks,
                                gc_after_trial=False)
             OUTAGE.ok()  # the trial was told: a write went through, whatever the storage
             delay = 0.5  # the next outage (a pooled connection killed meanwhile) starts over
