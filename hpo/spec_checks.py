@@ -165,7 +165,7 @@ def objective_table(v: Validator, raw: Any, base: str | None) -> ObjectiveSpec:
     v.keys("objective", o, set(catalog.OBJECTIVE_KEYS))
     refs = {}
     for key in ("function", "test"):
-        if key not in o:
+        if o.get(key) is None:  # a stored spec holds test = null
             if key == "function":
                 raise v.fail("objective.function", "is required, e.g. 'objective.py:objective'")
             continue

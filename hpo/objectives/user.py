@@ -44,6 +44,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -243,8 +244,10 @@ class GuardedTrial(optuna.trial.Trial):
     :func:`hpo.signals.deferred` (a signal never breaks a write half way). Everything else is
     the wrapped trial's."""
 
-    def __init__(self, trial: optuna.trial.Trial) -> None:  # noqa: D107 - no super(): a view
+    def __init__(self, trial: optuna.trial.Trial, declared: frozenset[str] = frozenset()
+                 ) -> None:  # no super().__init__: a view of ``trial``
         self._inner = trial
+        self._declared = declared  # the spec's params: asked again with other bounds, quietly
         self.storage_error: BaseException | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -256,7 +259,11 @@ class GuardedTrial(optuna.trial.Trial):
 
 def _guard(name: str) -> Callable[..., Any]:
     def method(self: GuardedTrial, *args: Any, **kwargs: Any) -> Any:
-        with deferred():
+        quiet = name.startswith("suggest_") and bool(args) and args[0] in self._declared
+        with deferred(), warnings.catch_warnings():
+            if quiet:  # the spec's bounds win over the function's: that is the design
+                warnings.filterwarnings("ignore", "Inconsistent parameter values",
+                                        RuntimeWarning)
             try:
                 return getattr(self._inner, name)(*args, **kwargs)
             except Exception as e:
@@ -309,7 +316,7 @@ class UserObjective:
             with deferred():
                 suggest(trial, space)
         seed = model_seed(self.spec.seed, trial.number) if "seed" in self.takes else None
-        guarded = GuardedTrial(trial)
+        guarded = GuardedTrial(trial, frozenset(p.name for p in space))
         attrs: dict[str, Any] = {} if seed is None else {"model_seed": seed}
         try:
             value = self.fn(guarded, **self.kwargs(seed))
