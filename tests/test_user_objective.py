@@ -480,3 +480,72 @@ def test_torch_example_runs(tmp_path):
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(done) == 3
     assert all(math.isfinite(t.value) for t in done if t.state == TrialState.COMPLETE)
+
+
+# --- PostgreSQL: two workers, one killed -9 -------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_define_by_run_objective_on_postgres_with_a_worker_killed(pg_url, tmp_path):
+    """Two `hpo worker --code-dir` on a define-by-run user objective (narrowing sampler, two
+    stages). The victim's first trial is held inside the user's function (a gate file) until
+    it is SIGKILLed while the survivor works; the survivor fails the dead trial once its
+    heartbeat is stale, runs its retry (same params, the define-by-run ``y`` too) and the study
+    ends with exactly its budget, nothing RUNNING or WAITING."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_postgres import Probe, assert_exact, finish, has_heartbeat, held, wait_for
+
+    n_trials, grace = 8, 3
+    code = tmp_path / "code"
+    spec = write_spec(code, name="killed-user", n_trials=n_trials,
+                      sampler='name = "narrowing"\nstage_trials = 4\nkeep_top = 2')
+    r = hpo("init", str(spec), "--storage", pg_url)
+    assert r.returncode == 0, r.stderr
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    args = [sys.executable, "-m", "hpo", "worker", "--study", "killed-user", "--storage", pg_url,
+            "--quiet", "--code-dir", str(code), "--heartbeat-interval", "1",
+            "--grace-period", str(grace)]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    logs = [tmp_path / "victim.log", tmp_path / "survivor.log"]
+    probe = Probe(pg_url, "killed-user")
+    victim = subprocess.Popen(args, env={**env, "HOLD_GATE": str(gate)},
+                              stdout=logs[0].open("w"), stderr=subprocess.STDOUT)
+    survivor = None
+    try:
+        wait_for(lambda: held(gate) or victim.poll() is not None, 120,
+                 "the victim's trial inside the user's function")
+        (running,) = wait_for(probe.running, 10, "the victim's trial, RUNNING")
+        wait_for(lambda: has_heartbeat(probe, running._trial_id), 30, "its first heartbeat")
+        survivor = subprocess.Popen(args, env=env, stdout=logs[1].open("w"),
+                                    stderr=subprocess.STDOUT)
+        wait_for(lambda: probe.states()["COMPLETE"] >= 1 or survivor.poll() is not None, 120,
+                 "the survivor's first trial")
+        victim.kill()
+        victim.wait(timeout=10)
+        assert victim.returncode == -signal.SIGKILL
+        (gate / "go").touch()  # nobody is held any more; a retry must not wait either
+        outputs = finish([survivor], logs[1:], timeout=180)
+        assert survivor.returncode == 0, outputs[0]
+        assert "Traceback" not in outputs[0], outputs[0]
+
+        trials = assert_exact(probe, n_trials)
+        dead = probe.storage.get_trial(running._trial_id)
+        assert dead.state == TrialState.FAIL and FAIL_REASON_ATTR not in dead.user_attrs
+        retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+        assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+        assert set(dead.params) == {"x", "y"} and retries[0].params == dead.params
+        assert [t for t in trials if t.state == TrialState.FAIL] == [dead]
+        stage1 = [t for t in trials if t.system_attrs.get("narrowing:stage") == 1
+                  and t.state == TrialState.COMPLETE]
+        assert stage1 and all("y" in t.system_attrs["narrowing:ranges"] for t in stage1)
+    finally:
+        for p in (victim, survivor):
+            if p is not None and p.poll() is None:
+                p.kill()
+        probe.close()
