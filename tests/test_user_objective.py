@@ -372,7 +372,7 @@ def test_run_with_failures_ends_with_exactly_its_budget(tmp_path):
     assert failed, "x > 1 should have failed some trials"
     for t in failed:
         assert t.user_attrs[FAIL_REASON_ATTR].startswith("ValueError: boom")
-        assert f"trial {t.number} failed: ValueError: boom" in r.stderr
+        assert f"warning: trial {t.number} failed: ValueError: boom" in r.stderr
 
 
 @pytest.mark.parametrize("flags, k", [((), 3), (("--max-failures", "2"), 2)])

@@ -8,8 +8,8 @@ A spec with one names the user's own function (:mod:`hpo.objectives.user`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from hpo.spec import Spec
 

@@ -347,7 +347,8 @@ class UserObjective:
         self.failures += 1
         reason = reason[:MAX_REASON]
         self._record(trial, {**attrs, FAIL_REASON_ATTR: reason})
-        log.warning("trial %d failed: %s (objective %s)", trial.number, reason, self.name)
+        log.warning("warning: trial %d failed: %s (objective %s)", trial.number, reason,
+                    self.name)
         if self.debug and error is not None:
             traceback.print_exception(error, file=sys.stderr)
         if self.failures >= self.max_failures:
