@@ -549,3 +549,25 @@ def test_define_by_run_objective_on_postgres_with_a_worker_killed(pg_url, tmp_pa
             if p is not None and p.poll() is None:
                 p.kill()
         probe.close()
+
+
+def test_run_with_two_workers_passes_its_folder_on(tmp_path):
+    """`hpo run --workers 2`: the forked workers read the spec from the study and run the
+    function from the spec's folder (hpo run passes it on as their code dir)."""
+    spec = write_spec(tmp_path / "code", n_trials=10, sampler='name = "narrowing"\n'
+                      'stage_trials = 5\nkeep_top = 2')
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    r = hpo("run", str(spec), "--storage", url, "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="user", storage=url)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 10
+    assert all(set(t.params) == {"x", "y"} for t in study.trials
+               if t.state == TrialState.COMPLETE)
+
+
+def test_two_workers_that_always_fail_stop_with_exit_1(tmp_path):
+    spec = write_spec(tmp_path / "code", mode="raise", n_trials=10)
+    r = hpo("run", str(spec), "--storage", f"sqlite:///{tmp_path / 'f.db'}", "--workers", "2")
+    assert r.returncode == 1, r.stderr
+    assert "failed 3 trials in a row" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -32,6 +32,13 @@ def make_objective(spec: Spec, *, data: Any = None, data_dir: str | None = None,
     if spec.objective is not None:
         from hpo.objectives.user import UserObjective, load_function
 
+        if data_dir:
+            import logging
+
+            logging.getLogger("hpo").warning(
+                "warning: --data-dir %s is not used: a spec's own objective reads its own data",
+                data_dir)
+
         fn = load_function(spec, "function", code_dirs)
         test = load_function(spec, "test", code_dirs) if spec.objective.test else None
         return UserObjective(spec, fn, max_failures=max_failures, debug=debug, test_fn=test)
