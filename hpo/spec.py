@@ -13,9 +13,7 @@ search space::
     [pruner]   name, and the pruner's options as further keys
     [budget]   n_trials, timeout (seconds, 0 = none)
     [tracking] mlflow (an MLflow tracking URI: one MLflow run per finished trial)
-    [objective] function, direction, metric, test, max_failures, [objective.config]: the user's
-               own function instead of the book's MLP (no [data] nor [model]; [search] optional,
-               its params any names): docs/objectives.md
+    [objective] a user's own function instead of the book's MLP: docs/objectives.md
 
 Every name and option is checked against :mod:`hpo.catalog`, the one declaration of what
 exists. Errors name the file, the key and what is allowed (:class:`SpecError`, one line).
@@ -126,8 +124,7 @@ class Spec:
     objective: ObjectiveSpec | None = None  # [objective]: a user's function; None: the book's MLP
 
     @property
-    def direction(self) -> str:
-        """"maximize" (the book's validation accuracy) or the user objective's direction."""
+    def direction(self) -> str:  # "maximize" (the book's val acc), or the objective's
         return self.objective.direction if self.objective else "maximize"
 
     def to_dict(self) -> dict[str, Any]:

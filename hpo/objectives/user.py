@@ -251,6 +251,8 @@ class GuardedTrial(optuna.trial.Trial):
         self.storage_error: BaseException | None = None
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_inner":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self._inner, name)
 
     def __repr__(self) -> str:
