@@ -198,6 +198,12 @@ def data_dir(p: argparse.ArgumentParser,
     folders(p.add_argument("--data-dir", metavar="DIR", help=help))
 
 
+def max_failures(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-failures", type=count(1000), metavar="K",
+                   help="a worker stops (exit 1) after K failed trials of a spec's own "
+                        "objective in a row (default: the spec's, else 3)")
+
+
 def heartbeat(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat-interval", type=count(catalog.MAX_HEARTBEAT), default=None,
                    metavar="S", help="seconds between a running trial's heartbeats (default 10)")

@@ -34,6 +34,7 @@ def add_arguments(p: flags.Parser) -> None:
     p.add_argument("--top", type=flags.TOP, metavar="K", help=flags.TOP_HELP)
     flags.data_dir(p)
     flags.mlflow(p)
+    flags.max_failures(p)
     p.add_argument("--warm-start", type=flags.study_name, metavar="STUDY",
                    help="begin a new study with the best configurations of STUDY (same storage)")
     p.add_argument("--warm-start-top", type=flags.count(1000), metavar="K",
@@ -65,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
                    grace_period=args.grace_period, data_dir=getattr(args, "data_dir", None),
                    mlflow_uri=getattr(args, "mlflow_uri", None), warm_start=warm,
                    log_level=level, trial_lines=trial_lines(args),
-                   progress=level <= logging.INFO)
+                   progress=level <= logging.INFO,
+                   max_failures=getattr(args, "max_failures", None),
+                   debug=getattr(args, "debug", False))
     if top is not None:
         req.warm_top = top
     req.heartbeats()  # a bad pair of heartbeat flags is bad input before anything runs

@@ -22,6 +22,11 @@ def add_arguments(p: flags.Parser) -> None:
     flags.data_dir(p)
     flags.mlflow(p)
     flags.heartbeat(p)
+    flags.max_failures(p)
+    flags.folders(p.add_argument("--code-dir", metavar="DIR", action="append",
+                                 help="a folder this worker may run a study's own objective "
+                                      "from (repeatable; default $HPO_CODE_DIR; "
+                                      "docs/objectives.md)"))
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -37,13 +42,16 @@ def worker(args: argparse.Namespace) -> int:
     a database that refuses connections is retried (``$HPO_DB_WAIT``)."""
     from hpo.db.storage import resolve_url
     from hpo.engine.study import RunRequest, run_study
+    from hpo.objectives.user import code_dirs_from
 
     level, _ = getattr(args, "log_settings", (logging.INFO, "text"))
     req = RunRequest(args.study, resolve_url(args.storage), join=True, max_runs=args.n_trials,
                    timeout=args.timeout, heartbeat_interval=args.heartbeat_interval,
                    grace_period=args.grace_period, data_dir=args.data_dir,
                    mlflow_uri=args.mlflow_uri, log_level=level, trial_lines=level <= logging.INFO,
-                   who="hpo worker")
+                   code_dirs=code_dirs_from(getattr(args, "code_dir", None)),
+                   max_failures=getattr(args, "max_failures", None),
+                   debug=getattr(args, "debug", False), who="hpo worker")
     req.heartbeats()  # a bad pair of heartbeat flags is bad input before anything runs
     run_study(req)
     return 0
