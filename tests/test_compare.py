@@ -6,16 +6,16 @@ import numpy as np
 import optuna
 import pytest
 
-from hpo.engine.compare import (
+from hpo.db.storage import study_spec
+from hpo.engine.compare import study_name
+from hpo.report.compare import (
     Arm,
     Grid,
     StudyRun,
     _fmt_q,
     best_so_far_figure,
     grid_from_summary,
-    study_name,
 )
-from hpo.db.storage import study_spec
 from tests.conftest import hpo, trial_states
 
 SAMPLERS = ["narrowing", "random", "tpe"]
@@ -265,7 +265,7 @@ def test_plot_keeps_equal_arms_visible_with_whole_trial_ticks(tmp_path):
     """Two arms with the same median (the narrowing arms share their first stage) are drawn in
     different line styles; trial ticks are whole numbers; the title names every arm; the plot
     can be redrawn from summary.json alone."""
-    from hpo.engine.compare import write_outputs
+    from hpo.report.compare import write_outputs
 
     same = [0.1, 0.5, 0.5, 0.6, 0.7, 0.7, 0.8]
     grid = Grid("two specs", [Arm("a", None), Arm("b", None), Arm("c", None)], 2, len(same),

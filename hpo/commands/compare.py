@@ -16,7 +16,8 @@ import shlex
 
 from hpo.commands.common import heartbeat_settings, output_dir
 from hpo.commands.worker import worker_job
-from hpo.engine.compare import Grid, cell_names, make_arms, run_grid, table, write_outputs
+from hpo.engine.compare import cell_names, make_arms, run_grid
+from hpo.report.compare import Grid, table, write_outputs
 from hpo.errors import StorageError, UsageError
 from hpo.objectives.book import Objective
 from hpo.engine.procs import WorkerJob
