@@ -133,6 +133,11 @@ SEARCH_PARAMS: dict[str, SearchParam] = {p.name: p for p in (
                 "true, false", lambda x: isinstance(x, bool)),
 )}
 
+#: The edge rule (:mod:`hpo.samplers.edges`): a best value within this fraction of its range's
+#: width (log10 space for log params) of an end "sits at the edge": the optimum may lie outside.
+#: The narrowing sampler's ``edge_fraction`` option defaults to it; ``hpo best`` warns with it.
+EDGE_FRACTION = 0.1
+
 # --- options of samplers and pruners ----------------------------------------------------------
 
 
@@ -337,7 +342,8 @@ SAMPLERS: dict[str, Component] = {c.name: c for c in (
                    600.0, low=0.0, high=MAX_TIMEOUT),
             Option("poll_interval", "float", "seconds between re-reads while waiting", 0.5,
                    low=0.0, high=60.0, open_low=True),
-            Option("edge_fraction", "float", "width fraction that counts as 'at an edge'", 0.1,
+            Option("edge_fraction", "float", "width fraction that counts as 'at an edge'",
+                   EDGE_FRACTION,
                    low=0.0, high=0.5, open_low=True, open_high=True),
             Option("shift", "bool", "move a range outward when its best crowds an edge", False),
             Option("initial", "pairs", "stage 0's ranges (hpo sets them from [search])",
