@@ -35,6 +35,13 @@ DATASETS: dict[str, str] = {
     "mnist": "the full 70,000 MNIST digits from the four IDX files (--data-dir or a download)",
     "digits": f"scikit-learn's 8x8 digits (1,797 images): fast tests; extra {DIST}[digits]",
 }
+#: The book's data (6.5): 500 samples, 20% held out; ``[data]`` and the loaders default to it.
+DEFAULT_DATASET = "mnist5k"
+DEFAULT_TRAIN_SIZE = 500
+DEFAULT_VALIDATION_RATE = 0.2
+#: The edge rule (:mod:`hpo.samplers.edges`): a best value within this fraction of its range's
+#: width of an end "sits at the edge" (narrowing's ``edge_fraction``, ``hpo best``'s warnings).
+EDGE_FRACTION = 0.1
 INITS = ("he", "xavier")
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "adam")
 SAMPLINGS = ("replacement", "shuffle")
@@ -133,11 +140,6 @@ SEARCH_PARAMS: dict[str, SearchParam] = {p.name: p for p in (
                 "true, false", lambda x: isinstance(x, bool)),
 )}
 
-#: The edge rule (:mod:`hpo.samplers.edges`): a best value within this fraction of its range's
-#: width (log10 space for log params) of an end "sits at the edge": the optimum may lie outside.
-#: The narrowing sampler's ``edge_fraction`` option defaults to it; ``hpo best`` warns with it.
-EDGE_FRACTION = 0.1
-
 # --- options of samplers and pruners ----------------------------------------------------------
 
 
@@ -177,18 +179,8 @@ class Option:
             return "a table of param = number"
         what = {"int": "an integer", "float": "a finite number",
                 "int-or-auto": "an integer or \"auto\""}[self.kind]
-        return what + self._range()
-
-    def _range(self) -> str:
-        lo, hi = self.low, self.high
-        if lo is not None and hi is not None:
-            return (f" in {'(' if self.open_low else '['}{num_text(lo)}, {num_text(hi)}"
-                    f"{')' if self.open_high else ']'}")
-        if lo is not None:
-            return f" {'>' if self.open_low else '>='} {num_text(lo)}"
-        if hi is not None:
-            return f" {'<' if self.open_high else '<='} {num_text(hi)}"
-        return ""
+        return what + bounds_text(self.low, self.high, open_low=self.open_low,
+                                  open_high=self.open_high)
 
     def check(self, value: Any) -> Any:
         """``value`` if allowed (ints given for a float option stay as given), else ValueError
@@ -206,20 +198,36 @@ class Option:
             ok = True
         else:
             number = _is_int(value) if self.kind in ("int", "int-or-auto") else _is_num(value)
-            ok = number and self._in_range(value)
+            ok = number and in_bounds(value, self.low, self.high, open_low=self.open_low,
+                                      open_high=self.open_high)
         if not ok:
             raise ValueError(f"must be {self.allowed()}, got {shown(value)}")
         return value
 
-    def _in_range(self, x: float) -> bool:
-        if self.low is not None and (x <= self.low if self.open_low else x < self.low):
-            return False
-        return not (self.high is not None and (x >= self.high if self.open_high
-                                               else x > self.high))
-
 
 def num_text(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def in_bounds(x: float, low: float | None = None, high: float | None = None, *,
+              open_low: bool = False, open_high: bool = False) -> bool:
+    """Whether ``x`` lies within ``low``/``high`` (``open_*``: the bound itself excluded): the
+    one bounds check of a number, for options and spec values (:mod:`hpo.spec_checks`)."""
+    if low is not None and (x <= low if open_low else x < low):
+        return False
+    return not (high is not None and (x >= high if open_high else x > high))
+
+
+def bounds_text(low: float | None = None, high: float | None = None, *,
+                open_low: bool = False, open_high: bool = False) -> str:
+    """:func:`in_bounds`'s bounds in words: `` in (0, 0.5)``, `` >= 1``, `` < 1``, or ``""``."""
+    if low is not None and high is not None:
+        return f" in {'(['[not open_low]}{num_text(low)}, {num_text(high)}{')]'[not open_high]}"
+    if low is not None:
+        return f" {'>' if open_low else '>='} {num_text(low)}"
+    if high is not None:
+        return f" {'<' if open_high else '<='} {num_text(high)}"
+    return ""
 
 
 class OptionError(ValueError):

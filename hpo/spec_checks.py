@@ -73,22 +73,20 @@ class Validator:
                 maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(key, f"must be an integer, got {shown(value)}")
-        if minimum is not None and value < minimum:
-            raise self.fail(key, f"must be >= {minimum}, got {shown(value)}")
-        if maximum is not None and value > maximum:
-            raise self.fail(key, f"must be <= {maximum}, got {shown(value)}")
+        for low, high in ((minimum, None), (None, maximum)):  # the side it breaks, alone
+            if not catalog.in_bounds(value, low, high):
+                raise self.fail(key, f"must be{catalog.bounds_text(low, high)}, "
+                                     f"got {shown(value)}")
         return value
 
     def number(self, key: str, value: Any, low: float | None = None, high: float | None = None,
                open_: bool = False, open_high: bool = False) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise self.fail(key, f"must be a finite number, got {shown(value)}")
-        lo_bad = low is not None and (value <= low if open_ else value < low)
-        hi_bad = high is not None and (value >= high if (open_ or open_high) else value > high)
-        if lo_bad or hi_bad:
-            lo = "" if low is None else ("(" if open_ else "[") + f"{low}"
-            hi = "" if high is None else f"{high}" + (")" if open_ or open_high else "]")
-            raise self.fail(key, f"must be in {lo or '(-inf'}, {hi or 'inf)'}, got {value}")
+        bounds = {"open_low": open_, "open_high": open_ or open_high}
+        if not catalog.in_bounds(value, low, high, **bounds):
+            raise self.fail(key, f"must be{catalog.bounds_text(low, high, **bounds)}, "
+                                 f"got {value}")
         return float(value)
 
     def options(self, table: str, component: catalog.Component, options: dict[str, Any],

@@ -29,6 +29,8 @@ import optuna
 from scipy.stats import mannwhitneyu, rankdata
 
 from hpo.report.listing import clean_floats
+from hpo.report.metric import BOOK, Metric, metric_of
+from hpo.samplers.ranking import direction_sign
 
 CHECKPOINTS = (10, 25, 50, 100, 200, 300, 500, 1000)
 
@@ -40,20 +42,23 @@ class StudyRun:
     sampler: str
     seed: int
     name: str
-    best_so_far: list[float]  # best validation accuracy after trial i+1 (finished trials only)
+    best_so_far: list[float]  # best value after trial i+1 (finished trials only)
     elapsed: list[float]  # seconds from the first trial's start to each finished trial's end
     test_acc: float | None = None
     chosen_trial: int | None = None
     confirmed_val: float | None = None  # the confirmed winner's mean val acc over fresh seeds
 
-    def trials_to(self, target: float) -> int | None:
+    def trials_to(self, target: float, direction: str = BOOK.direction) -> int | None:
+        """Trials until the best value reached ``target`` (at or above it when the study
+        maximizes, at or below when it minimizes); None if it never did."""
+        sign = -direction_sign(direction)  # +1: maximize
         for i, v in enumerate(self.best_so_far):
-            if v >= target:
+            if sign * v >= sign * target:
                 return i + 1
         return None
 
-    def seconds_to(self, target: float) -> float | None:
-        n = self.trials_to(target)
+    def seconds_to(self, target: float, direction: str = BOOK.direction) -> float | None:
+        n = self.trials_to(target, direction)
         return None if n is None else self.elapsed[n - 1]
 
     def best_at(self, n: int) -> float:
@@ -78,10 +83,20 @@ class Grid:
     runs: dict[str, list[StudyRun]] = field(default_factory=dict)
     confirmed: bool = False
     workers: int = 1
+    metric: Metric | None = None  # None: the arms' spec's (metric_of), else the book's
+
+    def __post_init__(self) -> None:
+        if self.metric is None:
+            spec = self.arms[0].spec if self.arms else None
+            self.metric = metric_of(spec.to_dict()) if hasattr(spec, "to_dict") else BOOK
 
     @property
     def labels(self) -> list[str]:
         return [a.label for a in self.arms]
+
+    @property
+    def m(self) -> Metric:
+        return self.metric or BOOK
 
 
 def grid_from_summary(path: str) -> Grid:
@@ -91,7 +106,8 @@ def grid_from_summary(path: str) -> Grid:
         raw = json.load(fh)
     runs = {label: [StudyRun(**r) for r in rs] for label, rs in raw["runs"].items()}
     grid = Grid(raw["spec"], [Arm(label, None) for label in runs], raw["seeds"],
-                raw["n_trials"], raw["target"], runs=runs, workers=raw.get("workers", 1))
+                raw["n_trials"], raw["target"], runs=runs, workers=raw.get("workers", 1),
+                metric=Metric(raw.get("metric", BOOK.name), raw.get("direction", BOOK.direction)))
     grid.confirmed = any(r.confirmed_val is not None for rs in runs.values() for r in rs)
     return grid
 
@@ -113,11 +129,12 @@ def _fmt_q(values: list[float], digits: int = 3) -> str:
 
 
 def mean_ranks(grid: Grid) -> dict[str, float]:
-    """Mean rank of each sampler's final best validation accuracy across seeds (1 = best; ties
-    share the average rank)."""
+    """Mean rank of each sampler's final best value across seeds (1 = best in the study's
+    direction; ties share the average rank)."""
     ranks: dict[str, list[float]] = {s: [] for s in grid.labels}
     for k in range(grid.seeds):
-        finals = [-_by_seed(grid, s, k).best_so_far[-1] for s in grid.labels]
+        sign = direction_sign(grid.m.direction)
+        finals = [sign * _by_seed(grid, s, k).best_so_far[-1] for s in grid.labels]
         for s, r in zip(grid.labels, rankdata(finals), strict=True):
             ranks[s].append(float(r))
     return {s: float(np.mean(r)) for s, r in ranks.items()}
@@ -157,7 +174,8 @@ def table(grid: Grid) -> str:
     checkpoints = [c for c in CHECKPOINTS if c < grid.n_trials] + [grid.n_trials]
     ranks = mean_ranks(grid)
     pvals = mann_whitney(grid)
-    head = (["sampler"] + [f"best val @{c}" for c in checkpoints]
+    short = "val" if grid.m.book else grid.m.name  # the book's table says "best val @10"
+    head = (["sampler"] + [f"best {short} @{c}" for c in checkpoints]
             + [f"trials to {grid.target:.2f}", f"seconds to {grid.target:.2f}", "reached",
                "mean rank", f"U-test p vs {reference(grid)}"]
             + (["chosen: confirmed val acc"] if grid.confirmed else [])
@@ -166,8 +184,8 @@ def table(grid: Grid) -> str:
     for s in grid.labels:
         runs = grid.runs[s]
         cells = [s] + [_fmt_q([r.best_at(c) for r in runs]) for c in checkpoints]
-        hits = [r.trials_to(grid.target) for r in runs]
-        secs = [r.seconds_to(grid.target) for r in runs]
+        hits = [r.trials_to(grid.target, grid.m.direction) for r in runs]
+        secs = [r.seconds_to(grid.target, grid.m.direction) for r in runs]
         reached = sum(h is not None for h in hits)
         # seeds that never reached the target count as "more than the budget": the median is
         # reported only when at least half of the seeds reached it
@@ -246,9 +264,10 @@ def best_so_far_figure(grid: Grid):
         ax2.fill_between(t_grid, lo, hi, color=c, alpha=0.15, linewidth=0)
     for ax in (ax1, ax2):
         ax.axhline(grid.target, color="grey", linestyle=":", linewidth=1)
-        ax.set_ylabel("best validation accuracy so far")
+        ax.set_ylabel(f"best {grid.m.words} so far")
         ax.grid(alpha=0.3)
-        ax.set_ylim(0, 1)
+        if grid.m.book:  # an accuracy
+            ax.set_ylim(0, 1)
     ax1.set_xlabel("trial")
     ax1.set_xlim(1, max(grid.n_trials, 2))
     ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -257,7 +276,7 @@ def best_so_far_figure(grid: Grid):
     ax1.legend(loc="lower right")
     title = f"{grid.title}: {', '.join(grid.labels)}".replace("$", r"\$")  # not mathtext
     lines = textwrap.wrap(title, 110, break_on_hyphens=False)
-    lines.append(f"best validation accuracy so far, median and IQR over {grid.seeds} "
+    lines.append(f"best {grid.m.words} so far, median and IQR over {grid.seeds} "
                  f"seed{'s' if grid.seeds > 1 else ''}")
     fig.suptitle("\n".join(lines), fontsize=11)
     fig.tight_layout()
@@ -325,7 +344,7 @@ def write_outputs(grid: Grid, out: str, command: str, notes: tuple = ()) -> dict
         "",
         f"Machine: {machine_line()}; date {time.strftime('%Y-%m-%d')}",
         "",
-        "Best validation accuracy so far: median [interquartile range] over seeds. "
+        f"Best {grid.m.words} so far: median [interquartile range] over seeds. "
         f"Trials/seconds to {grid.target:.2f}: median over seeds, counting seeds that never got "
         "there as beyond the budget (shown as >N when fewer than half reached it). Mean rank: of "
         "the final best across arms within each seed (1 = best). U-test: two-sided "
@@ -345,7 +364,10 @@ def write_outputs(grid: Grid, out: str, command: str, notes: tuple = ()) -> dict
         fh.write("\n".join(md))
     raw = {s: [vars(r) for r in runs] for s, runs in grid.runs.items()}
     with open(paths["json"], "w") as fh:
-        json.dump(clean_floats({"spec": grid.title, "n_trials": grid.n_trials,
-                                "seeds": grid.seeds, "target": grid.target,
-                                "workers": grid.workers, "runs": raw, "notes": list(notes)}), fh)
+        summary = {"spec": grid.title, "n_trials": grid.n_trials, "seeds": grid.seeds,
+                   "target": grid.target, "workers": grid.workers, "runs": raw,
+                   "notes": list(notes)}
+        if grid.m != BOOK:  # a book comparison's file stays as it was
+            summary.update(metric=grid.m.name, direction=grid.m.direction)
+        json.dump(clean_floats(summary), fh)
     return paths

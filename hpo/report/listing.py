@@ -188,8 +188,9 @@ def search_limits(spec: Mapping[str, Any]) -> dict[str, BaseDistribution]:
     objective asks for (:meth:`hpo.spec.Spec.suggest_space`: ``[search]``, widened to
     ``[sampler.bounds]`` where a narrowing spec moves outward). A best value at the edge of
     *these* says the search was too narrow. Empty for a spec this hpo cannot read."""
+    space_keys = {k: spec[k] for k in ("search", "sampler") if k in spec}  # what sets the space
     try:
-        space = from_dict(dict(spec), source="the study's spec").suggest_space()
+        space = from_dict(space_keys, source="the study's spec").suggest_space()
     except SpecError:
         return {}
     limits: dict[str, BaseDistribution] = {}
