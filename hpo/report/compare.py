@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-from scipy.stats import mannwhitneyu, rankdata
 
 from hpo.report.listing import clean_floats
 from hpo.report.metric import BOOK, Metric, metric_of
@@ -131,6 +130,10 @@ def _fmt_q(values: list[float], digits: int = 3) -> str:
 def mean_ranks(grid: Grid) -> dict[str, float]:
     """Mean rank of each sampler's final best value across seeds (1 = best in the study's
     direction; ties share the average rank)."""
+    # scipy.stats (~1 s) when the table is made: hpo compare imports this module at start-up,
+    # before it checks its flags or runs a cell
+    from scipy.stats import rankdata
+
     ranks: dict[str, list[float]] = {s: [] for s in grid.labels}
     for k in range(grid.seeds):
         sign = direction_sign(grid.m.direction)
@@ -151,6 +154,8 @@ def reference(grid: Grid) -> str:
 
 def mann_whitney(grid: Grid) -> dict[str, float | None]:
     """Two-sided Mann-Whitney U p-value of each arm's final best against :func:`reference`."""
+    from scipy.stats import mannwhitneyu  # start-up time: see mean_ranks
+
     reference_ = reference(grid)
     ref = [r.best_so_far[-1] for r in grid.runs[reference_]]
     out: dict[str, float | None] = {}

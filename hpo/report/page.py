@@ -29,6 +29,8 @@ from hpo.report.listing import (
     stale_note,
 )
 
+# plotly (~0.5 s) is imported where it is used, as in hpo.report.plots: the page's module loads
+# before hpo report has checked its flags and opened the study.
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
