@@ -15,20 +15,24 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.catalog import EDGE_FRACTION
+from hpo.catalog import EDGE_FRACTION, SAMPLERS
 from hpo.samplers.ranges import to_space
 from hpo.samplers.ranking import best_first
 
 __all__ = ["EDGE_FRACTION", "check_edge_fraction", "edge_warnings", "trial_edge_warnings"]
 
 
+#: The catalog's declaration of ``edge_fraction`` (a number in (0, 0.5)).
+_EDGE_OPTION = SAMPLERS["narrowing"].option("edge_fraction")
+
+
 def check_edge_fraction(edge_fraction: float) -> float:
-    """``edge_fraction`` when it lies in (0, 0.5), else ValueError (the one check of it: the
-    narrowing sampler's option and :func:`edge_warnings`'s argument)."""
-    if not (isinstance(edge_fraction, (int, float)) and not isinstance(edge_fraction, bool)
-            and 0.0 < edge_fraction < 0.5):
-        raise ValueError(f"edge_fraction must be in (0, 0.5), got {edge_fraction!r}")
-    return float(edge_fraction)
+    """``edge_fraction`` when the catalog allows it, else ValueError: the one check of it, for
+    the narrowing sampler's option and :func:`edge_warnings`'s argument."""
+    try:
+        return float(_EDGE_OPTION.check(edge_fraction))  # type: ignore[union-attr]
+    except ValueError as e:
+        raise ValueError(f"edge_fraction {e}") from None
 
 
 def _fmt(x: float) -> str:
