@@ -13,8 +13,19 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 
 from hpo import catalog, logs
+from hpo.commands.flags import (
+    FRACTION,
+    PORT,
+    SECONDS,
+    SEED,
+    TOP,
+    TRIALS,
+    Parser,
+    count,
+    study_name,
+    title,
+)
 from hpo.errors import EXIT_USAGE, BadInput, run_command
-from hpo.commands.flags import FRACTION, PORT, SECONDS, SEED, TOP, TRIALS, Parser, count, study_name, title
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:

@@ -33,10 +33,10 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from hpo.errors import RuntimeFailure, StorageError, UsageError
-from hpo.db.retry import OUTAGE, db_wait, finished_elsewhere, is_transient, reason, refused
-from hpo.signals import check_stop
 from hpo.db.keys import BEAT_ATTR
+from hpo.db.retry import OUTAGE, db_wait, finished_elsewhere, is_transient, reason, refused
+from hpo.errors import RuntimeFailure, StorageError, UsageError
+from hpo.signals import check_stop
 
 if TYPE_CHECKING:
     import optuna

@@ -34,10 +34,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from hpo.db.connect import CONNECT_TIMEOUT, engine_kwargs, ping_after_idle
-from hpo.errors import BadInput, RuntimeFailure, StorageError
 from hpo.db.heartbeats import grpc_client, rdb_storage_class
-from hpo.db.retry import OUTAGE, bad_database, reason, with_retries
 from hpo.db.keys import SPEC_ATTR, SPEC_KEY_ATTR
+from hpo.db.retry import OUTAGE, bad_database, reason, with_retries
+from hpo.errors import BadInput, RuntimeFailure, StorageError
 
 if TYPE_CHECKING:
     import optuna

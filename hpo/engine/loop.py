@@ -54,14 +54,14 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.db import optuna_private as oc
-from hpo.errors import RuntimeFailure, SpecError
-from hpo.samplers.pruners import make_pruner
+from hpo.db.keys import CLOSED_ATTR, HANDED_BACK_ATTR, SURPLUS_ATTR
 from hpo.db.retry import OUTAGE, chain, db_wait, finished_elsewhere, is_transient, reason, refused
+from hpo.db.storage import MAX_RETRY, state_counts, sweep_stale_trials
+from hpo.errors import RuntimeFailure, SpecError
 from hpo.samplers import make_sampler
+from hpo.samplers.pruners import make_pruner
 from hpo.signals import Orphaned, check_stop, deferred, interruptible
 from hpo.spec import Spec
-from hpo.db.storage import MAX_RETRY, state_counts, sweep_stale_trials
-from hpo.db.keys import SURPLUS_ATTR, CLOSED_ATTR, HANDED_BACK_ATTR
 
 __all__ = ["FINISHED", "IN_FLIGHT", "KEYED_SAMPLERS", "Surplus", "WorkerResult",
            "build_sampler_and_pruner", "close_waiting", "continue_sampling", "count",

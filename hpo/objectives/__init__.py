@@ -7,7 +7,8 @@ hpo's engine runs whichever :func:`make_objective` returns for a spec. The book'
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hpo.spec import Spec
 
