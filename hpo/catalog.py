@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,18 +36,21 @@ DATASETS: dict[str, str] = {
     "mnist": "the full 70,000 MNIST digits from the four IDX files (--data-dir or a download)",
     "digits": f"scikit-learn's 8x8 digits (1,797 images): fast tests; extra {DIST}[digits]",
 }
-#: The book's data (6.5): 500 samples, 20% held out; ``[data]`` and the loaders default to it.
-DEFAULT_DATASET = "mnist5k"
+DEFAULT_DATASET = "mnist5k"  # [data]'s and the loaders' defaults: the book's 500 samples,
 DEFAULT_TRAIN_SIZE = 500
-DEFAULT_VALIDATION_RATE = 0.2
-#: The edge rule (:mod:`hpo.samplers.edges`): a best value within this fraction of its range's
-#: width of an end "sits at the edge" (narrowing's ``edge_fraction``, ``hpo best``'s warnings).
-EDGE_FRACTION = 0.1
+DEFAULT_VALIDATION_RATE = 0.2  # 20% of them held out (section 6.5)
+EDGE_FRACTION = 0.1  # the edge rule: a best value within 10% of a range's width of an end
 INITS = ("he", "xavier")
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "adam")
 SAMPLINGS = ("replacement", "shuffle")
 DTYPES = ("float32", "float64")
 PARAM_TYPES = ("float", "int", "categorical")
+# a user's objective ([objective]: hpo.objectives.user); the book's study maximizes val_acc
+OBJECTIVE_KEYS = ("function", "direction", "metric", "config", "test", "max_failures")
+DIRECTIONS = ("maximize", "minimize")
+DEFAULT_DIRECTION = "maximize"  # the book's, and an [objective] that names none
+DEFAULT_METRIC = "value"  # the metric name of a user objective that names none
+MAX_FAILURES = 3  # a worker stops after this many consecutive failed trials (--max-failures)
 
 #: Limits on what sizes a trial: beyond them one trial would take hours or all the memory.
 MAX_EPOCHS = 100_000
@@ -71,8 +75,6 @@ MAX_NAME = 64
 def name_problem(name: object, *, segments: bool = False) -> str | None:
     """Why ``name`` cannot be a study name (``None`` if it can). With ``segments``, ``/``
     may join several valid names (``book-random/seed3``), up to 4 x 64 characters."""
-    import re
-
     if not isinstance(name, str):
         return f"must be a string, got {name!r}"
     parts = name.split("/") if segments else [name]
@@ -211,11 +213,9 @@ def num_text(x: float) -> str:
 
 def in_bounds(x: float, low: float | None = None, high: float | None = None, *,
               open_low: bool = False, open_high: bool = False) -> bool:
-    """Whether ``x`` lies within ``low``/``high`` (``open_*``: the bound itself excluded): the
-    one bounds check of a number, for options and spec values (:mod:`hpo.spec_checks`)."""
-    if low is not None and (x <= low if open_low else x < low):
-        return False
-    return not (high is not None and (x >= high if open_high else x > high))
+    """Whether ``x`` is within the bounds: the one check of a number (options, spec values)."""
+    return not ((low is not None and (x <= low if open_low else x < low))
+                or (high is not None and (x >= high if open_high else x > high)))
 
 
 def bounds_text(low: float | None = None, high: float | None = None, *,

@@ -110,7 +110,7 @@ def test_a_user_objectives_listing_names_its_metric_and_ranks_by_its_direction()
         "loss:0.1235", "loss:0.5", "loss:0.9"]
     assert "train acc" not in info.text()  # the book's columns only when trials recorded them
     assert info.header().startswith("3 COMPLETE of 3 trials, ranked by loss (lowest first); "
-                                    "each line is the book's listing.")
+                                    "each line is in the book's listing format.")
     best = json.loads(info.json())["best"][0]
     assert best == {"rank": 1, "trial": 1, "loss": 0.123456, "params": {"lr": 0.01},
                     "diverged": False}
@@ -137,3 +137,14 @@ def test_report_html_names_a_user_metric():
     assert "<th>val acc</th>" in rows_table(book, book.rows)
     assert header(book) == ("2 COMPLETE of 2 trials, ranked by final validation accuracy, with "
                             "the final training accuracy and the train-validation gap.")
+
+
+def test_the_book_curves_only_for_trials_that_recorded_them():
+    from hpo.report.plots import report_figures
+
+    study = _study("minimize", [0.5, 0.25])
+    assert report_figures(study.trials, LOSS_SPEC, 5) == {}  # no curves, no lr x weight-decay
+    curved = _study("minimize", [0.5, 0.25], {"val_acc_curve": [0.1, 0.2]})
+    assert list(report_figures(curved.trials, LOSS_SPEC, 5)) == ["best_curves"]
+    assert list(report_figures(study.trials, {"search": LOSS_SPEC["search"]}, 5)) == [
+        "best_curves"]  # a book study: as before

@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
                    grace_period=args.grace_period, data_dir=getattr(args, "data_dir", None),
                    mlflow_uri=getattr(args, "mlflow_uri", None), warm_start=warm,
                    log_level=level, trial_lines=trial_lines(args),
-                   progress=level <= logging.INFO)
+                   progress=level <= logging.INFO,
+                   max_failures=getattr(args, "max_failures", None),
+                   debug=getattr(args, "debug", False))
     if top is not None:
         req.warm_top = top
     req.heartbeats()  # a bad pair of heartbeat flags is bad input before anything runs

@@ -8,6 +8,7 @@ import logging
 from hpo.commands.common import positive
 from hpo.db.storage import resolve_url
 from hpo.engine.study import RunRequest, run_study
+from hpo.objectives.user import code_dirs_from
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -27,7 +28,9 @@ def worker(args: argparse.Namespace) -> int:
                    timeout=args.timeout, heartbeat_interval=args.heartbeat_interval,
                    grace_period=args.grace_period, data_dir=args.data_dir,
                    mlflow_uri=args.mlflow_uri, log_level=level, trial_lines=level <= logging.INFO,
-                   who="hpo worker")
+                   code_dirs=code_dirs_from(getattr(args, "code_dir", None)),
+                   max_failures=getattr(args, "max_failures", None),
+                   debug=getattr(args, "debug", False), who="hpo worker")
     req.heartbeats()  # a bad pair of heartbeat flags is bad input before anything runs
     run_study(req)
     return 0

@@ -279,7 +279,7 @@ def create_or_load_study(
             storage.get_study_id_from_name(name)
         except KeyError:
             try:
-                storage.create_new_study([StudyDirection.MAXIMIZE], name)
+                storage.create_new_study([StudyDirection[spec.direction.upper()]], name)
                 created = True
             except optuna.exceptions.DuplicatedStudyError:
                 pass  # another process created it a moment ago
@@ -288,7 +288,7 @@ def create_or_load_study(
         sid = storage.get_study_id_from_name(name)
         if created:
             if spec_of(storage, sid) is None:
-                study.set_metric_names([METRIC_NAME])
+                study.set_metric_names([spec.objective.metric if spec.objective else METRIC_NAME])
                 store_spec(storage, sid, wanted)
             return study
         stored = spec_of(storage, sid)

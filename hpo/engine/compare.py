@@ -116,7 +116,7 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
     :func:`hpo.engine.study.worker_job`). ``data``: the arms' shared split, when the caller
     loaded it already (else loaded here)."""
     if data is None:  # one data load for the whole grid: the split is shared
-        data = make_objective(arms[0].spec).data
+        data = getattr(make_objective(arms[0].spec), "data", None)
     print(f"hpo compare: {len(arms)} arms x {seeds} seeds, studies in {mask_url(url)}",
           file=sys.stderr)
     grid = Grid(title or arms[0].spec.name, arms, seeds, n_trials, target,

@@ -58,6 +58,7 @@ from hpo.db.keys import CLOSED_ATTR, HANDED_BACK_ATTR, SURPLUS_ATTR
 from hpo.db.retry import OUTAGE, chain, db_wait, finished_elsewhere, is_transient, reason, refused
 from hpo.db.storage import MAX_RETRY, state_counts, sweep_stale_trials
 from hpo.errors import RuntimeFailure, SpecError
+from hpo.objectives.user import TooManyFailures, TrialFailed
 from hpo.samplers import make_sampler
 from hpo.samplers.pruners import make_pruner
 from hpo.signals import Orphaned, check_stop, deferred, interruptible
@@ -108,7 +109,8 @@ class _QuietFailures(logging.Filter):
 
 
 def _routine(e: BaseException) -> bool:
-    return (isinstance(e, (KeyboardInterrupt, Surplus)) or finished_elsewhere(e)
+    return (isinstance(e, (KeyboardInterrupt, Surplus, TrialFailed, TooManyFailures))
+            or finished_elsewhere(e)
             or is_transient(e))
 
 
@@ -308,7 +310,8 @@ def work(
             # no RUNNING trial a moment ago: none can be stale, optimize() need not look
             with (oc.skip_waiting_lookup(study, skip=not waiting),
                   oc.skip_first_stale_check(study, skip=in_flight == waiting)):
-                study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
+                study.optimize(claimed, n_trials=1, catch=(Surplus, TrialFailed),
+                               callbacks=callbacks,
                                gc_after_trial=False)
             OUTAGE.ok()  # the trial was told: a write went through, whatever the storage
             delay = 0.5  # the next outage (a pooled connection killed meanwhile) starts over

@@ -92,6 +92,13 @@ class RunRequest:
     on_trial: Callback | None = None
     #: a user's objective (``hpo.run``); None: the spec's (:func:`hpo.objectives.make_objective`)
     objective: Callable[..., float] | None = None
+    #: where a spec's own objective may be loaded from (a joining worker's ``--code-dir``);
+    #: None: the folder of the spec file given on the command line
+    code_dirs: list[str] | None = None
+    #: consecutive failed trials of a user's objective before this worker stops
+    max_failures: int | None = None
+    #: each failed trial's traceback on stderr too (``--debug``)
+    debug: bool = False
     who: str = "hpo run"
     #: how this run's workers start (``hpo run --workers N``): :func:`worker_job` by default
     worker_job: Callable[[], WorkerJob] | None = field(default=None, repr=False)
@@ -130,7 +137,9 @@ def prepare(req: RunRequest, tracking: bool = True) -> tuple:
     pruner, the objective (its data is loaded now) and the MLflow callback (or None)."""
     assert req.spec is not None
     sampler, pruner = build_sampler_and_pruner(req.spec)
-    objective = req.objective or make_objective(req.spec, data=req.data, data_dir=req.data_dir)
+    objective = req.objective or make_objective(
+        req.spec, data=req.data, data_dir=req.data_dir, code_dirs=req.code_dirs,
+        max_failures=req.max_failures, debug=req.debug)
     callback = None
     if tracking:
         callback = mlflow_callback(req.mlflow_uri, req.spec.mlflow, req.study_name)
@@ -209,7 +218,9 @@ def run_study(req: RunRequest) -> Outcome:
             return Outcome(study, spec, result.finished, result.trials_run, result.stopped_by)
         job = (req.worker_job or (lambda: worker_job(
             req.study_name, req.url, timeout, interval, grace, trial_lines=req.trial_lines,
-            data_dir=req.data_dir, mlflow_uri=req.mlflow_uri, objective=req.objective)))()
+            data_dir=req.data_dir, mlflow_uri=req.mlflow_uri, objective=req.objective,
+            code_dirs=req.code_dirs or ([spec.objective.base] if spec.objective else None),
+            max_failures=req.max_failures, debug=req.debug)))()
         failed = _run_workers(study, job, req.workers, progress, req.trial_lines, req.who,
                               req.on_trial)
     finally:
@@ -287,7 +298,9 @@ def callbacks(*fns: Callback | None) -> Callback | None:
 def worker_job(study_name: str, url: str, timeout: float | None,
                heartbeat_interval: int, grace_period: int, *, trial_lines: bool = False,
                data_dir: str | None = None, mlflow_uri: str | None = None,
-               objective: Callable[..., float] | None = None) -> WorkerJob:
+               objective: Callable[..., float] | None = None,
+               code_dirs: list[str] | None = None, max_failures: int | None = None,
+               debug: bool = False) -> WorkerJob:
     """How ``hpo run`` and ``hpo compare`` start a worker of ``study_name`` with their own
     heartbeat settings (forked, or ``hpo worker ...`` in a fresh interpreter): quiet, or with
     ``trial_lines`` a JSON line per finished trial in its log (``hpo run`` logs them again).
@@ -303,6 +316,12 @@ def worker_job(study_name: str, url: str, timeout: float | None,
         argv += ["--data-dir", data_dir]
     if mlflow_uri:
         argv += ["--mlflow-uri", mlflow_uri]
+    for folder in code_dirs or ():
+        argv += ["--code-dir", folder]
+    if max_failures:
+        argv += ["--max-failures", str(max_failures)]
+    if debug:
+        argv += ["--debug"]
     level = logging.INFO if trial_lines else logging.WARNING
 
     def target() -> int:
@@ -310,7 +329,8 @@ def worker_job(study_name: str, url: str, timeout: float | None,
         req = RunRequest(study_name, url, join=True, timeout=timeout,
                          heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                          data_dir=data_dir, mlflow_uri=mlflow_uri, log_level=level,
-                         trial_lines=trial_lines, objective=objective, who="hpo worker")
+                         trial_lines=trial_lines, objective=objective, code_dirs=code_dirs,
+                         max_failures=max_failures, debug=debug, who="hpo worker")
         run_study(req)
         return 0
 

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from optuna.trial import FrozenTrial
 
+from hpo.catalog import DEFAULT_DIRECTION
 from hpo.report.listing import ranked
 from hpo.report.plane import (
+    CURVE_ATTRS,
     PLANE,
     curve_x,
     finite,
@@ -36,7 +38,6 @@ from hpo.report.plane import (
     stages,
     xy,
 )
-from hpo.samplers.ranking import BOOK_DIRECTION
 
 # matplotlib (~0.4 s) is imported inside the figures: this module loads before hpo report has
 # checked its flags and opened the study.
@@ -60,7 +61,7 @@ def _figure(width: float, height: float) -> Figure:
 
 def best_curves_figure(
     trials: Sequence[FrozenTrial], top: int = 20, title: str | None = None,
-    direction: Any = BOOK_DIRECTION,
+    direction: Any = DEFAULT_DIRECTION,
 ) -> Figure:
     """The book's figure: the top ``top`` COMPLETE trials (best first in the study's
     ``direction``) accuracy per epoch, validation solid and training dashed, one subplot each
@@ -77,7 +78,7 @@ def best_curves_figure(
     for ax in axes[n:]:
         ax.remove()
     for i, (ax, t) in enumerate(zip(axes[:n], best, strict=True)):
-        val, train = t.user_attrs.get("val_acc_curve"), t.user_attrs.get("train_acc_curve")
+        val, train = (t.user_attrs.get(k) for k in CURVE_ATTRS)
         if val:
             ax.plot(curve_x(t, val), val, color="C0", lw=1.4, label="validation")
         if train:
@@ -264,8 +265,8 @@ def curve_figure(trial: FrozenTrial) -> Figure:
     the rank changes as the study grows)."""
     fig = _figure(4.5, 3.2)
     ax = fig.add_subplot()
-    for key, style, name in (("val_acc_curve", "-", "validation"),
-                             ("train_acc_curve", "--", "training")):
+    for key, style, name in zip(CURVE_ATTRS, ("-", "--"), ("validation", "training"),
+                                strict=True):
         curve = trial.user_attrs.get(key)
         if curve:
             ax.plot(curve_x(trial, curve), curve, style, label=name)

@@ -22,12 +22,13 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.catalog import DEFAULT_DIRECTION
 from hpo.db.keys import CONFIRM_ATTR, TEST_ATTR
 from hpo.db.storage import study_spec
 from hpo.errors import SpecError
 from hpo.report.metric import BOOK, Metric, metric_of
 from hpo.samplers.edges import EDGE_FRACTION, trial_edge_warnings
-from hpo.samplers.ranking import BOOK_DIRECTION, best_first
+from hpo.samplers.ranking import best_first
 from hpo.spec import from_dict
 
 BOOK_NAMES = {"weight_decay": "weight decay"}
@@ -126,7 +127,7 @@ ranked = best_first
 
 
 def rows_from_trials(trials: Sequence[FrozenTrial],
-                     direction: Any = BOOK_DIRECTION) -> list[Row]:
+                     direction: Any = DEFAULT_DIRECTION) -> list[Row]:
     """Every COMPLETE trial as a :class:`Row`, best first in ``direction``."""
     return [
         Row(rank=i + 1, number=t.number, value=float(t.value),  # type: ignore[arg-type]
@@ -188,7 +189,7 @@ def search_limits(spec: Mapping[str, Any]) -> dict[str, BaseDistribution]:
     objective asks for (:meth:`hpo.spec.Spec.suggest_space`: ``[search]``, widened to
     ``[sampler.bounds]`` where a narrowing spec moves outward). A best value at the edge of
     *these* says the search was too narrow. Empty for a spec this hpo cannot read."""
-    space_keys = {k: spec[k] for k in ("search", "sampler") if k in spec}  # what sets the space
+    space_keys = {k: spec[k] for k in ("search", "sampler", "objective") if k in spec}
     try:
         space = from_dict(space_keys, source="the study's spec").suggest_space()
     except SpecError:
@@ -380,7 +381,7 @@ class Summary:
             then = ("the book's listing, then the final training accuracy and the "
                     "train-validation gap")
         else:
-            then = "the book's listing"
+            then = "in the book's listing format"
         text = (f"{self.n_complete} COMPLETE of {self.n_trials} trials, ranked by "
                 f"{self.ranked_by()}; each line is {then}.")
         if self.max_gap is not None:

@@ -13,13 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hpo.catalog import DEFAULT_DIRECTION, DEFAULT_METRIC
 from hpo.db.storage import METRIC_NAME
-from hpo.samplers.ranking import BOOK_DIRECTION
 
-__all__ = ["BOOK", "METRIC_LABELS", "USER_METRIC", "Metric", "metric_of"]
+__all__ = ["BOOK", "METRIC_LABELS", "Metric", "metric_of"]
 
-#: The metric of a user's objective (``[objective]``) that names none.
-USER_METRIC = "value"
 #: How text names a metric: the book's ``val acc`` (``Best-1(val acc:0.86)``); others as named.
 METRIC_LABELS = {METRIC_NAME: "val acc"}
 
@@ -31,7 +29,7 @@ class Metric:
     a user's objective: the ``metric`` and ``direction`` of its ``[objective]`` table."""
 
     name: str = METRIC_NAME
-    direction: str = BOOK_DIRECTION
+    direction: str = DEFAULT_DIRECTION
 
     @property
     def book(self) -> bool:
@@ -63,8 +61,8 @@ def metric_of(spec: Mapping[str, Any] | None, direction: Any = None) -> Metric:
     table's ``metric`` and ``direction``, else the book's. ``direction`` (the study's own, an
     Optuna ``StudyDirection`` or its name) wins over the spec's when given."""
     objective = (spec or {}).get("objective") or {}
-    name = objective.get("metric") or (USER_METRIC if objective else METRIC_NAME)
-    chosen = objective.get("direction") or BOOK_DIRECTION
+    name = objective.get("metric") or (DEFAULT_METRIC if objective else METRIC_NAME)
+    chosen = objective.get("direction") or DEFAULT_DIRECTION
     if direction is not None:
         chosen = getattr(direction, "name", str(direction)).lower()
     return Metric(str(name), chosen)

@@ -20,6 +20,8 @@ from hpo.report.metric import metric_of
 
 #: The plane of figures 2-4: the book's two hyperparameters.
 PLANE = ("lr", "weight_decay")
+#: The learning curves a trial of the book's objective records (validation, training).
+CURVE_ATTRS = ("val_acc_curve", "train_acc_curve")
 
 
 def label(name: str) -> str:

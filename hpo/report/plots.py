@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from optuna.trial import FrozenTrial
 
+from hpo.catalog import DEFAULT_DIRECTION
 from hpo.report.figures import GRID_COLUMNS
 from hpo.report.listing import ranked
 from hpo.report.metric import metric_of
 from hpo.report.plane import (
+    CURVE_ATTRS,
     PLANE,
     curve_x,
     interpolate,
@@ -31,7 +33,6 @@ from hpo.report.plane import (
     stages,
     xy,
 )
-from hpo.samplers.ranking import BOOK_DIRECTION
 
 # plotly (~0.5 s) is imported inside the builders, as matplotlib in hpo.report.figures: the
 # figure modules load before hpo report has checked its flags and opened the study.
@@ -58,9 +59,13 @@ def _card_layout(fig: go.Figure, title: str, margin: dict[str, int], **layout: A
 def report_figures(trials: Sequence[FrozenTrial], spec: dict[str, Any], top: int,
                    card: bool = False) -> dict[str, go.Figure]:
     """The report's figures by key (``best_curves``, and with a numeric lr x weight-decay
-    plane ``acc_vs_params``, ``contour`` and, for a narrowing study, ``stages``)."""
-    figs = {"best_curves": best_curves_plotly(trials, top, card=card,
-                                              direction=metric_of(spec).direction)}
+    plane ``acc_vs_params``, ``contour`` and, for a narrowing study, ``stages``). The learning
+    curves are the book's: a user's objective gets them only when its trials recorded them."""
+    metric = metric_of(spec)
+    figs = {}
+    if metric.book or any(t.user_attrs.get(k) for t in trials for k in CURVE_ATTRS):
+        figs["best_curves"] = best_curves_plotly(trials, top, card=card,
+                                                 direction=metric.direction)
     if numeric_plane(spec):
         figs["acc_vs_params"] = acc_vs_params_plotly(trials, spec, card=card)
         figs["contour"] = contour_plotly(trials, spec, card=card)
@@ -98,7 +103,7 @@ def _colour_values(spec: dict[str, Any], name: str, values: np.ndarray) -> tuple
 
 
 def best_curves_plotly(trials: Sequence[FrozenTrial], top: int = 20,
-                       card: bool = False, direction: Any = BOOK_DIRECTION) -> go.Figure:
+                       card: bool = False, direction: Any = DEFAULT_DIRECTION) -> go.Figure:
     """Plotly version of :func:`best_curves_figure`."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -117,8 +122,9 @@ def best_curves_plotly(trials: Sequence[FrozenTrial], top: int = 20,
                         horizontal_spacing=0.02)
     for i, t in enumerate(best):
         r, c = i // GRID_COLUMNS + 1, i % GRID_COLUMNS + 1
-        for key, dash, name, colour in (("val_acc_curve", "solid", "validation", "#1f77b4"),
-                                        ("train_acc_curve", "dash", "training", "#ff7f0e")):
+        for key, dash, name, colour in zip(CURVE_ATTRS, ("solid", "dash"),
+                                           ("validation", "training"), ("#1f77b4", "#ff7f0e"),
+                                           strict=True):
             curve = t.user_attrs.get(key) or []
             fig.add_trace(go.Scatter(
                 x=curve_x(t, curve), y=curve, mode="lines", name=name,

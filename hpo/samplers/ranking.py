@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["BOOK_DIRECTION", "best_first", "direction_sign"]
+from hpo.catalog import DEFAULT_DIRECTION
 
-#: The book's study maximizes the final validation accuracy.
-BOOK_DIRECTION = "maximize"
+__all__ = ["best_first", "direction_sign"]
 
 
 def direction_sign(direction: StudyDirection | str) -> float:
@@ -40,7 +39,7 @@ def direction_sign(direction: StudyDirection | str) -> float:
 
 
 def best_first(trials: Sequence[FrozenTrial],
-               direction: StudyDirection | str = BOOK_DIRECTION) -> list[FrozenTrial]:
+               direction: StudyDirection | str = DEFAULT_DIRECTION) -> list[FrozenTrial]:
     """COMPLETE trials with a finite value, best first by ``direction`` (the study's; the book's
     ``maximize`` when not given); equal values: the lower trial number first."""
     sign = direction_sign(direction)
