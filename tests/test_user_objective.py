@@ -407,8 +407,6 @@ def test_minimize_is_honoured_by_run(tmp_path):
     assert study.metric_names == ["loss"]
 
 
-@pytest.mark.xfail(reason="the Best-N listing ranks by direction once the report work lands",
-                   strict=False)
 def test_minimize_is_honoured_by_best(tmp_path):
     import json
 
