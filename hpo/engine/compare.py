@@ -77,18 +77,24 @@ def make_arms(specs: list, samplers: list[str] | None) -> list[Arm]:
 
 
 def summarize_study(study: optuna.Study, sampler: str, seed: int) -> StudyRun:
-    """Best-so-far curve over finished trials in trial-number order, with elapsed seconds."""
+    """Best-so-far curve over finished trials in trial-number order (in the study's direction),
+    with elapsed seconds. Before the first COMPLETE trial the curve holds 0.0 for a maximized
+    study (an accuracy) and the first best value for a minimized one."""
     trials = sorted(
         (t for t in study.get_trials(deepcopy=False)
          if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
         key=lambda t: t.number,
     )
-    best, curve, elapsed = -np.inf, [], []
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    better = min if minimize else max
+    best, curve, elapsed = (np.inf if minimize else -np.inf), [], []
     t0 = min((t.datetime_start for t in trials if t.datetime_start), default=None)
     for t in trials:
-        if t.state == TrialState.COMPLETE and t.value is not None:
-            best = max(best, float(t.value))
-        curve.append(float(best) if np.isfinite(best) else 0.0)
+        if t.state == TrialState.COMPLETE and t.value is not None and np.isfinite(t.value):
+            best = better(best, float(t.value))
+        curve.append(float(best) if np.isfinite(best) else None)
+    first = next((c for c in curve if c is not None), 0.0)
+    curve = [(first if minimize else 0.0) if c is None else c for c in curve]
         end = t.datetime_complete or t.datetime_start
         elapsed.append((end - t0).total_seconds() if t0 and end else float("nan"))
     # elapsed must be monotone for "seconds to target" (workers finish out of number order)
