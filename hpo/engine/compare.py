@@ -93,10 +93,10 @@ def summarize_study(study: optuna.Study, sampler: str, seed: int) -> StudyRun:
         if t.state == TrialState.COMPLETE and t.value is not None and np.isfinite(t.value):
             best = better(best, float(t.value))
         curve.append(float(best) if np.isfinite(best) else None)
-    first = next((c for c in curve if c is not None), 0.0)
-    curve = [(first if minimize else 0.0) if c is None else c for c in curve]
         end = t.datetime_complete or t.datetime_start
         elapsed.append((end - t0).total_seconds() if t0 and end else float("nan"))
+    first = next((c for c in curve if c is not None), 0.0)
+    curve = [(first if minimize else 0.0) if c is None else c for c in curve]
     # elapsed must be monotone for "seconds to target" (workers finish out of number order)
     elapsed = list(np.maximum.accumulate(elapsed)) if elapsed else []
     test = study.user_attrs.get(TEST_ATTR)
