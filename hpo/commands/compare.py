@@ -22,7 +22,7 @@ from hpo.commands.common import heartbeat_settings, output_dir
 from hpo.errors import UsageError
 
 if TYPE_CHECKING:
-    from hpo.engine.compare import Grid
+    from hpo.report.compare import Grid
 
 #: The comparison's own storage, inside --out.
 STORAGE_FILE = "compare.db"
@@ -141,8 +141,9 @@ def startup_notes(grid: Grid) -> list[str]:
 def compare(args: argparse.Namespace) -> int:
     """``hpo compare SPEC...``: one study per (arm, seed) on the same split, a table and plots."""
     from hpo.db.storage import mask_url
-    from hpo.engine.compare import cell_names, make_arms, run_grid, table, write_outputs
+    from hpo.engine.compare import cell_names, make_arms, run_grid
     from hpo.objectives import make_objective
+    from hpo.report.compare import table, write_outputs
     from hpo.samplers import available_samplers
     from hpo.spec import load_spec
 
@@ -163,9 +164,6 @@ def compare(args: argparse.Namespace) -> int:
     interval, grace = heartbeat_settings(args)
     url = storage_url(args)
     check_resume(args, url, cell_names(arms, args.seeds))
-    if any(a.spec.objective is not None for a in arms):  # until the report ranks by direction
-        raise UsageError("hpo compare runs the book's MLP only for now; a spec with [objective] "
-                         "is compared by `hpo run --seed S` per sampler")
     # the data: bad input before any write
     data = getattr(make_objective(arms[0].spec), "data", None)
     if args.storage is None:
