@@ -536,11 +536,14 @@ def test_objective_dockerfile_is_the_compose_files():
 
 
 @pytest.mark.timeout(600)
-def test_user_objective_runs_in_the_stack_with_its_requirements(stack, tmp_path):
+def test_user_objective_runs_in_the_stack_with_its_requirements(stack, tmp_path, monkeypatch):
     """docker-compose.objective.yml: the user's folder (examples/quadratic.toml, its own
     quadratic.py needing a package from requirements.txt) built into an image FROM hpo:local,
     mounted read-only at /objective; `init` gets the spec from there, 2 workers run the code
     from HPO_CODE_DIR=/objective on PostgreSQL: exactly the budget, minimized, nothing RUNNING."""
+    # Compose builds `dockerfile_inline` with the engine's BuildKit: the classic builder
+    # (DOCKER_BUILDKIT=0, what scripts/containers-up uses for `docker build`) cannot
+    monkeypatch.delenv("DOCKER_BUILDKIT", raising=False)
     folder = tmp_path / "my-objective"
     _objective_folder(folder)
     budget = 30
@@ -607,17 +610,26 @@ def _docker_run_args(c: dict, pod: dict, env: dict[str, str], name: str, network
 
 
 @pytest.mark.timeout(600)
-def test_k8s_pods_run_in_containers_under_their_security_context(engine, tmp_path):
+@pytest.mark.parametrize("kustomization", ["base", "overlays/objective"])
+def test_k8s_pods_run_in_containers_under_their_security_context(engine, tmp_path,
+                                                                   kustomization):
     """deploy/k8s/base's hpo containers (init containers included) as containers of hpo:local
     with the manifests' user, read-only root filesystem, `drop: [ALL]` capabilities,
     no-new-privileges and limits, their env expanded as Kubernetes does from the ConfigMap and
     a Secret pointing at a database container named `postgres`: the init Job, 2 workers (the
     base's parallelism) and the dashboard, whose readiness probe answers. The database is the
-    local stand-in image (not postgres:16 under the StatefulSet's security context)."""
+    local stand-in image (not postgres:16 under the StatefulSet's security context).
+    overlays/objective: the same with the init Job and the workers on the image of a user's
+    objective, built as docs/kubernetes.md says (docker/objective.Dockerfile, hpo's examples/
+    as the user's folder): the spec and the code from /objective in the image."""
     from tests.test_kubernetes import K8S, container_env, expand, pod_spec, render
 
-    docs = {(d["kind"], d["metadata"]["name"]): d for d in render(K8S / "base")}
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render(K8S / kustomization)}
     project = f"hpo-it-{secrets.token_hex(3)}"
+    if kustomization == "overlays/objective":
+        (c,) = pod_spec(docs[("Job", "hpo-workers")])["containers"]
+        _run("docker", "build", "-f", str(ROOT / "docker" / "objective.Dockerfile"), "-t",
+             c["image"], str(ROOT / "examples"), timeout=300, check=True)
     network = f"{project}_k8s"
     password = secrets.token_hex(12)
     budget = 8
@@ -703,6 +715,8 @@ def test_k8s_pods_run_in_containers_under_their_security_context(engine, tmp_pat
         if ids:
             _run("docker", "rm", "-f", "-v", *ids, timeout=120)
         _run("docker", "network", "rm", network)
+        if kustomization == "overlays/objective":
+            _run("docker", "image", "rm", "-f", c["image"], timeout=120)
 
 
 def _probe(url: str) -> int | None:
