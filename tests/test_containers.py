@@ -10,7 +10,8 @@ older hpo/, studies/, pyproject.toml or Dockerfile) fails them: rerun ``scripts/
 Each test is its own compose project (``-p hpo-it-XXXXXX``: containers, network and volume of its
 own, a random database password, the dashboard on a free loopback port) and ends with ``down -v``
 however it went. The files: docker-compose.yml, then docker/compose.offline.yml (the local
-PostgreSQL image), then tests/containers/compose.test.yml (mounts the test specs into ``init``).
+PostgreSQL image), then tests/containers/compose.test.yml (mounts the test specs into ``init``),
+or, for a user's objective, docker-compose.objective.yml instead.
 The database is read with ``psql`` inside the postgres container (its port is not published).
 """
 
