@@ -191,12 +191,12 @@ def configure_optuna(level: int) -> None:
 
 
 #: The metric each study's value is (a user's objective names its own), read once per study.
-_METRICS: dict[int, str] = {}
+_METRICS: dict[str, str] = {}
 
 
 def metric_name(study: Any) -> str:
     """The name of ``study``'s value (``val_acc`` for the book's MLP), one read per study."""
-    key = id(study)
+    key = study.study_name
     if key not in _METRICS:
         try:
             names = study.metric_names
