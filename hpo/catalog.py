@@ -408,7 +408,7 @@ PRUNERS: dict[str, Component] = {c.name: c for c in (
     Component("none", "optuna.pruners:NopPruner", "no pruning: every trial trains to the end",
               extra=_PRUNER),
     Component(
-        "median", "hpo.pruners:MedianPruner",
+        "median", "hpo.samplers.pruners:MedianPruner",
         "stop a trial below the median of earlier trials at the same epoch",
         (
             Option("n_startup_trials", "int", "trials never pruned first", 5, low=0,
