@@ -122,7 +122,7 @@ def worker_args(url: str, study: str, *extra: str) -> list[str]:
 # the workers' first storage calls happen within milliseconds of each other.
 GATE = """
 import os, runpy, sys, time
-import numpy, optuna, sqlalchemy, psycopg, sklearn.datasets, hpo.objective, hpo.trials
+import numpy, optuna, sqlalchemy, psycopg, sklearn.datasets, hpo.objectives.book, hpo.engine.loop
 ready, go = sys.argv[1], sys.argv[2]
 open(ready, "w").close()
 while not os.path.exists(go):

@@ -32,7 +32,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 LAUNCHER = r"""
 import json, os, runpy, sys, time, traceback, urllib.request
 import numpy, optuna, sqlalchemy, psycopg, sklearn.datasets  # noqa: F401 - imported once
-import hpo.cli, hpo.objective, hpo.trials, hpo.dashboard, hpo.listing  # noqa: F401
+import hpo.cli, hpo.objectives.book, hpo.engine.loop, hpo.report.dashboard, hpo.report.listing  # noqa: F401
 import hpo.commands.run, hpo.commands.worker, hpo.commands.init, hpo.commands.dashboard  # noqa
 
 

@@ -54,14 +54,15 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.db import optuna_private as oc
-from hpo.errors import RuntimeFailure, SpecError
-from hpo.samplers.pruners import make_pruner
+from hpo.db import writebehind as wb
+from hpo.db.keys import CLOSED_ATTR, HANDED_BACK_ATTR, SURPLUS_ATTR
 from hpo.db.retry import OUTAGE, chain, db_wait, finished_elsewhere, is_transient, reason, refused
+from hpo.db.storage import MAX_RETRY, state_counts, sweep_stale_trials
+from hpo.errors import RuntimeFailure, SpecError
 from hpo.samplers import make_sampler
+from hpo.samplers.pruners import make_pruner
 from hpo.signals import Orphaned, check_stop, deferred, interruptible
 from hpo.spec import Spec
-from hpo.db.storage import MAX_RETRY, state_counts, sweep_stale_trials
-from hpo.db.keys import SURPLUS_ATTR, CLOSED_ATTR, HANDED_BACK_ATTR
 
 __all__ = ["FINISHED", "IN_FLIGHT", "KEYED_SAMPLERS", "Surplus", "WorkerResult",
            "build_sampler_and_pruner", "close_waiting", "continue_sampling", "count",
@@ -185,8 +186,8 @@ def _claim(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> None:
 
     Trial numbers are 0, 1, 2, ... in creation order, so a trial numbered below ``n_trials``
     has fewer than ``n_trials`` predecessors of any state: it always fits, no query needed."""
-    if trial.number < n_trials:
-        return
+    if trial.number < n_trials or wb.created_within_budget(study, trial):
+        return  # (the second: its creating transaction counted the others, the study locked)
     counts = state_counts(study, below=trial.number)
     ahead = sum(counts.get(s, 0) for s in FINISHED + IN_FLIGHT)
     if ahead >= n_trials:
@@ -280,11 +281,20 @@ def work(
     callbacks = [on_trial] if on_trial else None
     OUTAGE.reset()  # a new loop: no outage, no refusal (tests run several in one process)
     delay = 0.5
+    # (finished, in flight, WAITING) as this worker's last trial found the others at its
+    # creation (on PostgreSQL: hpo.db.writebehind.budget), plus its own end: used instead of a
+    # count when it leaves room for a trial (a stale figure only means the next creation is
+    # refused, BudgetFull, and the loop counts); the decision to stop is always a count
+    est: tuple[int, int, int] | None = None
     while True:
         check_stop()
         OUTAGE.check()
         try:
-            done, in_flight, waiting = count_states(study)
+            stopping = ((timeout is not None and time.monotonic() - start >= timeout)
+                        or (max_runs is not None and runs >= max_runs))
+            done, in_flight, waiting = (est if est is not None and not stopping
+                                        else count_states(study))
+            est = None
             if OUTAGE.since is None:  # a write went through since the last failure
                 delay = 0.5
             if done >= n_trials:
@@ -307,11 +317,17 @@ def work(
                 continue
             # no RUNNING trial a moment ago: none can be stale, optimize() need not look
             with (oc.skip_waiting_lookup(study, skip=not waiting),
-                  oc.skip_first_stale_check(study, skip=in_flight == waiting)):
+                  oc.skip_first_stale_check(study, skip=in_flight == waiting),
+                  wb.budget(study, n_trials)):
                 study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
                                gc_after_trial=False)
             OUTAGE.ok()  # the trial was told: a write went through, whatever the storage
             delay = 0.5  # the next outage (a pooled connection killed meanwhile) starts over
+            est = wb.counts_after_trial(study)
+            if est is not None and (est[0] + est[1] >= n_trials or est[2]):
+                est = None  # no room, or a retry WAITING: count
+        except wb.BudgetFull:
+            continue  # another worker filled the last slot since: count again
         except Exception as e:  # noqa: BLE001 - filtered just below
             if finished_elsewhere(e):
                 # a sweeper failed this trial while it ran: its retry runs elsewhere
