@@ -286,6 +286,11 @@ def work(
     # count when it leaves room for a trial (a stale figure only means the next creation is
     # refused, BudgetFull, and the loop counts); the decision to stop is always a count
     est: tuple[int, int, int] | None = None
+    # optimize() looks for stale trials (one query) before each trial while others are in
+    # flight: at most once per heartbeat interval here (a dead worker's trial is failed at most
+    # an interval later while the budget has room; the sweep at a full budget is unchanged)
+    interval = oc.heartbeat_interval(oc.storage_of(study)) or 0.0
+    looked = float("-inf")
     while True:
         check_stop()
         OUTAGE.check()
@@ -316,8 +321,11 @@ def work(
                 time.sleep(poll)
                 continue
             # no RUNNING trial a moment ago: none can be stale, optimize() need not look
+            no_look = in_flight == waiting or time.monotonic() - looked < interval
+            if not no_look:
+                looked = time.monotonic()
             with (oc.skip_waiting_lookup(study, skip=not waiting),
-                  oc.skip_first_stale_check(study, skip=in_flight == waiting),
+                  oc.skip_first_stale_check(study, skip=no_look),
                   wb.budget(study, n_trials)):
                 study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
                                gc_after_trial=False)
