@@ -25,8 +25,8 @@ once each has finished a trial, the window opens for ``--seconds``. Over the win
   (initdb with default settings, fsync on, max_connections 200) so that nothing else runs on it;
   its idle CPU is measured first. SQLite has no server: its engine runs inside the clients;
 * proxy CPU per trial (the ``hpo proxy`` process, default pool of 4 connections);
-* transactions per trial (PostgreSQL direct: ``pg_stat_database`` of the cell's database over
-  the window; backends report it at most once a second, so it is an estimate);
+* transactions per trial (PostgreSQL, direct or behind the proxy: ``pg_stat_database`` of the
+  cell's database over the window; backends report it at most once a second: an estimate);
 * client CPU per trial (every client process's CPU over the window: hpo or Optuna, the storage
   layer, and for SQLite the database engine itself).
 
@@ -284,16 +284,23 @@ def run_hpo_cell(url: str, db_url: str, n_clients: int, seconds: float, postmast
     """``n_clients`` real ``hpo worker`` processes; the window opens once each has printed its
     first finished trial; trials are counted in the database."""
     env = {**os.environ, **ONE_THREAD}
-    with log.open("w") as err:
-        procs = [subprocess.Popen([HPO, "worker", "--study", STUDY, "--storage", url], env=env,
-                                  stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
-                 for _ in range(n_clients)]
+    # a finished trial is logged on stderr ("trial 3 COMPLETE ..."): read there, kept in ``log``
+    procs = [subprocess.Popen([HPO, "worker", "--study", STUDY, "--storage", url], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              cwd=ROOT)
+             for _ in range(n_clients)]
     started = [threading.Event() for _ in procs]
+    out = log.open("w")
+    write = threading.Lock()
 
     def drain(p: subprocess.Popen, first: threading.Event) -> None:
-        for line in p.stdout:
+        for line in p.stderr:
             if line.startswith("trial "):
                 first.set()
+            else:
+                with write:
+                    out.write(line)
+                    out.flush()
 
     for p, ev in zip(procs, started, strict=True):
         threading.Thread(target=drain, args=(p, ev), daemon=True).start()
@@ -528,10 +535,10 @@ def main() -> None:
                     else:
                         with proxy(url, work / f"{name}-proxy.log") as (grpc, px):
                             r = (run_hpo_cell(grpc, url, n, args.seconds, postmaster,
-                                              px.pid, log)
+                                              px.pid, log, stat)
                                  if kind == "hpo" else
                                  run_optuna_cell(grpc, n, args.seconds, postmaster,
-                                                 px.pid))
+                                                 px.pid, stat))
             r.update(storage=storage, kind=kind)
             rows.append(r)
             print(f"  run {rep}: {kind:6} {storage:8} {n:2} clients: {r['tps']:7.1f} trials/s, db "

@@ -22,8 +22,12 @@ costs nothing while the trial's number is below N (fewer than N trials precede i
 when the count saw no WAITING trial, ``ask()`` does not read the trials to look for one
 (:func:`hpo.db.optuna_private.skip_waiting_lookup`), and when it saw no RUNNING trial,
 ``optimize`` does not query for stale ones (:func:`hpo.db.optuna_private.skip_first_stale_check`).
-Other storages (in-memory, the gRPC proxy client) count with ``study.get_trials``. Per trial
-the loop itself thus adds one count query and no trial read.
+Other storages (in-memory, the gRPC proxy client) count with ``study.get_trials``. On
+PostgreSQL the count is folded into the trial's creation (:func:`hpo.db.writebehind.budget`: the
+creating transaction counts the study's trials with the study row locked and refuses a trial
+beyond the budget, nothing created): after a trial, the counts its creation saw plus its own end
+stand in for the next count while they leave room, so per trial the loop adds no transaction of
+its own; it counts before it stops, waits or pops a WAITING trial.
 
 SIGTERM and Ctrl-C (:mod:`hpo.signals`): the running trial is marked FAIL by Optuna (its loop
 catches KeyboardInterrupt), nothing is left RUNNING, and the process exits 143 / 130 with one
