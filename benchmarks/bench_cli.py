@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HPO, PYTHON, ROOT, STUDIES, header, loadavg, median  # noqa: E402
 
 HEAVY = ["numpy", "optuna", "sqlalchemy.orm", "alembic.migration", "psycopg", "tqdm",
-         "threadpoolctl", "hpo.data", "hpo.spec", "hpo.storage", "hpo.objective",
-         "hpo.samplers", "hpo.trials", "hpo.listing"]
+         "threadpoolctl", "hpo.nn.data", "hpo.spec", "hpo.db.storage", "hpo.objectives.book",
+         "hpo.samplers", "hpo.engine.loop", "hpo.report.listing"]
 
 
 def wall(cmd: list[str], runs: int, **kw) -> list[float]:
@@ -77,8 +77,8 @@ import json, sys, time
 marks = [("python started", time.time())]
 import argparse
 from hpo.commands import run as runner   # the command's module (hpo.cli imports it lazily)
-import hpo.objectives.book, hpo.spec, hpo.storage
-marks.append(("import hpo.commands.run, hpo.objective (optuna, numpy)", time.time()))
+import hpo.objectives.book, hpo.spec, hpo.db.storage
+marks.append(("import hpo.commands.run, hpo.objectives.book (optuna, numpy)", time.time()))
 
 def timed(owner, attr, label):
     fn = getattr(owner, attr)
@@ -99,7 +99,7 @@ def init(self, *a, **kw):
 hpo.objectives.book.Objective.__init__ = init
 timed(runner, "worker_storage",
       "RDBStorage: import sqlalchemy + alembic, create the schema, stamp its version")
-timed(hpo.storage, "create_or_load_study", "create the study, store the spec")
+timed(hpo.db.storage, "create_or_load_study", "create the study, store the spec")
 def work(*a, **kw):
     marks.append(("(rest: signals, logging, counting)", time.time()))
     raise SystemExit(0)

@@ -63,7 +63,7 @@ def load_data(kind: str):
             from hpo.nn.data import load_search
 
             d = load_search("mnist5k", train_size=N_TRAIN + N_VAL, validation_rate=0.2, seed=0)
-            return d.x_train, d.t_train, d.x_val, d.t_val, "mnist5k (real digits, hpo.data)"
+            return d.x_train, d.t_train, d.x_val, d.t_val, "mnist5k (real digits, hpo.nn.data)"
         except Exception as e:  # noqa: BLE001 - fall back to random data
             if kind == "mnist5k":
                 raise

@@ -98,12 +98,12 @@ def child(spec_path: str, url: str, n_trials: int) -> dict:
     from optuna.storages import _CachedStorage
 
     import hpo.objectives.book
-    from hpo.engine import loop as trials
     from hpo.commands import run as runner
+    from hpo.engine import loop as trials
     from hpo.samplers.narrowing import NarrowingSampler
 
     t = Timers()
-    t.patch(hpo.objective, "fit", "training")
+    t.patch(hpo.objectives.book, "fit", "training")
     t.patch(optuna.trial.Trial, "report", "pruning: report")
     t.patch(optuna.trial.Trial, "should_prune", "pruning: should_prune")
     if hasattr(trials, "state_counts"):  # the worker loop's own SQL count (budget, claim)

@@ -41,6 +41,12 @@ SAMPLINGS = ("replacement", "shuffle")
 DTYPES = ("float32", "float64")
 PARAM_TYPES = ("float", "int", "categorical")
 
+# --- a user's objective ([objective]: hpo.objectives.user) -------------------------------------
+OBJECTIVE_KEYS = ("function", "direction", "metric", "config", "test", "max_failures")
+DIRECTIONS = ("maximize", "minimize")
+DEFAULT_METRIC = "value"  # the metric name of a user objective that names none
+MAX_FAILURES = 3  # a worker stops after this many consecutive failed trials (--max-failures)
+
 #: Limits on what sizes a trial: beyond them one trial would take hours or all the memory.
 MAX_EPOCHS = 100_000
 MAX_WIDTH = 4096

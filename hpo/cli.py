@@ -13,8 +13,19 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 
 from hpo import catalog, logs
+from hpo.commands.flags import (
+    FRACTION,
+    PORT,
+    SECONDS,
+    SEED,
+    TOP,
+    TRIALS,
+    Parser,
+    count,
+    study_name,
+    title,
+)
 from hpo.errors import EXIT_USAGE, BadInput, run_command
-from hpo.commands.flags import FRACTION, PORT, SECONDS, SEED, TOP, TRIALS, Parser, count, study_name, title
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:
@@ -48,6 +59,12 @@ def _data_dir_arg(p: argparse.ArgumentParser) -> None:
     _dir(p.add_argument("--data-dir", metavar="DIR",
                         help="folder with the four MNIST IDX .gz files (dataset mnist; default: "
                              "the spec's data.data_dir, else downloaded once into ~/.cache/hpo)"))
+
+
+def _max_failures_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-failures", type=count(1000), metavar="K",
+                   help="a worker stops (exit 1) after K failed trials of a spec's own "
+                        "objective in a row (default: the spec's, else 3)")
 
 
 def _heartbeat_args(p: argparse.ArgumentParser) -> None:
@@ -109,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=TOP, metavar="K", help=TOP_HELP)
     _data_dir_arg(p)
     _mlflow_arg(p)
+    _max_failures_arg(p)
     p.add_argument("--warm-start", type=study_name, metavar="STUDY",
                    help="begin a new study with the best configurations of STUDY (same storage)")
     p.add_argument("--warm-start-top", type=count(1000), metavar="K",
@@ -138,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir_arg(p)
     _mlflow_arg(p)
     _heartbeat_args(p)
+    _max_failures_arg(p)
+    _dir(p.add_argument("--code-dir", metavar="DIR", action="append",
+                        help="a folder this worker may run a study's own objective from "
+                             "(repeatable; default $HPO_CODE_DIR; docs/objectives.md)"))
 
     p = sub.add_parser("best", help="the book's Best-N listing of a study")
     _study_arg(p, help="the study (may be left out when the storage holds only one)")

@@ -13,6 +13,7 @@ search space::
     [pruner]   name, and the pruner's options as further keys
     [budget]   n_trials, timeout (seconds, 0 = none)
     [tracking] mlflow (an MLflow tracking URI: one MLflow run per finished trial)
+    [objective] a user's own function instead of the book's MLP: docs/objectives.md
 
 Every name and option is checked against :mod:`hpo.catalog`, the one declaration of what
 exists. Errors name the file, the key and what is allowed (:class:`SpecError`, one line).
@@ -33,15 +34,15 @@ from typing import Any
 from hpo import catalog
 from hpo.catalog import shown
 from hpo.errors import SpecError
-from hpo.spec_checks import MAX_CHOICES, Validator
+from hpo.spec_checks import MAX_CHOICES, ObjectiveSpec, Validator, objective_table
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DataSpec", "ModelSpec", "Param", "Spec", "SpecError", "from_dict", "from_json",
-           "load_spec"]
+__all__ = ["DataSpec", "ModelSpec", "ObjectiveSpec", "Param", "Spec", "SpecError", "from_dict",
+           "from_json", "load_spec"]
 
 # The catalog's names, under the names this module has always exported.
 DATASETS = tuple(catalog.DATASETS)
@@ -120,19 +121,27 @@ class Spec:
     seed: int = 0
     description: str = ""
     mlflow: str | None = None  # [tracking] mlflow: an MLflow tracking URI (hpo.tracking)
+    objective: ObjectiveSpec | None = None  # [objective]: a user's function; None: the book's MLP
+
+    @property
+    def direction(self) -> str:  # "maximize" (the book's val acc), or the objective's
+        return self.objective.direction if self.objective else "maximize"
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data, the same shape as the TOML file (round-trips via from_dict)."""
         d: dict[str, Any] = {"name": self.name, "seed": self.seed}
         if self.description:
             d["description"] = self.description
-        data = asdict(self.data)
-        if data["data_dir"] is None:
-            del data["data_dir"]
-        d["data"] = data
-        model = asdict(self.model)
-        model["hidden"] = list(self.model.hidden)
-        d["model"] = model
+        if self.objective is not None:
+            d["objective"] = self.objective.to_dict()
+        else:
+            data = asdict(self.data)
+            if data["data_dir"] is None:
+                del data["data_dir"]
+            d["data"] = data
+            model = asdict(self.model)
+            model["hidden"] = list(self.model.hidden)
+            d["model"] = model
         d["search"] = {p.name: p.to_dict() for p in self.search}
         d["sampler"] = {"name": self.sampler, **self.sampler_options}
         d["pruner"] = {"name": self.pruner, **self.pruner_options}
@@ -232,18 +241,27 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError(f"{p}: not valid TOML: {str(e).splitlines()[0]}") from None
     except (RecursionError, ValueError) as e:  # pathological nesting, huge numbers
         raise SpecError(f"{p}: not valid TOML: {type(e).__name__}") from None
-    return from_dict(raw, source=str(p), default_name=p.stem)
+    return from_dict(raw, source=str(p), default_name=p.stem, base=str(p.resolve().parent))
 
 
 def from_json(text: str, source: str = "stored spec") -> Spec:
     return from_dict(json.loads(text), source=source)
 
 
-def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "study") -> Spec:
-    """Validate plain data (parsed TOML or stored JSON) into a :class:`Spec`."""
+def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "study",
+              base: str | None = None) -> Spec:
+    """Validate plain data (parsed TOML or stored JSON) into a :class:`Spec`. ``base``: the
+    folder of the spec file (a user objective's file is relative to it)."""
     v = _Validator(source)
     v.keys("", raw, {"name", "description", "seed", "data", "model", "search", "sampler",
-                     "pruner", "budget", "tracking"})
+                     "pruner", "budget", "tracking", "objective"})
+    objective = objective_table(v, raw["objective"], base) if "objective" in raw else None
+    for table in ("data", "model") if objective else ():
+        if table in raw:
+            raise v.fail(table, "a spec with [objective] takes no [data] nor [model]: they "
+                                "belong to the book's MLP (put fixed settings in "
+                                "[objective.config])")
+    v.free = objective is not None
     name = v.string("name", raw.get("name", default_name))
     problem = catalog.name_problem(name)
     if problem:
@@ -291,7 +309,7 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
     )
 
     s = v.table("search", raw.get("search"))
-    if not s:
+    if not s and objective is None:
         raise SpecError(f"{source}: search: needs at least one parameter, e.g. [search.lr]")
     search = tuple(v.param(name, body) for name, body in s.items())
 
@@ -312,19 +330,22 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
         raise v.fail("tracking.mlflow", "must be an MLflow tracking URI, e.g. "
                                         "'file:./mlruns' or 'sqlite:///mlflow.db', got ''")
 
-    _check_split(source, data)
-    for p in search:
-        _check_values(source, p)
+    if objective is None:
+        _check_split(source, data)
+        for p in search:
+            _check_values(source, p)
     if "bounds" in sm:
         _check_bounds(source, sampler, sm, search)
     sm = v.options("sampler", catalog.SAMPLERS[sampler], sm, {})
-    pr = v.options("pruner", catalog.PRUNERS[pruner], pr, {"epochs": model.epochs})
+    pr = v.options("pruner", catalog.PRUNERS[pruner], pr,
+                   {} if objective else {"epochs": model.epochs})
     if "x0" in sm:
         _check_x0(source, sm["x0"], search)
     return Spec(name=name, search=search, data=data, model=model, sampler=sampler,
                 sampler_options=sm, pruner=pruner, pruner_options=pr, n_trials=n_trials,
                 timeout=timeout or None, seed=seed,
-                description=v.text("description", raw.get("description", "")), mlflow=mlflow)
+                description=v.text("description", raw.get("description", "")), mlflow=mlflow,
+                objective=objective)
 
 
 def _check_split(source: str, data: DataSpec) -> None:
@@ -419,18 +440,23 @@ def _check_bounds(
             if any(abs(k - round(k)) > 1e-9 * max(1.0, abs(k)) for k in off):
                 raise fail(key, f"must lie on the step grid of search.{name} "
                                 f"({p.low} + k * {p.step}), got [{low}, {high}]")
-        rule = catalog.SEARCH_PARAMS[name]
-        for x in (low, high):
+        rule = catalog.SEARCH_PARAMS.get(name)  # none for a user objective's params
+        for x in (low, high) if rule else ():
             if not rule.ok(x):
                 raise fail(key, f"{x!r} is not allowed; allowed: {rule.allowed}")
 
 
 class _Validator(Validator):
-    """The typed getters, plus the search space's parameters."""
+    """The typed getters, plus the search space's parameters (``free``: any names, for a
+    user objective; else the book's)."""
+
+    free = False
 
     def param(self, name: str, body: Any) -> Param:
         key = f"search.{name}"
-        if name not in catalog.SEARCH_PARAMS:
+        if self.free and not 0 < len(name) <= 100:
+            raise self.fail(key, "a parameter's name must have 1 to 100 characters")
+        if name not in catalog.SEARCH_PARAMS and not self.free:
             raise self.fail(key, "unknown parameter; allowed: "
                                  + ", ".join(catalog.SEARCH_PARAMS))
         body = self.table(key, body)

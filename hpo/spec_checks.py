@@ -5,6 +5,8 @@ what is allowed and what was given (cut short)."""
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from hpo import catalog
@@ -99,3 +101,94 @@ class Validator:
         except catalog.OptionError as e:
             raise self.fail(f"{table}.{e.key}", e.reason) from None
 
+
+
+# --- [objective]: a user's own objective function (run by hpo.objectives.user) ---------------
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """A spec's ``[objective]`` table: the user's function instead of the book's MLP.
+
+    ``function`` is ``"FILE.py:NAME"`` (a file relative to the spec's folder) or
+    ``"package.module:NAME"``; ``config`` is ``[objective.config]``, passed to the function as
+    the keyword ``config`` when its signature takes it. ``base`` (the folder of the spec file
+    given on the command line; None for a spec read from a study) and ``source`` are where the
+    spec came from: not part of the stored spec."""
+
+    function: str
+    direction: str = "maximize"
+    metric: str = catalog.DEFAULT_METRIC
+    config: dict[str, Any] = field(default_factory=dict)
+    test: str | None = None
+    max_failures: int | None = None
+    base: str | None = field(default=None, compare=False)
+    source: str = field(default="spec", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"function": self.function, "direction": self.direction,
+                             "metric": self.metric, "config": dict(self.config),
+                             "test": self.test}
+        if self.max_failures is not None:
+            d["max_failures"] = self.max_failures
+        return d
+
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_MODULE = re.compile(rf"{_NAME}(\.{_NAME})*")
+
+
+def reference_problem(value: str) -> str | None:
+    """Why ``value`` is not ``"FILE.py:NAME"`` or ``"package.module:NAME"`` (None when it is)."""
+    where, sep, name = value.rpartition(":")
+    if not sep or not where or not _MODULE.fullmatch(name):
+        return "must be 'FILE.py:NAME' or 'package.module:NAME'"
+    if not where.endswith(".py") and not _MODULE.fullmatch(where):
+        return f"{where!r} is neither a .py file nor a dotted module name"
+    return None
+
+
+def _plain(value: Any) -> bool:
+    """JSON-storable TOML data (no dates or times)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(map(_plain, value))
+    if isinstance(value, float):
+        return _finite(value)
+    return isinstance(value, (str, int, bool))
+
+
+def objective_table(v: Validator, raw: Any, base: str | None) -> ObjectiveSpec:
+    """The ``[objective]`` table, checked (the function itself is loaded later, by
+    :func:`hpo.objectives.make_objective`, before anything is written)."""
+    o = v.table("objective", raw)
+    v.keys("objective", o, set(catalog.OBJECTIVE_KEYS))
+    refs = {}
+    for key in ("function", "test"):
+        if o.get(key) is None:  # a stored spec holds test = null
+            if key == "function":
+                raise v.fail("objective.function", "is required, e.g. 'objective.py:objective'")
+            continue
+        refs[key] = v.string(f"objective.{key}", o[key])
+        if (problem := reference_problem(refs[key])) is not None:
+            raise v.fail(f"objective.{key}", f"{problem}, got {shown(refs[key])}")
+    direction = o.get("direction", "maximize")
+    if isinstance(direction, list):
+        raise v.fail("objective.direction", "multi-objective studies (a list of directions) "
+                                            "are not supported; give one of "
+                                            + ", ".join(catalog.DIRECTIONS))
+    direction = v.choice("objective.direction", direction, catalog.DIRECTIONS)
+    metric = v.string("objective.metric", o.get("metric", catalog.DEFAULT_METRIC))
+    if not metric.strip() or len(metric) > 100 or "\n" in metric:
+        raise v.fail("objective.metric", f"must be a name of 1 to 100 characters on one line, "
+                                         f"got {shown(metric)}")
+    config = v.table("objective.config", o.get("config", {}))
+    if not _plain(config):
+        raise v.fail("objective.config", "may hold strings, numbers, booleans, lists and "
+                                         "tables only (no dates or times)")
+    failures = o.get("max_failures")
+    if failures is not None:
+        failures = v.integer("objective.max_failures", failures, minimum=1, maximum=1000)
+    return ObjectiveSpec(function=refs["function"], direction=direction, metric=metric,
+                         config=dict(config), test=refs.get("test"), max_failures=failures,
+                         base=base, source=v.source)

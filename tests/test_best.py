@@ -182,8 +182,8 @@ def test_spec_is_a_system_attr_so_optuna_studies_stays_readable(tiny_spec, sqlit
     import sys
     from pathlib import Path
 
-    from hpo.spec import load_spec
     from hpo.db.storage import SPEC_KEY_ATTR, spec_key, study_spec
+    from hpo.spec import load_spec
 
     new = tiny_spec(name="new", n_trials=1)
     assert hpo("init", str(new), "--storage", sqlite_url).returncode == 0

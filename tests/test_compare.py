@@ -6,6 +6,7 @@ import numpy as np
 import optuna
 import pytest
 
+from hpo.db.storage import study_spec
 from hpo.engine.compare import (
     Arm,
     Grid,
@@ -15,7 +16,6 @@ from hpo.engine.compare import (
     grid_from_summary,
     study_name,
 )
-from hpo.db.storage import study_spec
 from tests.conftest import hpo, trial_states
 
 SAMPLERS = ["narrowing", "random", "tpe"]

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from hpo.report import dashboard
 from hpo.errors import UsageError
+from hpo.report import dashboard
 from tests.conftest import hpo
 
 URL_LINE = re.compile(r"at (http://[0-9.]+:(\d+)/) ")

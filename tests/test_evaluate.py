@@ -6,8 +6,8 @@ import optuna
 import pytest
 
 from hpo.nn import data as hpo_data
-from hpo.report.evaluate import TEST_ATTR, AlreadyTested, choose_trial, evaluate_on_test
 from hpo.objectives.book import Objective
+from hpo.report.evaluate import TEST_ATTR, AlreadyTested, choose_trial, evaluate_on_test
 from hpo.spec import load_spec
 from tests.conftest import hpo
 
@@ -67,8 +67,8 @@ def test_confirm_ranks_by_mean_over_fresh_seeds(tiny_spec, sqlite_url, monkeypat
     import numpy as np
 
     from hpo.nn.data import load_search
-    from hpo.report.evaluate import CONFIRM_ATTR, confirm, confirm_seed
     from hpo.objectives.book import fit, make_config
+    from hpo.report.evaluate import CONFIRM_ATTR, confirm, confirm_seed
 
     r = hpo("run", str(tiny_spec(n_trials=6)), "--storage", sqlite_url, "--quiet")
     assert r.returncode == 0, r.stderr

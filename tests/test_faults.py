@@ -159,8 +159,8 @@ def test_reads_that_succeed_do_not_keep_a_write_outage_alive(tmp_path: Path, mon
     loop succeeds, every write fails (busy, transient). The loop's outage clock is not restarted
     by the reads, so it ends after ``$HPO_DB_WAIT`` with one line (a runtime failure), having
     created no trial (it used to retry for ever, counting each successful read as recovery)."""
-    from hpo.errors import RuntimeFailure
     from hpo.engine.loop import work
+    from hpo.errors import RuntimeFailure
 
     monkeypatch.setenv("HPO_DB_WAIT", "2")
     url = f"sqlite:///{tmp_path / 'busy.db'}"

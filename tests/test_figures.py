@@ -16,14 +16,11 @@ from matplotlib.image import imread
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial
 
-from hpo.report import figures
-from hpo.report import listing
-from hpo.report import plane
-from hpo.report import plots
-from hpo.report import page as page_module
 from hpo.cli import main
-from hpo.report.listing import best_rows, format_row, ranked
 from hpo.db.storage import study_spec
+from hpo.report import figures, listing, plane, plots
+from hpo.report import page as page_module
+from hpo.report.listing import best_rows, format_row, ranked
 from tests.conftest import hpo
 
 SPEC = {"search": {"lr": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},

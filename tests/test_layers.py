@@ -193,3 +193,17 @@ def test_architecture_names_every_module():
         if not named:
             missing.append(rel)
     assert missing == []
+
+
+def test_at_most_16_modules_and_wings_directly_in_hpo():
+    """The top of the package stays small: modules and folders directly in hpo/ (package data
+    such as hpo/datasets/, which holds no Python, is not a module)."""
+    top = sorted(p.name for p in PACKAGE.iterdir()
+                 if (p.suffix == ".py") or (p.is_dir() and (p / "__init__.py").exists()))
+    assert len(top) <= 16, top
+
+
+def test_each_wing_is_a_folder_of_its_own():
+    for wing in ("db", "engine", "objectives", "report", "samplers", "commands", "nn"):
+        assert (PACKAGE / wing / "__init__.py").is_file(), wing
+        assert not (PACKAGE / f"{wing}.py").exists(), wing

@@ -6,8 +6,8 @@ import json
 
 import optuna
 
-from hpo.report.listing import edge_warnings, search_limits
 from hpo.db.storage import study_spec
+from hpo.report.listing import edge_warnings, search_limits
 from tests.conftest import hpo
 
 

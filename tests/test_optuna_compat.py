@@ -1,6 +1,6 @@
 """What hpo relies on in Optuna's private names (hpo/db/optuna_private.py), pinned.
 
-If a new Optuna release moves one of them, these tests fail, and hpo.optuna_compat is the one
+If a new Optuna release moves one of them, these tests fail, and hpo.db.optuna_private is the one
 place to mend."""
 
 from __future__ import annotations

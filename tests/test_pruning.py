@@ -4,8 +4,8 @@ finished trial's whole validation curve is its intermediate values."""
 import optuna
 import pytest
 
-from hpo.report.listing import listing
 from hpo.objectives.book import Objective
+from hpo.report.listing import listing
 from hpo.samplers.pruners import make_pruner, report_steps
 from hpo.spec import load_spec
 from tests.conftest import STUDIES, hpo
@@ -98,7 +98,7 @@ def test_shipped_pruned_spec_builds(name):
     assert make_pruner(spec.pruner, spec.pruner_options, spec.model.epochs)
 
 
-# --- hpo.samplers.pruners.MedianPruner: Optuna's decisions, one storage read per trial -------------------
+# --- hpo.samplers.pruners.MedianPruner: Optuna's decisions, one storage read per trial ---
 
 MEDIAN = {"n_startup_trials": 3, "n_warmup_steps": 2, "interval_steps": 2}
 

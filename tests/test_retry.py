@@ -14,7 +14,6 @@ import optuna
 import pytest
 import sqlalchemy
 
-from hpo.errors import RuntimeFailure, StorageError
 from hpo.db.retry import (
     Outage,
     bad_database,
@@ -26,6 +25,7 @@ from hpo.db.retry import (
     sqlstate,
     with_retries,
 )
+from hpo.errors import RuntimeFailure, StorageError
 from tests.conftest import free_port
 
 

@@ -333,8 +333,8 @@ def test_suggest_space_widens_search_to_the_bounds() -> None:
 
 
 def test_runner_passes_search_as_initial_and_objective_asks_for_the_bounds() -> None:
-    from hpo.objectives.book import suggest as objective_suggest
     from hpo.engine.loop import build_sampler_and_pruner as _build_sampler_and_pruner
+    from hpo.objectives.book import suggest as objective_suggest
 
     spec = load_spec(STUDIES / "narrowing-shift.toml")
     sampler, _ = _build_sampler_and_pruner(spec)

@@ -32,7 +32,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 LAUNCHER = r"""
 import json, os, runpy, sys, time, traceback, urllib.request
 import numpy, optuna, sqlalchemy, psycopg, sklearn.datasets  # noqa: F401 - imported once
-import hpo.cli, hpo.objectives.book, hpo.engine.loop, hpo.report.dashboard, hpo.report.listing  # noqa: F401
+import hpo.cli, hpo.objectives.book, hpo.engine.loop  # noqa: F401
+import hpo.report.dashboard, hpo.report.listing  # noqa: F401
 import hpo.commands.run, hpo.commands.worker, hpo.commands.init, hpo.commands.dashboard  # noqa
 
 
@@ -269,8 +270,8 @@ def test_a_study_made_between_the_workers_two_reads_is_joined(tmp_path, tiny_spe
     study named 'crowd'; studies here: crowd" (exit 2) as it was once in a crowded start."""
     import optuna
 
-    from hpo.spec import load_spec
     from hpo.db.storage import create_or_load_study, get_storage, load_study_spec
+    from hpo.spec import load_spec
 
     url = f"sqlite:///{tmp_path / 'race.db'}"
     spec = load_spec(tiny_spec(name="crowd"))

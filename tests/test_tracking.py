@@ -1,4 +1,4 @@
-"""MLflow logging (hpo.tracking, the extra `mlflow`) against real local MLflow stores: a file
+"""MLflow logging (hpo.engine.tracking, the extra `mlflow`) against real local MLflow stores: a file
 store asked for by the spec, an SQLite store by --mlflow-uri. Skipped without mlflow unless
 HPO_REQUIRE_MLFLOW=1 (.ci/run installs the extra and sets it)."""
 

@@ -15,7 +15,15 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.db.storage import get_storage, state_counts
-from hpo.engine.loop import CLOSED_ATTR, HANDED_BACK_ATTR, Surplus, _claim, count_states, hand_back, work
+from hpo.engine.loop import (
+    CLOSED_ATTR,
+    HANDED_BACK_ATTR,
+    Surplus,
+    _claim,
+    count_states,
+    hand_back,
+    work,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

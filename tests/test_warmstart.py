@@ -80,8 +80,8 @@ def test_a_configuration_with_nothing_that_fits_is_skipped(tiny_spec):
     """Unit: a config whose every param is outside the new space is skipped, with the reason."""
     from optuna.distributions import FloatDistribution
 
-    from hpo.spec import load_spec
     from hpo.engine.warmstart import plan
+    from hpo.spec import load_spec
 
     spec = load_spec(tiny_spec("n"))  # lr in [1e-3, 0.5], weight decay in [1e-8, 1e-4]
     d = {"lr": FloatDistribution(1e-6, 1.0, log=True),

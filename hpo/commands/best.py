@@ -8,11 +8,11 @@ import sys
 
 import optuna
 
-from hpo.db import optuna_private as oc
 from hpo.commands.common import open_storage, open_study, positive
+from hpo.db import optuna_private as oc
+from hpo.db.storage import stored_spec, study_spec
 from hpo.errors import UsageError
 from hpo.report.listing import dumps, rows_from_trials, state_names, study_summary
-from hpo.db.storage import stored_spec, study_spec
 
 
 def best(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import optuna
 
-from hpo.errors import UsageError
 from hpo.db.storage import (
     GRACE_PERIOD,
     HEARTBEAT_INTERVAL,
@@ -17,6 +16,7 @@ from hpo.db.storage import (
     load_study_spec,
     resolve_url,
 )
+from hpo.errors import UsageError
 
 
 def open_storage(args: argparse.Namespace) -> optuna.storages.BaseStorage:

@@ -24,6 +24,7 @@ def dashboard(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    from hpo.db.storage import mask_url, resolve_url
     from hpo.report.dashboard import (
         PASSWORD_ENV,
         PASSWORD_FILE_ENV,
@@ -35,7 +36,6 @@ def dashboard(args: argparse.Namespace) -> int:
         make_app,
         make_server_for,
     )
-    from hpo.db.storage import mask_url, resolve_url
 
     credentials = credentials_from_env()
     if credentials is None and not args.no_auth and not is_loopback(args.host):

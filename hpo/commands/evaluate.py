@@ -6,10 +6,17 @@ import argparse
 import logging
 
 from hpo.commands.common import open_study, positive
+from hpo.engine.procs import pin_blas_threads
 from hpo.errors import UsageError
 from hpo.report.evaluate import AlreadyTested, choose_trial, confirm, evaluate_on_test
-from hpo.report.listing import CONFIRM_ATTR, dumps, format_confirm, n_finished, stale_note, state_names
-from hpo.engine.procs import pin_blas_threads
+from hpo.report.listing import (
+    CONFIRM_ATTR,
+    dumps,
+    format_confirm,
+    n_finished,
+    stale_note,
+    state_names,
+)
 
 log = logging.getLogger("hpo.test")
 

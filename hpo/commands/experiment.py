@@ -7,9 +7,9 @@ import logging
 import os
 
 from hpo.commands.common import output_dir
+from hpo.engine.procs import pin_blas_threads
 from hpo.errors import UsageError
 from hpo.nn.experiment import plot, run_experiment
-from hpo.engine.procs import pin_blas_threads
 
 log = logging.getLogger("hpo.experiment")
 

@@ -16,11 +16,11 @@ import argparse
 import logging
 
 from hpo.commands.run import spec_from_args
-from hpo.errors import UsageError
-from hpo.objectives.book import Objective
 from hpo.db.retry import with_retries
-from hpo.db.storage import create_or_load_study, get_storage, mask_url, resolve_url
-from hpo.engine.loop import build_sampler_and_pruner, count
+from hpo.db.storage import mask_url, resolve_url
+from hpo.engine.loop import count
+from hpo.engine.study import RunRequest, open_study
+from hpo.errors import UsageError
 
 log = logging.getLogger("hpo.init")
 
@@ -31,10 +31,9 @@ def init(args: argparse.Namespace) -> int:
     if url.startswith("grpc://"):
         raise UsageError("hpo init needs the database URL, not a gRPC proxy: the proxy does not "
                          "create schemas")
-    sampler, pruner = build_sampler_and_pruner(spec)
-    Objective(spec)  # loads the data: a data error stops us before anything is written
-    storage = get_storage(url, create_schema=True)
-    study = create_or_load_study(storage, spec, study_name, sampler=sampler, pruner=pruner)
+    # sampler, pruner and data first: bad input stops us before anything is written
+    study = open_study(RunRequest(study_name, url, spec, who="hpo init"),
+                       heartbeat=False, tracking=False)[0]
     done, in_flight = with_retries(lambda: count(study), who="hpo init",
                                    what=f"the storage {mask_url(url)}")
     log.info("hpo init: study %r ready on %s: budget %d trials (%d finished, %d in flight), "

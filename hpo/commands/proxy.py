@@ -9,10 +9,10 @@ import time
 
 import optuna
 
-from hpo.errors import UsageError
 from hpo.db.proxy import check_port_free, heartbeat_settings, make_storage, sweeper
-from hpo.signals import raise_at_once
 from hpo.db.storage import mask_url, resolve_url
+from hpo.errors import UsageError
+from hpo.signals import raise_at_once
 
 log = logging.getLogger("hpo.proxy")
 

@@ -1,5 +1,6 @@
 """``hpo report NAME``: the book's figures for a study, as PNGs, one HTML page and dashboard
-plots (figures: :mod:`hpo.report.figures` and :mod:`hpo.report.plots`; the page: :mod:`hpo.report.page`; publishing:
+plots (figures: :mod:`hpo.report.figures` and :mod:`hpo.report.plots`; the page:
+:mod:`hpo.report.page`; publishing:
 :mod:`hpo.report.dashboard`; the listing: :mod:`hpo.report.listing`)."""
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpo.commands.common import open_storage, output_dir, positive
-from hpo.report.dashboard import GRAPH_IDS, default_artifact_dir, publish, upload_study_artifact
+from hpo.db.storage import load_study_spec, resolve_url
 from hpo.errors import UsageError
+from hpo.report.dashboard import GRAPH_IDS, default_artifact_dir, publish, upload_study_artifact
 from hpo.report.figures import (
     acc_vs_params_figure,
     best_curves_figure,
@@ -29,7 +31,6 @@ from hpo.report.listing import TOP, n_finished, ranked, state_names, summary
 from hpo.report.page import SECTIONS, html_page, write_plotly_js
 from hpo.report.plane import PLANE, numeric_plane
 from hpo.report.plots import report_figures
-from hpo.db.storage import load_study_spec, resolve_url
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

@@ -34,10 +34,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from hpo.db.connect import CONNECT_TIMEOUT, engine_kwargs, ping_after_idle
-from hpo.errors import BadInput, RuntimeFailure, StorageError
 from hpo.db.heartbeats import grpc_client, rdb_storage_class
-from hpo.db.retry import OUTAGE, bad_database, reason, with_retries
 from hpo.db.keys import SPEC_ATTR, SPEC_KEY_ATTR
+from hpo.db.retry import OUTAGE, bad_database, reason, with_retries
+from hpo.errors import BadInput, RuntimeFailure, StorageError
 
 if TYPE_CHECKING:
     import optuna
@@ -290,7 +290,7 @@ def create_or_load_study(
             storage.get_study_id_from_name(name)
         except KeyError:
             try:
-                storage.create_new_study([StudyDirection.MAXIMIZE], name)
+                storage.create_new_study([StudyDirection[spec.direction.upper()]], name)
                 created = True
             except optuna.exceptions.DuplicatedStudyError:
                 pass  # another process created it a moment ago
@@ -299,7 +299,7 @@ def create_or_load_study(
         sid = storage.get_study_id_from_name(name)
         if created:
             if spec_of(storage, sid) is None:
-                study.set_metric_names([METRIC_NAME])
+                study.set_metric_names([spec.objective.metric if spec.objective else METRIC_NAME])
                 store_spec(storage, sid, wanted)
             return study
         stored = spec_of(storage, sid)

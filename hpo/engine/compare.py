@@ -33,14 +33,14 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.db import optuna_private as oc
+from hpo.db.storage import mask_url
+from hpo.engine.loop import count
+from hpo.engine.procs import WorkerJob
+from hpo.engine.progress import Progress
+from hpo.engine.study import RunRequest, open_study, run_study
+from hpo.objectives import make_objective
 from hpo.report.evaluate import CONFIRM_ATTR, choose_trial, confirm, evaluate_on_test
 from hpo.report.listing import TEST_ATTR, clean_floats
-from hpo.objectives.book import Objective
-from hpo.engine.procs import WorkerJob, failures, pin_blas_threads, start_workers, supervise
-from hpo.engine.progress import Progress
-from hpo.signals import install_signal_handlers
-from hpo.db.storage import create_or_load_study, get_storage, mask_url
-from hpo.engine.loop import build_sampler_and_pruner, continue_sampling, count, work
 
 CHECKPOINTS = (10, 25, 50, 100, 200, 300, 500, 1000)
 NARROWING_DEFAULTS = {"stage_trials": 100, "keep_top": 10}
@@ -164,37 +164,35 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
              target: float, evaluate_test: bool, confirm_top: int = 0, confirm_seeds: int = 5,
              progress: bool = True, title: str | None = None,
              worker_job: Callable[[str, int], WorkerJob] | None = None,
-             data: Any = None) -> Grid:
+             data: Any = None, heartbeat_interval: int | None = None,
+             grace_period: int | None = None) -> Grid:
     """Run (or resume) every (arm, seed) study; optionally confirm its top trials with fresh
     seeds (``confirm_top`` > 0); evaluate each chosen trial on the test split once.
 
-    With ``workers`` > 1, ``worker_job(study_name, n_trials)`` says how to start a worker of a
-    cell's study; the workers are supervised as ``hpo run``'s are (:mod:`hpo.engine.procs`). ``data``:
-    the arms' shared split, when the caller loaded it already (else loaded here)."""
-    if workers > 1 and worker_job is None:
-        raise ValueError("run_grid: several workers need worker_job")
+    Each cell is one :func:`hpo.engine.study.run_study` (in this process, or with ``workers`` >
+    1 in worker processes started by ``worker_job(study_name, n_trials)``, default
+    :func:`hpo.engine.study.worker_job`). ``data``: the arms' shared split, when the caller
+    loaded it already (else loaded here)."""
     if data is None:  # one data load for the whole grid: the split is shared
-        data = Objective(arms[0].spec).data
-    storage = get_storage(url, heartbeat=True, create_schema=True)
+        data = getattr(make_objective(arms[0].spec), "data", None)
     print(f"hpo compare: {len(arms)} arms x {seeds} seeds, studies in {mask_url(url)}",
           file=sys.stderr)
-    pin_blas_threads()
-    install_signal_handlers()
     grid = Grid(title or arms[0].spec.name, arms, seeds, n_trials, target,
                 confirmed=confirm_top > 0, workers=workers)
     total = len(arms) * seeds * n_trials
     by_label = {a.label: a for a in arms}
     cells = [(a.label, k) for k in range(seeds) for a in arms]  # seed-major: early partial views
-    studies: dict[tuple[str, int], optuna.Study] = {}
-    objectives: dict[tuple[str, int], Objective] = {}
     names = dict(zip(cells, cell_names(arms, seeds), strict=True))
-    for s, k in cells:
-        base_spec = by_label[s].spec
-        v = base_spec.replace(seed=k, n_trials=n_trials)
-        sampler, pruner = build_sampler_and_pruner(v)
-        studies[s, k] = create_or_load_study(storage, v, names[s, k],
-                                             sampler=sampler, pruner=pruner)
-        objectives[s, k] = Objective(v, data=data)  # seed k: the trials' network seeds
+    runs: dict[tuple[str, int], RunRequest] = {}
+    studies: dict[tuple[str, int], optuna.Study] = {}
+    for s, k in cells:  # every cell's study first: the progress bar knows what is done
+        v = by_label[s].spec.replace(seed=k, n_trials=n_trials)  # seed k: the network seeds
+        runs[s, k] = RunRequest(names[s, k], url, v, workers=workers, data=data, progress=False,
+                              announce=False, heartbeat_interval=heartbeat_interval,
+                              grace_period=grace_period, who="hpo compare")
+        if worker_job is not None:
+            runs[s, k].worker_job = lambda name=names[s, k]: worker_job(name, n_trials)
+        studies[s, k] = open_study(runs[s, k])[0]
     done0 = sum(min(count(st)[0], n_trials) for st in studies.values())
     bar = Progress(total, done0, enabled=progress)
     finished_before = done0
@@ -208,20 +206,11 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
 
             if bar.bar is not None:
                 bar.bar.set_description_str(study.study_name, refresh=False)
-
             if count(study)[0] < n_trials:
-                if workers == 1:  # a resumed cell draws new points (its workers reseed)
-                    continue_sampling(study, objectives[s, k].spec)
-                    work(study, objectives[s, k], n_trials=n_trials,
-                         on_trial=on_trial if progress else None)  # a count is a storage read
-                else:
-                    rdb = oc.rdb_backend(storage)
-                    procs = start_workers(workers, worker_job(study.study_name, n_trials), None,
-                                          dispose=[rdb.engine] if rdb else [])
-                    supervise(procs, lambda study=study: on_trial(study, None))
-                    bad = failures(procs, None)
-                    if bad:
-                        raise RuntimeError(f"a worker of {study.study_name} failed: {bad[0]}")
+                runs[s, k].on_trial = on_trial if progress else None  # a count is a read
+                outcome = run_study(runs[s, k])
+                if outcome.failed_workers:
+                    raise RuntimeError(f"a worker of {study.study_name} failed")
             finished_before = base + min(count(study)[0], n_trials)
             bar.update(finished_before, None)
             if confirm_top and CONFIRM_ATTR not in study.user_attrs:
@@ -229,7 +218,7 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
             if evaluate_test and TEST_ATTR not in study.user_attrs:
                 evaluate_on_test(study, choose_trial(study))
             grid.runs.setdefault(s, []).append(summarize_study(
-                optuna.load_study(study_name=study.study_name, storage=storage), s, k))
+                optuna.load_study(study_name=study.study_name, storage=oc.storage_of(study)), s, k))
     finally:
         bar.close()
     return grid

@@ -63,6 +63,7 @@ from hpo.db.keys import CLOSED_ATTR, HANDED_BACK_ATTR, SURPLUS_ATTR
 from hpo.db.retry import OUTAGE, chain, db_wait, finished_elsewhere, is_transient, reason, refused
 from hpo.db.storage import MAX_RETRY, state_counts, sweep_stale_trials
 from hpo.errors import RuntimeFailure, SpecError
+from hpo.objectives.user import TooManyFailures, TrialFailed
 from hpo.samplers import make_sampler
 from hpo.samplers.pruners import make_pruner
 from hpo.signals import Orphaned, check_stop, deferred, interruptible
@@ -113,7 +114,8 @@ class _QuietFailures(logging.Filter):
 
 
 def _routine(e: BaseException) -> bool:
-    return (isinstance(e, (KeyboardInterrupt, Surplus)) or finished_elsewhere(e)
+    return (isinstance(e, (KeyboardInterrupt, Surplus, TrialFailed, TooManyFailures))
+            or finished_elsewhere(e)
             or is_transient(e))
 
 
@@ -331,7 +333,8 @@ def work(
             with (oc.skip_waiting_lookup(study, skip=not waiting),
                   oc.skip_first_stale_check(study, skip=no_look),
                   wb.budget(study, n_trials)):
-                study.optimize(claimed, n_trials=1, catch=(Surplus,), callbacks=callbacks,
+                study.optimize(claimed, n_trials=1, catch=(Surplus, TrialFailed),
+                               callbacks=callbacks,
                                gc_after_trial=False)
             OUTAGE.ok()  # the trial was told: a write went through, whatever the storage
             delay = 0.5  # the next outage (a pooled connection killed meanwhile) starts over

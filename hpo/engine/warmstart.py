@@ -21,9 +21,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from hpo.db.keys import WARM_ATTR
 from hpo.report.listing import BOOK_NAMES, fmt_param, fmt_params, ranked
 from hpo.spec import Param, Spec
-from hpo.db.keys import WARM_ATTR
 
 #: How many of the earlier study's best configurations ``--warm-start`` carries by default.
 WARM_TOP = 5

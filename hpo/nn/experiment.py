@@ -36,8 +36,8 @@ class Outcome:
 
 def run_experiment(name: str, *, dataset: str = "mnist5k", epochs: int | None = None,
                    seed: int = 0, data_dir: str | None = None) -> Outcome:
-    from hpo.nn.data import load_test, load_training
     from hpo.nn import MLP, make_optimizer, train
+    from hpo.nn.data import load_test, load_training
 
     weight_decay, dropout, book_epochs = EXPERIMENTS[name]
     x, t = load_training(dataset, n=TRAIN_SIZE, seed=seed, data_dir=data_dir)

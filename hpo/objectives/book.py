@@ -10,7 +10,8 @@ Design decisions:
 
 * **The validation curve is the trial's intermediate values**, with or without a pruner, so
   optuna-dashboard's own intermediate-value and learning-curve charts show it. While training,
-  only the epochs at which the pruner can act are reported (:func:`hpo.samplers.pruners.report_steps`:
+  only the epochs at which the pruner can act are reported
+  (:func:`hpo.samplers.pruners.report_steps`:
   none without a pruner); the rest of the curve is reported when the trial ends. hpo's storage
   writes intermediate values behind (:class:`hpo.db.optuna_private.WriteBehindRDBStorage`): 50 of
   them cost one multi-row insert in the transaction that finishes the trial, not 50 round trips
@@ -36,8 +37,8 @@ from typing import Any
 import numpy as np
 import optuna
 
-from hpo.nn.data import SearchData, load_search
 from hpo.nn import MLP, TrainResult, make_optimizer, train
+from hpo.nn.data import SearchData, load_search
 from hpo.samplers.pruners import report_steps
 from hpo.signals import deferred
 from hpo.spec import ModelSpec, Param, Spec

@@ -20,10 +20,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import hpo.nn.data as hpo_data
-from hpo.report.listing import CONFIRM_ATTR, TEST_ATTR, n_finished, ranked, state_names
-from hpo.objectives.book import fit, make_config, search_data
-from hpo.spec import Spec, from_dict
 from hpo.db.storage import study_spec as stored_study_spec
+from hpo.objectives.book import fit, make_config, search_data
+from hpo.report.listing import CONFIRM_ATTR, TEST_ATTR, n_finished, ranked, state_names
+from hpo.spec import Spec, from_dict
 
 __all__ = ["CONFIRM_ATTR", "TEST_ATTR", "AlreadyTested", "choose_trial", "confirm",
            "confirm_seed", "evaluate_on_test", "study_spec"]

@@ -22,9 +22,9 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.samplers.edges import edge_warnings as _edge_warnings
+from hpo.db.keys import CONFIRM_ATTR, TEST_ATTR
 from hpo.db.storage import study_spec
-from hpo.db.keys import TEST_ATTR, CONFIRM_ATTR
+from hpo.samplers.edges import edge_warnings as _edge_warnings
 
 BOOK_NAMES = {"weight_decay": "weight decay"}
 #: How many Best-N lines ``hpo run``, ``hpo best`` and ``hpo report`` list by default: the

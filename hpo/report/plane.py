@@ -1,6 +1,7 @@
 """A study's trials on the plane of two params (the book's lr and weight decay): the points,
 the narrowing stages, an interpolated surface, the epochs of a learning curve. The figures
-(:mod:`hpo.report.figures`, matplotlib) and the plots (:mod:`hpo.report.plots`, plotly) draw from here.
+(:mod:`hpo.report.figures`, matplotlib) and the plots (:mod:`hpo.report.plots`, plotly) draw
+from here.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial
 
+from hpo.db.keys import RANGES_ATTR, STAGE_ATTR
 from hpo.report.listing import BOOK_NAMES, ranked
-from hpo.db.keys import STAGE_ATTR, RANGES_ATTR
 
 if TYPE_CHECKING:
     import numpy as np

@@ -29,12 +29,12 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.db import optuna_private as oc
+from hpo.db.keys import EDGE_WARNING_ATTR, PARTIAL_ATTR, RANGES_ATTR, SHIFTED_ATTR, STAGE_ATTR
+from hpo.db.storage import keep_alive
 from hpo.samplers.edges import edge_warnings
 from hpo.samplers.ranges import MIN_WIDTH_FRACTION, draw
 from hpo.samplers.stages import Rule, StageBook, StageRanges
 from hpo.signals import stop_requested
-from hpo.db.storage import keep_alive
-from hpo.db.keys import STAGE_ATTR, RANGES_ATTR, EDGE_WARNING_ATTR, PARTIAL_ATTR, SHIFTED_ATTR
 
 __all__ = [
     "EDGE_WARNING_ATTR",

@@ -1,0 +1,72 @@
+"""hpo.run: the Python entry point runs a study through the same engine as ``hpo run``."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+import hpo
+from hpo.errors import BadInput
+
+SPEC = {"name": "bowl", "seed": 0, "budget": {"n_trials": 12},
+        "objective": {"direction": "minimize", "metric": "loss"},
+        "sampler": {"name": "random"}}
+
+
+def bowl(trial: optuna.Trial) -> float:
+    """Importable (a module's top level): workers elsewhere can load it."""
+    x = trial.suggest_float("x", -3.0, 3.0)
+    kind = trial.suggest_categorical("kind", ["a", "b"])  # define-by-run
+    return (x - 1.0) ** 2 + (0.5 if kind == "b" else 0.0)
+
+
+def test_a_dict_spec_and_a_function_minimize_with_the_exact_budget(tmp_path):
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    study = hpo.run(SPEC, objective=bowl, storage=url)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 12
+    assert study.best_value == min(t.value for t in finished)
+    assert set(study.best_params) == {"x", "kind"}
+    # the study is hpo's: hpo best reads it, with the spec stored in it
+    from hpo.db.storage import study_spec
+
+    assert study_spec(study)["objective"]["function"] == f"{bowl.__module__}:bowl"
+
+
+def test_two_forked_workers_keep_the_budget(tmp_path):
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    study = hpo.run({**SPEC, "budget": {"n_trials": 10}}, objective=bowl, storage=url,
+                    workers=2, study_name="two")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 10
+    assert optuna.trial.TrialState.RUNNING not in states
+
+
+def test_more_workers_need_an_importable_function_and_nothing_is_written(tmp_path):
+    db = tmp_path / "api.db"
+
+    def local(trial):
+        return trial.suggest_float("x", 0, 1)
+
+    with pytest.raises(BadInput, match="importable"):
+        hpo.run(SPEC, objective=local, storage=f"sqlite:///{db}", workers=2)
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("kwargs, flag", [({"workers": 0}, "workers"),
+                                          ({"n_trials": 0}, "n_trials"),
+                                          ({"seed": -1}, "seed")])
+def test_bad_arguments_are_bad_input(tmp_path, kwargs, flag):
+    db = tmp_path / "api.db"
+    with pytest.raises(BadInput, match=flag):
+        hpo.run(SPEC, objective=bowl, storage=f"sqlite:///{db}", **kwargs)
+    assert not db.exists()
+
+
+def test_a_bad_spec_is_one_line_naming_the_key(tmp_path):
+    db = tmp_path / "api.db"
+    with pytest.raises(BadInput, match="objective.direction"):
+        hpo.run({**SPEC, "objective": {"direction": "up"}}, objective=bowl,
+                storage=f"sqlite:///{db}")
+    assert not db.exists()
