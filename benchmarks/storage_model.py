@@ -4,12 +4,11 @@ Two fits, each checked against one cell it was not fitted on (``--hold-out``, de
 clients):
 
 1. **Cost per transaction.** The PostgreSQL server's CPU per trial is (transactions per trial)
-   x (CPU per transaction): ``db_ms = x * c``, ``c`` fitted by least squares through the origin
-   over the PostgreSQL-direct cells of both client kinds (hpo workers ~3-4 transactions per
-   trial, Optuna's loop ~12-15: the two kinds pin ``c`` down), apart from the held-out ones;
-   ``c_quiet`` over the cells of at most ``--quiet`` clients (the server not time-sliced with
-   its clients), ``c_busy`` over all. Checked: ``x * c`` of the held-out hpo cell against its
-   measured database CPU.
+   x (CPU per transaction): ``db_ms = x * c``, over the PostgreSQL-direct cells of both client
+   kinds apart from the held-out ones: ``c_quiet`` (least squares through the origin, cells of at
+   most ``--quiet`` clients: the server not time-sliced with its clients), ``c_busy`` (all), and
+   ``c(n) = c1 + c2 log2 n`` (a transaction costs more as more clients share the cores).
+   Checked: ``x * c(n)`` of the held-out hpo cell against its measured database CPU.
 2. **The throughput curve of this machine.** ``n / X(n) = T1 + D * (n - 1)``: one client
    finishes a trial every ``T1`` seconds, each more client adds ``D`` seconds of the shared
    bottleneck per trial, so ``X`` tends to ``1 / D`` trials/s. Fitted (linear least squares)
@@ -56,22 +55,28 @@ def fit(cells: list[dict], hold_out: int, quiet: int, cores: int) -> dict:
     c_busy = _lsq_origin([c["xacts"] for c in train], [c["db_ms"] for c in train])
     q = [c for c in train if c["clients"] <= quiet]
     c_quiet = _lsq_origin([c["xacts"] for c in q], [c["db_ms"] for c in q])
+    # the cost of a transaction grows as the server is time-sliced with more clients:
+    # c(n) = c1 + c2 * log2(n), fitted on the per-cell db_ms / xacts of both kinds
+    c1, c2 = _lsq([math.log2(c["clients"]) for c in train],
+                  [c["db_ms"] / c["xacts"] for c in train])
     hpo = sorted((c for c in pg if c["kind"] == "hpo"), key=lambda c: c["clients"])
     tr = [c for c in hpo if c["clients"] != hold_out]
     t1, d = _lsq([c["clients"] - 1 for c in tr], [c["clients"] / c["tps"] for c in tr])
-    out = {"c_busy_ms": c_busy, "c_quiet_ms": c_quiet, "T1_s": t1, "D_s": d,
+    out = {"c_busy_ms": c_busy, "c_quiet_ms": c_quiet, "c1_ms": c1, "c2_ms": c2,
+           "T1_s": t1, "D_s": d,
            "held_out": hold_out, "cores": cores, "curve": []}
     for c in hpo:
         n = c["clients"]
         out["curve"].append({"clients": n, "tps": c["tps"], "model_tps": n / (t1 + d * (n - 1)),
                              "fitted": n != hold_out, "xacts": c["xacts"], "db_ms": c["db_ms"],
-                             "model_db_ms": c["xacts"] * c_busy,
+                             "model_db_ms": c["xacts"] * (c1 + c2 * math.log2(n)),
                              "client_ms": c["client_ms"]})
     if held:
         h = held[0]
         out["check"] = {"clients": hold_out, "tps": h["tps"],
                         "model_tps": hold_out / (t1 + d * (hold_out - 1)),
-                        "db_ms": h["db_ms"], "model_db_ms": h["xacts"] * c_busy}
+                        "db_ms": h["db_ms"],
+                        "model_db_ms": h["xacts"] * (c1 + c2 * math.log2(hold_out))}
     sat = [c for c in hpo if c["clients"] >= 8]
     out["D_from_cpu_s"] = statistics.fmean(
         (c["client_ms"] + c["db_ms"]) / 1000 / cores for c in sat) if sat else math.nan
@@ -88,14 +93,15 @@ def report(m: dict, xacts: float, trial_s: float) -> str:
     lines = []
     lines.append(f"cost per transaction: c_quiet {m['c_quiet_ms']:.2f} ms (cells of at most "
                  f"the quiet count of clients), c_busy {m['c_busy_ms']:.2f} ms (all cells "
-                 f"but the {m['held_out']}-client ones)")
+                 f"but the {m['held_out']}-client ones); with the clients: c(n) = "
+                 f"{m['c1_ms']:.2f} + {m['c2_ms']:.3f} x log2(n) ms")
     lines.append(f"throughput curve: n / X(n) = {m['T1_s'] * 1000:.1f} ms + "
                  f"{m['D_s'] * 1000:.2f} ms x (n - 1): at most {1 / m['D_s']:.0f} trials/s on "
                  f"this machine; D from CPU (client + database per trial / {m['cores']} cores, "
                  f"8-32 clients): {m['D_from_cpu_s'] * 1000:.2f} ms")
     lines.append("")
     lines.append("| hpo clients | trials/s measured | model | transactions/trial | database "
-                 "ms/trial measured | model (x * c_busy) | in the fit |")
+                 "ms/trial measured | model (x * c(n)) | in the fit |")
     lines.append("|---|---|---|---|---|---|---|")
     for r in m["curve"]:
         lines.append(f"| {r['clients']} | {r['tps']:.1f} | {r['model_tps']:.1f} | "
@@ -111,7 +117,7 @@ def report(m: dict, xacts: float, trial_s: float) -> str:
                      f"({100 * (ch['model_db_ms'] / ch['db_ms'] - 1):+.0f}%)")
     lines.append("")
     lines.append(f"Past this machine (x = {xacts:.1f} transactions per trial, the book's trial "
-                 f"{trial_s:.2f} s on this machine; hpo proxy {m['proxy_ms']:.1f} ms of CPU per "
+                 f"taken as {trial_s:.2f} s; hpo proxy {m['proxy_ms']:.1f} ms of CPU per "
                  f"trial, at most {m['proxy_tps_max']:.0f} trials/s per proxy process here):")
     lines.append("")
     lines.append("| trial | workers | trials/s | PostgreSQL cores (c_quiet - c_busy) | workers "
