@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,15 +36,19 @@ DATASETS: dict[str, str] = {
     "mnist": "the full 70,000 MNIST digits from the four IDX files (--data-dir or a download)",
     "digits": f"scikit-learn's 8x8 digits (1,797 images): fast tests; extra {DIST}[digits]",
 }
+DEFAULT_DATASET = "mnist5k"  # [data]'s and the loaders' defaults: the book's 500 samples,
+DEFAULT_TRAIN_SIZE = 500
+DEFAULT_VALIDATION_RATE = 0.2  # 20% of them held out (section 6.5)
+EDGE_FRACTION = 0.1  # the edge rule: a best value within 10% of a range's width of an end
 INITS = ("he", "xavier")
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "adam")
 SAMPLINGS = ("replacement", "shuffle")
 DTYPES = ("float32", "float64")
 PARAM_TYPES = ("float", "int", "categorical")
-
-# --- a user's objective ([objective]: hpo.objectives.user) -------------------------------------
+# a user's objective ([objective]: hpo.objectives.user); the book's study maximizes val_acc
 OBJECTIVE_KEYS = ("function", "direction", "metric", "config", "test", "max_failures")
 DIRECTIONS = ("maximize", "minimize")
+DEFAULT_DIRECTION = "maximize"  # the book's, and an [objective] that names none
 DEFAULT_METRIC = "value"  # the metric name of a user objective that names none
 MAX_FAILURES = 3  # a worker stops after this many consecutive failed trials (--max-failures)
 
@@ -70,8 +75,6 @@ MAX_NAME = 64
 def name_problem(name: object, *, segments: bool = False) -> str | None:
     """Why ``name`` cannot be a study name (``None`` if it can). With ``segments``, ``/``
     may join several valid names (``book-random/seed3``), up to 4 x 64 characters."""
-    import re
-
     if not isinstance(name, str):
         return f"must be a string, got {name!r}"
     parts = name.split("/") if segments else [name]
@@ -178,18 +181,8 @@ class Option:
             return "a table of param = number"
         what = {"int": "an integer", "float": "a finite number",
                 "int-or-auto": "an integer or \"auto\""}[self.kind]
-        return what + self._range()
-
-    def _range(self) -> str:
-        lo, hi = self.low, self.high
-        if lo is not None and hi is not None:
-            return (f" in {'(' if self.open_low else '['}{num_text(lo)}, {num_text(hi)}"
-                    f"{')' if self.open_high else ']'}")
-        if lo is not None:
-            return f" {'>' if self.open_low else '>='} {num_text(lo)}"
-        if hi is not None:
-            return f" {'<' if self.open_high else '<='} {num_text(hi)}"
-        return ""
+        return what + bounds_text(self.low, self.high, open_low=self.open_low,
+                                  open_high=self.open_high)
 
     def check(self, value: Any) -> Any:
         """``value`` if allowed (ints given for a float option stay as given), else ValueError
@@ -207,20 +200,34 @@ class Option:
             ok = True
         else:
             number = _is_int(value) if self.kind in ("int", "int-or-auto") else _is_num(value)
-            ok = number and self._in_range(value)
+            ok = number and in_bounds(value, self.low, self.high, open_low=self.open_low,
+                                      open_high=self.open_high)
         if not ok:
             raise ValueError(f"must be {self.allowed()}, got {shown(value)}")
         return value
 
-    def _in_range(self, x: float) -> bool:
-        if self.low is not None and (x <= self.low if self.open_low else x < self.low):
-            return False
-        return not (self.high is not None and (x >= self.high if self.open_high
-                                               else x > self.high))
-
 
 def num_text(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def in_bounds(x: float, low: float | None = None, high: float | None = None, *,
+              open_low: bool = False, open_high: bool = False) -> bool:
+    """Whether ``x`` is within the bounds: the one check of a number (options, spec values)."""
+    return not ((low is not None and (x <= low if open_low else x < low))
+                or (high is not None and (x >= high if open_high else x > high)))
+
+
+def bounds_text(low: float | None = None, high: float | None = None, *,
+                open_low: bool = False, open_high: bool = False) -> str:
+    """:func:`in_bounds`'s bounds in words: `` in (0, 0.5)``, `` >= 1``, `` < 1``, or ``""``."""
+    if low is not None and high is not None:
+        return f" in {'(['[not open_low]}{num_text(low)}, {num_text(high)}{')]'[not open_high]}"
+    if low is not None:
+        return f" {'>' if open_low else '>='} {num_text(low)}"
+    if high is not None:
+        return f" {'<' if open_high else '<='} {num_text(high)}"
+    return ""
 
 
 class OptionError(ValueError):
@@ -343,7 +350,8 @@ SAMPLERS: dict[str, Component] = {c.name: c for c in (
                    600.0, low=0.0, high=MAX_TIMEOUT),
             Option("poll_interval", "float", "seconds between re-reads while waiting", 0.5,
                    low=0.0, high=60.0, open_low=True),
-            Option("edge_fraction", "float", "width fraction that counts as 'at an edge'", 0.1,
+            Option("edge_fraction", "float", "width fraction that counts as 'at an edge'",
+                   EDGE_FRACTION,
                    low=0.0, high=0.5, open_low=True, open_high=True),
             Option("shift", "bool", "move a range outward when its best crowds an edge", False),
             Option("initial", "pairs", "stage 0's ranges (hpo sets them from [search])",

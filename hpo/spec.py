@@ -81,9 +81,9 @@ class Param:
 
 @dataclass(frozen=True)
 class DataSpec:
-    dataset: str = "mnist5k"
-    train_size: int = 500
-    validation_rate: float = 0.2
+    dataset: str = catalog.DEFAULT_DATASET
+    train_size: int = catalog.DEFAULT_TRAIN_SIZE
+    validation_rate: float = catalog.DEFAULT_VALIDATION_RATE
     seed: int = 0
     data_dir: str | None = None
 
@@ -125,7 +125,7 @@ class Spec:
 
     @property
     def direction(self) -> str:  # "maximize" (the book's val acc), or the objective's
-        return self.objective.direction if self.objective else "maximize"
+        return self.objective.direction if self.objective else catalog.DEFAULT_DIRECTION
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data, the same shape as the TOML file (round-trips via from_dict)."""
@@ -271,10 +271,13 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
 
     d = v.table("data", raw.get("data", {}))
     v.keys("data", d, {"dataset", "train_size", "validation_rate", "seed", "data_dir"})
+    data_defaults = DataSpec()
     data = DataSpec(
-        dataset=v.choice("data.dataset", d.get("dataset", "mnist5k"), DATASETS),
-        train_size=v.integer("data.train_size", d.get("train_size", 500), minimum=2),
-        validation_rate=v.number("data.validation_rate", d.get("validation_rate", 0.2),
+        dataset=v.choice("data.dataset", d.get("dataset", data_defaults.dataset), DATASETS),
+        train_size=v.integer("data.train_size", d.get("train_size", data_defaults.train_size),
+                             minimum=2),
+        validation_rate=v.number("data.validation_rate",
+                                 d.get("validation_rate", data_defaults.validation_rate),
                                  low=0.0, high=1.0, open_=True),
         seed=v.integer("data.seed", d.get("seed", 0), minimum=0, maximum=catalog.MAX_SEED),
         data_dir=v.string("data.data_dir", d["data_dir"]) if "data_dir" in d else None,
@@ -411,8 +414,7 @@ def _check_bounds(
         raise fail("", f"only the narrowing sampler takes bounds, not {sampler!r}")
     if not isinstance(bounds, dict):
         raise fail("", f"must be a table of param = [low, high], got {shown(bounds)}")
-    if bounds and options.get("shift") is not True:
-        raise fail("", "needs shift = true (without it the ranges never leave [search])")
+    # "needs shift = true" is the catalog's rule of the narrowing sampler (checked next)
     params = {p.name: p for p in search}
     for name, value in bounds.items():
         key = f".{name}"

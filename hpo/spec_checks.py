@@ -75,22 +75,20 @@ class Validator:
                 maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(key, f"must be an integer, got {shown(value)}")
-        if minimum is not None and value < minimum:
-            raise self.fail(key, f"must be >= {minimum}, got {shown(value)}")
-        if maximum is not None and value > maximum:
-            raise self.fail(key, f"must be <= {maximum}, got {shown(value)}")
+        for low, high in ((minimum, None), (None, maximum)):  # the side it breaks, alone
+            if not catalog.in_bounds(value, low, high):
+                raise self.fail(key, f"must be{catalog.bounds_text(low, high)}, "
+                                     f"got {shown(value)}")
         return value
 
     def number(self, key: str, value: Any, low: float | None = None, high: float | None = None,
                open_: bool = False, open_high: bool = False) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise self.fail(key, f"must be a finite number, got {shown(value)}")
-        lo_bad = low is not None and (value <= low if open_ else value < low)
-        hi_bad = high is not None and (value >= high if (open_ or open_high) else value > high)
-        if lo_bad or hi_bad:
-            lo = "" if low is None else ("(" if open_ else "[") + f"{low}"
-            hi = "" if high is None else f"{high}" + (")" if open_ or open_high else "]")
-            raise self.fail(key, f"must be in {lo or '(-inf'}, {hi or 'inf)'}, got {value}")
+        bounds = {"open_low": open_, "open_high": open_ or open_high}
+        if not catalog.in_bounds(value, low, high, **bounds):
+            raise self.fail(key, f"must be{catalog.bounds_text(low, high, **bounds)}, "
+                                 f"got {value}")
         return float(value)
 
     def options(self, table: str, component: catalog.Component, options: dict[str, Any],
@@ -116,7 +114,7 @@ class ObjectiveSpec:
     spec came from: not part of the stored spec."""
 
     function: str
-    direction: str = "maximize"
+    direction: str = catalog.DEFAULT_DIRECTION
     metric: str = catalog.DEFAULT_METRIC
     config: dict[str, Any] = field(default_factory=dict)
     test: str | None = None
@@ -172,7 +170,7 @@ def objective_table(v: Validator, raw: Any, base: str | None) -> ObjectiveSpec:
         refs[key] = v.string(f"objective.{key}", o[key])
         if (problem := reference_problem(refs[key])) is not None:
             raise v.fail(f"objective.{key}", f"{problem}, got {shown(refs[key])}")
-    direction = o.get("direction", "maximize")
+    direction = o.get("direction", catalog.DEFAULT_DIRECTION)
     if isinstance(direction, list):
         raise v.fail("objective.direction", "multi-objective studies (a list of directions) "
                                             "are not supported; give one of "

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hpo.engine.compare import grid_from_summary, plot  # noqa: E402
+from hpo.report.compare import grid_from_summary, plot  # noqa: E402
 
 
 def main() -> int:

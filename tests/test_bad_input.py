@@ -278,12 +278,12 @@ def test_spec_examples_name_the_file_and_key(tmp_path, change, message):
 
 
 def test_an_unexpected_error_is_one_line_and_the_traceback_is_on_request(tmp_path, monkeypatch):
-    import hpo.commands.best as best_module
+    import hpo.commands.studies as studies_module
 
     def broken(args):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(best_module, "studies", broken)
+    monkeypatch.setattr(studies_module, "studies", broken)
     code, err, _ = run_cli(["studies"], tmp_path)
     assert code == 1 and err.strip().splitlines() == [
         "hpo studies: error: ZeroDivisionError: a bug (run with --debug for the traceback)"]

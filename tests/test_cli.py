@@ -39,6 +39,53 @@ def test_help_for_every_command():
         assert r.returncode == 0 and "usage: hpo" in r.stdout, cmd
 
 
+def test_each_command_module_holds_its_parser_and_its_action():
+    """Every module of cli's table declares its command's flags (``add_arguments``), its line
+    in ``hpo --help`` (``HELP``) and its action; no command module imports another (common.py
+    and flags.py are the shared helpers)."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    from hpo.cli import COMMANDS
+
+    for cmd, (module_name, action) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        assert callable(getattr(module, "add_arguments", None)), cmd
+        assert callable(getattr(module, action, None)), (cmd, action)
+        assert isinstance(getattr(module, "HELP", None), str), cmd
+    folder = ROOT / "hpo" / "commands"
+    shared = {"hpo.commands", "hpo.commands.common", "hpo.commands.flags"}
+    for path in sorted(folder.glob("*.py")):
+        here = f"hpo.commands.{path.stem}"
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # from . import x / from .x import y
+                    base = ".".join(["hpo.commands", base] if base else ["hpo.commands"])
+                imported |= {base} | {f"{base}.{a.name}" for a in node.names}
+        modules = {".".join(m.split(".")[:3]) for m in imported if m.startswith("hpo.commands.")}
+        others = {m for m in modules if Path(folder, m.split(".")[2] + ".py").exists()}
+        others -= shared | {here}
+        assert others == set(), f"{path.name} imports other commands: {sorted(others)}"
+
+
+def test_help_imports_neither_numpy_nor_optuna_nor_sqlalchemy():
+    """`hpo --help` builds every command's parser, yet the heavy libraries are imported only
+    when a command runs (each command module imports them inside its action)."""
+    code = ("import sys\n"
+            "from hpo.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = {'numpy', 'optuna', 'sqlalchemy', 'matplotlib', 'plotly'}\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & heavy), file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "usage: hpo" in r.stdout, r.stderr
+    assert r.stderr.strip() == "[]", r.stderr
+
+
 def test_run_records_the_contract(tiny_spec, sqlite_url):
     spec = tiny_spec(n_trials=5)
     r = hpo("run", str(spec), "--storage", sqlite_url, "--quiet")

@@ -7,14 +7,14 @@ import optuna
 import pytest
 
 from hpo.db.storage import study_spec
-from hpo.engine.compare import (
+from hpo.engine.compare import study_name
+from hpo.report.compare import (
     Arm,
     Grid,
     StudyRun,
     _fmt_q,
     best_so_far_figure,
     grid_from_summary,
-    study_name,
 )
 from tests.conftest import hpo, trial_states
 
@@ -265,7 +265,7 @@ def test_plot_keeps_equal_arms_visible_with_whole_trial_ticks(tmp_path):
     """Two arms with the same median (the narrowing arms share their first stage) are drawn in
     different line styles; trial ticks are whole numbers; the title names every arm; the plot
     can be redrawn from summary.json alone."""
-    from hpo.engine.compare import write_outputs
+    from hpo.report.compare import write_outputs
 
     same = [0.1, 0.5, 0.5, 0.6, 0.7, 0.7, 0.8]
     grid = Grid("two specs", [Arm("a", None), Arm("b", None), Arm("c", None)], 2, len(same),
@@ -287,3 +287,32 @@ def test_plot_keeps_equal_arms_visible_with_whole_trial_ticks(tmp_path):
     paths = write_outputs(grid, str(tmp_path), "hpo compare x")
     again = grid_from_summary(paths["json"])
     assert again.labels == grid.labels and again.runs["a"][1].best_so_far == same
+    with open(paths["json"]) as fh:  # a book comparison's file names no metric: as before
+        assert not {"metric", "direction"} & set(json.load(fh))
+
+
+def test_a_minimize_grid_ranks_and_reaches_its_target_downward(tmp_path):
+    """A user's objective that minimizes a loss: the lower final best ranks first, a target is
+    reached at or below it, the table and the figure name the metric, summary.json keeps it."""
+    from hpo.report.compare import mean_ranks, table, write_outputs
+    from hpo.report.metric import Metric
+
+    low, high = [0.9, 0.5, 0.2, 0.1], [0.9, 0.8, 0.7, 0.6]
+    grid = Grid("loss", [Arm("a", None), Arm("b", None)], 2, 4, 0.3,
+                runs={s: [_run(s, k, low if s == "a" else high) for k in range(2)]
+                      for s in ("a", "b")}, metric=Metric("loss", "minimize"))
+    assert mean_ranks(grid) == {"a": 1.0, "b": 2.0}
+    assert grid.runs["a"][0].trials_to(0.3, "minimize") == 3
+    assert grid.runs["b"][0].trials_to(0.3, "minimize") is None
+    assert grid.runs["b"][0].trials_to(0.3) == 1  # the book's direction: at or above
+    head = table(grid).splitlines()[0]
+    assert head.startswith("| sampler | best loss @4 | trials to 0.30 |")
+    assert fig_ylabel(grid) == "best loss so far"
+    paths = write_outputs(grid, str(tmp_path), "hpo compare x")
+    assert grid_from_summary(paths["json"]).metric == Metric("loss", "minimize")
+    book = json.loads((tmp_path / "summary.json").read_text())
+    assert (book["metric"], book["direction"]) == ("loss", "minimize")
+
+
+def fig_ylabel(grid) -> str:
+    return best_so_far_figure(grid).axes[0].get_ylabel()

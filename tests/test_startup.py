@@ -35,6 +35,7 @@ import numpy, optuna, sqlalchemy, psycopg, sklearn.datasets  # noqa: F401 - impo
 import hpo.cli, hpo.objectives.book, hpo.engine.loop  # noqa: F401
 import hpo.report.dashboard, hpo.report.listing  # noqa: F401
 import hpo.commands.run, hpo.commands.worker, hpo.commands.init, hpo.commands.dashboard  # noqa
+import hpo.engine.study, hpo.db.storage  # noqa: F401 - the commands import them as they run
 
 
 def crowd(jobs):

@@ -407,8 +407,6 @@ def test_minimize_is_honoured_by_run(tmp_path):
     assert study.metric_names == ["loss"]
 
 
-@pytest.mark.xfail(reason="the Best-N listing ranks by direction once the report work lands",
-                   strict=False)
 def test_minimize_is_honoured_by_best(tmp_path):
     import json
 
@@ -571,11 +569,3 @@ def test_two_workers_that_always_fail_stop_with_exit_1(tmp_path):
     r = hpo("run", str(spec), "--storage", f"sqlite:///{tmp_path / 'f.db'}", "--workers", "2")
     assert r.returncode == 1, r.stderr
     assert "failed 3 trials in a row" in r.stderr and "Traceback" not in r.stderr, r.stderr
-
-
-def test_compare_refuses_a_user_objective_for_now(tmp_path):
-    spec = write_spec(tmp_path / "code")
-    r = hpo("compare", str(spec), "--out", str(tmp_path / "cmp"), "--seeds", "2")
-    assert r.returncode == 2, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "[objective]" in r.stderr, r.stderr
-    assert not (tmp_path / "cmp").exists()

@@ -1,27 +1,27 @@
-"""What several commands share: opening the storage and an hpo study, heartbeat settings."""
+"""What several commands share: opening the storage and an hpo study, a spec with the
+command's flags applied, heartbeat settings, output folders. Light to import (what each function
+needs is imported when it runs, as in every command module)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import optuna
-
-from hpo.db.storage import (
-    GRACE_PERIOD,
-    HEARTBEAT_INTERVAL,
-    check_schema,
-    get_storage,
-    load_study_spec,
-    resolve_url,
-)
 from hpo.errors import UsageError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hpo.spec import Spec
 
 
 def open_storage(args: argparse.Namespace) -> optuna.storages.BaseStorage:
     """The storage of ``--storage`` (else ``$HPO_STORAGE``, ``$OPTUNA_STORAGE``,
     ``sqlite:///hpo.db``), which must hold hpo's schema."""
+    from hpo.db.storage import check_schema, get_storage, resolve_url
+
     url = resolve_url(args.storage)
     storage = get_storage(url)
     check_schema(storage, url)
@@ -30,6 +30,10 @@ def open_storage(args: argparse.Namespace) -> optuna.storages.BaseStorage:
 
 def open_study(args: argparse.Namespace) -> optuna.Study:
     """The hpo study named ``args.study`` (a clear error for unknown and foreign studies)."""
+    import optuna
+
+    from hpo.db.storage import load_study_spec
+
     storage = open_storage(args)
     load_study_spec(storage, args.study)
     return optuna.load_study(study_name=args.study, storage=storage)
@@ -38,20 +42,14 @@ def open_study(args: argparse.Namespace) -> optuna.Study:
 def heartbeat_settings(args: argparse.Namespace) -> tuple[int, int]:
     """(interval, grace period) in seconds from ``--heartbeat-interval`` / ``--grace-period``,
     else hpo's defaults; the grace period must be longer than the interval."""
+    from hpo.db.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
+
     interval = getattr(args, "heartbeat_interval", None) or HEARTBEAT_INTERVAL
     grace = getattr(args, "grace_period", None) or max(GRACE_PERIOD, 2 * interval)
     if grace <= interval:
         raise UsageError(f"--grace-period ({grace}) must be longer than --heartbeat-interval "
                          f"({interval})")
     return interval, grace
-
-
-def worker_storage(url: str, interval: int, grace: int, create_schema: bool
-                   ) -> optuna.storages.BaseStorage:
-    """The storage a worker runs trials on: heartbeats on (a dead worker's trial is failed
-    after ``grace`` seconds and retried)."""
-    return get_storage(url, heartbeat=True, heartbeat_interval=interval, grace_period=grace,
-                       create_schema=create_schema)
 
 
 def output_dir(flag: str, path: str | os.PathLike) -> Path:
@@ -81,21 +79,22 @@ def output_dir(flag: str, path: str | os.PathLike) -> Path:
     return p
 
 
-def positive(flag: str, value: int | None) -> None:
-    """``value`` (if given) must be >= 1."""
-    if value is not None and value < 1:
-        raise UsageError(f"{flag} must be >= 1, got {value}")
+def spec_from_args(args: argparse.Namespace) -> tuple[Spec, str]:
+    """The spec of ``args.spec`` with the flags applied, and the study's name: ``--study``, else
+    the spec's name with ``/data<D>`` and ``/seed<S>`` for ``--data-seed`` and ``--seed``
+    (``hpo run``, ``hpo init``; the flags' types have checked their values)."""
+    from dataclasses import replace
 
+    from hpo.spec import load_spec
 
-def callbacks(*fns):
-    """One Optuna callback calling each of ``fns`` that is not None (None when none is: then
-    optimize() does not read each finished trial back)."""
-    chosen = [f for f in fns if f is not None]
-    if len(chosen) <= 1:
-        return chosen[0] if chosen else None
-
-    def each(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        for f in chosen:
-            f(study, trial)
-
-    return each
+    spec = load_spec(args.spec)
+    if getattr(args, "n_trials", None) is not None:
+        spec = spec.replace(n_trials=args.n_trials)
+    suffix = ""
+    if getattr(args, "data_seed", None) is not None:
+        spec = spec.replace(data=replace(spec.data, seed=args.data_seed))
+        suffix += f"/data{args.data_seed}"
+    if getattr(args, "seed", None) is not None:
+        spec = spec.replace(seed=args.seed)
+        suffix += f"/seed{args.seed}"
+    return spec, getattr(args, "study", None) or spec.name + suffix

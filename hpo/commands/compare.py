@@ -14,21 +14,59 @@ import argparse
 import logging
 import os
 import shlex
+from typing import TYPE_CHECKING
 
+from hpo import catalog
+from hpo.commands import flags
 from hpo.commands.common import heartbeat_settings, output_dir
-from hpo.db.storage import get_storage, mask_url
-from hpo.engine.compare import Grid, cell_names, make_arms, run_grid, table, write_outputs
-from hpo.errors import StorageError, UsageError
-from hpo.objectives import make_objective
-from hpo.samplers import available_samplers
-from hpo.samplers.registry import startup_trials
-from hpo.spec import load_spec
+from hpo.errors import UsageError
+
+if TYPE_CHECKING:
+    from hpo.report.compare import Grid
 
 #: The comparison's own storage, inside --out.
 STORAGE_FILE = "compare.db"
 
 
 log = logging.getLogger("hpo.compare")
+
+HELP = "compare samplers fairly across seeds"
+
+
+def add_arguments(p: flags.Parser) -> None:
+    p.description = ("One study per (sampler, seed), named <spec>/<sampler>/seed<k>, on the same "
+                     "data split; best-so-far plots and a table. With several specs (same "
+                     "[data]), each spec is an arm with its own sampler and space.")
+    flags.files(p.add_argument("spec", metavar="SPEC", nargs="+",
+                               help="study spec file(s) (TOML)"))
+    p.add_argument("--storage", metavar="URL",
+                   help="SQLAlchemy URL of the comparison's studies (default: "
+                        "sqlite:///DIR/compare.db under --out; $HPO_STORAGE and "
+                        "$OPTUNA_STORAGE are not used)")
+    p.add_argument("--samplers", type=flags.sampler_names, metavar="LIST",
+                   help="with one spec: comma-separated sampler names, of "
+                        + ",".join(catalog.SAMPLER_NAMES))
+    p.add_argument("--confirm", type=flags.count(1000, low=0), default=0, metavar="K",
+                   help="retrain each study's top K with fresh seeds and test the winner")
+    p.add_argument("--confirm-seeds", type=flags.count(1000, low=2), default=5, metavar="S",
+                   help="fresh seeds per configuration for --confirm")
+    p.add_argument("--title", type=flags.title, default="comparison",
+                   help="title with several specs")
+    p.add_argument("--n-trials", type=flags.TRIALS, default=100, metavar="N",
+                   help="finished trials per study")
+    p.add_argument("--seeds", type=flags.count(1000), default=5, metavar="K",
+                   help="studies per sampler, one per seed")
+    p.add_argument("--workers", type=flags.count(catalog.MAX_WORKERS), default=1, metavar="W",
+                   help="worker processes per study")
+    p.add_argument("--target", type=flags.FRACTION, default=0.80, metavar="ACC",
+                   help="validation accuracy to reach")
+    flags.folders(p.add_argument("--out", default="out/compare", metavar="DIR",
+                                 help="table, plot and the comparison's own storage "
+                                      "(DIR/compare.db unless --storage) go here"))
+    p.add_argument("--resume", action="store_true",
+                   help="continue the studies an earlier run of this comparison left")
+    p.add_argument("--no-test", action="store_true", help="skip the test-set evaluation")
+
 
 def storage_url(args: argparse.Namespace) -> str:
     """``--storage``, else ``sqlite:///<out>/compare.db``."""
@@ -38,6 +76,9 @@ def storage_url(args: argparse.Namespace) -> str:
 def studies_in(url: str) -> list[str]:
     """The names of the studies already in ``url``, read without creating anything (an absent
     SQLite file or a database without Optuna's schema holds none)."""
+    from hpo.db.storage import get_storage
+    from hpo.errors import StorageError
+
     if url.startswith("sqlite:///"):
         path = url.split("sqlite:///", 1)[1]
         if "?" not in path and path != ":memory:" and not os.path.exists(path):
@@ -59,6 +100,8 @@ def studies_in(url: str) -> list[str]:
 def check_resume(args: argparse.Namespace, url: str, names: list[str]) -> None:
     """Refuse (bad input) to continue earlier studies without ``--resume``, and to mix another
     comparison's studies into ``--out``'s own storage even with it."""
+    from hpo.db.storage import mask_url
+
     existing = studies_in(url)
     ours = [n for n in names if n in existing]
 
@@ -83,6 +126,8 @@ def check_resume(args: argparse.Namespace, url: str, names: list[str]) -> None:
 def startup_notes(grid: Grid) -> list[str]:
     """One line per arm with no more trials than its sampler's random start-up trials: such a
     TPE (CMA-ES, GP) arm *is* random search, and its row (p = 1.000) says nothing about it."""
+    from hpo.samplers.registry import startup_trials
+
     notes = []
     for arm in (a for a in grid.arms if a.spec is not None):  # None: from summary.json
         n = startup_trials(arm.spec.sampler, arm.spec.sampler_kwargs())
@@ -95,6 +140,13 @@ def startup_notes(grid: Grid) -> list[str]:
 
 def compare(args: argparse.Namespace) -> int:
     """``hpo compare SPEC...``: one study per (arm, seed) on the same split, a table and plots."""
+    from hpo.db.storage import mask_url
+    from hpo.engine.compare import cell_names, make_arms, run_grid
+    from hpo.objectives import make_objective
+    from hpo.report.compare import table, write_outputs
+    from hpo.samplers import available_samplers
+    from hpo.spec import load_spec
+
     specs = [load_spec(path) for path in args.spec]
     samplers = None
     if args.samplers is not None:
@@ -104,28 +156,14 @@ def compare(args: argparse.Namespace) -> int:
             if s not in usable:
                 raise UsageError(f"--samplers: {s!r} is not available here; choose from "
                                  f"{', '.join(usable)}")
-        if not samplers or len(set(samplers)) != len(samplers):
-            raise UsageError("--samplers must name distinct samplers, e.g. narrowing,random,tpe")
     try:
         arms = make_arms(specs, samplers)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    for flag, value, low in (("--n-trials", args.n_trials, 1), ("--seeds", args.seeds, 1),
-                             ("--workers", args.workers, 1), ("--confirm-seeds",
-                                                              args.confirm_seeds, 2)):
-        if value < low:
-            raise UsageError(f"{flag} must be >= {low}, got {value}")
-    if not 0 < args.target <= 1:
-        raise UsageError(f"--target must be in (0, 1], got {args.target}")
-    if args.confirm < 0:
-        raise UsageError(f"--confirm must be >= 0, got {args.confirm}")
     output_dir("--out", args.out)
     interval, grace = heartbeat_settings(args)
     url = storage_url(args)
     check_resume(args, url, cell_names(arms, args.seeds))
-    if any(a.spec.objective is not None for a in arms):  # until the report ranks by direction
-        raise UsageError("hpo compare runs the book's MLP only for now; a spec with [objective] "
-                         "is compared by `hpo run --seed S` per sampler")
     # the data: bad input before any write
     data = getattr(make_objective(arms[0].spec), "data", None)
     if args.storage is None:

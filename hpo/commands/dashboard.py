@@ -8,7 +8,30 @@ import os
 import signal
 import sys
 
+from hpo.commands import flags
 from hpo.errors import Terminated, UsageError
+
+HELP = "serve optuna-dashboard on the storage (read-only)"
+
+
+def add_arguments(p: flags.Parser) -> None:
+    p.description = ("Serve optuna-dashboard on the storage with waitress, read-only unless "
+                     "--allow-writes. With HPO_DASHBOARD_USER and HPO_DASHBOARD_PASSWORD (or "
+                     "HPO_DASHBOARD_PASSWORD_FILE) set it asks for those credentials (HTTP basic "
+                     "auth); a --host beyond loopback needs them, or --no-auth.")
+    flags.storage(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; beyond loopback: credentials "
+                        "or --no-auth)")
+    p.add_argument("--port", type=flags.PORT, default=8080,
+                   help="default 8080; 0 picks a free port")
+    p.add_argument("--allow-writes", action="store_true",
+                   help="let the dashboard create, rename, delete studies and write notes")
+    flags.folders(p.add_argument("--artifact-dir", metavar="DIR",
+                                 help="serve trial artifacts from DIR"))
+    p.add_argument("--no-auth", action="store_true",
+                   help="listen beyond loopback without credentials (anyone who can reach it "
+                        "reads every study)")
 
 
 def dashboard(args: argparse.Namespace) -> int:

@@ -1,27 +1,37 @@
-"""``hpo test NAME`` (the test split, once) and ``hpo confirm NAME`` (fresh seeds)."""
+"""``hpo test NAME``: the chosen trial retrained and evaluated on the test split, once."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-from hpo.commands.common import open_study, positive
-from hpo.engine.procs import pin_blas_threads
+from hpo.commands import flags
+from hpo.commands.common import open_study
 from hpo.errors import UsageError
-from hpo.report.evaluate import AlreadyTested, choose_trial, confirm, evaluate_on_test
-from hpo.report.listing import (
-    CONFIRM_ATTR,
-    dumps,
-    format_confirm,
-    n_finished,
-    stale_note,
-    state_names,
-)
 
 log = logging.getLogger("hpo.test")
 
+HELP = "evaluate a study's chosen trial on the test split, once"
+
+
+def add_arguments(p: flags.Parser) -> None:
+    p.description = ("Retrain the chosen configuration (best by default) with its seed on the "
+                     "training split and evaluate it on the test split once; the result is "
+                     "stored in the study.")
+    flags.study_arg(p, help="the study", required=True)
+    flags.storage(p)
+    p.add_argument("--trial", type=flags.count(2**31, low=0), metavar="N",
+                   help="trial number (default: the best)")
+    p.add_argument("--force", action="store_true", help="evaluate again although done before")
+    flags.data_dir(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def test_cmd(args: argparse.Namespace) -> int:
     """``hpo test NAME``: retrain the chosen trial and evaluate it on the test split, once."""
+    from hpo.report.evaluate import AlreadyTested, choose_trial, evaluate_on_test
+    from hpo.report.listing import CONFIRM_ATTR, dumps, n_finished, stale_note, state_names
+
     study = open_study(args)
     try:
         trial = choose_trial(study, args.trial)
@@ -44,19 +54,4 @@ def test_cmd(args: argparse.Namespace) -> int:
     if not record["reproduced"]:
         log.warning("hpo test: warning: the retrained network's validation accuracy %.4f "
                     "differs from the stored %.4f", record["retrained_val_acc"], record["val_acc"])
-    return 0
-
-
-def confirm_cmd(args: argparse.Namespace) -> int:
-    """``hpo confirm NAME``: retrain the top K configurations with fresh seeds."""
-    positive("--top", args.top)
-    if args.seeds < 2:
-        raise UsageError(f"--seeds must be >= 2 (a standard error needs two), got {args.seeds}")
-    study = open_study(args)
-    pin_blas_threads()
-    try:
-        record = confirm(study, top=args.top, seeds=args.seeds, data_dir=args.data_dir)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    print(dumps(record, indent=2) if args.json else format_confirm(record))
     return 0

@@ -6,17 +6,36 @@ import argparse
 import logging
 import os
 
+from hpo import catalog
+from hpo.commands import flags
 from hpo.commands.common import output_dir
-from hpo.engine.procs import pin_blas_threads
 from hpo.errors import UsageError
-from hpo.nn.experiment import plot, run_experiment
 
 log = logging.getLogger("hpo.experiment")
 
+HELP = "reproduce section 6.4: overfitting and its cures"
+
+
+def add_arguments(p: flags.Parser) -> None:
+    p.description = ("Train the book's 784-100x6-10 net on 300 samples and plot train vs test "
+                     "accuracy per epoch.")
+    p.add_argument("name", choices=["overfit", "weight-decay", "dropout"],
+                   help="which experiment: overfit, weight-decay or dropout")
+    flags.folders(p.add_argument("--out", default="out", metavar="DIR",
+                                 help="where the PNG goes"))
+    p.add_argument("--epochs", type=flags.count(catalog.MAX_EPOCHS), metavar="N",
+                   help="override the book's epoch count")
+    p.add_argument("--seed", type=flags.SEED, default=0, help="the network's seed")
+    p.add_argument("--dataset", default="mnist5k", choices=list(catalog.DATASETS),
+                   help="mnist5k (default), mnist, digits")
+    flags.data_dir(p, help="folder with the four MNIST IDX .gz files")
+
+
 def experiment(args: argparse.Namespace) -> int:
     """``hpo experiment NAME``: one of section 6.4's experiments, printed and plotted."""
-    if args.epochs is not None and args.epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    from hpo.engine.procs import pin_blas_threads
+    from hpo.nn.experiment import plot, run_experiment
+
     output_dir("--out", args.out)
     pin_blas_threads()
     outcome = run_experiment(args.name, dataset=args.dataset, epochs=args.epochs, seed=args.seed,

@@ -36,6 +36,9 @@ class Parser(argparse.ArgumentParser):
     """argparse, with a refused flag value on one line, and its own errors' usage on one;
     ``--help`` shows the defaults (:class:`HelpFormatter`)."""
 
+    #: a command's study given as NAME or ``--study NAME`` (:func:`study_arg`); True: required
+    study_required: bool | None = None
+
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
@@ -114,3 +117,95 @@ TRIALS = count(catalog.MAX_TRIALS)
 TOP = count(catalog.MAX_TRIALS)
 SECONDS = number(catalog.MAX_TIMEOUT)
 FRACTION = number(1.0)
+
+
+def sampler_names(text: str) -> str:
+    """Comma-separated sampler names of the catalog, each once (``narrowing,random,tpe``)."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    for name in names:
+        if name not in catalog.SAMPLER_NAMES:
+            raise argparse.ArgumentTypeError(f"may hold only sampler names of "
+                                             f"{', '.join(catalog.SAMPLER_NAMES)}, got {name!r}")
+    if not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError("must name distinct samplers, e.g. narrowing,random,tpe")
+    return ",".join(names)
+
+
+# --- flags several commands take, declared once ---------------------------------------------
+
+SPEC_EPILOG = (f"A spec's [sampler] name is one of {', '.join(catalog.SAMPLER_NAMES)}; its "
+               f"[pruner] name one of {', '.join(catalog.PRUNER_NAMES)}; their options: "
+               "`python -m hpo.catalog` (the README's tables).")
+#: hpo run, hpo best and hpo report list the same Best-N (hpo.report.listing.TOP).
+TOP_HELP = "how many best trials to list (default 20, the book's figure)"
+BUDGET_HELP = ("the study's budget: finished trials it should hold in total, recorded in the study "
+               "(default: the spec's [budget]); nothing runs when it already holds that many")
+
+
+# what shtab completes (shtab.FILE / shtab.DIRECTORY, spelled out: no import for --help)
+def files(action: argparse.Action) -> argparse.Action:
+    """``action`` completes file names (a spec)."""
+    action.complete = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}  # type: ignore[attr-defined]
+    return action
+
+
+def folders(action: argparse.Action) -> argparse.Action:
+    """``action`` completes folder names."""
+    action.complete = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/", "tcsh": "d"}  # type: ignore[attr-defined]
+    return action
+
+
+def storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", metavar="URL",
+                   help="SQLAlchemy URL (default: $HPO_STORAGE, else $OPTUNA_STORAGE, else "
+                        "sqlite:///hpo.db)")
+
+
+def study_flag(p: argparse.ArgumentParser, **kw) -> None:
+    """``--study NAME``, and Optuna's spelling ``--study-name NAME``."""
+    p.add_argument("--study", "--study-name", type=study_name, metavar="NAME", **kw)
+
+
+def study_arg(p: Parser, help: str, required: bool) -> None:
+    """The study as an argument (``hpo best NAME``) or as ``--study NAME`` / ``--study-name
+    NAME`` as ``hpo run`` and ``hpo worker`` take it; :func:`one_study` makes them one."""
+    p.add_argument("study_arg", type=study_name, metavar="NAME", nargs="?", help=help)
+    study_flag(p, help="the study, as a flag (as in hpo run, hpo worker and Optuna's CLI)")
+    p.study_required = required
+
+
+def one_study(p: Parser, args: argparse.Namespace) -> None:
+    """``hpo best NAME`` and ``hpo best --study NAME`` (or ``--study-name``) are one thing:
+    ``args.study``, named once (and named at all where :func:`study_arg` requires it)."""
+    given = args.study_arg
+    del args.study_arg
+    if given and args.study and given != args.study:
+        p.error(f"the study is named twice: {given!r} and --study {args.study!r}")
+    args.study = args.study or given
+    if p.study_required and not args.study:
+        p.error("the following arguments are required: NAME (or --study NAME)")
+
+
+def mlflow(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow-uri", metavar="URI",
+                   help="log each finished trial as an MLflow run there, e.g. file:./mlruns "
+                        "(default: the spec's [tracking] mlflow; needs the extra [mlflow])")
+
+
+def data_dir(p: argparse.ArgumentParser,
+             help: str = "folder with the four MNIST IDX .gz files (dataset mnist; default: the "
+                         "spec's data.data_dir, else downloaded once into ~/.cache/hpo)") -> None:
+    folders(p.add_argument("--data-dir", metavar="DIR", help=help))
+
+
+def max_failures(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-failures", type=count(1000), metavar="K",
+                   help="a worker stops (exit 1) after K failed trials of a spec's own "
+                        "objective in a row (default: the spec's, else 3)")
+
+
+def heartbeat(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heartbeat-interval", type=count(catalog.MAX_HEARTBEAT), default=None,
+                   metavar="S", help="seconds between a running trial's heartbeats (default 10)")
+    p.add_argument("--grace-period", type=count(catalog.MAX_GRACE, low=2), default=None,
+                   metavar="S", help="a trial silent this long is failed and retried (default 60)")

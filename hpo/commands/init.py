@@ -15,17 +15,34 @@ from __future__ import annotations
 import argparse
 import logging
 
-from hpo.commands.run import spec_from_args
-from hpo.db.retry import with_retries
-from hpo.db.storage import mask_url, resolve_url
-from hpo.engine.loop import count
-from hpo.engine.study import RunRequest, open_study
+from hpo.commands import flags
+from hpo.commands.common import spec_from_args
 from hpo.errors import UsageError
 
 log = logging.getLogger("hpo.init")
 
+HELP = "create the schema and the study of a spec, run nothing"
+
+
+def add_arguments(p: flags.Parser) -> None:
+    p.description = ("Create the Optuna schema and the study of SPEC once, before any worker "
+                     "starts (the compose init service); safe to re-run.")
+    p.epilog = flags.SPEC_EPILOG
+    flags.files(p.add_argument("spec", metavar="SPEC", help="study spec file (TOML)"))
+    flags.storage(p)
+    flags.study_flag(p, help="study name (default: the spec's name)")
+    p.add_argument("--n-trials", type=flags.TRIALS, metavar="N",
+                   help="the study's budget: finished trials it should hold in total, recorded "
+                        "in the study for every worker (default: the spec's [budget])")
+
+
 def init(args: argparse.Namespace) -> int:
     """Create (or check) the schema and the study of ``args.spec``; print one line."""
+    from hpo.db.retry import with_retries
+    from hpo.db.storage import mask_url, resolve_url
+    from hpo.engine.loop import count
+    from hpo.engine.study import RunRequest, open_study
+
     spec, study_name = spec_from_args(args)
     url = resolve_url(args.storage)
     if url.startswith("grpc://"):

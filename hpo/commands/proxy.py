@@ -7,21 +7,34 @@ import logging
 import threading
 import time
 
-import optuna
-
-from hpo.db.proxy import check_port_free, heartbeat_settings, make_storage, sweeper
-from hpo.db.storage import mask_url, resolve_url
+from hpo.commands import flags
 from hpo.errors import UsageError
-from hpo.signals import raise_at_once
 
 log = logging.getLogger("hpo.proxy")
 
+HELP = "Optuna's gRPC storage proxy in front of the database"
+
+
+def add_arguments(p: flags.Parser) -> None:
+    p.description = ("Serve the storage to workers over gRPC (workers use --storage "
+                     "grpc://HOST:PORT), so hundreds of workers share a few database "
+                     "connections.")
+    flags.storage(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=flags.count(65535, span=True), default=13000,
+                   help="port to listen on")
+    p.add_argument("--pool-size", type=flags.count(1000), default=4, metavar="N",
+                   help="database connections the proxy may hold")
+
+
 def proxy(args: argparse.Namespace) -> int:
     """``hpo proxy``: serve the storage over gRPC until interrupted."""
-    if not 1 <= args.port <= 65535:
-        raise UsageError(f"--port must be in 1..65535, got {args.port}")
-    if args.pool_size < 1:
-        raise UsageError(f"--pool-size must be >= 1, got {args.pool_size}")
+    import optuna
+
+    from hpo.db.proxy import check_port_free, heartbeat_settings, make_storage, sweeper
+    from hpo.db.storage import mask_url, resolve_url
+    from hpo.signals import raise_at_once
+
     url = resolve_url(args.storage)
     if url.startswith("grpc://"):
         raise UsageError("hpo proxy needs a database URL (--storage, $HPO_STORAGE or "

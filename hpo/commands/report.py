@@ -6,44 +6,68 @@ plots (figures: :mod:`hpo.report.figures` and :mod:`hpo.report.plots`; the page:
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import optuna
-from optuna.trial import FrozenTrial
-
-from hpo.commands.common import open_storage, output_dir, positive
-from hpo.db.storage import load_study_spec, resolve_url
+from hpo.commands import flags
+from hpo.commands.common import open_storage, output_dir
 from hpo.errors import UsageError
-from hpo.report.dashboard import GRAPH_IDS, default_artifact_dir, publish, upload_study_artifact
-from hpo.report.figures import (
-    acc_vs_params_figure,
-    best_curves_figure,
-    contour_figure,
-    curve_figure,
-    stages_figure,
-)
-from hpo.report.listing import TOP, n_finished, ranked, state_names, summary
-from hpo.report.page import SECTIONS, html_page, write_plotly_js
-from hpo.report.plane import PLANE, numeric_plane
-from hpo.report.plots import report_figures
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
     from matplotlib.figure import Figure
+    from optuna.trial import FrozenTrial
+
+HELP = "figures and an HTML page for a study"
+
+
+def add_arguments(p: flags.Parser) -> None:
+    p.description = ("The book's Best-20 learning-curve grid, accuracy against lr and weight "
+                     "decay, a contour, narrowing stages; PNG + HTML, and the same figures in "
+                     "optuna-dashboard.")
+    flags.study_arg(p, help="the study", required=True)
+    flags.storage(p)
+    flags.folders(p.add_argument("--out", metavar="DIR",
+                                 help="where the files go (default: out/report/<NAME>)"))
+    p.add_argument("--top", type=flags.TOP, metavar="K", help=flags.TOP_HELP)
+    p.add_argument("--max-gap", type=flags.FRACTION, metavar="G",
+                   help="mark trials whose train-validation gap is below G")
+    p.add_argument("--no-dashboard", action="store_true",
+                   help="do not publish the figures and note to optuna-dashboard")
+    flags.folders(p.add_argument("--artifact-dir", metavar="DIR",
+                                 help="also upload each top trial's learning curve as a trial "
+                                      "artifact"))
 
 
 def report(args: argparse.Namespace) -> int:
     """``hpo report NAME``: PNGs, best.md and report.html in ``--out``; the plotly figures and
     the listing in optuna-dashboard unless ``--no-dashboard``."""
-    positive("--top", args.top)
+    import tempfile
+
+    import optuna
+
+    from hpo.db.storage import load_study_spec, resolve_url
+    from hpo.report.dashboard import (
+        GRAPH_IDS,
+        default_artifact_dir,
+        publish,
+        upload_study_artifact,
+    )
+    from hpo.report.figures import (
+        acc_vs_params_figure,
+        best_curves_figure,
+        contour_figure,
+        curve_figure,
+        stages_figure,
+    )
+    from hpo.report.listing import TOP, n_finished, ranked, state_names, summary
+    from hpo.report.page import SECTIONS, html_page, write_plotly_js
+    from hpo.report.plane import PLANE, numeric_plane
+    from hpo.report.plots import report_figures
+
     top = TOP if args.top is None else args.top
-    if args.max_gap is not None and not (math.isfinite(args.max_gap) and args.max_gap > 0):
-        raise UsageError(f"--max-gap must be > 0, got {args.max_gap}")
     out = output_dir("--out", args.out or Path("out", "report", *args.study.split("/")))
     if args.artifact_dir and not args.no_dashboard:
         output_dir("--artifact-dir", args.artifact_dir)

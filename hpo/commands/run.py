@@ -4,38 +4,42 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import replace
 
-from hpo.commands.common import positive
-from hpo.db.retry import with_retries
-from hpo.db.storage import resolve_url
-from hpo.engine.study import RunRequest, run_study
+from hpo import catalog
+from hpo.commands import flags
+from hpo.commands.common import spec_from_args
 from hpo.errors import UsageError
-from hpo.report.listing import study_summary
-from hpo.spec import Spec, load_spec
 
 log = logging.getLogger("hpo.run")
 
+HELP = "create or resume a study from a spec and run it"
 
-def spec_from_args(args: argparse.Namespace) -> tuple[Spec, str]:
-    """The spec of ``args.spec`` with the flags applied, and the study's name: ``--study``, else
-    the spec's name with ``/data<D>`` and ``/seed<S>`` for ``--data-seed`` and ``--seed``."""
-    spec = load_spec(args.spec)
-    if getattr(args, "n_trials", None) is not None:
-        positive("--n-trials", args.n_trials)
-        spec = spec.replace(n_trials=args.n_trials)
-    suffix = ""
-    if getattr(args, "data_seed", None) is not None:
-        if args.data_seed < 0:
-            raise UsageError(f"--data-seed must be >= 0, got {args.data_seed}")
-        spec = spec.replace(data=replace(spec.data, seed=args.data_seed))
-        suffix += f"/data{args.data_seed}"
-    if getattr(args, "seed", None) is not None:
-        if args.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {args.seed}")
-        spec = spec.replace(seed=args.seed)
-        suffix += f"/seed{args.seed}"
-    return spec, getattr(args, "study", None) or spec.name + suffix
+
+def add_arguments(p: flags.Parser) -> None:
+    p.description = ("Create (or resume) the study of SPEC, run W local worker processes until "
+                     "it holds N finished trials, print Best-N.")
+    p.epilog = flags.SPEC_EPILOG
+    flags.files(p.add_argument("spec", metavar="SPEC",
+                               help="study spec file (TOML), e.g. studies/book-random.toml"))
+    flags.storage(p)
+    flags.study_flag(p, help="study name (default: the spec's name)")
+    p.add_argument("--n-trials", type=flags.TRIALS, metavar="N", help=flags.BUDGET_HELP)
+    p.add_argument("--workers", type=flags.count(catalog.MAX_WORKERS), default=1, metavar="W",
+                   help="local worker processes (forked; one BLAS thread each)")
+    p.add_argument("--seed", type=flags.SEED, metavar="S",
+                   help="sampler/model seed (default: spec's)")
+    p.add_argument("--data-seed", type=flags.SEED, metavar="D",
+                   help="seed of the train/validation shuffle (default: the spec's data.seed)")
+    p.add_argument("--timeout", type=flags.SECONDS, metavar="S", help="stop after S seconds")
+    p.add_argument("--top", type=flags.TOP, metavar="K", help=flags.TOP_HELP)
+    flags.data_dir(p)
+    flags.mlflow(p)
+    flags.max_failures(p)
+    p.add_argument("--warm-start", type=flags.study_name, metavar="STUDY",
+                   help="begin a new study with the best configurations of STUDY (same storage)")
+    p.add_argument("--warm-start-top", type=flags.count(1000), metavar="K",
+                   help="how many of STUDY's best configurations (default 5; needs --warm-start)")
+    flags.heartbeat(p)
 
 
 def trial_lines(args: argparse.Namespace) -> bool:
@@ -46,10 +50,12 @@ def trial_lines(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hpo.db.retry import with_retries
+    from hpo.db.storage import resolve_url
+    from hpo.engine.study import RunRequest, run_study
+    from hpo.report.listing import study_summary
+
     spec, study_name = spec_from_args(args)
-    positive("--workers", args.workers)
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError(f"--timeout must be > 0, got {args.timeout}")
     warm = getattr(args, "warm_start", None)
     top = getattr(args, "warm_start_top", None)
     if top is not None and not warm:

@@ -22,7 +22,8 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpo.db.keys import WARM_ATTR
-from hpo.report.listing import BOOK_NAMES, fmt_param, fmt_params, ranked
+from hpo.report.listing import BOOK_NAMES, fmt_param, fmt_params
+from hpo.samplers.ranking import best_first
 from hpo.spec import Param, Spec
 
 #: How many of the earlier study's best configurations ``--warm-start`` carries by default.
@@ -96,8 +97,8 @@ def carried(spec: Spec, trial: FrozenTrial) -> dict[str, Any]:
 
 
 def best_configs(source: optuna.Study, top: int) -> list[FrozenTrial]:
-    """The best ``top`` COMPLETE trials of ``source``, best first."""
-    return ranked(source.get_trials(deepcopy=False))[:top]
+    """The best ``top`` COMPLETE trials of ``source``, best first in its direction."""
+    return best_first(source.get_trials(deepcopy=False), source.direction)[:top]
 
 
 def warm_start(study: optuna.Study, spec: Spec, source_name: str,

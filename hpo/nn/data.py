@@ -124,10 +124,10 @@ def validate_split(name: str, train_size: int, validation_rate: float) -> None:
 
 
 def load_search(
-    name: str = "mnist5k",
+    name: str = catalog.DEFAULT_DATASET,
     *,
-    train_size: int = 500,
-    validation_rate: float = 0.2,
+    train_size: int = catalog.DEFAULT_TRAIN_SIZE,
+    validation_rate: float = catalog.DEFAULT_VALIDATION_RATE,
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
 ) -> SearchData:
@@ -147,7 +147,8 @@ def load_search(
 
 
 def load_training(
-    name: str = "mnist5k", *, n: int, seed: int = 0, data_dir: str | os.PathLike | None = None
+    name: str = catalog.DEFAULT_DATASET, *, n: int, seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` samples of the shuffled training pool, with no validation hold-out
     (section 6.4's overfitting experiments train on 300 samples and plot test accuracy)."""
@@ -157,7 +158,7 @@ def load_training(
 
 
 def load_test(
-    name: str = "mnist5k", *, seed: int = 0, data_dir: str | os.PathLike | None = None
+    name: str = catalog.DEFAULT_DATASET, *, seed: int = 0, data_dir: str | os.PathLike | None = None
 ) -> TestData:
     """The test split of ``name`` (disjoint from every search split of the same seed)."""
     check_available(name)

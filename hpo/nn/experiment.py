@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hpo import catalog
+
 EXPERIMENTS = {
     # name: (weight_decay, dropout, epochs)
     "overfit": (0.0, 0.0, 201),
@@ -34,8 +36,9 @@ class Outcome:
         return self.train_acc - self.test_acc
 
 
-def run_experiment(name: str, *, dataset: str = "mnist5k", epochs: int | None = None,
-                   seed: int = 0, data_dir: str | None = None) -> Outcome:
+def run_experiment(name: str, *, dataset: str = catalog.DEFAULT_DATASET,
+                   epochs: int | None = None, seed: int = 0,
+                   data_dir: str | None = None) -> Outcome:
     from hpo.nn import MLP, make_optimizer, train
     from hpo.nn.data import load_test, load_training
 

@@ -23,6 +23,7 @@ import hpo.nn.data as hpo_data
 from hpo.db.storage import study_spec as stored_study_spec
 from hpo.objectives.book import fit, make_config, search_data
 from hpo.report.listing import CONFIRM_ATTR, TEST_ATTR, n_finished, ranked, state_names
+from hpo.samplers.ranking import direction_sign
 from hpo.spec import Spec, from_dict
 
 __all__ = ["CONFIRM_ATTR", "TEST_ATTR", "AlreadyTested", "choose_trial", "confirm",
@@ -42,7 +43,7 @@ def study_spec(study: optuna.Study, data_dir: str | None = None) -> Spec:
 
 def choose_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
     """The trial to evaluate: ``number`` if given, else the confirmed winner (``hpo confirm``)
-    when there is one, else the best COMPLETE trial."""
+    when there is one, else the best COMPLETE trial (in the study's direction)."""
     trials = study.get_trials(deepcopy=False)
     if number is None:
         confirmed = study.user_attrs.get(CONFIRM_ATTR, {}).get("winner")
@@ -54,7 +55,7 @@ def choose_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
         if match[0].state != TrialState.COMPLETE:
             raise ValueError(f"trial {number} is {match[0].state.name}, not COMPLETE")
         return match[0]
-    best = ranked(trials)
+    best = ranked(trials, study.direction)
     if not best:
         raise ValueError(f"study {study.study_name!r} has no COMPLETE trial to evaluate")
     return best[0]
@@ -123,7 +124,7 @@ def confirm(study: optuna.Study, *, top: int = 5, seeds: int = 5,
         raise ValueError(f"confirm needs --top >= 1 and --seeds >= 2, got {top} and {seeds}")
     spec = study_spec(study, data_dir)
     trials = study.get_trials(deepcopy=False)
-    candidates = ranked(trials)[:top]
+    candidates = ranked(trials, study.direction)[:top]
     if not candidates:
         raise ValueError(f"study {study.study_name!r} has no COMPLETE trial to confirm")
     data = search_data(spec)
@@ -143,7 +144,8 @@ def confirm(study: optuna.Study, *, top: int = 5, seeds: int = 5,
             "std": float(a.std(ddof=1)),
             "sem": float(a.std(ddof=1) / np.sqrt(len(a))),
         })
-    rows.sort(key=lambda r: (-r["mean"], r["trial"]))
+    sign = direction_sign(study.direction)  # best mean first, as the study ranks its values
+    rows.sort(key=lambda r: (sign * r["mean"], r["trial"]))
     record = {
         "top": top,
         "n_seeds": seeds,

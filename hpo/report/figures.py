@@ -21,10 +21,13 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from optuna.trial import FrozenTrial
 
+from hpo.catalog import DEFAULT_DIRECTION
 from hpo.report.listing import ranked
 from hpo.report.plane import (
+    CURVE_ATTRS,
     PLANE,
     curve_x,
     finite,
@@ -36,8 +39,9 @@ from hpo.report.plane import (
     xy,
 )
 
+# matplotlib (~0.4 s) is imported inside the figures: this module loads before hpo report has
+# checked its flags and opened the study.
 if TYPE_CHECKING:
-    import numpy as np
     from matplotlib.figure import Figure
 
 #: Subplots per row in the Best-N grid (the book's ``col_num``).
@@ -56,11 +60,13 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def best_curves_figure(
-    trials: Sequence[FrozenTrial], top: int = 20, title: str | None = None
+    trials: Sequence[FrozenTrial], top: int = 20, title: str | None = None,
+    direction: Any = DEFAULT_DIRECTION,
 ) -> Figure:
-    """The book's figure: the top ``top`` COMPLETE trials' accuracy per epoch, validation solid
-    and training dashed, one subplot each ("Best-1 (0.86)" ...), y from 0 to 1."""
-    best = ranked(list(trials))[:top]
+    """The book's figure: the top ``top`` COMPLETE trials (best first in the study's
+    ``direction``) accuracy per epoch, validation solid and training dashed, one subplot each
+    ("Best-1 (0.86)" ...), y from 0 to 1."""
+    best = ranked(list(trials), direction)[:top]
     n = len(best)
     cols = GRID_COLUMNS
     nrows = max(1, math.ceil(n / cols))
@@ -72,7 +78,7 @@ def best_curves_figure(
     for ax in axes[n:]:
         ax.remove()
     for i, (ax, t) in enumerate(zip(axes[:n], best, strict=True)):
-        val, train = t.user_attrs.get("val_acc_curve"), t.user_attrs.get("train_acc_curve")
+        val, train = (t.user_attrs.get(k) for k in CURVE_ATTRS)
         if val:
             ax.plot(curve_x(t, val), val, color="C0", lw=1.4, label="validation")
         if train:
@@ -123,7 +129,7 @@ def acc_vs_params_figure(
 ) -> Figure:
     """Validation accuracy against each of the two params (log x axes for log params), the
     points coloured by the other param (log colour scale), the best trial starred."""
-    points = plane_points(trials, params)
+    points = plane_points(trials, params, spec)
     fig = _figure(11, 4.3)
     axes = fig.subplots(1, 2)
     if not points:
@@ -153,7 +159,7 @@ def contour_figure(
 ) -> Figure:
     """Validation accuracy over the params' plane (log axes for log params), interpolated
     linearly between the trials (log10 space), with the trials as points."""
-    points = plane_points(trials, params)
+    points = plane_points(trials, params, spec)
     fig = _figure(7.5, 5.8)
     ax = fig.add_subplot()
     _set_scales(ax, spec, params[0], params[1])
@@ -215,7 +221,7 @@ def stages_figure(
                        label=f"stage {s.number}: {len(s.trials)} trials, best {v.max():.2f}")
         else:
             ax.plot([], [], "s", color=colour, label=f"stage {s.number}: no COMPLETE trials")
-    best = plane_points(trials, params)
+    best = plane_points(trials, params, spec)
     if best:
         ax.scatter([best[0].params[params[0]]], [best[0].params[params[1]]], marker="*", s=260,
                    facecolors="none", edgecolors="black", lw=1.2,
@@ -259,8 +265,8 @@ def curve_figure(trial: FrozenTrial) -> Figure:
     the rank changes as the study grows)."""
     fig = _figure(4.5, 3.2)
     ax = fig.add_subplot()
-    for key, style, name in (("val_acc_curve", "-", "validation"),
-                             ("train_acc_curve", "--", "training")):
+    for key, style, name in zip(CURVE_ATTRS, ("-", "--"), ("validation", "training"),
+                                strict=True):
         curve = trial.user_attrs.get(key)
         if curve:
             ax.plot(curve_x(trial, curve), curve, style, label=name)

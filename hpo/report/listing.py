@@ -22,9 +22,14 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.catalog import DEFAULT_DIRECTION
 from hpo.db.keys import CONFIRM_ATTR, TEST_ATTR
 from hpo.db.storage import study_spec
-from hpo.samplers.edges import edge_warnings as _edge_warnings
+from hpo.errors import SpecError
+from hpo.report.metric import BOOK, Metric, metric_of
+from hpo.samplers.edges import EDGE_FRACTION, trial_edge_warnings
+from hpo.samplers.ranking import best_first
+from hpo.spec import from_dict
 
 BOOK_NAMES = {"weight_decay": "weight decay"}
 #: How many Best-N lines ``hpo run``, ``hpo best`` and ``hpo report`` list by default: the
@@ -39,8 +44,6 @@ CHANCE = 0.1
 LEARNED_MIN = 2 * CHANCE
 #: How many trials the "Best with train-val gap < G" section of best.md and the page lists.
 GAP_LIST = 5
-#: A param within this fraction of its range's width (log10 space for log params) of an edge.
-EDGE_FRACTION = 0.1
 EDGE_SUFFIX = ": the optimum may lie outside it"
 
 
@@ -85,19 +88,28 @@ def dumps(obj: Any, **kwargs: Any) -> str:
 class Row:
     rank: int
     number: int
-    val_acc: float
+    value: float  # the study's metric (the book's: final validation accuracy)
     train_acc: float | None
     params: dict[str, Any]
     diverged: bool
 
     @property
-    def gap(self) -> float | None:
-        return None if self.train_acc is None else self.train_acc - self.val_acc
+    def val_acc(self) -> float:
+        """The value under the book's name (a book study's value is its validation accuracy)."""
+        return self.value
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "trial": self.number, "val_acc": self.val_acc,
-                "train_acc": self.train_acc, "gap": self.gap, "params": self.params,
-                "diverged": self.diverged}
+    @property
+    def gap(self) -> float | None:
+        return None if self.train_acc is None else self.train_acc - self.value
+
+    def to_dict(self, metric: Metric = BOOK) -> dict[str, Any]:
+        """The row for JSON: the value under the metric's name (``val_acc``); ``train_acc`` and
+        ``gap`` for the book's metric, or when the trial recorded a train accuracy."""
+        out: dict[str, Any] = {"rank": self.rank, "trial": self.number, metric.name: self.value}
+        if metric.book or self.train_acc is not None:
+            out.update(train_acc=self.train_acc, gap=self.gap)
+        out.update(params=self.params, diverged=self.diverged)
+        return out
 
 
 def state_names(trials: Sequence[FrozenTrial]) -> dict[str, int]:
@@ -108,20 +120,20 @@ def state_names(trials: Sequence[FrozenTrial]) -> dict[str, int]:
     return counts
 
 
-def ranked(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """COMPLETE trials, best validation accuracy first (ties: earlier trial first)."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
-            and math.isfinite(t.value)]
-    return sorted(done, key=lambda t: (-t.value, t.number))
+#: The one ranking of trials (:func:`hpo.samplers.ranking.best_first`), under the name the
+#: report modules and the warm start use: ``ranked(trials, direction)``, the book's maximize
+#: when no direction is given.
+ranked = best_first
 
 
-def rows_from_trials(trials: Sequence[FrozenTrial]) -> list[Row]:
-    """Every COMPLETE trial as a :class:`Row`, best first."""
+def rows_from_trials(trials: Sequence[FrozenTrial],
+                     direction: Any = DEFAULT_DIRECTION) -> list[Row]:
+    """Every COMPLETE trial as a :class:`Row`, best first in ``direction``."""
     return [
-        Row(rank=i + 1, number=t.number, val_acc=float(t.value),
+        Row(rank=i + 1, number=t.number, value=float(t.value),  # type: ignore[arg-type]
             train_acc=t.user_attrs.get("train_acc"), params=dict(t.params),
             diverged=bool(t.user_attrs.get("diverged", False)))
-        for i, t in enumerate(ranked(trials))
+        for i, t in enumerate(best_first(trials, direction))
     ]
 
 
@@ -129,7 +141,8 @@ rows = rows_from_trials
 
 
 def best_rows(study: optuna.Study, top: int = TOP) -> list[Row]:
-    return rows_from_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))[:top]
+    return rows_from_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                            study.direction)[:top]
 
 
 def learned(row: Row) -> bool:
@@ -145,9 +158,10 @@ def small_gap(row: Row, max_gap: float) -> bool:
     return row.gap is not None and learned(row) and row.gap < max_gap
 
 
-def format_row(row: Row) -> str:
-    """One line in the book's format, then train accuracy and gap."""
-    line = f"Best-{row.rank}(val acc:{row.val_acc:.2f}) | {fmt_params(row.params)}"
+def format_row(row: Row, metric: Metric = BOOK) -> str:
+    """One line in the book's format (``Best-1(val acc:0.86) | lr:...``; another metric under
+    its own name), then train accuracy and gap when the trial recorded them."""
+    line = f"Best-{row.rank}({metric.label}:{metric.fmt(row.value)}) | {fmt_params(row.params)}"
     if row.train_acc is not None:
         line += f" | train acc:{row.train_acc:.2f}, gap:{row.gap:+.2f}"
     if row.diverged:
@@ -171,37 +185,35 @@ def small_gap_rows(all_rows: Sequence[Row], max_gap: float, top: int) -> list[Ro
 
 
 def search_limits(spec: Mapping[str, Any]) -> dict[str, BaseDistribution]:
-    """The hard limits of each numeric param of a spec (as a dict, ``hpo:spec``): the range the
-    objective asks for, i.e. ``[search]``, widened to ``[sampler.bounds]`` where a narrowing
-    spec moves outward. A best value at the edge of *these* says the search was too narrow."""
-    search = spec.get("search", {})
-    sampler = spec.get("sampler", {})
-    bounds = sampler.get("bounds", {}) if sampler.get("name") == "narrowing" else {}
+    """The hard limits of each numeric param of a spec (as a dict, ``hpo:spec``): the space the
+    objective asks for (:meth:`hpo.spec.Spec.suggest_space`: ``[search]``, widened to
+    ``[sampler.bounds]`` where a narrowing spec moves outward). A best value at the edge of
+    *these* says the search was too narrow. Empty for a spec this hpo cannot read."""
+    space_keys = {k: spec[k] for k in ("search", "sampler", "objective") if k in spec}
+    try:
+        space = from_dict(space_keys, source="the study's spec").suggest_space()
+    except SpecError:
+        return {}
     limits: dict[str, BaseDistribution] = {}
-    for name, p in search.items():
-        kind = p.get("type", "float")
-        low, high = (bounds[name] if name in bounds else (p.get("low"), p.get("high")))
-        try:
-            if kind == "float":
-                limits[name] = FloatDistribution(low, high, log=p.get("log", False),
-                                                 step=p.get("step"))
-            elif kind == "int":
-                limits[name] = IntDistribution(low, high, log=p.get("log", False),
-                                               step=p.get("step") or 1)
-        except (KeyError, TypeError, ValueError):
-            continue
+    for p in space:
+        if p.type == "float":
+            limits[p.name] = FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            limits[p.name] = IntDistribution(p.low, p.high, log=p.log, step=p.step or 1)
     return limits
 
 
-def edge_warnings(trials: Sequence[FrozenTrial], spec: Mapping[str, Any]) -> list[str]:
-    """Messages for each numeric param of the best trial that sits within 10% (log10 space for
-    log params) of an edge of the spec's search limits (:func:`search_limits`), e.g. "lr=0.0095
-    sits at the upper edge of its original range [1e-06, 0.01]: the optimum may lie outside
-    it"."""
-    best = ranked(trials)
+def edge_warnings(trials: Sequence[FrozenTrial], spec: Mapping[str, Any],
+                  direction: Any = None) -> list[str]:
+    """Messages for each numeric param of the best trial (in ``direction``, else the spec's:
+    :func:`metric_of`) that sits within :data:`~hpo.catalog.EDGE_FRACTION` of its range's width
+    (log10 space for log params) of an edge of the spec's search limits (:func:`search_limits`),
+    e.g. "lr=0.0095 sits at the upper edge of its original range [1e-06, 0.01]: the optimum may
+    lie outside it"."""
+    best = best_first(trials, metric_of(spec, direction).direction)
     if not best:
         return []
-    messages = _edge_warnings(best[0], search_limits(spec), edge_fraction=EDGE_FRACTION)
+    messages = trial_edge_warnings(best[0], search_limits(spec), EDGE_FRACTION)
     return [m + EDGE_SUFFIX for m in messages]
 
 
@@ -277,6 +289,7 @@ class Summary:
     confirm: dict[str, Any] | None = None
     test: dict[str, Any] | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    metric: Metric = BOOK
 
     @property
     def n_complete(self) -> int:
@@ -287,7 +300,7 @@ class Summary:
         """The Best-``top`` lines, marked where the gap is below ``max_gap``."""
         lines = []
         for r in self.rows[:self.top]:
-            line = format_row(r)
+            line = format_row(r, self.metric)
             if self.max_gap is not None and small_gap(r, self.max_gap):
                 line += gap_mark(self.max_gap)
             lines.append(line)
@@ -298,7 +311,8 @@ class Summary:
         """The best ``GAP_LIST`` lines with a gap below ``max_gap`` (their overall ranks)."""
         if self.max_gap is None:
             return []
-        return [format_row(r) for r in self.rows if small_gap(r, self.max_gap)][:GAP_LIST]
+        return [format_row(r, self.metric) for r in self.rows
+                if small_gap(r, self.max_gap)][:GAP_LIST]
 
     @property
     def after(self) -> list[str]:
@@ -321,7 +335,7 @@ class Summary:
             lines.append("")
             lines.append(f"{self.gap_title()} (overall ranks):" if picked else
                          self.no_gap_text())
-            lines += [format_row(r) for r in picked]
+            lines += [format_row(r, self.metric) for r in picked]
         if self.confirm:
             lines += ["", format_confirm(self.confirm, n_finished(self.counts))]
         if self.test:
@@ -336,10 +350,10 @@ class Summary:
     def json(self) -> str:
         """``hpo best --json``."""
         out: dict[str, Any] = {"study": self.study, "trials": self.counts,
-                               "best": [r.to_dict() for r in self.rows[:self.top]]}
+                               "best": [r.to_dict(self.metric) for r in self.rows[:self.top]]}
         if self.max_gap is not None:
             out["max_gap"] = self.max_gap
-            out["best_small_gap"] = [r.to_dict() for r in
+            out["best_small_gap"] = [r.to_dict(self.metric) for r in
                                      small_gap_rows(self.rows, self.max_gap, self.top)]
         now = n_finished(self.counts)
         if self.confirm:
@@ -350,10 +364,26 @@ class Summary:
         out["warnings"] = self.warnings
         return dumps(out, indent=2)
 
+    @property
+    def has_train_acc(self) -> bool:
+        """Whether the rows carry the book's train accuracy (and so a gap): a user's objective
+        that records no ``train_acc`` has none, and its listing says nothing about them."""
+        return any(r.train_acc is not None for r in self.rows)
+
+    def ranked_by(self) -> str:
+        """What the rows are ranked by, in words (the book's: ``final validation accuracy``)."""
+        if self.metric == BOOK:
+            return "final validation accuracy"
+        return f"{self.metric.name} ({self.metric.order})"
+
     def header(self) -> str:
-        text = (f"{self.n_complete} COMPLETE of {self.n_trials} trials, ranked by final "
-                "validation accuracy; each line is the book's listing, then the final training "
-                "accuracy and the train-validation gap.")
+        if self.metric == BOOK or self.has_train_acc:
+            then = ("the book's listing, then the final training accuracy and the "
+                    "train-validation gap")
+        else:
+            then = "in the book's listing format"
+        text = (f"{self.n_complete} COMPLETE of {self.n_trials} trials, ranked by "
+                f"{self.ranked_by()}; each line is {then}.")
         if self.max_gap is not None:
             text += (f" Lines marked `<- gap < {self.max_gap:g}` have a gap below "
                      f"{self.max_gap:g} (diverged trials and trials that learned nothing, "
@@ -390,15 +420,19 @@ def summary(
     top: int | None = TOP,
     max_gap: float | None = None,
     user_attrs: Mapping[str, Any] | None = None,
+    direction: Any = None,
 ) -> Summary:
-    """Everything said about a study's best trials, from its trials, its spec (as a dict) and
-    its user attributes (``hpo:confirm``, ``hpo:test``)."""
+    """Everything said about a study's best trials, from its trials, its spec (as a dict: its
+    metric and direction, :func:`metric_of`; ``direction``, the study's own, wins when given)
+    and its user attributes (``hpo:confirm``, ``hpo:test``)."""
     attrs = user_attrs or {}
-    return Summary(study=study, n_trials=len(trials), rows=rows_from_trials(trials),
+    metric = metric_of(spec, direction)
+    return Summary(study=study, n_trials=len(trials),
+                   rows=rows_from_trials(trials, metric.direction),
                    top=TOP if top is None else top,
-                   max_gap=max_gap, warnings=edge_warnings(trials, spec),
+                   max_gap=max_gap, warnings=edge_warnings(trials, spec, metric.direction),
                    confirm=attrs.get(CONFIRM_ATTR), test=attrs.get(TEST_ATTR),
-                   counts=state_names(trials))
+                   counts=state_names(trials), metric=metric)
 
 
 def study_summary(study: optuna.Study, spec: Mapping[str, Any] | None = None,
@@ -407,7 +441,8 @@ def study_summary(study: optuna.Study, spec: Mapping[str, Any] | None = None,
     the study records."""
     attrs = study.user_attrs
     spec = (study_spec(study) or {}) if spec is None else spec
-    return summary(study.get_trials(deepcopy=False), spec, study.study_name, top, max_gap, attrs)
+    return summary(study.get_trials(deepcopy=False), spec, study.study_name, top, max_gap, attrs,
+                   study.direction)
 
 
 def listing(study: optuna.Study, top: int | None = TOP, max_gap: float | None = None) -> str:

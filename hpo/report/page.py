@@ -9,6 +9,7 @@ reports in one directory share the one file. A page copied without it says so.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,8 @@ from hpo.report.listing import (
     stale_note,
 )
 
+# plotly (~0.5 s) is imported where it is used, as in hpo.report.plots: the page's module loads
+# before hpo report has checked its flags and opened the study.
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
@@ -83,8 +86,6 @@ _MISSING_JS = """<script>if (typeof Plotly === "undefined") {
 
 def html_text(text: str) -> str:
     """``text`` escaped for HTML, its Markdown code marks (```hpo confirm```) as ``<code>``."""
-    import re
-
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
@@ -94,11 +95,11 @@ def summary_intro(s: Summary) -> str:
     e = html.escape
     if not s.rows:
         return f"<p>{e(s.study)}: no COMPLETE trials yet ({s.n_trials} trials).</p>"
-    b = s.rows[0]
+    b, m = s.rows[0], s.metric
     train = "" if b.train_acc is None else (
         f", train accuracy {b.train_acc:.2f} (gap {b.gap:+.2f})")
     parts = [f'<p class="lead">{s.n_complete} COMPLETE of {s.n_trials} trials. '
-             f"<b>Best-1</b>: validation accuracy <b>{b.val_acc:.2f}</b> (trial {b.number})"
+             f"<b>Best-1</b>: {e(m.words)} <b>{e(m.fmt(b.value))}</b> (trial {b.number})"
              f" at {e(fmt_params(b.params))}{e(train)}.</p>"]
     if s.warnings:
         parts.append('<div class="warn"><b>Edge warning:</b><ul>'
@@ -114,18 +115,20 @@ def summary_intro(s: Summary) -> str:
 def rows_table(s: Summary, rows: Sequence[Row]) -> str:
     e = html.escape
     names = list(dict.fromkeys(k for r in rows for k in r.params))
-    head = (["", "val acc"] + [BOOK_NAMES.get(k, k) for k in names]
-            + ["train acc", "gap", "trial"])
+    book = s.metric.book or s.has_train_acc  # the book's columns: train acc and gap
+    head = (["", s.metric.label] + [BOOK_NAMES.get(k, k) for k in names]
+            + (["train acc", "gap"] if book else []) + ["trial"])
     out = ["<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head)
            + "</tr></thead><tbody>"]
     for r in rows:
         small = s.max_gap is not None and small_gap(r, s.max_gap)
-        cells = [f"Best-{r.rank}", f"{r.val_acc:.2f}"]
+        cells = [f"Best-{r.rank}", s.metric.fmt(r.value)]
         cells += [fmt_param(r.params[k]) if k in r.params else "" for k in names]
-        cells += ["" if r.train_acc is None else f"{r.train_acc:.2f}",
-                  "" if r.gap is None else f"{r.gap:+.2f}" + (" diverged" if r.diverged
-                                                              else ""),
-                  str(r.number)]
+        if book:
+            cells += ["" if r.train_acc is None else f"{r.train_acc:.2f}",
+                      "" if r.gap is None else f"{r.gap:+.2f}" + (" diverged" if r.diverged
+                                                                  else "")]
+        cells.append(str(r.number))
         cls = ' class="small-gap"' if small else ""
         out.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
     return "\n".join(out + ["</tbody></table>"])
@@ -175,9 +178,9 @@ def summary_tables(s: Summary, shown: int = 5) -> str:
 
 def header(s: Summary) -> str:
     """``Summary.header`` for a page (no Markdown marks)."""
-    text = (f"{s.n_complete} COMPLETE of {s.n_trials} trials, ranked by final "
-            "validation accuracy, with the final training accuracy and the train-validation "
-            "gap.")
+    then = (", with the final training accuracy and the train-validation gap"
+            if s.metric.book or s.has_train_acc else "")
+    text = f"{s.n_complete} COMPLETE of {s.n_trials} trials, ranked by {s.ranked_by()}{then}."
     if s.max_gap is not None:
         text += (f" Highlighted rows have a gap below {s.max_gap:g} (diverged trials and "
                  f"trials that learned nothing, train acc below {LEARNED_MIN:.2f}, never "

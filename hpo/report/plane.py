@@ -9,18 +9,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 from optuna.trial import FrozenTrial
 
 from hpo.db.keys import RANGES_ATTR, STAGE_ATTR
 from hpo.report.listing import BOOK_NAMES, ranked
-
-if TYPE_CHECKING:
-    import numpy as np
+from hpo.report.metric import metric_of
 
 #: The plane of figures 2-4: the book's two hyperparameters.
 PLANE = ("lr", "weight_decay")
+#: The learning curves a trial of the book's objective records (validation, training).
+CURVE_ATTRS = ("val_acc_curve", "train_acc_curve")
 
 
 def label(name: str) -> str:
@@ -45,16 +46,15 @@ def finite(x: Any) -> bool:
 
 
 def plane_points(
-    trials: Sequence[FrozenTrial], params: Sequence[str] = PLANE
+    trials: Sequence[FrozenTrial], params: Sequence[str] = PLANE, spec: dict[str, Any] | None = None
 ) -> list[FrozenTrial]:
     """The COMPLETE trials with a finite value and numeric, finite values of both params, best
-    first."""
-    return [t for t in ranked(list(trials)) if all(finite(t.params.get(n)) for n in params)]
+    first in the direction of ``spec``'s metric (:func:`hpo.report.listing.metric_of`)."""
+    best = ranked(list(trials), metric_of(spec).direction)
+    return [t for t in best if all(finite(t.params.get(n)) for n in params)]
 
 
 def xy(points: Sequence[FrozenTrial], params: Sequence[str]) -> tuple[np.ndarray, ...]:
-    import numpy as np
-
     x = np.array([float(t.params[params[0]]) for t in points])
     y = np.array([float(t.params[params[1]]) for t in points])
     v = np.array([float(t.value) for t in points])  # type: ignore[arg-type]
@@ -96,7 +96,7 @@ def stages(
             search = spec.get("search", {})
             if all(_pair([search.get(n, {}).get(k) for k in ("low", "high")]) for n in params):
                 ranges = {n: (float(search[n]["low"]), float(search[n]["high"])) for n in params}
-        out.append(Stage(number, ranges, plane_points(by_stage[number], params)))
+        out.append(Stage(number, ranges, plane_points(by_stage[number], params, spec)))
     return out
 
 
@@ -114,7 +114,7 @@ def interpolate(
     (log10 space for log params; masked outside their convex hull). Returns the grid's x and y
     values (in the params' units) and the masked values, or ``None`` with too few distinct,
     non-collinear trials."""
-    import numpy as np
+    # matplotlib (~0.3 s) only when a surface is drawn: hpo report imports this module first
     from matplotlib.tri import LinearTriInterpolator, Triangulation
 
     x, y, v = xy(points, params)

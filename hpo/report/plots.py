@@ -14,14 +14,29 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from optuna.trial import FrozenTrial
 
+from hpo.catalog import DEFAULT_DIRECTION
 from hpo.report.figures import GRID_COLUMNS
 from hpo.report.listing import ranked
-from hpo.report.plane import PLANE, curve_x, interpolate, is_log, label, plane_points, stages, xy
+from hpo.report.metric import metric_of
+from hpo.report.plane import (
+    CURVE_ATTRS,
+    PLANE,
+    curve_x,
+    interpolate,
+    is_log,
+    label,
+    numeric_plane,
+    plane_points,
+    stages,
+    xy,
+)
 
+# plotly (~0.5 s) is imported inside the builders, as matplotlib in hpo.report.figures: the
+# figure modules load before hpo report has checked its flags and opened the study.
 if TYPE_CHECKING:
-    import numpy as np
     import plotly.graph_objects as go
 
 _TEMPLATE = "plotly_white"
@@ -44,10 +59,13 @@ def _card_layout(fig: go.Figure, title: str, margin: dict[str, int], **layout: A
 def report_figures(trials: Sequence[FrozenTrial], spec: dict[str, Any], top: int,
                    card: bool = False) -> dict[str, go.Figure]:
     """The report's figures by key (``best_curves``, and with a numeric lr x weight-decay
-    plane ``acc_vs_params``, ``contour`` and, for a narrowing study, ``stages``)."""
-    from hpo.report.plane import numeric_plane
-
-    figs = {"best_curves": best_curves_plotly(trials, top, card=card)}
+    plane ``acc_vs_params``, ``contour`` and, for a narrowing study, ``stages``). The learning
+    curves are the book's: a user's objective gets them only when its trials recorded them."""
+    metric = metric_of(spec)
+    figs = {}
+    if metric.book or any(t.user_attrs.get(k) for t in trials for k in CURVE_ATTRS):
+        figs["best_curves"] = best_curves_plotly(trials, top, card=card,
+                                                 direction=metric.direction)
     if numeric_plane(spec):
         figs["acc_vs_params"] = acc_vs_params_plotly(trials, spec, card=card)
         figs["contour"] = contour_plotly(trials, spec, card=card)
@@ -74,7 +92,6 @@ def _axis(spec: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _colour_values(spec: dict[str, Any], name: str, values: np.ndarray) -> tuple[Any, dict]:
     """Marker colours for a param on a log colour scale: log10 values, ticks at the decades."""
-    import numpy as np
 
     if not (is_log(spec, name) and values.min() > 0):
         return values.tolist(), {"title": {"text": label(name)}}
@@ -86,12 +103,12 @@ def _colour_values(spec: dict[str, Any], name: str, values: np.ndarray) -> tuple
 
 
 def best_curves_plotly(trials: Sequence[FrozenTrial], top: int = 20,
-                       card: bool = False) -> go.Figure:
+                       card: bool = False, direction: Any = DEFAULT_DIRECTION) -> go.Figure:
     """Plotly version of :func:`best_curves_figure`."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    best = ranked(list(trials))[:top]
+    best = ranked(list(trials), direction)[:top]
     n = len(best)
     if n == 0:
         return go.Figure(layout={"title": {"text": "no COMPLETE trials yet"},
@@ -105,8 +122,9 @@ def best_curves_plotly(trials: Sequence[FrozenTrial], top: int = 20,
                         horizontal_spacing=0.02)
     for i, t in enumerate(best):
         r, c = i // GRID_COLUMNS + 1, i % GRID_COLUMNS + 1
-        for key, dash, name, colour in (("val_acc_curve", "solid", "validation", "#1f77b4"),
-                                        ("train_acc_curve", "dash", "training", "#ff7f0e")):
+        for key, dash, name, colour in zip(CURVE_ATTRS, ("solid", "dash"),
+                                           ("validation", "training"), ("#1f77b4", "#ff7f0e"),
+                                           strict=True):
             curve = t.user_attrs.get(key) or []
             fig.add_trace(go.Scatter(
                 x=curve_x(t, curve), y=curve, mode="lines", name=name,
@@ -135,7 +153,7 @@ def acc_vs_params_plotly(
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    points = plane_points(trials, params)
+    points = plane_points(trials, params, spec)
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.16)
     if points:
         x, y, v = xy(points, params)
@@ -175,10 +193,9 @@ def contour_plotly(
     card: bool = False,
 ) -> go.Figure:
     """Plotly version of :func:`contour_figure` (a 60 x 60 grid, to keep the JSON small)."""
-    import numpy as np
     import plotly.graph_objects as go
 
-    points = plane_points(trials, params)
+    points = plane_points(trials, params, spec)
     fig = go.Figure()
     if points:
         x, y, v = xy(points, params)

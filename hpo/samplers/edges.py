@@ -15,30 +15,24 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.catalog import EDGE_FRACTION, SAMPLERS
 from hpo.samplers.ranges import to_space
+from hpo.samplers.ranking import best_first
 
-__all__ = ["best_first", "direction_sign", "edge_warnings", "trial_edge_warnings"]
-
-
-def direction_sign(direction: StudyDirection | str) -> float:
-    if isinstance(direction, str):
-        try:
-            direction = StudyDirection[direction.upper()]
-        except KeyError:
-            raise ValueError(
-                f"direction must be 'minimize' or 'maximize', got {direction!r}"
-            ) from None
-    if direction == StudyDirection.MAXIMIZE:
-        return -1.0
-    if direction == StudyDirection.MINIMIZE:
-        return 1.0
-    raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
+__all__ = ["EDGE_FRACTION", "check_edge_fraction", "edge_warnings", "trial_edge_warnings"]
 
 
-def best_first(trials: Sequence[FrozenTrial], sign: float) -> list[FrozenTrial]:
-    """COMPLETE trials, best first; ties go to the lower trial number."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return sorted(complete, key=lambda t: (sign * float(t.value), t.number))  # type: ignore
+#: The catalog's declaration of ``edge_fraction`` (a number in (0, 0.5)).
+_EDGE_OPTION = SAMPLERS["narrowing"].option("edge_fraction")
+
+
+def check_edge_fraction(edge_fraction: float) -> float:
+    """``edge_fraction`` when the catalog allows it, else ValueError: the one check of it, for
+    the narrowing sampler's option and :func:`edge_warnings`'s argument."""
+    try:
+        return float(_EDGE_OPTION.check(edge_fraction))  # type: ignore[union-attr]
+    except ValueError as e:
+        raise ValueError(f"edge_fraction {e}") from None
 
 
 def _fmt(x: float) -> str:
@@ -84,7 +78,7 @@ def edge_warnings(
     distributions: Mapping[str, BaseDistribution] | None = None,
     *,
     direction: StudyDirection | str | None = None,
-    edge_fraction: float = 0.1,
+    edge_fraction: float = EDGE_FRACTION,
 ) -> list[str]:
     """Say which params of a best trial sit on an edge of their original range.
 
@@ -106,7 +100,7 @@ def edge_warnings(
         source:
             A single-objective :class:`~optuna.study.Study` (its best COMPLETE trial is checked),
             one :class:`~optuna.trial.FrozenTrial` (checked as is), or a sequence of trials (the
-            best COMPLETE one by ``direction`` is checked; ties go to the lower number).
+            best COMPLETE one by ``direction`` is checked: :func:`hpo.samplers.ranking.best_first`).
         distributions:
             The original ranges, by param name. Params not listed use the distribution recorded
             on the trial, which is the one the objective asked for.
@@ -120,20 +114,19 @@ def edge_warnings(
         original range [1e-06, 0.01]"``, or ``"... lies above its original range ..."`` for a
         value outside it. Empty when nothing sits on an edge or there is no COMPLETE trial.
     """
-    if not 0.0 < edge_fraction < 0.5:
-        raise ValueError(f"edge_fraction must be in (0, 0.5), got {edge_fraction!r}")
+    check_edge_fraction(edge_fraction)
     if isinstance(source, FrozenTrial):
         best: FrozenTrial | None = source
     elif isinstance(source, Study):
         if len(source.directions) > 1:
             raise ValueError("edge_warnings needs a single-objective study")
-        sign = direction_sign(source.direction if direction is None else direction)
-        ranked = best_first(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), sign)
+        ranked = best_first(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                            source.direction if direction is None else direction)
         best = ranked[0] if ranked else None
     else:
         if direction is None:
             raise ValueError("edge_warnings: pass direction= with a sequence of trials")
-        ranked = best_first(list(source), direction_sign(direction))
+        ranked = best_first(list(source), direction)
         best = ranked[0] if ranked else None
     if best is None:
         return []

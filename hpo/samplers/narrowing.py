@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.db import optuna_private as oc
 from hpo.db.keys import EDGE_WARNING_ATTR, PARTIAL_ATTR, RANGES_ATTR, SHIFTED_ATTR, STAGE_ATTR
 from hpo.db.storage import keep_alive
-from hpo.samplers.edges import edge_warnings
+from hpo.samplers.edges import EDGE_FRACTION, check_edge_fraction, edge_warnings
 from hpo.samplers.ranges import MIN_WIDTH_FRACTION, draw
 from hpo.samplers.stages import Rule, StageBook, StageRanges
 from hpo.signals import stop_requested
@@ -218,7 +218,7 @@ class NarrowingSampler(BaseSampler):
         seed: int | None = None,
         wait_timeout: float = 600.0,
         poll_interval: float = 0.5,
-        edge_fraction: float = 0.1,
+        edge_fraction: float = EDGE_FRACTION,
         shift: bool = False,
         initial: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
@@ -232,8 +232,7 @@ class NarrowingSampler(BaseSampler):
             raise ValueError(f"wait_timeout must be >= 0 seconds, got {wait_timeout!r}")
         if not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
-        if not (isinstance(edge_fraction, (int, float)) and 0.0 < edge_fraction < 0.5):
-            raise ValueError(f"edge_fraction must be in (0, 0.5), got {edge_fraction!r}")
+        check_edge_fraction(edge_fraction)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         if not isinstance(shift, bool):

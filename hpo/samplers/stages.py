@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.study import Study
+from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.db import optuna_private as oc
-from hpo.samplers.edges import best_first, direction_sign, trial_edge_warnings
+from hpo.samplers.edges import trial_edge_warnings
 from hpo.samplers.ranges import (
     Range,
     clip,
@@ -32,6 +32,7 @@ from hpo.samplers.ranges import (
     same_kind,
     shift_numeric,
 )
+from hpo.samplers.ranking import best_first
 
 _logger = logging.getLogger("hpo.samplers.narrowing")
 
@@ -105,8 +106,8 @@ class Rule:
             return self.base(name, dist)
         return clip(stage_range, dist) or self.base(name, dist)
 
-    def derive(self, prev: StageRanges, trials: Sequence[FrozenTrial], sign: float
-               ) -> StageRanges:
+    def derive(self, prev: StageRanges, trials: Sequence[FrozenTrial],
+               direction: StudyDirection) -> StageRanges:
         """Ranges of stage ``prev.stage + 1`` from the trials of stage ``prev.stage``."""
         finished = len(trials) == self.stage_trials and all(t.state in FINISHED for t in trials)
         final = prev.final and finished
@@ -121,7 +122,7 @@ class Rule:
                 if known is None or (name not in prev.ranges and same_kind(known.dist, dist)):
                     base = self.base(name, dist)
                     ranges[name] = base if known is None else hull(known, base)
-        best = best_first(trials, sign)[: self.keep_top]
+        best = best_first(trials, direction)[: self.keep_top]
         if not best:
             return StageRanges(prev.stage + 1, ranges, final)
         shifted = []
@@ -202,9 +203,8 @@ class StageBook:
             cached = self._provisional.get(storage)
             if cached is not None and cached[0] == key:
                 return cached[1]
-        sign = direction_sign(study.direction)
         for s in range(current.stage + 1, stage + 1):
-            current = self.rule.derive(current, stage_slice(trials, s - 1, k), sign)
+            current = self.rule.derive(current, stage_slice(trials, s - 1, k), study.direction)
             if current.final:
                 with self._lock:
                     if len(memo) == s:
