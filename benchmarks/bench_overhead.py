@@ -146,13 +146,19 @@ def child(spec_path: str, url: str, n_trials: int) -> dict:
             marks.append((time.perf_counter(), dict(t.acc), dict(t.calls)))
 
     optuna.study.Study.optimize = optimize
-    orig_work = runner.work
+    # the worker loop is called by the engine (hpo.engine.study) since the engine's split;
+    # by hpo.commands.run before it
+    import importlib
+
+    caller = (importlib.import_module("hpo.engine.study")
+              if importlib.util.find_spec("hpo.engine.study") else runner)
+    orig_work = caller.work
 
     def work(*a, **kw):
         marks.append((time.perf_counter(), dict(t.acc), dict(t.calls)))
         return orig_work(*a, **kw)
 
-    runner.work = work
+    caller.work = work
     args = argparse.Namespace(
         spec=spec_path, storage=url, study="overhead", n_trials=n_trials, workers=1,
         seed=None, data_seed=None, timeout=None, top=1, quiet=True,

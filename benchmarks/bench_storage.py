@@ -3,8 +3,9 @@ clients, for SQLite, PostgreSQL direct, and PostgreSQL through hpo's gRPC proxy.
 
 The objective is trivial, so the storage is all there is. Two kinds of client processes:
 
-* ``hpo``: the real ``hpo worker --study`` (the worker loop, its one-query trial count, heartbeats
-  every 10 s, the stale-trial checks, hpo's storage settings: a pool of 2, pre-ping) on
+* ``hpo``: the real ``hpo worker --study`` (the worker loop, its budget checked as a trial is
+  created, heartbeats every 10 s, the stale-trial checks, hpo's storage settings: a pool of 2,
+  a ping only after 30 s idle) on
   benchmarks/specs/storage-trivial.toml: the book's search space, random sampler and recorded
   attributes (50-point accuracy curves) with a network so small that training takes ~1 ms.
   Through the proxy: ``--storage grpc://...``. This is what deployed workers do to the database.
@@ -24,6 +25,8 @@ once each has finished a trial, the window opens for ``--seconds``. Over the win
   (initdb with default settings, fsync on, max_connections 200) so that nothing else runs on it;
   its idle CPU is measured first. SQLite has no server: its engine runs inside the clients;
 * proxy CPU per trial (the ``hpo proxy`` process, default pool of 4 connections);
+* transactions per trial (PostgreSQL, direct or behind the proxy: ``pg_stat_database`` of the
+  cell's database over the window; backends report it at most once a second: an estimate);
 * client CPU per trial (every client process's CPU over the window: hpo or Optuna, the storage
   layer, and for SQLite the database engine itself).
 
@@ -36,7 +39,7 @@ server binaries. Run:
 
     .venv/bin/python benchmarks/bench_storage.py [--clients 1,2,4,8,16,32] [--seconds 6]
         [--storages sqlite,postgres,proxy] [--kinds hpo,optuna] [--calibrate]
-        [--plot benchmarks/storage.png]
+        [--plot benchmarks/storage.png] [--json cells.json]
 """
 
 from __future__ import annotations
@@ -261,28 +264,43 @@ def proxy(url: str, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
 
 
 def _summary(n_clients: int, trials: int, window: float, cpu_db: float, cpu_px: float,
-             cpu_clients: float) -> dict:
+             cpu_clients: float, xacts: float = float("nan")) -> dict:
     per = (lambda cpu: 1000 * cpu / trials) if trials else (lambda cpu: float("nan"))
     return {"clients": n_clients, "trials": trials, "window": window, "tps": trials / window,
             "db_ms": per(cpu_db), "proxy_ms": per(cpu_px), "client_ms": per(cpu_clients),
-            "db_cores": cpu_db / window, "proxy_cores": cpu_px / window}
+            "db_cores": cpu_db / window, "proxy_cores": cpu_px / window,
+            "xacts": xacts / trials if trials else float("nan")}
+
+
+def _xacts(stat: tuple[str, str] | None) -> float:
+    """The server's transaction counter of the cell's database (``stat``: admin URL, name);
+    backends report it at most once a second, so over a window of a few seconds it is a
+    +-1 s estimate (NaN without PostgreSQL)."""
+    return float(_transactions(*stat)) if stat else float("nan")
 
 
 def run_hpo_cell(url: str, db_url: str, n_clients: int, seconds: float, postmaster: int | None,
-                 proxy_pid: int | None, log: Path) -> dict:
+                 proxy_pid: int | None, log: Path, stat: tuple[str, str] | None = None) -> dict:
     """``n_clients`` real ``hpo worker`` processes; the window opens once each has printed its
     first finished trial; trials are counted in the database."""
     env = {**os.environ, **ONE_THREAD}
-    with log.open("w") as err:
-        procs = [subprocess.Popen([HPO, "worker", "--study", STUDY, "--storage", url], env=env,
-                                  stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
-                 for _ in range(n_clients)]
+    # a finished trial is logged on stderr ("trial 3 COMPLETE ..."): read there, kept in ``log``
+    procs = [subprocess.Popen([HPO, "worker", "--study", STUDY, "--storage", url], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              cwd=ROOT)
+             for _ in range(n_clients)]
     started = [threading.Event() for _ in procs]
+    out = log.open("w")
+    write = threading.Lock()
 
     def drain(p: subprocess.Popen, first: threading.Event) -> None:
-        for line in p.stdout:
+        for line in p.stderr:
             if line.startswith("trial "):
                 first.set()
+            else:
+                with write:
+                    out.write(line)
+                    out.flush()
 
     for p, ev in zip(procs, started, strict=True):
         threading.Thread(target=drain, args=(p, ev), daemon=True).start()
@@ -297,8 +315,10 @@ def run_hpo_cell(url: str, db_url: str, n_clients: int, seconds: float, postmast
         db0 = server_cpu(postmaster) if postmaster else 0.0
         px0 = proc_cpu(proxy_pid) if proxy_pid else 0.0
         cl0 = sum(proc_cpu(p.pid) for p in procs)
+        x0 = _xacts(stat)
         time.sleep(seconds)
         cl1 = sum(proc_cpu(p.pid) for p in procs)
+        x1 = _xacts(stat)
         db = (server_cpu(postmaster) - db0) if postmaster else float("nan")
         px = (proc_cpu(proxy_pid) - px0) if proxy_pid else float("nan")
         n1, window = count_complete(db_url), time.time() - t0
@@ -314,11 +334,11 @@ def run_hpo_cell(url: str, db_url: str, n_clients: int, seconds: float, postmast
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-    return _summary(n_clients, n1 - n0, window, db, px, cl1 - cl0)
+    return _summary(n_clients, n1 - n0, window, db, px, cl1 - cl0, x1 - x0)
 
 
 def run_optuna_cell(url: str, n_clients: int, seconds: float, postmaster: int | None,
-                    proxy_pid: int | None) -> dict:
+                    proxy_pid: int | None, stat: tuple[str, str] | None = None) -> dict:
     """``n_clients`` processes of :func:`client`; each counts its own trials in the window."""
     env = {**os.environ, **ONE_THREAD}
     cmd = [PYTHON, str(Path(__file__).resolve()), "--client", url]
@@ -334,6 +354,7 @@ def run_optuna_cell(url: str, n_clients: int, seconds: float, postmaster: int | 
         time.sleep(0.5)  # let the warm-up settle
         cpu_db0 = server_cpu(postmaster) if postmaster else 0.0
         cpu_px0 = proc_cpu(proxy_pid) if proxy_pid else 0.0
+        x0 = _xacts(stat)
         t0 = time.time()
         t_end = t0 + seconds
         for p in procs:
@@ -342,6 +363,7 @@ def run_optuna_cell(url: str, n_clients: int, seconds: float, postmaster: int | 
         time.sleep(max(0.0, t_end - time.time()))
         cpu_db = (server_cpu(postmaster) - cpu_db0) if postmaster else float("nan")
         cpu_px = (proc_cpu(proxy_pid) - cpu_px0) if proxy_pid else float("nan")
+        x1 = _xacts(stat)
         window = time.time() - t0
         results = []
         for p in procs:
@@ -355,7 +377,8 @@ def run_optuna_cell(url: str, n_clients: int, seconds: float, postmaster: int | 
                 p.kill()
                 p.wait()
     trials = sum(r["trials"] for r in results)
-    return _summary(n_clients, trials, window, cpu_db, cpu_px, sum(r["cpu"] for r in results))
+    return _summary(n_clients, trials, window, cpu_db, cpu_px, sum(r["cpu"] for r in results),
+                    x1 - x0)
 
 
 def calibrate(admin: str, postmaster: int, workdir: Path, n_trials: int = 40) -> dict:
@@ -471,6 +494,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="cells repeated, medians reported")
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--plot", default=str(ROOT / "benchmarks" / "storage.png"))
+    ap.add_argument("--json", help="also write the cells (medians) and calibrations here, for "
+                    "benchmarks/storage_model.py")
     args = ap.parse_args()
     if args.client:
         client(args.client)
@@ -502,21 +527,23 @@ def main() -> None:
             else:
                 with database(admin, name) as url:
                     create_study(kind, url, work)
+                    stat = (admin, name)
                     if storage == "postgres":
-                        r = (run_hpo_cell(url, url, n, args.seconds, postmaster, None, log)
+                        r = (run_hpo_cell(url, url, n, args.seconds, postmaster, None, log, stat)
                              if kind == "hpo" else
-                             run_optuna_cell(url, n, args.seconds, postmaster, None))
+                             run_optuna_cell(url, n, args.seconds, postmaster, None, stat))
                     else:
                         with proxy(url, work / f"{name}-proxy.log") as (grpc, px):
                             r = (run_hpo_cell(grpc, url, n, args.seconds, postmaster,
-                                              px.pid, log)
+                                              px.pid, log, stat)
                                  if kind == "hpo" else
                                  run_optuna_cell(grpc, n, args.seconds, postmaster,
-                                                 px.pid))
+                                                 px.pid, stat))
             r.update(storage=storage, kind=kind)
             rows.append(r)
             print(f"  run {rep}: {kind:6} {storage:8} {n:2} clients: {r['tps']:7.1f} trials/s, db "
-                  f"{r['db_ms']:.2f} ms/trial ({r['db_cores']:.2f} cores), proxy "
+                  f"{r['db_ms']:.2f} ms/trial ({r['db_cores']:.2f} cores, "
+                  f"{r['xacts']:.1f} transactions/trial), proxy "
                   f"{r['proxy_ms']:.2f} ms/trial, clients {r['client_ms']:.1f} "
                   f"ms/trial; load {loadavg()}", flush=True)
         cals = [calibrate(admin, postmaster, work) for _ in range(args.repeats)
@@ -525,8 +552,8 @@ def main() -> None:
     rows = medians(rows)
     print(f"medians of {args.repeats} run(s) per cell\n")
     print("| client | storage | processes | trials/s | vs 1 process | database CPU ms/trial "
-          "| database cores busy | proxy CPU ms/trial | client CPU ms/trial |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| database cores busy | transactions/trial | proxy CPU ms/trial | client CPU ms/trial |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for kind in kinds:
         for storage in storages:
             rs = [r for r in rows if r["storage"] == storage and r["kind"] == kind]
@@ -536,13 +563,26 @@ def main() -> None:
                 db = f"{r['db_ms']:.2f}" if pg else "-"
                 cores = f"{r['db_cores']:.2f}" if pg else "-"
                 px = f"{r['proxy_ms']:.2f}" if storage == "proxy" else "-"
+                xa = f"{r['xacts']:.1f}" if pg else "-"
                 print(f"| {kind} | {storage} | {r['clients']} | {r['tps']:.1f} | "
-                      f"{r['tps'] / one:.2f}x | {db} | {cores} | {px} | {r['client_ms']:.1f} |")
+                      f"{r['tps'] / one:.2f}x | {db} | {cores} | {xa} | {px} | "
+                      f"{r['client_ms']:.1f} |")
+    if {"hpo", "optuna"} <= set(kinds):
+        print("\n| storage | processes | hpo trials/s | Optuna trials/s | hpo / Optuna |")
+        print("|---|---|---|---|---|")
+        for storage in storages:
+            for n in counts:
+                h, o = ([r["tps"] for r in rows if r["storage"] == storage and r["kind"] == k
+                         and r["clients"] == n][0] for k in ("hpo", "optuna"))
+                print(f"| {storage} | {n} | {h:.1f} | {o:.1f} | {h / o:.2f}x |")
     for i, cal in enumerate(cals):
         print(f"\ncalibration {i}: 2 `hpo worker` on book-random, {cal['trials']} trials in "
               f"{cal['wall']:.1f} s, {cal['trial_s']:.3f} s per trial per worker, database CPU "
               f"{cal['db_ms']:.2f} ms per trial, {cal['xacts']:.1f} transactions per trial "
               f"(idle server {idle:.3f} cores)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cells": rows, "calibrations": cals,
+                                               "idle_cores": idle}, indent=1))
     if args.plot and rows:
         plot(rows, Path(args.plot))
         print(f"plot: {args.plot}")

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from hpo.db import optuna_private as oc
 from hpo.db.retry import finished_elsewhere, reason
+from hpo.db.writebehind import WriteBehindRDBStorage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -183,7 +184,7 @@ def test_write_behind_commits_attrs_and_reports_with_the_trials_end(wb_db: str) 
     """User attributes and intermediate values of a running trial are held back (another
     process sees none of them), seen by this process at once, and committed in the
     transaction that finishes the trial."""
-    storage = oc.WriteBehindRDBStorage(wb_db)
+    storage = WriteBehindRDBStorage(wb_db)
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     other = RDBStorage(wb_db)
     trial = study.ask()
@@ -208,7 +209,7 @@ def test_write_behind_commits_attrs_and_reports_with_the_trials_end(wb_db: str) 
 
 
 def test_write_behind_a_pruned_trial_takes_its_last_report(wb_db: str) -> None:
-    storage = oc.WriteBehindRDBStorage(wb_db)
+    storage = WriteBehindRDBStorage(wb_db)
     study = optuna.create_study(storage=storage)
 
     def objective(trial: optuna.Trial) -> float:
@@ -226,7 +227,7 @@ def test_write_behind_a_pruned_trial_takes_its_last_report(wb_db: str) -> None:
 def test_write_behind_a_trial_finished_elsewhere_keeps_the_sweepers_word(wb_db: str) -> None:
     """A trial a sweeper failed meanwhile: the tell is refused as before, nothing pending is
     written, and nothing stays pending."""
-    storage = oc.WriteBehindRDBStorage(wb_db)
+    storage = WriteBehindRDBStorage(wb_db)
     study = optuna.create_study(storage=storage)
     trial = study.ask()
     trial.set_user_attr("a", 1)
@@ -252,7 +253,7 @@ def test_write_behind_beats_first_with_the_trial_creation(wb_db: str) -> None:
     (WAITING) trial gets no row until it runs."""
     import sqlalchemy
 
-    storage = oc.WriteBehindRDBStorage(wb_db, heartbeat_interval=7, grace_period=20)
+    storage = WriteBehindRDBStorage(wb_db, heartbeat_interval=7, grace_period=20)
     study = optuna.create_study(storage=storage)
 
     def beats() -> dict[int, object]:
@@ -276,7 +277,7 @@ def test_write_behind_beats_first_with_the_trial_creation(wb_db: str) -> None:
 
 
 def test_write_behind_a_heartbeat_writes_what_is_pending(wb_db: str) -> None:
-    storage = oc.WriteBehindRDBStorage(wb_db, heartbeat_interval=1)
+    storage = WriteBehindRDBStorage(wb_db, heartbeat_interval=1)
     study = optuna.create_study(storage=storage)
     with pytest.warns(UserWarning, match="Heartbeat"):
         trial = study.ask()
@@ -294,8 +295,10 @@ def test_write_behind_a_heartbeat_writes_what_is_pending(wb_db: str) -> None:
 
 
 def test_write_behind_a_new_trial_is_not_read_back(wb_db: str) -> None:
-    storage = oc.WriteBehindRDBStorage(wb_db)
-    study = optuna.create_study(storage=storage)
+    # a random sampler: nothing reads the trials as a trial starts, so its creation reads
+    # nothing ahead for it (the TPE case: test_write_behind_reads_at_a_trials_start_...)
+    storage = WriteBehindRDBStorage(wb_db)
+    study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     seen = _statements(storage)
     with oc.skip_waiting_lookup(study):
@@ -306,7 +309,7 @@ def test_write_behind_a_new_trial_is_not_read_back(wb_db: str) -> None:
 
 
 def test_write_behind_a_popped_waiting_trial_is_written_behind_too(wb_db: str) -> None:
-    storage = oc.WriteBehindRDBStorage(wb_db)
+    storage = WriteBehindRDBStorage(wb_db)
     study = optuna.create_study(storage=storage)
     study.enqueue_trial({"x": 0.5}, user_attrs={"from": "queue"})
     trial = study.ask()
@@ -342,7 +345,7 @@ def test_write_behind_its_view_of_a_running_trial_is_the_stored_trial(wb_db: str
                                                                       enqueued: bool) -> None:
     """What ``get_trial`` answers for a trial this process runs, without reading it back, is
     what the database holds once the pending writes are flushed."""
-    storage = oc.WriteBehindRDBStorage(wb_db)
+    storage = WriteBehindRDBStorage(wb_db)
     study = optuna.create_study(storage=storage)
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     if enqueued:
@@ -399,7 +402,7 @@ def refused_writes(url: str, table: str) -> Iterator[None]:
         engine.dispose()
 
 
-class _Flushes(oc.WriteBehindRDBStorage):
+class _Flushes(WriteBehindRDBStorage):
     """Notes each failed flush of held writes (hpo's storage reports them in one line)."""
 
     def flush_failed(self, trial_id: int, e: BaseException) -> None:
@@ -419,7 +422,7 @@ def _heartbeat_rows(url: str, trial_id: int) -> int:
         engine.dispose()
 
 
-def _due(storage: oc.WriteBehindRDBStorage, trial_id: int) -> None:
+def _due(storage: WriteBehindRDBStorage, trial_id: int) -> None:
     """Make the trial's held writes due at its next beat (it has run for an interval)."""
     storage._wb_running[trial_id].since -= 3600
 
@@ -451,7 +454,7 @@ def test_write_behind_held_writes_survive_a_failed_final_write(wb_db: str) -> No
     """The trial's final write fails (the database refuses its value): nothing is written, the
     trial stays RUNNING and its held writes stay held, so the retried final write stores
     COMPLETE with every user attribute (``model_seed``) and report."""
-    storage = oc.WriteBehindRDBStorage(wb_db)
+    storage = WriteBehindRDBStorage(wb_db)
     study = optuna.create_study(storage=storage, direction="maximize")
     trial = study.ask()
     tid = oc.trial_id(trial)
@@ -476,7 +479,7 @@ def test_write_behind_held_writes_survive_a_failed_final_write(wb_db: str) -> No
 def test_write_behind_a_held_write_never_lands_in_a_finished_trial(wb_db: str) -> None:
     """A sweeper failed the trial while it ran here: the next beat writes none of its held
     writes into the FAIL trial (they are dropped), and its tell is refused."""
-    storage = oc.WriteBehindRDBStorage(wb_db, heartbeat_interval=1)
+    storage = WriteBehindRDBStorage(wb_db, heartbeat_interval=1)
     study = optuna.create_study(storage=storage)
     trial = study.ask()
     tid = oc.trial_id(trial)

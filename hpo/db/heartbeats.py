@@ -65,13 +65,13 @@ def beat_failed(e: BaseException) -> None:
 def rdb_storage_class() -> type:
     """``RDBStorage`` with a heartbeat that outlives database outages (module docstring), and
     a running trial's user attributes and intermediate values written with its end
-    (:class:`hpo.db.optuna_private.WriteBehindRDBStorage`)."""
+    (:class:`hpo.db.writebehind.WriteBehindRDBStorage`)."""
     import optuna
     from optuna.trial import TrialState
 
-    from hpo.db import optuna_private as oc
+    from hpo.db.writebehind import WriteBehindRDBStorage
 
-    class HpoRDBStorage(oc.WriteBehindRDBStorage):
+    class HpoRDBStorage(WriteBehindRDBStorage):
         def record_heartbeat(self, trial_id: int) -> None:
             try:
                 super().record_heartbeat(trial_id)

@@ -1,11 +1,11 @@
 """What a process knows of one of the trials it runs while the write-behind storage
-(:class:`hpo.db.optuna_private.WriteBehindRDBStorage`) holds back its writes."""
+(:class:`hpo.db.writebehind.WriteBehindRDBStorage`) holds back its writes."""
 
 from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -15,7 +15,7 @@ class HeldWrites:
     """What this process knows of one of its running trials: the trial as stored plus the
     write-through writes made here since (``trial``), and the writes held back."""
 
-    __slots__ = ("trial", "user", "system", "steps", "since", "beaten")
+    __slots__ = ("trial", "user", "system", "steps", "params", "sampling", "since", "beaten")
 
     def __init__(self, trial: FrozenTrial | None, beaten: bool = False) -> None:
         self.trial = trial
@@ -24,9 +24,13 @@ class HeldWrites:
         self.user: dict[str, str] = {}  # key -> JSON text
         self.system: dict[str, str] = {}
         self.steps: dict[int, float] = {}
+        self.params: dict[str, tuple[float, Any]] = {}  # name -> (internal value, distribution)
+        # still drawing its parameters: they and the sampler's system attributes are held
+        # until the last one expected is drawn (then written together), see writebehind.py
+        self.sampling = False
 
     def pending(self) -> bool:
-        return bool(self.user or self.system or self.steps)
+        return bool(self.user or self.system or self.steps or self.params)
 
     def overlay(self, trial: FrozenTrial) -> None:
         """Apply the held-back writes to ``trial`` (a copy this process hands out or keeps)."""

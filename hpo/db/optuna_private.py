@@ -11,18 +11,12 @@ moves a name fails those tests, not a user's study.
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
-from optuna.trial import FrozenTrial, TrialState
-
-from hpo.db.held_writes import HeldWrites
+from optuna.trial import FrozenTrial
 
 #: The logger Optuna's ``study.optimize`` reports a failed trial on (with its traceback).
 OPTIMIZE_LOGGER = "optuna.study._optimize"
@@ -103,319 +97,158 @@ def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
     storage_of(study).set_study_system_attr(study_id(study), key, value)
 
 
-class WriteBehindRDBStorage(RDBStorage):
-    """``RDBStorage`` that holds back the writes nobody else reads while a trial runs, and
-    commits them with the trial's end (hpo's storage class: :mod:`hpo.db.heartbeats`).
+class RDBHooks(RDBStorage):
+    """``RDBStorage`` whose private entry points (what ``_CachedStorage`` calls) hand over to
+    hooks with public names, so that :class:`hpo.db.writebehind.WriteBehindRDBStorage` holds
+    no private Optuna name. Each hook does nothing here.
 
-    Each ``RDBStorage`` call is its own transaction: a pooled connection checked out,
-    the trial row read, the write, a commit; 3-15 ms on PostgreSQL on a busy machine.
-    For the trials this process runs (created here RUNNING, or a WAITING trial it started):
-
-    * **user attributes and intermediate values are written behind**, and the system
-      attributes a caller marks so (:func:`set_trial_system_attr_behind`): kept here, and
-      written in the transaction that finishes the trial (``set_trial_state_values``), as one
-      multi-row upsert per table; so a trial's ``train_acc``, curves and ``model_seed`` and its
-      pruner reports cost no round trip of their own. No other process reads them while the
-      trial runs (Optuna's median/percentile pruners read COMPLETE trials only; successive
-      halving reads system attributes, written through), and this process sees its own:
-      ``get_trial`` overlays them. With heartbeats on, each beat once the trial has run for an
-      interval also writes what is pending, so a long trial's curve still shows up in
-      optuna-dashboard while it runs (one interval behind). A worker that dies loses what was
-      pending with the trial, which a sweeper then fails.
-    * **its trial is not read back**: ``get_trial`` (``Trial.__init__``, and ``tell``'s) answers
-      from the trial as created (or as read once, for a WAITING trial) plus this process's
-      writes. Nobody else writes to a RUNNING trial but a sweeper failing it, and that is seen
-      where it always mattered: the finishing transaction locks the trial row and refuses a
-      finished trial (UpdateFinishedTrialError, nothing written).
-
-    Parameters and other system attributes are written through, as before: other workers'
-    samplers read the parameters of RUNNING trials.
-
-    With heartbeats on, **a trial created RUNNING gets its heartbeat row in the transaction that
-    creates it** (``_get_prepared_new_trial``: the database's clock, what ``record_heartbeat``
-    writes), and the beat Optuna's heartbeat thread makes at once is skipped (within an
-    interval of the creation): one transaction fewer per trial, and no RUNNING trial of this
-    storage without a heartbeat row.
-
-    Relies on Optuna's private ``RDBStorage._create_new_trial``, ``_get_prepared_new_trial``
-    and ``_set_trial_param`` (what
-    ``_CachedStorage`` calls), ``_set_trial_value_without_commit`` and the per-row writers,
-    ``_create_scoped_session`` and the ORM models: the end of a trial with pending writes is
-    Optuna's state change redone in one transaction with them (:meth:`_finish`). Never nest
-    ``_create_scoped_session``: it is one thread-local session, and the inner block commits and
-    closes it.
+    * ``_create_new_trial`` -> :meth:`trial_created` (the frozen trial as created);
+    * ``_get_prepared_new_trial`` (inside the creating transaction, the study row locked) ->
+      :meth:`before_creation` (may raise: nothing is created), :meth:`creation_failed`,
+      :meth:`after_creation` (the new trial's id and number known);
+    * ``_set_trial_param`` -> :meth:`hold_param` (True: kept, not written now), then
+      :meth:`param_set`;
+    * ``_get_trials`` (the cache's incremental read) -> :meth:`answer_read` (a list: answered
+      without the database), else the read and :meth:`trials_read`.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._wb_init()
-        super().__init__(*args, **kwargs)
+    def trial_created(self, frozen: FrozenTrial, template: FrozenTrial | None) -> None:
+        """A trial was created (committed)."""
 
-    def _wb_init(self) -> None:
-        self._wb_lock = threading.RLock()
-        self._wb_running: dict[int, HeldWrites] = {}
+    def before_creation(self, study_id: int, template: FrozenTrial | None, session: Any) -> None:
+        """In the creating transaction, before the new trial is added."""
 
-    def __getstate__(self) -> dict[Any, Any]:
-        state = super().__getstate__()
-        for key in ("_wb_lock", "_wb_running"):
-            state.pop(key, None)
-        return state
+    def after_creation(self, study_id: int, template: FrozenTrial | None, session: Any,
+                       new_id: int, number: int) -> None:
+        """In the creating transaction, the new trial added (not committed)."""
 
-    def __setstate__(self, state: dict[Any, Any]) -> None:
-        self._wb_init()
-        super().__setstate__(state)
+    def creation_failed(self, e: BaseException) -> None:
+        """A trial could not be created; subclasses may raise what to end with instead."""
+
+    def hold_param(self, trial_id: int, name: str, internal: float, distribution: Any,
+                   previous: Any) -> bool:
+        """True when the parameter is kept to be written later (:func:`write_params`)."""
+        return False
+
+    def param_set(self, trial_id: int, name: str, internal: float, distribution: Any) -> None:
+        """A parameter was written or kept."""
+
+    def answer_read(self, study_id: int, included: set[int], greater: int) -> Any:
+        """The cache's incremental read answered here (a list of trials), else ``None``."""
+        return None
+
+    def trials_read(self, study_id: int, included: set[int], greater: int,
+                    trials: list[FrozenTrial]) -> None:
+        """The cache's incremental read went to the database and returned ``trials``."""
 
     def _create_new_trial(self, study_id: int,
                           template_trial: FrozenTrial | None = None) -> FrozenTrial:
         frozen = super()._create_new_trial(study_id, template_trial)
-        if frozen.state == TrialState.RUNNING and template_trial is None:
-            with self._wb_lock:
-                self._wb_running[frozen._trial_id] = HeldWrites(
-                    copy.deepcopy(frozen), beaten=self.heartbeat_interval is not None)
+        self.trial_created(frozen, template_trial)
         return frozen
 
     def _get_prepared_new_trial(self, study_id: int, template_trial: FrozenTrial | None,
                                 session: Any) -> Any:
         # Optuna retries a trial's creation five times, up to 2 s apart, whatever the error
         # (it means deadlocks): ``creation_failed`` may replace an error no retry can mend by
-        # one that is not Optuna's StorageInternalError, which ends the loop at once.
-        from optuna.storages._rdb import models
-
+        # one that is not Optuna's StorageInternalError, which ends the loop at once; so does
+        # what ``before_creation`` raises.
+        self.before_creation(study_id, template_trial, session)
         try:
             trial = super()._get_prepared_new_trial(study_id, template_trial, session)
         except Exception as e:
             self.creation_failed(e)
             raise
-        if (self.heartbeat_interval is not None and template_trial is None
-                and trial.state == TrialState.RUNNING):
-            # the trial's first heartbeat, in the transaction that creates it (the row Optuna's
-            # ``record_heartbeat`` would insert a moment later, with the database's clock): one
-            # transaction fewer per trial, and never a RUNNING trial without a heartbeat row
-            session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
-        return trial
-
-    def creation_failed(self, e: BaseException) -> None:
-        """A trial could not be created; subclasses may raise what to end with instead."""
-
-    def get_trial(self, trial_id: int) -> FrozenTrial:
-        with self._wb_lock:
-            running = self._wb_running.get(trial_id)
-            known = running is not None and running.trial is not None
-            if known:
-                trial = copy.deepcopy(running.trial)
-        if not known:
-            trial = super().get_trial(trial_id)
-            with self._wb_lock:
-                if trial.state.is_finished():  # told, or failed by a sweeper
-                    self._wb_running.pop(trial_id, None)
-                running = self._wb_running.get(trial_id)
-                if running is None:
-                    return trial
-                running.trial = copy.deepcopy(trial)
-        with self._wb_lock:
-            running.overlay(trial)
+        self.after_creation(study_id, template_trial, session, trial.trial_id, trial.number)
         return trial
 
     def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                          distribution: Any, previous_distribution: Any) -> None:
-        super()._set_trial_param(trial_id, param_name, param_value_internal, distribution,
-                                 previous_distribution)
-        with self._wb_lock:
-            running = self._wb_running.get(trial_id)
-            if running is not None and running.trial is not None:
-                running.trial.params[param_name] = distribution.to_external_repr(
-                    param_value_internal)
-                running.trial.distributions[param_name] = distribution
+        if not self.hold_param(trial_id, param_name, param_value_internal, distribution,
+                               previous_distribution):
+            super()._set_trial_param(trial_id, param_name, param_value_internal, distribution,
+                                     previous_distribution)
+        self.param_set(trial_id, param_name, param_value_internal, distribution)
 
-    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        super().set_trial_system_attr(trial_id, key, value)
-        with self._wb_lock:
-            running = self._wb_running.get(trial_id)
-            if running is not None and running.trial is not None:
-                running.trial.system_attrs[key] = json.loads(json.dumps(value))
+    def _get_trials(self, study_id: int, states: Any, included_trial_ids: set[int],
+                    trial_id_greater_than: int) -> list[FrozenTrial]:
+        if states is None:
+            answer = self.answer_read(study_id, set(included_trial_ids), trial_id_greater_than)
+            if answer is not None:
+                return answer
+        trials = super()._get_trials(study_id, states, included_trial_ids,
+                                     trial_id_greater_than)
+        if states is None:
+            self.trials_read(study_id, set(included_trial_ids), trial_id_greater_than, trials)
+        return trials
 
-    def _hold(self, trial_id: int, field: str, key: Any, value: Any) -> bool:
-        """Keep a write to ``running.<field>[key]`` for a trial this process runs; False when
-        it runs elsewhere (the caller writes through)."""
-        with self._wb_lock:
-            running = self._wb_running.get(trial_id)
-            if running is None:
-                return False
-            getattr(running, field)[key] = value
-            return True
 
-    def set_trial_system_attr_behind(self, trial_id: int, key: str, value: Any) -> None:
-        """A system attribute nobody needs before the trial ends: written with its end (or
-        the next heartbeat) when this process runs the trial, else at once."""
-        if not self._hold(trial_id, "system", key, json.dumps(value)):
-            super().set_trial_system_attr(trial_id, key, value)
+def rdb_models() -> Any:
+    """Optuna's ORM models of an RDB storage (``optuna.storages._rdb.models``)."""
+    from optuna.storages._rdb import models
 
-    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        # json.dumps first: an unserialisable value fails here, as it did
-        if not self._hold(trial_id, "user", key, json.dumps(value)):
-            super().set_trial_user_attr(trial_id, key, value)
+    return models
 
-    def set_trial_intermediate_value(self, trial_id: int, step: int,
-                                     intermediate_value: float) -> None:
-        if not self._hold(trial_id, "steps", step, float(intermediate_value)):
-            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
 
-    def set_trial_state_values(self, trial_id: int, state: TrialState,
-                               values: Sequence[float] | None = None) -> bool:
-        if not state.is_finished():
-            ok = super().set_trial_state_values(trial_id, state, values)
-            if ok and state == TrialState.RUNNING:  # a WAITING trial this process now runs
-                with self._wb_lock:
-                    self._wb_running.setdefault(trial_id, HeldWrites(None))
-            return ok
-        # the lock is held through the write: a heartbeat's flush cannot interleave. The held
-        # writes are let go only once the trial is finished (here or elsewhere): a final write
-        # that failed (a lost connection) keeps them for the caller's retry of this call.
-        with self._wb_lock:
-            running = self._wb_running.get(trial_id)
-            try:
-                ok = self._finish(trial_id, state, values, running)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                self._wb_running.pop(trial_id, None)  # a sweeper's word stands: drop them
-                raise
-            if ok:  # False: nothing was written (a constraint); the trial is still RUNNING
-                self._wb_running.pop(trial_id, None)
-            return ok
+@contextlib.contextmanager
+def rdb_session(storage: RDBStorage) -> Iterator[Any]:
+    """One transaction of ``storage`` (Optuna's ``_create_scoped_session``: committed at the
+    end, rolled back on an error). Never nested: it is one thread-local session."""
+    from optuna.storages._rdb.storage import _create_scoped_session
 
-    def drop_held(self, trial_id: int) -> None:
-        """Forget what is held for a trial (it will not be written)."""
-        with self._wb_lock:
-            self._wb_running.pop(trial_id, None)
+    with _create_scoped_session(storage.scoped_session) as session:
+        yield session
 
-    def _finish(self, trial_id: int, state: TrialState, values: Sequence[float] | None,
-                running: HeldWrites | None) -> bool:
-        """``RDBStorage.set_trial_state_values`` for a finished state, with the pending writes
-        in the same transaction: all committed, or none (a trial a sweeper failed meanwhile
-        raises UpdateFinishedTrialError and nothing is written)."""
-        from datetime import datetime
 
-        import sqlalchemy.exc
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
+def write_without_commit(storage: RDBStorage, session: Any, trial: Any, *,
+                         params: dict[str, tuple[float, Any]] | None = None,
+                         values: Sequence[float] = (),
+                         attrs: Sequence[tuple[Any, str, Any]] = (),
+                         steps: dict[int, float] | None = None) -> None:
+    """Optuna's own per-row writers, in ``session`` (not committed): ``params`` name ->
+    (internal value, distribution), ``values`` of the objectives into the trial row ``trial``,
+    ``attrs`` (model, key, value), ``steps`` intermediate values."""
+    tid = trial.trial_id
+    for name, (internal, distribution) in (params or {}).items():
+        storage._set_trial_param_without_commit(session, tid, name, internal, distribution)
+    for objective, value in enumerate(values):
+        storage._set_trial_value_without_commit(session, trial, objective, value)
+    for model, key, value in attrs:
+        storage._set_trial_attr_without_commit(session, model, tid, key, value)
+    for step, value in (steps or {}).items():
+        storage._set_trial_intermediate_value_without_commit(session, tid, step, value)
 
-        if running is None or not running.pending():
-            return super().set_trial_state_values(trial_id, state, values)
-        try:
-            with _create_scoped_session(self.scoped_session) as session:
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-                if trial.state.is_finished():
-                    raise optuna.exceptions.UpdateFinishedTrialError(
-                        f"Trial#{trial.number} has already finished and can not be updated.")
-                self._wb_write(session, trial_id, running)
-                for objective, value in enumerate(values or ()):
-                    self._set_trial_value_without_commit(session, trial, objective, value)
-                trial.state = state
-                trial.datetime_complete = datetime.now()
-        except sqlalchemy.exc.IntegrityError:
-            return False
-        return True
 
-    def record_heartbeat(self, trial_id: int) -> None:
-        # the beat a trial starts with (Optuna's heartbeat thread beats at once, right after
-        # ``ask``) was written with the trial's creation: skipped, once, within an interval
-        with self._wb_lock:
-            running = self._wb_running.get(trial_id)
-            if running is not None and running.beaten:
-                running.beaten = False
-                if time.monotonic() - running.since < (self.heartbeat_interval or 0):
-                    return
-        # the beat first, and whatever happens to the held writes: a flush that fails (they
-        # stay held for the next beat or the trial's end) never costs the trial its heartbeat
-        super().record_heartbeat(trial_id)
-        # not at the beat a trial starts with: only a trial that has run for an interval
-        with self._wb_lock:
-            running = self._wb_running.get(trial_id)
-            due = running is not None and running.pending() and (
-                time.monotonic() - running.since >= (self.heartbeat_interval or 0))
-        if due:
-            try:
-                self.flush_trial(trial_id)
-            except Exception as e:  # noqa: BLE001 - the beat is recorded; the writes wait
-                self.flush_failed(trial_id, e)
+def read_trials_in(storage: RDBStorage, session: Any, study_id: int, included: set[int],
+                   greater: int) -> list[FrozenTrial]:
+    """What ``RDBStorage._get_trials(study_id, None, included, greater)`` returns (the cache's
+    incremental read: the trials with an id in ``included``, at most ``greater``, or above
+    ``greater``), read in ``session``, an open transaction."""
+    import sqlalchemy
+    import sqlalchemy.orm as orm
 
-    def flush_failed(self, trial_id: int, e: BaseException) -> None:
-        """A heartbeat's flush of held writes failed; they stay held. Subclasses report it."""
-
-    def flush_trial(self, trial_id: int) -> None:
-        """Write what is pending for a trial that goes on running (its own transaction), into
-        a trial still RUNNING only: the trial row is locked and read first, and a trial that a
-        sweeper finished meanwhile gets none of them: they are dropped (the trial's ``tell`` is
-        then refused, and the trial loop says so in one line)."""
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with self._wb_lock:
-            running = self._wb_running.get(trial_id)
-            if running is None or not running.pending():
-                return
-            with _create_scoped_session(self.scoped_session) as session:
-                row = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-                still_running = row.state == TrialState.RUNNING
-                if still_running:
-                    self._wb_write(session, trial_id, running)
-            if not still_running:
-                self._wb_running.pop(trial_id, None)
-                return
-            trial = running.trial
-            if trial is not None:  # written: now part of the trial as stored
-                running.overlay(trial)
-            running.user.clear()
-            running.system.clear()
-            running.steps.clear()
-
-    def _wb_write(self, session: Any, trial_id: int, running: HeldWrites) -> None:
-        """Upsert the pending writes of a trial in ``session`` (not committed): one statement
-        per table on PostgreSQL and SQLite, Optuna's per-row writes elsewhere."""
-        import sqlite3
-
-        from optuna.storages._rdb import models
-
-        user, system = models.TrialUserAttributeModel, models.TrialSystemAttributeModel
-        inter = models.TrialIntermediateValueModel
-        dialect = self.engine.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            for model, attrs in ((user, running.user), (system, running.system)):
-                for key, text in attrs.items():
-                    self._set_trial_attr_without_commit(session, model, trial_id, key,
-                                                        json.loads(text))
-            for step, value in running.steps.items():
-                self._set_trial_intermediate_value_without_commit(session, trial_id, step,
-                                                                  value)
-            return
-        for model, attrs in ((user, running.user), (system, running.system)):
-            if attrs:
-                stmt = insert(model).values([{"trial_id": trial_id, "key": k, "value_json": v}
-                                             for k, v in attrs.items()])
-                session.execute(stmt.on_conflict_do_update(
-                    index_elements=[model.trial_id, model.key],
-                    set_={"value_json": stmt.excluded.value_json}))
-        if running.steps:
-            rows = []
-            for step, value in running.steps.items():
-                stored, kind = inter.intermediate_value_to_stored_repr(value)
-                rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
-                             "intermediate_value_type": kind})
-            stmt = insert(inter).values(rows)
-            session.execute(stmt.on_conflict_do_update(
-                index_elements=[inter.trial_id, inter.step],
-                set_={"intermediate_value": stmt.excluded.intermediate_value,
-                      "intermediate_value_type": stmt.excluded.intermediate_value_type}))
+    models = rdb_models()
+    included = {i for i in included if i <= greater}
+    query = session.query(models.TrialModel).filter(models.TrialModel.study_id == study_id)
+    for rel in ("params", "values", "user_attributes", "system_attributes",
+                "intermediate_values"):
+        query = query.options(orm.selectinload(getattr(models.TrialModel, rel)))
+    if included and greater > -1:
+        query = query.filter(sqlalchemy.or_(models.TrialModel.trial_id.in_(included),
+                                            models.TrialModel.trial_id > greater))
+    elif greater > -1:
+        query = query.filter(models.TrialModel.trial_id > greater)
+    rows = query.order_by(models.TrialModel.trial_id).all()
+    return [storage._build_frozen_trial_from_trial_model(r) for r in rows]
 
 
 def set_trial_system_attr_behind(study: optuna.Study, trial: Any, key: str, value: Any) -> None:
     """Write a system attribute of a running trial that nobody reads before the trial ends:
-    with a :class:`WriteBehindRDBStorage`, committed with the trial's end; elsewhere at once."""
-    backend = rdb_of(study)
-    if isinstance(backend, WriteBehindRDBStorage):
-        backend.set_trial_system_attr_behind(trial_id(trial), key, value)
+    with a :class:`hpo.db.writebehind.WriteBehindRDBStorage`, committed with the trial's end;
+    elsewhere at once."""
+    behind = getattr(rdb_of(study), "set_trial_system_attr_behind", None)
+    if behind is not None:  # a hpo.db.writebehind.WriteBehindRDBStorage
+        behind(trial_id(trial), key, value)
     else:
         set_trial_system_attr(study, trial, key, value)
 

@@ -22,8 +22,12 @@ costs nothing while the trial's number is below N (fewer than N trials precede i
 when the count saw no WAITING trial, ``ask()`` does not read the trials to look for one
 (:func:`hpo.db.optuna_private.skip_waiting_lookup`), and when it saw no RUNNING trial,
 ``optimize`` does not query for stale ones (:func:`hpo.db.optuna_private.skip_first_stale_check`).
-Other storages (in-memory, the gRPC proxy client) count with ``study.get_trials``. Per trial
-the loop itself thus adds one count query and no trial read.
+Other storages (in-memory, the gRPC proxy client) count with ``study.get_trials``. On
+PostgreSQL the count is folded into the trial's creation (:func:`hpo.db.writebehind.budget`: the
+creating transaction counts the study's trials with the study row locked and refuses a trial
+beyond the budget, nothing created): after a trial, the counts its creation saw plus its own end
+stand in for the next count while they leave room, so per trial the loop adds no transaction of
+its own; it counts before it stops, waits or pops a WAITING trial.
 
 SIGTERM and Ctrl-C (:mod:`hpo.signals`): the running trial is marked FAIL by Optuna (its loop
 catches KeyboardInterrupt), nothing is left RUNNING, and the process exits 143 / 130 with one
@@ -54,6 +58,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.db import optuna_private as oc
+from hpo.db import writebehind as wb
 from hpo.db.keys import CLOSED_ATTR, HANDED_BACK_ATTR, SURPLUS_ATTR
 from hpo.db.retry import OUTAGE, chain, db_wait, finished_elsewhere, is_transient, reason, refused
 from hpo.db.storage import MAX_RETRY, state_counts, sweep_stale_trials
@@ -187,8 +192,8 @@ def _claim(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> None:
 
     Trial numbers are 0, 1, 2, ... in creation order, so a trial numbered below ``n_trials``
     has fewer than ``n_trials`` predecessors of any state: it always fits, no query needed."""
-    if trial.number < n_trials:
-        return
+    if trial.number < n_trials or wb.created_within_budget(study, trial):
+        return  # (the second: its creating transaction counted the others, the study locked)
     counts = state_counts(study, below=trial.number)
     ahead = sum(counts.get(s, 0) for s in FINISHED + IN_FLIGHT)
     if ahead >= n_trials:
@@ -282,11 +287,25 @@ def work(
     callbacks = [on_trial] if on_trial else None
     OUTAGE.reset()  # a new loop: no outage, no refusal (tests run several in one process)
     delay = 0.5
+    # (finished, in flight, WAITING) as this worker's last trial found the others at its
+    # creation (on PostgreSQL: hpo.db.writebehind.budget), plus its own end: used instead of a
+    # count when it leaves room for a trial (a stale figure only means the next creation is
+    # refused, BudgetFull, and the loop counts); the decision to stop is always a count
+    est: tuple[int, int, int] | None = None
+    # optimize() looks for stale trials (one query) before each trial while others are in
+    # flight: at most once per heartbeat interval here (a dead worker's trial is failed at most
+    # an interval later while the budget has room; the sweep at a full budget is unchanged)
+    interval = oc.heartbeat_interval(oc.storage_of(study)) or 0.0
+    looked = float("-inf")
     while True:
         check_stop()
         OUTAGE.check()
         try:
-            done, in_flight, waiting = count_states(study)
+            stopping = ((timeout is not None and time.monotonic() - start >= timeout)
+                        or (max_runs is not None and runs >= max_runs))
+            done, in_flight, waiting = (est if est is not None and not stopping
+                                        else count_states(study))
+            est = None
             if OUTAGE.since is None:  # a write went through since the last failure
                 delay = 0.5
             if done >= n_trials:
@@ -308,13 +327,22 @@ def work(
                 time.sleep(poll)
                 continue
             # no RUNNING trial a moment ago: none can be stale, optimize() need not look
+            no_look = in_flight == waiting or time.monotonic() - looked < interval
+            if not no_look:
+                looked = time.monotonic()
             with (oc.skip_waiting_lookup(study, skip=not waiting),
-                  oc.skip_first_stale_check(study, skip=in_flight == waiting)):
+                  oc.skip_first_stale_check(study, skip=no_look),
+                  wb.budget(study, n_trials)):
                 study.optimize(claimed, n_trials=1, catch=(Surplus, TrialFailed),
                                callbacks=callbacks,
                                gc_after_trial=False)
             OUTAGE.ok()  # the trial was told: a write went through, whatever the storage
             delay = 0.5  # the next outage (a pooled connection killed meanwhile) starts over
+            est = wb.counts_after_trial(study)
+            if est is not None and (est[0] + est[1] >= n_trials or est[2]):
+                est = None  # no room, or a retry WAITING: count
+        except wb.BudgetFull:
+            continue  # another worker filled the last slot since: count again
         except Exception as e:  # noqa: BLE001 - filtered just below
             if finished_elsewhere(e):
                 # a sweeper failed this trial while it ran: its retry runs elsewhere

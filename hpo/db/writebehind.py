@@ -1,0 +1,490 @@
+"""hpo's RDB storage: a trial costs few transactions (issue 26). :class:`WriteBehindRDBStorage`
+holds back the writes nobody else reads while a trial runs and commits them with its end; its
+parameters are written together in one transaction; the reads of its sampler are answered from
+the transaction that created it; and the trial loop's budget is checked in that transaction.
+Optuna's private names are reached through :mod:`hpo.db.optuna_private` (``RDBHooks`` and
+small functions)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import check_distribution_compatibility
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.db import optuna_private as oc
+from hpo.db.held_writes import HeldWrites
+
+#: How many of the cache's reads one creation's snapshot answers (TPE makes two as a trial
+#: starts: its search space and its constant liar's trials); a sampler polling for news
+#: (a narrowing stage wait) gets the database from the third on.
+SNAPSHOT_READS = 2
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_IN_FLIGHT = (TrialState.RUNNING, TrialState.WAITING)
+
+
+class BudgetFull(Exception):
+    """The study holds its budget (finished + in-flight trials): no trial was created."""
+
+
+class WriteBehindRDBStorage(oc.RDBHooks):
+    """``RDBStorage`` that holds back the writes nobody else reads while a trial runs, and
+    commits them with the trial's end (hpo's storage class: :mod:`hpo.db.heartbeats`).
+
+    Each ``RDBStorage`` call is its own transaction: a pooled connection checked out, the trial
+    row read, the write, a commit; 3-15 ms on PostgreSQL on a busy machine. For the trials this
+    process runs (created here RUNNING, or a WAITING trial it started):
+
+    * **user attributes and intermediate values are written behind**, and the system
+      attributes a caller marks so (:meth:`set_trial_system_attr_behind`): kept here, and
+      written in the transaction that finishes the trial (``set_trial_state_values``), as one
+      multi-row upsert per table. No other process reads them while the trial runs (Optuna's
+      median/percentile pruners read COMPLETE trials only; successive halving reads system
+      attributes, written through), and this process sees its own: ``get_trial`` overlays
+      them. With heartbeats on, each beat once the trial has run for an interval also writes
+      what is pending. A worker that dies loses what was pending with the trial, which a
+      sweeper then fails.
+    * **its parameters are written together**: once this process has finished a trial of the
+      study, the next trial's parameters (and the system attributes its sampler writes before
+      them: TPE's constant-liar parameters) are held until it has drawn every parameter the
+      previous one drew, then written in one transaction, before ``suggest`` returns. So
+      other workers' samplers see them, and a stale trial's retry copies them, as soon as
+      the trial has drawn its point, as before; a trial that draws fewer (a conditional space)
+      writes them with its next heartbeat flush or its end. The first trial of a process writes
+      each as Optuna does (and is how the set is learnt).
+    * **its trial is not read back**: ``get_trial`` answers from the trial as created (or as
+      read once, for a WAITING trial) plus this process's writes. Nobody else writes to a
+      RUNNING trial but a sweeper failing it, and that is seen where it always mattered: the
+      finishing transaction locks the trial row and refuses a finished trial
+      (UpdateFinishedTrialError, nothing written).
+    * **the sampler's reads as a trial starts are answered from its creation**: once the
+      study's trials have been read here, the transaction that creates a trial also reads what
+      Optuna's cache would ask next (the trials new or unfinished since), and the cache's next
+      :data:`SNAPSHOT_READS` reads before the trial's first parameter are answered from it (the
+      database as of a few milliseconds earlier, in the same order).
+    * **the first heartbeat is written with the creation** (heartbeats on): the database's
+      clock, what ``record_heartbeat`` writes; the heartbeat thread's immediate beat is skipped.
+    * **the trial loop's budget** (:func:`budget`): on PostgreSQL the creating transaction, which
+      holds the study row's lock, counts the study's trials by state; a study that holds its
+      budget gets no new trial (:class:`BudgetFull`, nothing written), and the counts tell the
+      loop what it would have counted next (:func:`counts_after_trial`).
+
+    Never nest :func:`hpo.db.optuna_private.rdb_session`: it is one thread-local session.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._wb_init()
+        super().__init__(*args, **kwargs)
+
+    def _wb_init(self) -> None:
+        self._wb_lock = threading.RLock()
+        self._wb_running: dict[int, HeldWrites] = {}
+        self._wb_study_of: dict[int, int] = {}  # trial id -> study id (trials created here)
+        self._wb_space: dict[int, frozenset[str]] = {}  # study -> params its last trial drew
+        self._wb_budget: dict[int, int] = {}  # study -> n_trials (inside ``budget``)
+        self._wb_counting: tuple[int, dict[TrialState, int]] | None = None
+        # study -> (trial id, counts of the other trials at its creation, its final state)
+        self._wb_counts: dict[int, list[Any]] = {}
+        self._wb_mirror: dict[int, tuple[int, frozenset[int]]] = {}  # the cache's next read
+        self._wb_snap: dict[int, list[Any]] = {}  # study -> [greater, included, trials, uses]
+        self._wb_starting: dict[int, int] = {}  # study -> its trial created here, no param yet
+        self._wb_start_reads: set[int] = set()  # studies whose last trial read as it started
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        for key in [k for k in state if k.startswith("_wb_")]:
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        self._wb_init()
+        super().__setstate__(state)
+
+    # -- creation ----------------------------------------------------------------------------
+
+    def before_creation(self, study_id: int, template: FrozenTrial | None, session: Any) -> None:
+        self._wb_counting = None
+        n = self._wb_budget.get(study_id)
+        if template is not None or n is None:
+            return
+        import sqlalchemy
+
+        model = oc.rdb_models().TrialModel
+        rows = (session.query(model.state, sqlalchemy.func.count(model.trial_id))
+                .filter(model.study_id == study_id).group_by(model.state).all())
+        counts = {TrialState(state): int(k) for state, k in rows}
+        if sum(counts.get(s, 0) for s in _FINISHED + _IN_FLIGHT) >= n:
+            raise BudgetFull(f"the study holds its budget of {n} trials")
+        self._wb_counting = (study_id, counts)
+
+    def after_creation(self, study_id: int, template: FrozenTrial | None, session: Any,
+                       new_id: int, number: int) -> None:
+        if template is not None:
+            return
+        models = oc.rdb_models()
+        if self.heartbeat_interval is not None:
+            # the trial's first heartbeat, in the transaction that creates it (the row Optuna's
+            # ``record_heartbeat`` would insert a moment later, with the database's clock)
+            session.add(models.TrialHeartbeatModel(trial_id=new_id))
+        with self._wb_lock:
+            self._wb_study_of[new_id] = study_id
+            counting, self._wb_counting = self._wb_counting, None
+            if counting is not None and counting[0] == study_id:
+                self._wb_counts[study_id] = [new_id, counting[1], None]
+            mirror = self._wb_mirror.get(study_id)
+            # only where the last trial's start read the trials (TPE), not for every sampler
+            wanted = study_id in self._wb_start_reads
+            self._wb_start_reads.discard(study_id)
+            self._wb_starting[study_id] = new_id
+            self._wb_snap.pop(study_id, None)
+        if mirror is not None and wanted:
+            greater, included = mirror
+            trials = oc.read_trials_in(self, session, study_id, set(included), greater)
+            self._wb_snap[study_id] = [greater, included, trials, 0]
+
+    def trial_created(self, frozen: FrozenTrial, template: FrozenTrial | None) -> None:
+        if frozen.state != TrialState.RUNNING or template is not None:
+            return
+        tid = oc.trial_id(frozen)
+        with self._wb_lock:
+            running = HeldWrites(copy.deepcopy(frozen), beaten=self.heartbeat_interval is not None)
+            running.sampling = bool(self._wb_space.get(self._wb_study_of.get(tid, -1)))
+            self._wb_running[tid] = running
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def answer_read(self, study_id: int, included: set[int], greater: int) -> Any:
+        with self._wb_lock:
+            snap = self._wb_snap.get(study_id)
+            if snap is None or snap[3] >= SNAPSHOT_READS or greater < snap[0]:
+                return None
+            g0, inc0, trials, _ = snap
+            wanted = {i for i in included if i <= greater}
+            if not all(i in inc0 or i > g0 for i in wanted):
+                return None
+            snap[3] += 1
+            answer = [copy.deepcopy(t) for t in trials
+                      if oc.trial_id(t) in wanted or oc.trial_id(t) > greater]
+        self.trials_read(study_id, included, greater, answer)
+        return answer
+
+    def trials_read(self, study_id: int, included: set[int], greater: int,
+                    trials: list[FrozenTrial]) -> None:
+        # what Optuna's cache asks next: it keeps the ids of the unfinished trials it has seen
+        # and the highest id of a finished one
+        finished = {oc.trial_id(t) for t in trials if t.state.is_finished()}
+        unfinished = {oc.trial_id(t) for t in trials} - finished
+        with self._wb_lock:
+            if study_id in self._wb_starting:
+                self._wb_start_reads.add(study_id)
+            self._wb_mirror[study_id] = (max([greater, *finished]),
+                                         frozenset((included | unfinished) - finished))
+
+    # -- writes of a running trial -----------------------------------------------------------
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            known = running is not None and running.trial is not None
+            if known:
+                trial = copy.deepcopy(running.trial)
+        if not known:
+            trial = super().get_trial(trial_id)
+            with self._wb_lock:
+                if trial.state.is_finished():  # told, or failed by a sweeper
+                    self._wb_running.pop(trial_id, None)
+                running = self._wb_running.get(trial_id)
+                if running is None:
+                    return trial
+                running.trial = copy.deepcopy(trial)
+        with self._wb_lock:
+            running.overlay(trial)
+        return trial
+
+    def hold_param(self, trial_id: int, name: str, internal: float, distribution: Any,
+                   previous: Any) -> bool:
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if (running is None or running.trial is None or not running.sampling
+                    or previous is None):
+                return False
+            check_distribution_compatibility(previous, distribution)  # as Optuna's write does
+            running.params[name] = (internal, distribution)
+            return True
+
+    def param_set(self, trial_id: int, name: str, internal: float, distribution: Any) -> None:
+        with self._wb_lock:
+            study = self._wb_study_of.get(trial_id, -1)
+            self._wb_snap.pop(study, None)  # its start is over
+            self._wb_starting.pop(study, None)
+            running = self._wb_running.get(trial_id)
+            if running is None or running.trial is None:
+                return
+            running.trial.params[name] = distribution.to_external_repr(internal)
+            running.trial.distributions[name] = distribution
+            space = self._wb_space.get(self._wb_study_of.get(trial_id, -1), frozenset())
+            due = running.sampling and space <= running.trial.params.keys()
+            if due:  # every parameter expected is drawn: written now, in one transaction
+                running.sampling = False
+                self.flush_trial(trial_id)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        # while a trial draws its parameters, the system attributes its sampler writes (TPE's
+        # constant-liar parameters) are held and written with them; hpo's own (``hpo:``: a
+        # surplus claim, a hand-back) are written at once
+        if not key.startswith("hpo:") and self._hold(trial_id, "system", key,
+                                                      json.dumps(value), sampling=True):
+            return
+        super().set_trial_system_attr(trial_id, key, value)
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is not None and running.trial is not None:
+                running.trial.system_attrs[key] = json.loads(json.dumps(value))
+
+    def _hold(self, trial_id: int, field: str, key: Any, value: Any,
+              sampling: bool = False) -> bool:
+        """Keep a write to ``running.<field>[key]`` for a trial this process runs (with
+        ``sampling``: only while it draws its parameters); False when the caller writes
+        through."""
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is None or (sampling and not running.sampling):
+                return False
+            getattr(running, field)[key] = value
+            return True
+
+    def set_trial_system_attr_behind(self, trial_id: int, key: str, value: Any) -> None:
+        """A system attribute nobody needs before the trial ends: written with its end (or
+        the next heartbeat) when this process runs the trial, else at once."""
+        if not self._hold(trial_id, "system", key, json.dumps(value)):
+            super().set_trial_system_attr(trial_id, key, value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        # json.dumps first: an unserialisable value fails here, as it did
+        if not self._hold(trial_id, "user", key, json.dumps(value)):
+            super().set_trial_user_attr(trial_id, key, value)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int,
+                                     intermediate_value: float) -> None:
+        if not self._hold(trial_id, "steps", step, float(intermediate_value)):
+            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        if not state.is_finished():
+            ok = super().set_trial_state_values(trial_id, state, values)
+            if ok and state == TrialState.RUNNING:  # a WAITING trial this process now runs
+                with self._wb_lock:
+                    self._wb_running.setdefault(trial_id, HeldWrites(None))
+            return ok
+        # the lock is held through the write: a heartbeat's flush cannot interleave. The held
+        # writes are let go only once the trial is finished (here or elsewhere): a final write
+        # that failed (a lost connection) keeps them for the caller's retry of this call.
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            try:
+                ok = self._finish(trial_id, state, values, running)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                self._wb_running.pop(trial_id, None)  # a sweeper's word stands: drop them
+                self._ended(trial_id, None, None)
+                raise
+            if ok:  # False: nothing was written (a constraint); the trial is still RUNNING
+                self._wb_running.pop(trial_id, None)
+                self._ended(trial_id, running, state)
+            return ok
+
+    def _ended(self, trial_id: int, running: HeldWrites | None, state: TrialState | None) -> None:
+        study = self._wb_study_of.pop(trial_id, None)
+        if study is None:
+            return
+        self._wb_snap.pop(study, None)
+        self._wb_starting.pop(study, None)
+        if running is not None and running.trial is not None and running.trial.params:
+            self._wb_space[study] = frozenset(running.trial.params)
+        counts = self._wb_counts.get(study)
+        if counts is not None and counts[0] == trial_id:
+            counts[2] = state
+
+    def drop_held(self, trial_id: int) -> None:
+        """Forget what is held for a trial (it will not be written)."""
+        with self._wb_lock:
+            self._wb_running.pop(trial_id, None)
+
+    def _finish(self, trial_id: int, state: TrialState, values: Sequence[float] | None,
+                running: HeldWrites | None) -> bool:
+        """``RDBStorage.set_trial_state_values`` for a finished state, with the pending writes
+        in the same transaction: all committed, or none (a trial a sweeper failed meanwhile
+        raises UpdateFinishedTrialError and nothing is written)."""
+        from datetime import datetime
+
+        import sqlalchemy.exc
+
+        if running is None or not running.pending():
+            return super().set_trial_state_values(trial_id, state, values)
+        try:
+            with oc.rdb_session(self) as session:
+                trial = oc.rdb_models().TrialModel.find_or_raise_by_id(trial_id, session,
+                                                                       for_update=True)
+                if trial.state.is_finished():
+                    raise optuna.exceptions.UpdateFinishedTrialError(
+                        f"Trial#{trial.number} has already finished and can not be updated.")
+                self._wb_write(session, trial, running)
+                oc.write_without_commit(self, session, trial, values=list(values or ()))
+                trial.state = state
+                trial.datetime_complete = datetime.now()
+        except sqlalchemy.exc.IntegrityError:
+            return False
+        return True
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        # the beat a trial starts with (Optuna's heartbeat thread beats at once, right after
+        # ``ask``) was written with the trial's creation: skipped, once, within an interval
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is not None and running.beaten:
+                running.beaten = False
+                if time.monotonic() - running.since < (self.heartbeat_interval or 0):
+                    return
+        # the beat first, and whatever happens to the held writes: a flush that fails (they
+        # stay held for the next beat or the trial's end) never costs the trial its heartbeat
+        super().record_heartbeat(trial_id)
+        # not at the beat a trial starts with: only a trial that has run for an interval
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            due = running is not None and running.pending() and (
+                time.monotonic() - running.since >= (self.heartbeat_interval or 0))
+        if due:
+            try:
+                self.flush_trial(trial_id)
+            except Exception as e:  # noqa: BLE001 - the beat is recorded; the writes wait
+                self.flush_failed(trial_id, e)
+
+    def flush_failed(self, trial_id: int, e: BaseException) -> None:
+        """A heartbeat's flush of held writes failed; they stay held. Subclasses report it."""
+
+    def flush_trial(self, trial_id: int) -> None:
+        """Write what is pending for a trial that goes on running (its own transaction), into
+        a trial still RUNNING only: the trial row is locked and read first, and a trial that a
+        sweeper finished meanwhile gets none of them: they are dropped (the trial's ``tell`` is
+        then refused, and the trial loop says so in one line)."""
+        with self._wb_lock:
+            running = self._wb_running.get(trial_id)
+            if running is None or not running.pending():
+                return
+            with oc.rdb_session(self) as session:
+                row = oc.rdb_models().TrialModel.find_or_raise_by_id(trial_id, session,
+                                                                     for_update=True)
+                still_running = row.state == TrialState.RUNNING
+                if still_running:
+                    self._wb_write(session, row, running)
+            if not still_running:
+                self._wb_running.pop(trial_id, None)
+                return
+            trial = running.trial
+            if trial is not None:  # written: now part of the trial as stored
+                running.overlay(trial)
+            running.user.clear()
+            running.system.clear()
+            running.steps.clear()
+            running.params.clear()
+
+    def _wb_write(self, session: Any, row: Any, running: HeldWrites) -> None:
+        """Write the pending writes of a trial (its locked row ``row``) in ``session`` (not
+        committed): its parameters with Optuna's writer, then one upsert per table on
+        PostgreSQL and SQLite, Optuna's per-row writes elsewhere."""
+        import sqlite3
+
+        models = oc.rdb_models()
+        trial_id = row.trial_id
+        if running.params:
+            oc.write_without_commit(self, session, row, params=running.params)
+        user, system = models.TrialUserAttributeModel, models.TrialSystemAttributeModel
+        inter = models.TrialIntermediateValueModel
+        dialect = self.engine.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            attrs = [(model, k, json.loads(text)) for model, held in
+                     ((user, running.user), (system, running.system)) for k, text in held.items()]
+            oc.write_without_commit(self, session, row, attrs=attrs, steps=dict(running.steps))
+            return
+        for model, attrs in ((user, running.user), (system, running.system)):
+            if attrs:
+                stmt = insert(model).values([{"trial_id": trial_id, "key": k, "value_json": v}
+                                             for k, v in attrs.items()])
+                session.execute(stmt.on_conflict_do_update(
+                    index_elements=[model.trial_id, model.key],
+                    set_={"value_json": stmt.excluded.value_json}))
+        if running.steps:
+            rows = []
+            for step, value in running.steps.items():
+                stored, kind = inter.intermediate_value_to_stored_repr(value)
+                rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
+                             "intermediate_value_type": kind})
+            stmt = insert(inter).values(rows)
+            session.execute(stmt.on_conflict_do_update(
+                index_elements=[inter.trial_id, inter.step],
+                set_={"intermediate_value": stmt.excluded.intermediate_value,
+                      "intermediate_value_type": stmt.excluded.intermediate_value_type}))
+
+
+def _backend(study: optuna.Study) -> WriteBehindRDBStorage | None:
+    backend = oc.rdb_of(study)
+    return backend if isinstance(backend, WriteBehindRDBStorage) else None
+
+
+@contextlib.contextmanager
+def budget(study: optuna.Study, n_trials: int) -> Iterator[None]:
+    """Within the block, on PostgreSQL, a trial is created only while the study holds fewer
+    than ``n_trials`` finished or in-flight trials (the count made in the creating transaction,
+    the study row locked): else :class:`BudgetFull` and nothing is created. Elsewhere (SQLite,
+    whose transactions do not lock a row; the proxy) nothing changes."""
+    backend = _backend(study)
+    if backend is None or backend.engine.name == "sqlite":
+        yield
+        return
+    sid = oc.study_id(study)
+    backend._wb_budget[sid] = n_trials
+    try:
+        yield
+    finally:
+        backend._wb_budget.pop(sid, None)
+
+
+def created_within_budget(study: optuna.Study, trial: Any) -> bool:
+    """Whether this process created ``trial`` inside :func:`budget` (it fits the budget)."""
+    backend = _backend(study)
+    if backend is None:
+        return False
+    with backend._wb_lock:
+        counts = backend._wb_counts.get(oc.study_id(study))
+        return counts is not None and counts[0] == oc.trial_id(trial)
+
+
+def counts_after_trial(study: optuna.Study) -> tuple[int, int, int] | None:
+    """(finished, in flight, of which WAITING) as the last trial created here inside
+    :func:`budget` saw the others at its creation, plus its own end written here; ``None`` when
+    unknown (no such trial, or not finished here). Taken once."""
+    backend = _backend(study)
+    if backend is None:
+        return None
+    with backend._wb_lock:
+        counts = backend._wb_counts.pop(oc.study_id(study), None)
+    if counts is None or counts[2] is None:
+        return None
+    others, state = counts[1], counts[2]
+    done = sum(others.get(s, 0) for s in _FINISHED) + (state in _FINISHED)
+    in_flight = sum(others.get(s, 0) for s in _IN_FLIGHT)
+    return done, in_flight, others.get(TrialState.WAITING, 0)
