@@ -30,9 +30,11 @@ import logging
 import os
 import socket
 import sys
+from importlib import metadata
 from typing import Any, TextIO
 
 from hpo.db.keys import METRIC_NAME as BOOK_METRIC
+from hpo.db.keys import SURPLUS_ATTR
 from hpo.errors import UsageError
 
 __all__ = ["FORMATS", "LEVELS", "add_flags", "configure", "log", "settings", "trial_fields",
@@ -237,7 +239,6 @@ def trial_text(fields: dict[str, Any]) -> str:
 def log_trial(study: Any, trial: Any) -> None:
     """An Optuna callback: one ``hpo.trial`` record for the finished ``trial`` (none for a
     surplus trial: it ran nothing, and the budget counts it nowhere)."""
-    from hpo.db.keys import SURPLUS_ATTR
 
     if trial.state.name == "FAIL" and trial.system_attrs.get(SURPLUS_ATTR):
         return
@@ -264,7 +265,6 @@ def relog_trial(line: str) -> bool:
 def version() -> str:
     """The installed version, from the package metadata (``importlib.metadata``) of the
     distribution that provides the ``hpo`` package, whatever it is named."""
-    from importlib import metadata
 
     try:
         names = metadata.packages_distributions().get("hpo", [])

@@ -24,9 +24,10 @@ A validated spec hands out ready keyword arguments for its sampler and pruner
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from dataclasses import replace as replace_data
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,6 @@ class Spec:
         bounds = self.sampler_options.get("bounds") if self.sampler == "narrowing" else None
         if not bounds:
             return self.search
-        from dataclasses import replace
 
         space = []
         for p in self.search:
@@ -176,7 +176,6 @@ class Spec:
         return tuple(space)
 
     def replace(self, **changes: Any) -> Spec:
-        from dataclasses import replace
 
         return replace(self, **changes)
 
@@ -187,7 +186,6 @@ class Spec:
         if data_dir is None:
             return self
         if self.data.dataset != "mnist":
-            import logging
 
             logging.getLogger("hpo").warning(
                 "warning: --data-dir %s is not used: dataset %r ships with hpo (only 'mnist' "

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+from sqlalchemy import event, exc
 
 #: Seconds a PostgreSQL connection attempt may take.
 CONNECT_TIMEOUT = 10
@@ -59,9 +62,7 @@ def ping_after_idle(engine: Any, idle: float = IDLE_PING) -> None:
     replaced before the caller's statement instead of failing it. SQLAlchemy's pessimistic
     recipe: raising ``DisconnectionError`` in a checkout handler makes the pool discard the
     connection and check out another (a fresh one, up to three times)."""
-    import time
 
-    from sqlalchemy import event, exc
 
     @event.listens_for(engine, "checkin")
     def _checked_in(_dbapi_con, record) -> None:

@@ -33,8 +33,13 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+import optuna
+from optuna.trial import TrialState
+
+from hpo.db import optuna_private as oc
 from hpo.db.keys import BEAT_ATTR
 from hpo.db.retry import OUTAGE, db_wait, finished_elsewhere, is_transient, reason, refused
+from hpo.db.writebehind import WriteBehindRDBStorage
 from hpo.errors import RuntimeFailure, StorageError, UsageError
 from hpo.signals import check_stop
 
@@ -66,10 +71,7 @@ def rdb_storage_class() -> type:
     """``RDBStorage`` with a heartbeat that outlives database outages (module docstring), and
     a running trial's user attributes and intermediate values written with its end
     (:class:`hpo.db.writebehind.WriteBehindRDBStorage`)."""
-    import optuna
-    from optuna.trial import TrialState
 
-    from hpo.db.writebehind import WriteBehindRDBStorage
 
     class HpoRDBStorage(WriteBehindRDBStorage):
         def record_heartbeat(self, trial_id: int) -> None:
@@ -150,7 +152,6 @@ def relay_storage_class() -> type:
     """``RDBStorage`` for ``hpo proxy``: a write of the trial system attribute ``hpo:beat`` is
     recorded as the trial's heartbeat, not stored. Errors go back to the worker, whose beat
     then fails (one line per outage there)."""
-    import optuna
 
     class RelayRDBStorage(optuna.storages.RDBStorage):
         def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
@@ -166,7 +167,6 @@ def grpc_client(url: str, interval: int | None, who: str) -> optuna.storages.Bas
     """The client of ``hpo proxy`` at ``grpc://HOST:PORT``, beating every ``interval`` seconds
     inside ``Study.optimize`` (no beats with ``None``). Waits for the proxy to answer, bounded
     by ``$HPO_GRPC_WAIT`` (60 s), saying so in one line; then exit 1."""
-    from hpo.db import optuna_private as oc
 
     m = re.fullmatch(r"grpc://([^:/]+):(\d+)/?", url)
     if not m:

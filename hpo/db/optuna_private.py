@@ -15,7 +15,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage
+import sqlalchemy
+import sqlalchemy.orm as orm
+from optuna.storages import BaseStorage, GrpcStorageProxy, RDBStorage
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial
 
 #: The logger Optuna's ``study.optimize`` reports a failed trial on (with its traceback).
@@ -52,7 +57,6 @@ def rdb_of(study: optuna.Study) -> RDBStorage | None:
 def heartbeat_enabled(storage: BaseStorage) -> bool:
     """Whether the storage records heartbeats and fails stale trials (an RDBStorage made with a
     ``heartbeat_interval``)."""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
 
     return is_heartbeat_enabled(storage)
 
@@ -185,7 +189,6 @@ class RDBHooks(RDBStorage):
 
 def rdb_models() -> Any:
     """Optuna's ORM models of an RDB storage (``optuna.storages._rdb.models``)."""
-    from optuna.storages._rdb import models
 
     return models
 
@@ -194,7 +197,6 @@ def rdb_models() -> Any:
 def rdb_session(storage: RDBStorage) -> Iterator[Any]:
     """One transaction of ``storage`` (Optuna's ``_create_scoped_session``: committed at the
     end, rolled back on an error). Never nested: it is one thread-local session."""
-    from optuna.storages._rdb.storage import _create_scoped_session
 
     with _create_scoped_session(storage.scoped_session) as session:
         yield session
@@ -224,8 +226,6 @@ def read_trials_in(storage: RDBStorage, session: Any, study_id: int, included: s
     """What ``RDBStorage._get_trials(study_id, None, included, greater)`` returns (the cache's
     incremental read: the trials with an id in ``included``, at most ``greater``, or above
     ``greater``), read in ``session``, an open transaction."""
-    import sqlalchemy
-    import sqlalchemy.orm as orm
 
     models = rdb_models()
     included = {i for i in included if i <= greater}
@@ -307,8 +307,6 @@ def heartbeat_grpc_client(host: str, port: int, interval: int | None, beat_attr:
     Relies on Optuna's private ``optuna.storages._heartbeat.BaseHeartbeat`` (what
     ``is_heartbeat_enabled`` checks) and on ``HeartbeatThread`` beating at once, then every
     interval."""
-    from optuna.storages import GrpcStorageProxy
-    from optuna.storages._heartbeat import BaseHeartbeat
 
     class HeartbeatGrpcStorageProxy(GrpcStorageProxy, BaseHeartbeat):
         def record_heartbeat(self, trial_id: int) -> None:

@@ -33,7 +33,20 @@ import sys
 import threading
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
+
+from hpo.db.heartbeats import relay_storage_class
 from hpo.db.keys import SURPLUS_ATTR
+from hpo.db.retry import OUTAGE, is_transient, reason
+from hpo.db.storage import (
+    CONNECT_TIMEOUT,
+    GRACE_PERIOD,
+    HEARTBEAT_INTERVAL,
+    get_storage,
+    stored_spec,
+    sweep_stale_trials,
+)
 from hpo.errors import UsageError
 
 ENV_INTERVAL = "HPO_HEARTBEAT_INTERVAL"
@@ -43,7 +56,6 @@ ENV_GRACE = "HPO_GRACE_PERIOD"
 def heartbeat_settings() -> tuple[int, int]:
     """(interval, grace period) in seconds for the proxy's own storage, from the environment or
     hpo's defaults; the grace period must be longer than the interval."""
-    from hpo.db.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
     def read(name: str, default: int | None) -> int | None:
         raw = os.environ.get(name, "").strip()
@@ -71,10 +83,7 @@ def make_storage(url: str, pool_size: int, interval: int, grace: int) -> Any:
     retries, ``hpo:beat`` writes recorded as heartbeats; opened like any hpo storage (a
     database that refuses connections is waited for, ``$HPO_DB_WAIT``; the schema must exist),
     and wrapped in Optuna's cache as ``run_grpc_proxy_server`` recommends."""
-    import optuna
 
-    from hpo.db.heartbeats import relay_storage_class
-    from hpo.db.storage import CONNECT_TIMEOUT, get_storage
 
     engine: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0, "pool_pre_ping": True}
     if url.startswith("sqlite"):
@@ -90,10 +99,7 @@ def make_storage(url: str, pool_size: int, interval: int, grace: int) -> Any:
 def sweep_once(storage: Any) -> int:
     """Fail the stale trials of every hpo study (heartbeat stale, or never beat past the grace
     period), re-queueing them per the retry callback; return how many this call failed."""
-    import optuna
-    from optuna.trial import TrialState
 
-    from hpo.db.storage import stored_spec, sweep_stale_trials
 
     failed = 0
     for frozen in storage.get_all_studies():
@@ -117,7 +123,6 @@ def sweeper(storage: Any, every: float, stop: threading.Event, first: float = 0.
     fatal."""
     if stop.wait(first):
         return
-    from hpo.db.retry import OUTAGE, is_transient, reason
 
     while True:
         try:

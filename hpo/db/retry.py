@@ -31,11 +31,15 @@ from __future__ import annotations
 import os
 import random
 import re
+import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+import optuna
+import sqlalchemy.exc
 
 from hpo.errors import RuntimeFailure, UsageError
 from hpo.signals import check_stop
@@ -112,7 +116,6 @@ def reason(e: BaseException) -> str:
 
 def _telling(e: BaseException) -> BaseException:
     """The exception of a chain that says most about a storage failure."""
-    import sqlalchemy.exc
 
     for x in chain(e):
         if isinstance(x, sqlalchemy.exc.DBAPIError) and x.orig is not None:
@@ -148,7 +151,6 @@ _TRANSIENT_SQLITE = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
 def _driver_error(e: BaseException) -> BaseException | None:
     """The database driver's own error in the chain (psycopg, sqlite3, ...): what SQLAlchemy's
     ``DBAPIError`` wraps as ``.orig`` and Optuna's ``StorageInternalError`` as ``__cause__``."""
-    import sqlalchemy.exc
 
     for x in chain(e):
         if isinstance(x, sqlalchemy.exc.DBAPIError) and x.orig is not None:
@@ -166,7 +168,6 @@ def sqlstate(e: BaseException) -> str | None:
 
 def _transient_driver_error(driver: BaseException) -> bool:
     """A driver error is transient when it is about the connection, not about the statement."""
-    import sqlite3
 
     if isinstance(driver, sqlite3.Error):
         name = getattr(driver, "sqlite_errorname", "")
@@ -189,7 +190,6 @@ def is_transient(e: BaseException) -> bool:
     many clients" 53300), SQLite busy or locked, the gRPC proxy unavailable. A database that
     answered with an error (permission denied, read-only, a value the column cannot hold, a
     constraint, a missing table or column, a full disk) is not transient: :func:`refused`."""
-    import sqlalchemy.exc
 
     if bad_database(e) is not None or _missing_schema(e):
         return False
@@ -236,7 +236,6 @@ def _missing_schema(e: BaseException) -> bool:
 
 def is_creation_race(e: BaseException) -> bool:
     """True for the errors of two processes creating the same schema object or row at once."""
-    import sqlalchemy.exc
 
     if any(isinstance(x, sqlalchemy.exc.IntegrityError) for x in chain(e)):
         return True
@@ -247,7 +246,6 @@ def is_creation_race(e: BaseException) -> bool:
 def finished_elsewhere(e: BaseException) -> bool:
     """True when this worker's trial was finished (failed as stale) by someone else while it
     ran: Optuna then refuses the ``tell`` or an attribute write."""
-    import optuna
 
     for x in chain(e):
         if isinstance(x, optuna.exceptions.UpdateFinishedTrialError):

@@ -26,18 +26,30 @@ stale-trial sweep.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import sqlite3
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import optuna
+import sqlalchemy
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+from sqlalchemy import event
+from sqlalchemy.pool import NullPool
+
+from hpo.db import optuna_private as oc
 from hpo.db.connect import CONNECT_TIMEOUT, engine_kwargs, ping_after_idle
 from hpo.db.heartbeats import grpc_client, rdb_storage_class
 from hpo.db.keys import METRIC_NAME, SPEC_ATTR, SPEC_KEY_ATTR
-from hpo.db.retry import OUTAGE, bad_database, reason, with_retries
+from hpo.db.retry import OUTAGE, bad_database, chain, reason, with_retries
 from hpo.errors import BadInput, RuntimeFailure, StorageError
+from hpo.spec import from_dict
 
 if TYPE_CHECKING:
     import optuna
@@ -106,8 +118,6 @@ def creation_lock(url: str) -> Iterator[None]:
     if not url.startswith("postgresql"):
         yield
         return
-    import sqlalchemy
-    from sqlalchemy.pool import NullPool
 
     engine = sqlalchemy.create_engine(url, poolclass=NullPool,
                                       connect_args={"connect_timeout": CONNECT_TIMEOUT})
@@ -158,7 +168,6 @@ def get_storage(
     fails its stale trials. ``storage_class`` / ``engine``: another RDBStorage subclass and
     engine options (the proxy's).
     """
-    import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # hpo prints its own progress
@@ -208,7 +217,6 @@ def get_storage(
 def _no_schema(e: BaseException) -> bool:
     """Whether opening failed because the database has no Optuna schema (no ``version_info``
     table), and not because it is not a database at all."""
-    from hpo.db.retry import chain
 
     if bad_database(e):
         return False
@@ -236,7 +244,6 @@ def _sqlite_synchronous_normal(engine: Any) -> None:
     at checkpoints only: still safe from corruption; a power cut (not a crash of the process)
     can lose the last commits.
     """
-    from sqlalchemy import event
 
     @event.listens_for(engine, "connect")
     def _synchronous_normal(dbapi_con, _record) -> None:
@@ -276,8 +283,6 @@ def create_or_load_study(
     lets exactly one of them create it, and only that one records the spec; the others wait up
     to ``wait`` seconds for it. Connection errors are retried (:func:`hpo.db.retry.with_retries`).
     """
-    import optuna
-    from optuna.study import StudyDirection
 
     name = study_name or spec.name
     wanted = spec.to_dict()
@@ -323,8 +328,6 @@ _NOT_THE_SEARCH = ("budget", "tracking")
 
 def spec_key(spec: dict[str, Any]) -> str:
     """The short key of a spec: 12 hex digits of the SHA-256 of its canonical JSON."""
-    import hashlib
-    import json
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
@@ -347,7 +350,6 @@ def spec_of(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, An
 
 
 def study_spec(study: optuna.Study) -> dict[str, Any] | None:  # stored_spec of a loaded study
-    from hpo.db import optuna_private as oc
     return spec_of(oc.storage_of(study), oc.study_id(study))
 
 
@@ -360,7 +362,6 @@ def load_study_spec(storage: optuna.storages.BaseStorage, study_name: str,
     """The spec stored in an hpo study (``hpo worker`` needs nothing but the storage). With
     ``wait``, a storage that holds no study yet, or a study whose creator has not recorded its
     spec yet, is waited for that many seconds (a creator may have started at the same moment)."""
-    from hpo.spec import from_dict
 
     def attempt() -> dict[str, Any]:
         try:
@@ -393,12 +394,8 @@ def state_counts(study: optuna.Study, below: int | None = None) -> dict[TrialSta
     On an RDBStorage this is one SQL query on Optuna's ``trials`` table, not a
     ``study.get_trials`` (which reads and rebuilds the trials, seven queries when incremental);
     other storages read the trials. Connection errors propagate (:func:`is_transient`)."""
-    from collections import Counter
 
-    import sqlalchemy
-    from optuna.trial import TrialState
 
-    from hpo.db import optuna_private as oc
 
     rdb = oc.rdb_of(study)
     if rdb is None:
@@ -429,9 +426,7 @@ def adopt_trials_without_heartbeat(study: optuna.Study) -> int:
     it one grace period later and its retry is enqueued. Every age is the database's clock
     against a time the database wrote (never a worker's clock, which ``datetime_start`` is,
     against the sweeper's). RDB storages with heartbeats only."""
-    import sqlalchemy
 
-    from hpo.db import optuna_private as oc
 
     rdb = oc.rdb_of(study)
     if rdb is None or rdb.get_heartbeat_interval() is None:
@@ -453,9 +448,7 @@ def sweep_stale_trials(study: optuna.Study) -> None:
     database's clock; a trial that never beat is given a heartbeat row first,
     :func:`adopt_trials_without_heartbeat`) and re-queue them through the retry callback.
     Nothing without heartbeats."""
-    import optuna
 
-    from hpo.db import optuna_private as oc
 
     if not oc.heartbeat_enabled(oc.storage_of(study)):
         return
@@ -469,7 +462,6 @@ def sweep_stale_trials(study: optuna.Study) -> None:
 def keep_alive(study: optuna.Study, trial: Any) -> None:
     """For a trial that waits outside ``Study.optimize``'s own loop (a narrowing stage
     boundary): record its heartbeat, and fail the stale trials it may be waiting for."""
-    from hpo.db import optuna_private as oc
 
     if oc.heartbeat_enabled(oc.storage_of(study)):
         oc.record_heartbeat(study, trial)

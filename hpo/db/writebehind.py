@@ -10,14 +10,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import optuna
+import sqlalchemy
+import sqlalchemy.exc
 from optuna.distributions import check_distribution_compatibility
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from hpo.db import optuna_private as oc
 from hpo.db.held_writes import HeldWrites
@@ -115,7 +121,6 @@ class WriteBehindRDBStorage(oc.RDBHooks):
         n = self._wb_budget.get(study_id)
         if template is not None or n is None:
             return
-        import sqlalchemy
 
         model = oc.rdb_models().TrialModel
         rows = (session.query(model.state, sqlalchemy.func.count(model.trial_id))
@@ -325,9 +330,7 @@ class WriteBehindRDBStorage(oc.RDBHooks):
         """``RDBStorage.set_trial_state_values`` for a finished state, with the pending writes
         in the same transaction: all committed, or none (a trial a sweeper failed meanwhile
         raises UpdateFinishedTrialError and nothing is written)."""
-        from datetime import datetime
 
-        import sqlalchemy.exc
 
         if running is None or not running.pending():
             return super().set_trial_state_values(trial_id, state, values)
@@ -402,7 +405,6 @@ class WriteBehindRDBStorage(oc.RDBHooks):
         """Write the pending writes of a trial (its locked row ``row``) in ``session`` (not
         committed): its parameters with Optuna's writer, then one upsert per table on
         PostgreSQL and SQLite, Optuna's per-row writes elsewhere."""
-        import sqlite3
 
         models = oc.rdb_models()
         trial_id = row.trial_id
@@ -412,9 +414,9 @@ class WriteBehindRDBStorage(oc.RDBHooks):
         inter = models.TrialIntermediateValueModel
         dialect = self.engine.name
         if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            insert = postgresql_insert
         elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
-            from sqlalchemy.dialects.sqlite import insert
+            insert = sqlite_insert
         else:
             attrs = [(model, k, json.loads(text)) for model, held in
                      ((user, running.user), (system, running.system)) for k, text in held.items()]

@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -159,7 +160,6 @@ def continue_sampling(study: optuna.Study, spec: Spec) -> bool:
     held = sum(state_counts(study).values())
     if not held:
         return False
-    import numpy as np
 
     seed = int(np.random.SeedSequence([spec.seed, held]).generate_state(1)[0])
     study.sampler, _ = build_sampler_and_pruner(spec.replace(seed=seed))

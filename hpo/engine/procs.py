@@ -32,9 +32,12 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from threadpoolctl import threadpool_limits
 
 from hpo import signals
 from hpo.errors import run_command
@@ -48,7 +51,6 @@ def pin_blas_threads() -> None:
     """One BLAS thread per worker process: two workers with two OpenBLAS threads each on two
     cores run several times slower."""
     os.environ.update(BLAS_ENV)
-    from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
 
@@ -122,7 +124,6 @@ def fork_worker(target: Callable[[], int], env: dict[str, str], log_path: str | 
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:  # noqa: BLE001 - whatever happened, the child ends here
-        import traceback
 
         traceback.print_exc()
     finally:

@@ -23,6 +23,8 @@ import time
 
 import optuna
 from optuna.trial import TrialState
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hpo.db.storage import state_counts, study_spec
 from hpo.engine.loop import FINISHED
@@ -76,8 +78,6 @@ class Progress:
         self.lines = enabled and not terminal
         self._redirect: contextlib.ExitStack | None = None
         if enabled and terminal:
-            from tqdm import tqdm
-            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="trial", file=sys.stderr,
                             dynamic_ncols=True, leave=True)

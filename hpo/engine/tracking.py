@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from hpo.errors import UsageError, one_line
+from hpo.logs import worker_id
 
 __all__ = ["MlflowCallback", "mlflow_callback"]
 
@@ -86,7 +87,6 @@ class MlflowCallback:
         """Log one finished trial as an MLflow run; its run id."""
         from mlflow.entities import Metric, Param, RunTag
 
-        from hpo.logs import worker_id
 
         state = trial.state.name
         tags = {"optuna.study": self.study_name, "optuna.trial": str(trial.number),

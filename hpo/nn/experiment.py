@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from hpo import catalog
+from hpo.nn import MLP, make_optimizer, train
+from hpo.nn.data import load_test, load_training
 
 EXPERIMENTS = {
     # name: (weight_decay, dropout, epochs)
@@ -39,8 +41,6 @@ class Outcome:
 def run_experiment(name: str, *, dataset: str = catalog.DEFAULT_DATASET,
                    epochs: int | None = None, seed: int = 0,
                    data_dir: str | None = None) -> Outcome:
-    from hpo.nn import MLP, make_optimizer, train
-    from hpo.nn.data import load_test, load_training
 
     weight_decay, dropout, book_epochs = EXPERIMENTS[name]
     x, t = load_training(dataset, n=TRAIN_SIZE, seed=seed, data_dir=data_dir)

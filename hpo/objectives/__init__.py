@@ -8,9 +8,12 @@ A spec with one names the user's own function (:mod:`hpo.objectives.user`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from hpo.objectives.book import Objective
+from hpo.objectives.user import UserObjective, load_function
 from hpo.spec import Spec
 
 
@@ -30,11 +33,7 @@ def make_objective(spec: Spec, *, data: Any = None, data_dir: str | None = None,
     default the spec's, else 3); ``debug``: each failed trial's traceback on stderr too.
     ``data`` and ``data_dir`` do not apply to it."""
     if spec.objective is not None:
-        from hpo.objectives.user import UserObjective, load_function
-
         if data_dir:
-            import logging
-
             logging.getLogger("hpo").warning(
                 "warning: --data-dir %s is not used: a spec's own objective reads its own data",
                 data_dir)
@@ -42,6 +41,4 @@ def make_objective(spec: Spec, *, data: Any = None, data_dir: str | None = None,
         fn = load_function(spec, "function", code_dirs)
         test = load_function(spec, "test", code_dirs) if spec.objective.test else None
         return UserObjective(spec, fn, max_failures=max_failures, debug=debug, test_fn=test)
-    from hpo.objectives.book import Objective  # numpy and the model: only when one is made
-
     return Objective(spec.with_data_dir(data_dir) if data_dir else spec, data=data)

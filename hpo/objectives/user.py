@@ -54,6 +54,7 @@ import optuna
 from hpo import catalog
 from hpo.db.retry import chain, finished_elsewhere, is_transient, refused
 from hpo.errors import RuntimeFailure, SpecError, one_line
+from hpo.objectives.book import model_seed, suggest
 from hpo.signals import deferred
 from hpo.spec import Spec
 
@@ -311,8 +312,6 @@ class UserObjective:
         return out
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from hpo.objectives.book import model_seed, suggest
-
         space = self.spec.suggest_space()
         if space:
             with deferred():

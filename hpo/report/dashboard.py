@@ -29,15 +29,20 @@ import binascii
 import hmac
 import ipaddress
 import json
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
 from hpo.db import optuna_private as oc
+from hpo.db.storage import JOIN_WAIT, check_schema, get_storage, resolve_url
 from hpo.errors import UsageError
 
 if TYPE_CHECKING:
@@ -260,7 +265,6 @@ def make_app(storage_url: str | None, *, allow_writes: bool = False,
     HTTP basic auth with ``credentials``; :data:`HEALTH_PATH` open."""
     import optuna_dashboard
 
-    from hpo.db.storage import JOIN_WAIT, check_schema, get_storage, resolve_url
 
     url = resolve_url(storage_url)
     # started together with the `hpo run` / `hpo init` that creates the storage: wait for it
@@ -268,7 +272,6 @@ def make_app(storage_url: str | None, *, allow_writes: bool = False,
     check_schema(storage, url)
     artifact_store = None
     if artifact_dir:
-        from optuna.artifacts import FileSystemArtifactStore
 
         artifact_store = FileSystemArtifactStore(artifact_dir)
     app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
@@ -290,7 +293,6 @@ def make_server_for(app: Callable, host: str, port: int) -> Any:
     """A waitress server for ``app`` on ``host:port``, already listening (``port`` 0: a free
     one; OSError if it cannot listen). ``server.run()`` serves until a signal;
     :func:`listen_urls` says where it listens."""
-    import logging
 
     from waitress.server import create_server
 
@@ -304,7 +306,6 @@ def make_server_for(app: Callable, host: str, port: int) -> Any:
 def run_in_thread(server: Any) -> Callable[[], None]:
     """Serve ``server`` from a daemon thread (tests, benchmarks); returns the function that
     stops it (closing its sockets under the running loop ends the loop with EBADF: expected)."""
-    import threading
 
     closed = threading.Event()
 
@@ -343,7 +344,6 @@ DASHBOARD_ARTIFACTS = "dashboard:artifacts:"
 def _has_artifact(study_attrs: dict[str, Any], trial: FrozenTrial, filename: str,
                   store: Any) -> bool:
     """Whether the dashboard already lists ``filename`` for ``trial`` and ``store`` holds it."""
-    from optuna.artifacts.exceptions import ArtifactNotFound
 
     prefix = f"{DASHBOARD_ARTIFACTS}{oc.trial_id(trial)}:"
     values = [v for k, v in study_attrs.items() if k.startswith(prefix)]
@@ -376,8 +376,6 @@ def upload_study_artifact(study: optuna.Study, path: Path, artifact_dir: str) ->
     """Upload ``path`` as an Optuna artifact of ``study`` into the FileSystemArtifactStore at
     ``artifact_dir`` (``optuna.artifacts.upload_artifact``); None, and nothing written, when
     the study already lists a readable artifact of that file name in that store."""
-    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
-    from optuna.artifacts.exceptions import ArtifactNotFound
 
     Path(artifact_dir).mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(artifact_dir)
@@ -397,7 +395,6 @@ def upload_trial_artifact(
     """Upload ``path`` as an Optuna artifact of the study (a finished trial's attributes are
     frozen) and list the same artifact on the (finished) ``trial``'s page in optuna-dashboard.
     Returns the artifact id."""
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
     store = FileSystemArtifactStore(artifact_dir)
     artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
@@ -425,7 +422,6 @@ def publish(
     optuna_dashboard.save_note(study, note)
     if not artifact_dir or not curves:
         return 0
-    from optuna.artifacts import FileSystemArtifactStore
 
     Path(artifact_dir).mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(artifact_dir)

@@ -30,6 +30,7 @@ reads the trials of its rung; hpo reports to them only at their rungs (a few rep
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Container, Mapping
 from typing import Any
 
@@ -100,7 +101,6 @@ def make_pruner(name: str, options: Mapping[str, Any], epochs: int) -> optuna.pr
 
     "median" is :class:`MedianPruner`: Optuna's rule with one storage read per trial instead of
     one per report; hyperband and successive-halving are Optuna's own."""
-    import importlib
 
     component = catalog.PRUNERS.get(name)
     if component is None:

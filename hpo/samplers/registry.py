@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import math
 import warnings
 from collections.abc import Mapping
@@ -56,7 +57,6 @@ def startup_trials(name: str, kwargs: Mapping[str, Any]) -> int | None:
     """How many trials sampler ``name`` with ``kwargs`` draws at random before it models any
     (``n_startup_trials``: given, else its class's default); None for a sampler without that
     phase (random, qmc, narrowing)."""
-    import inspect
 
     if "n_startup_trials" in kwargs:
         return int(kwargs["n_startup_trials"])
