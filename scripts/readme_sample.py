@@ -32,8 +32,8 @@ def on_a_terminal(args: list[str], *, columns: int = 100, cwd: str | None = None
                   timeout: float = 1800) -> subprocess.CompletedProcess:
     """Run ``args`` with stderr on a pseudo-terminal ``columns`` wide (as in a shell: hpo draws
     its progress bar only on a terminal; a fresh pseudo-terminal is 0 wide and tqdm would draw
-    nothing); ``stderr`` is what the terminal showed. tests/test_progress.py runs hpo this way
-    too."""
+    nothing); ``stderr`` is what the terminal showed. tests/test_engine_progress.py runs hpo
+    this way too."""
     import fcntl
     import pty
     import struct

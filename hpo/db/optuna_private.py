@@ -4,7 +4,7 @@ Optuna's public API hides the ids a storage call needs (``Study._storage``, ``_s
 ``Trial._trial_id``), the RDBStorage inside its cache, whether a storage beats hearts, and the
 per-trial cache of trials. hpo needs them for its one-query counts, its stale-trial sweep and
 its samplers and pruners, so each use goes through a function here, and
-``tests/test_optuna_compat.py`` pins the behaviour each one relies on: a new Optuna release that
+``tests/test_db_optuna_private.py`` pins the behaviour each one relies on: a new Optuna release that
 moves a name fails those tests, not a user's study.
 """
 

@@ -321,7 +321,7 @@ def test_a_role_that_may_not_write_values_is_exit_1_after_one_attempt(tiny_spec,
     write is refused (42501). One attempt, one line, exit 1, at most one trial created, and
     none left RUNNING (the trial is failed; the role may still update ``trials``). Not retried
     however long ``$HPO_DB_WAIT`` is."""
-    from tests.test_retry import role_without
+    from tests.test_db_retry import role_without
 
     spec = tiny_spec(name="denied", n_trials=3)
     init(spec, pg_url)

@@ -496,7 +496,7 @@ def test_define_by_run_objective_on_postgres_with_a_worker_killed(pg_url, tmp_pa
     import subprocess
     import sys
 
-    from tests.test_postgres import Probe, assert_exact, finish, has_heartbeat, held, wait_for
+    from tests.test_db_postgres import Probe, assert_exact, finish, has_heartbeat, held, wait_for
 
     n_trials, grace = 8, 3
     code = tmp_path / "code"

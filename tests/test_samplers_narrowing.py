@@ -650,7 +650,7 @@ def test_no_wait_once_the_previous_stage_has_finished(clock: Clock) -> None:
 
 
 # ------------------------------------------------------------------------------ shift mode
-# Edge-aware mode (shift=True, initial=...) is tested in tests/test_shift.py.
+# Edge-aware mode (shift=True, initial=...) is tested in tests/test_samplers_shift.py.
 
 
 # ------------------------------------------------------------------------------ end to end
