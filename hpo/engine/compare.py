@@ -43,7 +43,7 @@ NARROWING_DEFAULTS = {"stage_trials": 100, "keep_top": 10}
 log = logging.getLogger("hpo.compare")
 
 
-def tests_split(spec) -> bool:
+def evaluates_test(spec) -> bool:
     """Does a cell of ``spec`` get a test-split evaluation? The book's MLP always; a user's
     objective only when its ``[objective]`` names a ``test`` function (and
     :func:`hpo.report.evaluate.evaluate_on_test` can load it from the spec's folder)."""
@@ -201,7 +201,7 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
             if confirm_top and CONFIRM_ATTR not in study.user_attrs:
                 confirm(study, top=confirm_top, seeds=confirm_seeds)
             spec = by_label[s].spec
-            if evaluate_test and tests_split(spec) and TEST_ATTR not in study.user_attrs:
+            if evaluate_test and evaluates_test(spec) and TEST_ATTR not in study.user_attrs:
                 _test_cell(study, spec)
             grid.runs.setdefault(s, []).append(summarize_study(
                 optuna.load_study(study_name=study.study_name, storage=oc.storage_of(study)), s, k))
