@@ -27,8 +27,9 @@ def bowl(trial, config):
 
 
 def bowl_test(trial, config):
-    """The bowl "on test data": the same point, a slightly moved centre."""
-    x, y = trial.params["x"], trial.params["y"]
+    """The bowl "on test data": the same point (the trial's params), a slightly moved centre."""
+    x = trial.suggest_float("x", -3.0, 3.0)
+    y = trial.suggest_float("y", -3.0, 3.0)
     return (x - config["cx"] - 0.1) ** 2 + (y + 0.5) ** 2 + 0.1
 
 
@@ -160,6 +161,7 @@ def test_minimize_summary_names_the_metric_and_curves_never_increase(minimized):
     md = (out / "summary.md").read_text()
     assert "| sampler | best loss @10 | best loss @12 | trials to 0.50 |" in md
     assert "Best loss so far" in md
+    assert table_column(md, "test loss of chosen") == {s: "-" for s in SAMPLERS}
 
 
 def test_minimize_table_ranks_ascending(minimized):
@@ -250,3 +252,5 @@ def test_a_named_test_function_measures_each_cell_once(tmp_path):
         expected = (best.params["x"] - 0.8) ** 2 + (best.params["y"] + 0.5) ** 2 + 0.1
         assert record["test_value"] == pytest.approx(expected)
         assert summary["runs"][s][0]["test_acc"] == pytest.approx(expected)
+        shown = table_column(r.stdout, "test loss of chosen")[s]
+        assert float(shown.split()[0]) == pytest.approx(expected, abs=5e-4)
