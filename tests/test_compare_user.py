@@ -124,7 +124,7 @@ def minimized(tmp_path_factory):
     url = f"sqlite:///{tmp / 'u.db'}"
     out = tmp / "out"
     args = ["compare", str(spec), "--storage", url, "--samplers", ",".join(SAMPLERS),
-            "--n-trials", "12", "--seeds", "2", "--workers", "2", "--target", "0.5",
+            "--n-trials", "12", "--seeds", "2", "--workers", "2", "--target", "1.5",
             "--confirm", "2", "--out", str(out)]
     r = hpo(*args, "--quiet")
     assert r.returncode == 0, r.stderr
@@ -159,7 +159,7 @@ def test_minimize_summary_names_the_metric_and_curves_never_increase(minimized):
             assert r["test_acc"] is None and r["confirmed_val"] is None
             assert "hpo:test" not in study.user_attrs and "hpo:confirm" not in study.user_attrs
     md = (out / "summary.md").read_text()
-    assert "| sampler | best loss @10 | best loss @12 | trials to 0.50 |" in md
+    assert "| sampler | best loss @10 | best loss @12 | trials to 1.50 |" in md
     assert "Best loss so far" in md
     assert table_column(md, "test loss of chosen") == {s: "-" for s in SAMPLERS}
 
@@ -177,6 +177,11 @@ def test_minimize_table_ranks_ascending(minimized):
     for s, runs in summary["runs"].items():
         assert median10[s] == pytest.approx(np.median([x["best_so_far"][9] for x in runs]),
                                             abs=5e-4)
+    # a loss target above 1 (the book's accuracy allows [0, 1]) is reached at or below it
+    reached = table_column(r.stdout, "reached")
+    for s, runs in summary["runs"].items():
+        hits = [next((i for i, v in enumerate(x["best_so_far"]) if v <= 1.5), None) for x in runs]
+        assert reached[s] == f"{sum(h is not None for h in hits)}/2"
     assert "--confirm 2 skipped" in r.stderr  # said once, not per cell
     assert r.stderr.count("--confirm 2 skipped") == 1
 
@@ -197,6 +202,14 @@ def test_minimize_resume_continues_every_cell(minimized, tmp_path):
                             sorted(summary["runs"][s], key=lambda x: x["seed"]), strict=True):
             assert new["best_so_far"][:12] == old["best_so_far"]  # the first 12 kept
             assert new["best_so_far"][-1] <= old["best_so_far"][-1]
+
+
+def test_a_target_outside_0_1_is_refused_for_the_book_only(tmp_path, tiny_spec):
+    r = hpo("compare", str(tiny_spec()), "--target", "1.5", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "hpo compare: error: --target: must be in [0, 1] for the book's validation accuracy, "
+        "got 1.5"]
+    assert not (tmp_path / "o").exists()
 
 
 def test_define_by_run_maximize_across_samplers(tmp_path):
