@@ -32,6 +32,7 @@ import socket
 import sys
 from typing import Any, TextIO
 
+from hpo.db.keys import METRIC_NAME as BOOK_METRIC
 from hpo.errors import UsageError
 
 __all__ = ["FORMATS", "LEVELS", "add_flags", "configure", "log", "settings", "trial_fields",
@@ -189,13 +190,33 @@ def configure_optuna(level: int) -> None:
                                  else logging.DEBUG)
 
 
-def trial_fields(study_name: str, trial: Any) -> dict[str, Any]:
-    """What a finished trial's record carries: study, trial, state, value, params, worker."""
+#: The metric each study's value is (a user's objective names its own), read once per study.
+_METRICS: dict[str, str] = {}
+
+
+def metric_name(study: Any) -> str:
+    """The name of ``study``'s value (``val_acc`` for the book's MLP), one read per study."""
+    key = study.study_name
+    if key not in _METRICS:
+        try:
+            names = study.metric_names
+        except Exception:  # noqa: BLE001 - a storage without it: the book's name
+            names = None
+        _METRICS[key] = names[0] if names else BOOK_METRIC
+    return _METRICS[key]
+
+
+def trial_fields(study_name: str, trial: Any, metric: str = "val_acc") -> dict[str, Any]:
+    """What a finished trial's record carries: study, trial, state, value, params, worker (and
+    the metric, when it is not the book's ``val_acc``)."""
     from hpo.report.listing import clean_floats
 
-    return {"study": study_name, "trial": trial.number, "state": trial.state.name,
-            "value": None if trial.value is None else clean_floats(float(trial.value)),
-            "params": clean_floats(dict(trial.params)), "worker": worker_id()}
+    fields = {"study": study_name, "trial": trial.number, "state": trial.state.name,
+              "value": None if trial.value is None else clean_floats(float(trial.value)),
+              "params": clean_floats(dict(trial.params)), "worker": worker_id()}
+    if metric != BOOK_METRIC:
+        fields["metric"] = metric
+    return fields
 
 
 def trial_text(fields: dict[str, Any]) -> str:
@@ -203,9 +224,14 @@ def trial_text(fields: dict[str, Any]) -> str:
     digits, as the listing shows params)."""
     from hpo.report.listing import fmt_param
 
-    value = "-" if fields.get("value") is None else f"{fields['value']:.3f}"
+    metric = fields.get("metric", BOOK_METRIC)
+    value = fields.get("value")
+    if value is None:
+        shown = "-"
+    else:
+        shown = f"{value:.3f}" if metric == BOOK_METRIC else f"{value:.4g}"
     params = " ".join(f"{k}={fmt_param(v)}" for k, v in fields.get("params", {}).items())
-    return f"trial {fields['trial']} {fields['state']} val_acc={value} {params}".rstrip()
+    return f"trial {fields['trial']} {fields['state']} {metric}={shown} {params}".rstrip()
 
 
 def log_trial(study: Any, trial: Any) -> None:
@@ -216,7 +242,8 @@ def log_trial(study: Any, trial: Any) -> None:
     if trial.state.name == "FAIL" and trial.system_attrs.get(SURPLUS_ATTR):
         return
     trial_logger.info("trial %s %s", trial.number, trial.state.name,
-                      extra={"trial": trial_fields(study.study_name, trial)})
+                      extra={"trial": trial_fields(study.study_name, trial,
+                                                   metric_name(study))})
 
 
 def relog_trial(line: str) -> bool:

@@ -75,6 +75,51 @@ def test_compose_file_is_valid(env_file):
     assert set(services) == {"postgres", "init", "worker", "dashboard", "proxy", "worker-proxied"}
 
 
+def test_objective_override_changes_only_init_and_the_workers(env_file, tmp_path):
+    """docker-compose.objective.yml (docs/compose.md, "Your own objective"): init and the workers
+    run the image built from the user's folder, which they mount read-only at /objective; init
+    is given the folder's spec, the workers HPO_CODE_DIR=/objective and no build of their own;
+    everything else is the book's stack as it is."""
+    base = resolved(env_file)["services"]
+    folder = tmp_path / "my-objective"
+    folder.mkdir()
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("HPO_", "POSTGRES_", "COMPOSE_", "DOCKER_"))}
+
+    def config(**variables: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(compose_binary()), "-f", str(COMPOSE_FILE), "-f",
+             str(ROOT / "docker-compose.objective.yml"), "--env-file", str(env_file),
+             "--profile", "proxy", "config", "--format", "json"],
+            capture_output=True, text=True, env={**clean, **variables}, timeout=60)
+
+    r = config(HPO_OBJECTIVE_DIR=str(folder), HPO_OBJECTIVE_SPEC="mine.toml", HPO_STUDY="mine")
+    assert r.returncode == 0, r.stderr
+    services = json.loads(r.stdout)["services"]
+    # long syntax: no create_host_path (Compose prints no false), so `up` with a folder that
+    # does not exist fails ("bind source path does not exist"), instead of mounting an empty one
+    mount = {"type": "bind", "source": str(folder), "target": "/objective", "read_only": True,
+             "bind": {}}
+    for name in ("init", "worker", "worker-proxied"):
+        assert services[name]["image"] == "hpo-objective:local", name
+        assert services[name]["volumes"] == [mount], name
+    assert services["init"]["build"]["context"] == str(folder)
+    # FROM hpo's image (`config` prints Compose's `$$` escape as it is)
+    assert re.search(r"^FROM \$+\{HPO_IMAGE\}$", services["init"]["build"]["dockerfile_inline"],
+                     re.M)
+    assert services["init"]["command"] == ["init", "/objective/mine.toml", "--study", "mine",
+                                           "--n-trials", "100"]
+    for name in ("worker", "worker-proxied"):
+        assert "build" not in services[name] and services[name]["pull_policy"] == "never"
+        assert services[name]["environment"]["HPO_CODE_DIR"] == "/objective"
+        assert services[name]["command"] == ["worker", "--study", "mine"]
+        rest = {k: v for k, v in services[name]["environment"].items() if k != "HPO_CODE_DIR"}
+        assert rest == base[name]["environment"], name
+    for name in ("postgres", "dashboard", "proxy"):
+        assert services[name] == base[name], name
+    assert "HPO_CODE_DIR" not in json.dumps(base)  # the book's stack runs no user code
+
+
 BROKEN = {
     "bad replicas type": ("replicas: ${HPO_WORKERS:-2}", "replicas: [two]"),
     "unknown dependency": ("      init:\n        condition: service_completed_successfully",

@@ -10,7 +10,8 @@ older hpo/, studies/, pyproject.toml or Dockerfile) fails them: rerun ``scripts/
 Each test is its own compose project (``-p hpo-it-XXXXXX``: containers, network and volume of its
 own, a random database password, the dashboard on a free loopback port) and ends with ``down -v``
 however it went. The files: docker-compose.yml, then docker/compose.offline.yml (the local
-PostgreSQL image), then tests/containers/compose.test.yml (mounts the test specs into ``init``).
+PostgreSQL image), then tests/containers/compose.test.yml (mounts the test specs into ``init``),
+or, for a user's objective, docker-compose.objective.yml instead.
 The database is read with ``psql`` inside the postgres container (its port is not published).
 """
 
@@ -28,6 +29,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -113,8 +115,9 @@ def _free_port() -> int:
 class Stack:
     """One compose project: ``docker compose -p NAME --env-file ENV -f ... ARGS``."""
 
-    def __init__(self, tmp_path: Path, **env: str) -> None:
+    def __init__(self, tmp_path: Path, files: list[Path] = FILES, **env: str) -> None:
         self.name = f"hpo-it-{secrets.token_hex(3)}"
+        self.files = files
         self.port = _free_port()
         self.env_file = tmp_path / "compose.env"
         text = (ROOT / ".env.example").read_text()
@@ -131,7 +134,7 @@ class Stack:
 
     def compose(self, *args: str, timeout: float = 180, check: bool = True,
                 profile: bool = False) -> subprocess.CompletedProcess:
-        files = [x for f in FILES for x in ("-f", str(f))]
+        files = [x for f in self.files for x in ("-f", str(f))]
         clean = {k: v for k, v in os.environ.items()
                  if not k.startswith(("HPO_", "POSTGRES_", "COMPOSE_"))}
         cmd = ["docker", "compose", "-p", self.name, "--env-file", str(self.env_file), *files,
@@ -193,8 +196,8 @@ class Stack:
 def stack(engine, tmp_path) -> Iterator[Callable[..., Stack]]:
     made: list[Stack] = []
 
-    def make(**env: str) -> Stack:
-        s = Stack(tmp_path, **env)
+    def make(files: list[Path] = FILES, **env: str) -> Stack:
+        s = Stack(tmp_path, files, **env)
         made.append(s)
         return s
 
@@ -469,6 +472,117 @@ def test_killed_proxied_worker_trial_is_failed_and_rerun(stack):
     assert len(retried(s)) == 1
 
 
+
+# --- a user's own objective: docker-compose.objective.yml ---------------------------------------
+
+OBJECTIVE_FILES = [ROOT / "docker-compose.yml", ROOT / "docker" / "compose.offline.yml",
+                   ROOT / "docker-compose.objective.yml"]
+
+
+def _wheel(folder: Path, name: str, version: str, files: dict[str, str]) -> str:
+    """A pure-Python wheel written by hand (what `pip wheel` makes of a one-module project): a
+    requirement of the user's objective that no index serves, installed from the folder's
+    wheels/ only."""
+    dist = f"{name.replace('-', '_')}-{version}"
+    info = f"{dist}.dist-info"
+    contents = {**files,
+                f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+                f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hpo-tests\n"
+                                 "Root-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for path, text in contents.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    contents[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    wheel = f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(folder / wheel, "w") as z:
+        for path, text in contents.items():
+            z.writestr(path, text)
+    return wheel
+
+
+def _objective_folder(folder: Path) -> None:
+    """examples/quadratic.toml as it is, beside a quadratic.py of the user's that needs a package
+    of its own (requirements.txt, and the package's wheel in wheels/)."""
+    (folder / "wheels").mkdir(parents=True)
+    shutil.copy(ROOT / "examples" / "quadratic.toml", folder / "quadratic.toml")
+    (folder / "quadratic.py").write_text(
+        "from rosen_helper import rosenbrock  # requirements.txt: not part of hpo's image\n\n\n"
+        "def objective(trial, config):\n"
+        "    x = trial.suggest_float('x', -2.0, 2.0)\n"
+        "    y = trial.suggest_float('y', -1.0, 3.0)\n"
+        "    return rosenbrock(x, y, config['a'], config['b'])\n")
+    (folder / "requirements.txt").write_text("rosen-helper==0.1\n")
+    _wheel(folder / "wheels", "rosen-helper", "0.1", {
+        "rosen_helper.py": "def rosenbrock(x, y, a, b):\n"
+                           "    return (a - x) ** 2 + b * (y - x * x) ** 2\n"})
+    for p in [folder, *folder.rglob("*")]:  # readable by the image's user 10001
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_objective_dockerfile_is_the_compose_files():
+    """docker/objective.Dockerfile (docs/kubernetes.md) and docker-compose.objective.yml's inline
+    copy give the same instructions (comments aside; Compose's `$$` is a `$`)."""
+    import yaml
+
+    def instructions(text: str) -> list[str]:
+        return [line.strip() for line in text.splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+
+    compose = yaml.safe_load((ROOT / "docker-compose.objective.yml").read_text().replace(
+        "!reset", ""))
+    inline = compose["services"]["init"]["build"]["dockerfile_inline"].replace("$$", "$")
+    assert instructions(inline) == instructions(
+        (ROOT / "docker" / "objective.Dockerfile").read_text())
+
+
+@pytest.mark.timeout(600)
+def test_user_objective_runs_in_the_stack_with_its_requirements(stack, tmp_path, monkeypatch):
+    """docker-compose.objective.yml: the user's folder (examples/quadratic.toml, its own
+    quadratic.py needing a package from requirements.txt) built into an image FROM hpo:local,
+    mounted read-only at /objective; `init` gets the spec from there, 2 workers run the code
+    from HPO_CODE_DIR=/objective on PostgreSQL: exactly the budget, minimized, nothing RUNNING."""
+    # Compose builds `dockerfile_inline` with the engine's BuildKit: the classic builder
+    # (DOCKER_BUILDKIT=0, what scripts/containers-up uses for `docker build`) cannot
+    monkeypatch.delenv("DOCKER_BUILDKIT", raising=False)
+    folder = tmp_path / "my-objective"
+    _objective_folder(folder)
+    budget = 30
+    s = stack(OBJECTIVE_FILES, HPO_OBJECTIVE_DIR=str(folder), HPO_OBJECTIVE_SPEC="quadratic.toml",
+              HPO_OBJECTIVE_IMAGE=f"hpo-objective-it:{secrets.token_hex(3)}",
+              HPO_STUDY="rosenbrock", HPO_N_TRIALS=str(budget), HPO_WORKERS="2")
+    image = re.search(r"^HPO_OBJECTIVE_IMAGE=(.+)$", s.env_file.read_text(), re.M).group(1)
+    try:
+        s.compose("build", "init", timeout=300)
+        s.up()
+        workers = s.containers("worker")
+        assert len(workers) == 2
+        wait_for(lambda: exited(workers), 300, f"2 workers to finish {budget} trials", s)
+        assert exit_codes(s.containers("init")) == [0], s.dump()
+        assert exit_codes(workers) == [0, 0], s.dump()
+        assert_exact(s, budget)
+        assert s.sql("SELECT d.direction FROM study_directions d JOIN studies t USING "
+                     "(study_id) WHERE t.study_name = 'rosenbrock'") == [["MINIMIZE"]]
+        (best,), = s.sql("SELECT min(v.value) FROM trial_values v JOIN trials t USING "
+                         "(trial_id) WHERE t.state = 'COMPLETE'")
+        assert 0 <= float(best) < 10, best  # the valley's floor is 0; 30 trials get near it
+        logs = "".join(s.logs(w) for w in workers)
+        assert len(TRIAL_LINE.findall(logs)) == budget, logs[-3000:]
+        for w in [*workers, *s.containers("init")]:
+            info = inspect(w)
+            assert info["Config"]["Image"] == image
+            (mount,) = [m for m in info["Mounts"] if m["Destination"] == "/objective"]
+            assert mount["Source"] == str(folder) and mount["RW"] is False, mount
+        env = inspect(workers[0])["Config"]["Env"]
+        assert "HPO_CODE_DIR=/objective" in env, env
+        # the requirement is in hpo's venv in the image, not in the user's folder
+        r = _run("docker", "run", "--rm", "--entrypoint", "python", image, "-c",
+                 "import rosen_helper; print(rosen_helper.__file__)", check=True)
+        assert r.stdout.strip().startswith("/opt/hpo/lib/"), r.stdout
+    finally:
+        s.remove()
+        _run("docker", "image", "rm", "-f", image, timeout=120)
+
 # --- the Kubernetes pods' containers, under their security contexts, on the engine ---------------
 
 
@@ -497,17 +611,26 @@ def _docker_run_args(c: dict, pod: dict, env: dict[str, str], name: str, network
 
 
 @pytest.mark.timeout(600)
-def test_k8s_pods_run_in_containers_under_their_security_context(engine, tmp_path):
+@pytest.mark.parametrize("kustomization", ["base", "overlays/objective"])
+def test_k8s_pods_run_in_containers_under_their_security_context(engine, tmp_path,
+                                                                   kustomization):
     """deploy/k8s/base's hpo containers (init containers included) as containers of hpo:local
     with the manifests' user, read-only root filesystem, `drop: [ALL]` capabilities,
     no-new-privileges and limits, their env expanded as Kubernetes does from the ConfigMap and
     a Secret pointing at a database container named `postgres`: the init Job, 2 workers (the
     base's parallelism) and the dashboard, whose readiness probe answers. The database is the
-    local stand-in image (not postgres:16 under the StatefulSet's security context)."""
+    local stand-in image (not postgres:16 under the StatefulSet's security context).
+    overlays/objective: the same with the init Job and the workers on the image of a user's
+    objective, built as docs/kubernetes.md says (docker/objective.Dockerfile, hpo's examples/
+    as the user's folder): the spec and the code from /objective in the image."""
     from tests.test_kubernetes import K8S, container_env, expand, pod_spec, render
 
-    docs = {(d["kind"], d["metadata"]["name"]): d for d in render(K8S / "base")}
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render(K8S / kustomization)}
     project = f"hpo-it-{secrets.token_hex(3)}"
+    if kustomization == "overlays/objective":
+        (c,) = pod_spec(docs[("Job", "hpo-workers")])["containers"]
+        _run("docker", "build", "-f", str(ROOT / "docker" / "objective.Dockerfile"), "-t",
+             c["image"], str(ROOT / "examples"), timeout=300, check=True)
     network = f"{project}_k8s"
     password = secrets.token_hex(12)
     budget = 8
@@ -593,6 +716,8 @@ def test_k8s_pods_run_in_containers_under_their_security_context(engine, tmp_pat
         if ids:
             _run("docker", "rm", "-f", "-v", *ids, timeout=120)
         _run("docker", "network", "rm", network)
+        if kustomization == "overlays/objective":
+            _run("docker", "image", "rm", "-f", c["image"], timeout=120)
 
 
 def _probe(url: str) -> int | None:

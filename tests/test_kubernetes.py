@@ -137,7 +137,7 @@ def rendered() -> dict[str, dict[tuple[str, str], dict]]:
 
 def test_layout_base_and_overlays():
     assert (K8S / "base" / "kustomization.yaml").is_file()
-    assert {"workers-8", "proxy", "external-db"} <= set(OVERLAYS)
+    assert {"workers-8", "proxy", "external-db", "objective"} <= set(OVERLAYS)
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
@@ -268,6 +268,7 @@ def test_kinds_per_kustomization(rendered):
     assert kinds["base"] == base
     assert kinds["overlays/workers-8"] == base
     assert kinds["overlays/external-db"] == [k for k in base if k[1] != "postgres"]
+    assert kinds["overlays/objective"] == base
     assert kinds["overlays/proxy"] == sorted(
         [k for k in base if k != ("Job", "hpo-workers")]
         + [("Deployment", "hpo-proxy"), ("Service", "hpo-proxy"),
@@ -648,3 +649,67 @@ def test_proxy_topology_runs_locally(rendered, tiny_spec, pg_url, tmp_path):
         for p in [*pods, server, init]:
             p.stop()
     assert f"127.0.0.1:{local}" in server.log.read_text()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_objective_topology_runs_locally(rendered, pg_url, tmp_path):
+    """overlays/objective: the init Job and the workers run the image of the user's objective
+    (docker/objective.Dockerfile: the folder at /objective, HPO_CODE_DIR=/objective), the study
+    is the folder's spec. Run locally with examples/ standing for /objective: init, then the 2
+    workers finish exactly the budget of the minimized Rosenbrock valley, nothing RUNNING."""
+    import optuna
+    from sqlalchemy.engine import make_url
+
+    docs = rendered["overlays/objective"]
+    base = rendered["base"]
+    image = "hpo-objective:local"
+    for name in ("hpo-init", "hpo-workers"):
+        (c,) = pod_spec(docs[("Job", name)])["containers"]
+        assert c["image"] == image, name
+        assert c == {**pod_spec(base[("Job", name)])["containers"][0], "image": image,
+                     "env": c["env"]}, name  # only the image (and the workers' env) differ
+        assert all(i["image"] == "hpo:local" for i in pod_spec(docs[("Job", name)]).get(
+            "initContainers", []))
+    (worker,) = pod_spec(docs[("Job", "hpo-workers")])["containers"]
+    assert {e["name"]: e.get("value") for e in worker["env"]}["HPO_CODE_DIR"] == "/objective"
+    dockerfile = (ROOT / "docker" / "objective.Dockerfile").read_text()
+    assert "COPY . /objective" in dockerfile and "ENV HPO_CODE_DIR=/objective" in dockerfile
+    assert pod_spec(docs[("Deployment", "hpo-dashboard")]) == pod_spec(
+        base[("Deployment", "hpo-dashboard")])
+
+    cm = dict(docs[("ConfigMap", "hpo-study")]["data"])
+    assert cm["HPO_SPEC"] == "/objective/quadratic.toml" and cm["HPO_STUDY"] == "rosenbrock"
+    assert (ROOT / "examples" / "quadratic.toml").is_file()
+    n_trials = 12
+    cm["HPO_N_TRIALS"] = str(n_trials)
+    u = make_url(pg_url)
+    secrets = {"hpo-db": {"POSTGRES_USER": u.username,
+                          "POSTGRES_PASSWORD": u.password or "trust-auth",
+                          "POSTGRES_DB": u.database, "POSTGRES_HOST": u.host,
+                          "POSTGRES_PORT": str(u.port)}}
+    hosts = {"/objective": str(ROOT / "examples")}  # the image's folder: hpo's examples/
+    job = docs[("Job", "hpo-workers")]
+    pods = [LocalPod(job, {"hpo-study": cm}, secrets, tmp_path, {}, hosts, i)
+            for i in range(job["spec"]["parallelism"])]
+    init = LocalPod(docs[("Job", "hpo-init")], {"hpo-study": cm}, secrets, tmp_path, {}, hosts)
+    try:
+        for p in pods:
+            p.start()
+        _wait_for_log(pods, "waiting for study rosenbrock")
+        init.start()
+        assert init.finish(120) == 0, init.log.read_text()
+        codes = [p.finish(240) for p in pods]
+        assert codes == [0, 0], [p.log.read_text()[-2000:] for p in pods]
+        states = _states(pg_url, "rosenbrock")
+        assert states.get("COMPLETE") == n_trials, states
+        assert not states.get("RUNNING") and not states.get("WAITING"), states
+        storage = optuna.storages.RDBStorage(pg_url, skip_table_creation=True)
+        try:
+            study = optuna.load_study(study_name="rosenbrock", storage=storage)
+            assert study.direction == optuna.study.StudyDirection.MINIMIZE
+        finally:
+            storage.engine.dispose()
+    finally:
+        for p in [*pods, init]:
+            p.stop()

@@ -26,7 +26,7 @@ def add_arguments(p: flags.Parser) -> None:
     p.add_argument("--epochs", type=flags.count(catalog.MAX_EPOCHS), metavar="N",
                    help="override the book's epoch count")
     p.add_argument("--seed", type=flags.SEED, default=0, help="the network's seed")
-    p.add_argument("--dataset", default="mnist5k", choices=list(catalog.DATASETS),
+    p.add_argument("--dataset", default=catalog.DEFAULT_DATASET, choices=list(catalog.DATASETS),
                    help="mnist5k (default), mnist, digits")
     flags.data_dir(p, help="folder with the four MNIST IDX .gz files")
 

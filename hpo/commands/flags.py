@@ -124,10 +124,12 @@ def sampler_names(text: str) -> str:
     names = [s.strip() for s in text.split(",") if s.strip()]
     for name in names:
         if name not in catalog.SAMPLER_NAMES:
-            raise argparse.ArgumentTypeError(f"may hold only sampler names of "
-                                             f"{', '.join(catalog.SAMPLER_NAMES)}, got {name!r}")
+            raise argparse.ArgumentTypeError(f"may hold only sampler names: {name!r} is not "
+                                             "available; choose from "
+                                             f"{', '.join(catalog.SAMPLER_NAMES)}")
     if not names or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError("must name distinct samplers, e.g. narrowing,random,tpe")
+        raise argparse.ArgumentTypeError("must be distinct sampler names, e.g. "
+                                         "narrowing,random,tpe")
     return ",".join(names)
 
 

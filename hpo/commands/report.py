@@ -63,8 +63,9 @@ def report(args: argparse.Namespace) -> int:
         stages_figure,
     )
     from hpo.report.listing import TOP, n_finished, ranked, state_names, summary
-    from hpo.report.page import SECTIONS, html_page, write_plotly_js
-    from hpo.report.plane import PLANE, numeric_plane
+    from hpo.report.metric import metric_of
+    from hpo.report.page import html_page, section, write_plotly_js
+    from hpo.report.plane import PLANE, curve_kind, numeric_plane
     from hpo.report.plots import report_figures
 
     top = TOP if args.top is None else args.top
@@ -85,9 +86,22 @@ def report(args: argparse.Namespace) -> int:
         fig.savefig(out / name)
         written.append(out / name)
 
-    shown = min(top, len(ranked(trials)))
-    save(best_curves_figure(trials, top, title=f"{args.study}: Best-{shown}, validation "
-                            "(solid) and training (dashed) accuracy"), "best_curves.png")
+    metric = metric_of(spec, study.direction)
+    kind = curve_kind(trials, metric)
+    best = ranked(trials, metric.direction)
+    shown = min(top, len(best))
+    if kind == "accuracy":
+        save(best_curves_figure(trials, top, title=f"{args.study}: Best-{shown}, validation "
+                                "(solid) and training (dashed) accuracy",
+                                direction=metric.direction, metric=metric), "best_curves.png")
+    elif kind == "reported":
+        save(best_curves_figure(trials, top, title=f"{args.study}: Best-{shown}, the "
+                                f"{metric.name} each trial reported per step",
+                                direction=metric.direction, metric=metric, kind=kind),
+             "best_curves.png")
+    else:
+        print("hpo report: no trial reported intermediate values (trial.report): no learning "
+              "curves", file=sys.stderr)
     plots: dict[str, go.Figure] = report_figures(trials, spec, top)
     if numeric_plane(spec):
         save(acc_vs_params_figure(trials, spec), "acc_vs_params.png")
@@ -95,17 +109,18 @@ def report(args: argparse.Namespace) -> int:
         staged = stages_figure(trials, spec)
         if staged is not None:
             save(staged, "stages.png")
-    else:
+    elif metric.book:
         print(f"hpo report: the study does not search both {' and '.join(PLANE)}: no "
               "accuracy-vs-params, contour or stages figures", file=sys.stderr)
 
-    info = summary(trials, spec, args.study, top, args.max_gap, study.user_attrs)
+    info = summary(trials, spec, args.study, top, args.max_gap, study.user_attrs,
+                   study.direction)
     note = info.markdown()
     (out / "best.md").write_text(note, encoding="utf-8")
     written.append(out / "best.md")
     js = write_plotly_js(out)
     page = html_page(args.study, info,
-                     [(*SECTIONS[k], fig) for k, fig in plots.items()], js.name)
+                     [(*section(k, metric, kind), fig) for k, fig in plots.items()], js.name)
     (out / "report.html").write_text(page, encoding="utf-8")
     written += [out / "report.html", js]
     for path in written:
@@ -118,11 +133,11 @@ def report(args: argparse.Namespace) -> int:
             print("hpo report: --artifact-dir ignored with --no-dashboard", file=sys.stderr)
         return 0
     curves: list[tuple[FrozenTrial, Path]] = []
-    if args.artifact_dir:
+    if args.artifact_dir and kind is not None:
         (out / "curves").mkdir(exist_ok=True)
-        for t in ranked(trials)[:top]:
+        for t in best[:top]:
             path = out / "curves" / f"learning_curve_trial{t.number}.png"
-            curve_figure(t).savefig(path)
+            curve_figure(t, metric, kind).savefig(path)
             curves.append((t, path))
     cards = report_figures(trials, spec, top, card=True)  # sized for the dashboard's cards
     uploaded = publish(study, cards, note, curves, args.artifact_dir)

@@ -4,6 +4,10 @@ Studies are Optuna's; hpo's records live in their attributes. The ``hpo:`` keys 
 the ``narrowing:`` keys the narrowing sampler's (:mod:`hpo.samplers.narrowing`).
 """
 
+#: The book's metric: the name of a study's value when its spec has no ``[objective]``
+#: (Optuna's ``study.metric_names``, set when hpo creates the study).
+METRIC_NAME = "val_acc"
+
 # Study attributes.
 #: The validated spec as JSON: a study *system* attribute (older studies hold it as a user one).
 SPEC_ATTR = "hpo:spec"

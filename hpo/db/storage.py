@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.db.connect import CONNECT_TIMEOUT, engine_kwargs, ping_after_idle
 from hpo.db.heartbeats import grpc_client, rdb_storage_class
-from hpo.db.keys import SPEC_ATTR, SPEC_KEY_ATTR
+from hpo.db.keys import METRIC_NAME, SPEC_ATTR, SPEC_KEY_ATTR
 from hpo.db.retry import OUTAGE, bad_database, reason, with_retries
 from hpo.errors import BadInput, RuntimeFailure, StorageError
 
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from hpo.spec import Spec
 
 DEFAULT_URL = "sqlite:///hpo.db"
-METRIC_NAME = "val_acc"
 # Heartbeats: a trial of the book's task takes ~0.1-1 s, but a slow machine or a big spec can take
 # minutes, and a heartbeat that is too short fails live trials (seen at 1 s with 16 workers).
 HEARTBEAT_INTERVAL = 10

@@ -26,6 +26,8 @@ from optuna.trial import TrialState
 
 from hpo.db.storage import state_counts, study_spec
 from hpo.engine.loop import FINISHED
+from hpo.report.metric import BOOK, Metric, metric_of
+from hpo.spec import from_dict
 
 __all__ = ["LINE_EVERY_FRACTION", "LINE_EVERY_SECONDS", "Progress", "best_value", "postfix"]
 
@@ -37,9 +39,15 @@ log = logging.getLogger("hpo.progress")
 
 
 def postfix(best: float | None, pruned: int | None = None,
-            stage: tuple[int, int] | None = None) -> str:
-    """The bar's text after the counts: ``best val acc 0.760, pruned 12, stage 2/3``."""
-    parts = [] if best is None else [f"best val acc {best:.3f}"]
+            stage: tuple[int, int] | None = None, metric: Metric = BOOK) -> str:
+    """The bar's text after the counts: ``best val acc 0.760, pruned 12, stage 2/3`` (another
+    metric by its name, to 4 significant digits: ``best loss 0.2447``)."""
+    if best is None:
+        parts = []
+    elif metric.book:
+        parts = [f"best {metric.label} {best:.3f}"]
+    else:
+        parts = [f"best {metric.label} {best:.4g}"]
     if pruned is not None:
         parts.append(f"pruned {pruned}")
     if stage is not None:
@@ -79,16 +87,17 @@ class Progress:
         self.total = total
         self.n = initial
         self._last = 0.0
-        self._shown: tuple[bool, int | None] | None = None  # (pruned?, stage_trials), read once
+        #: (pruned?, stage_trials, the metric), read once from the study's spec
+        self._shown: tuple[bool, int | None, Metric] | None = None
         self._start = time.monotonic()
         self._line_at = (initial, self._start)  # (done, when) of the last plain line
         self._text = ""
 
     def update(self, done: int, best: float | None, pruned: int | None = None,
-               stage: tuple[int, int] | None = None) -> None:
+               stage: tuple[int, int] | None = None, metric: Metric = BOOK) -> None:
         if not self.enabled:
             return
-        text = postfix(best, pruned, stage)
+        text = postfix(best, pruned, stage, metric)
         if self.bar is None:
             self.n = max(self.n, min(done, self.total))
             self._text = text or self._text
@@ -127,12 +136,13 @@ class Progress:
             return
         if self._shown is None:
             self._shown = _what_to_show(study)
-        show_pruned, stage_trials = self._shown
+        show_pruned, stage_trials, metric = self._shown
         counts = state_counts(study)
         done = sum(counts.get(s, 0) for s in FINISHED)
         self.update(done, best_value(study),
                     pruned=counts.get(TrialState.PRUNED, 0) if show_pruned else None,
-                    stage=stage_of(done, self.total, stage_trials) if stage_trials else None)
+                    stage=stage_of(done, self.total, stage_trials) if stage_trials else None,
+                    metric=metric)
 
     def close(self) -> None:
         if self.lines and self.n > self._line_at[0]:  # where it stopped (a timeout, Ctrl-C)
@@ -151,17 +161,18 @@ def _isatty(stream) -> bool:
         return False
 
 
-def _what_to_show(study: optuna.Study) -> tuple[bool, int | None]:
-    """From the spec stored in the study: whether it prunes, and the narrowing stage size."""
-    from hpo.spec import from_dict
-
+def _what_to_show(study: optuna.Study) -> tuple[bool, int | None, Metric]:
+    """From the spec stored in the study: whether it prunes, the narrowing stage size and the
+    study's metric."""
+    stored = study_spec(study)
     try:
-        spec = from_dict(study_spec(study) or {}, source=f"study {study.study_name!r}")
+        spec = from_dict(stored or {}, source=f"study {study.study_name!r}")
     except Exception:  # noqa: BLE001 - not an hpo study: show only the counts
-        return False, None
-    stage_trials = spec.sampler_kwargs().get("stage_trials") if spec.sampler == "narrowing" \
-        else None
-    return spec.pruner != "none", stage_trials
+        return False, None, BOOK
+    stage_trials = None
+    if spec.sampler == "narrowing":
+        stage_trials = spec.sampler_kwargs().get("stage_trials")
+    return spec.pruner != "none", stage_trials, metric_of(stored, study.direction)
 
 
 def best_value(study: optuna.Study) -> float | None:

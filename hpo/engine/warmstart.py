@@ -10,6 +10,12 @@ whether it runs as it was, with which params re-drawn and why, or is skipped (no
 fits the new space). Each enqueued trial records where it came from (user attribute
 ``hpo:warm_start``: ``"STUDY#N"``), and the new study records the whole warm start (user
 attribute ``hpo:warm_start``). A study that already holds trials is not warm started again.
+
+A study of a user's own objective (``[objective]``) ranks in its own direction, and its
+function may ask for params the spec does not declare (define-by-run): those are carried as
+they were (an enqueued trial hands a fixed value to whichever ``suggest_*`` asks for its name,
+and a name the new function never asks for is simply unused); the params the spec declares
+follow the rule above.
 """
 
 from __future__ import annotations
@@ -81,11 +87,14 @@ class Carry:
 
 def plan(spec: Spec, configs: Sequence[FrozenTrial]) -> list[Carry]:
     """What each of ``configs`` becomes in a study of ``spec``: its params that the new space
-    can take, and why the others are re-drawn."""
+    can take (for a user's objective also those its spec does not declare: define-by-run),
+    and why the others are re-drawn."""
     space = {p.name: p for p in spec.suggest_space()}
+    define_by_run = spec.objective is not None
     out = []
     for t in configs:
-        keep = {k: v for k, v in t.params.items() if k in space and fits(space[k], v)}
+        keep = {k: v for k, v in t.params.items()
+                if (fits(space[k], v) if k in space else define_by_run)}
         why = {k: why_not(space.get(k), v) for k, v in t.params.items() if k not in keep}
         out.append(Carry(t.number, float(t.value), keep, why))
     return out

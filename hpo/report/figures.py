@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial
 
 from hpo.catalog import DEFAULT_DIRECTION
 from hpo.report.listing import ranked
+from hpo.report.metric import BOOK, Metric
 from hpo.report.plane import (
     CURVE_ATTRS,
     PLANE,
@@ -35,6 +36,7 @@ from hpo.report.plane import (
     is_log,
     label,
     plane_points,
+    reported_curve,
     stages,
     xy,
 )
@@ -61,11 +63,15 @@ def _figure(width: float, height: float) -> Figure:
 
 def best_curves_figure(
     trials: Sequence[FrozenTrial], top: int = 20, title: str | None = None,
-    direction: Any = DEFAULT_DIRECTION,
+    direction: Any = DEFAULT_DIRECTION, metric: Metric = BOOK, kind: str = "accuracy",
 ) -> Figure:
     """The book's figure: the top ``top`` COMPLETE trials (best first in the study's
     ``direction``) accuracy per epoch, validation solid and training dashed, one subplot each
-    ("Best-1 (0.86)" ...), y from 0 to 1."""
+    ("Best-1 (0.86)" ...), y from 0 to 1. With ``kind="reported"`` (a user's objective,
+    :func:`hpo.report.plane.curve_kind`): the values each trial reported per step, titled in
+    ``metric``, y scaled to the values."""
+    if kind == "reported":
+        return _reported_curves_figure(trials, top, title, direction, metric)
     best = ranked(list(trials), direction)[:top]
     n = len(best)
     cols = GRID_COLUMNS
@@ -87,7 +93,7 @@ def best_curves_figure(
             ax.text(0.5, 0.5, "no curves recorded", ha="center", va="center", fontsize=8,
                     transform=ax.transAxes)
         diverged = bool(t.user_attrs.get("diverged", False))
-        ax.set_title(f"Best-{i + 1} ({t.value:.2f})" + (" diverged" if diverged else ""),
+        ax.set_title(f"Best-{i + 1} ({metric.fmt(t.value)})" + (" diverged" if diverged else ""),
                      fontsize=9, color="C3" if diverged else "black")
         ax.set_ylim(0.0, 1.0)
         ax.tick_params(labelsize=7)
@@ -102,6 +108,44 @@ def best_curves_figure(
         fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=2, frameon=False)
     fig.suptitle(title or f"Best-{n}: validation (solid) and training (dashed) accuracy",
                  fontsize=11, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    return fig
+
+
+def _reported_curves_figure(trials: Sequence[FrozenTrial], top: int, title: str | None,
+                            direction: Any, metric: Metric) -> Figure:
+    """The Best-N grid of a user's objective: each trial's reported values per step."""
+    from matplotlib.ticker import MaxNLocator
+
+    best = ranked(list(trials), direction)[:top]
+    n = len(best)
+    cols = GRID_COLUMNS
+    nrows = max(1, math.ceil(n / cols))
+    fig = _figure(2.6 * cols, 1.9 * nrows + 1.0)
+    if n == 0:
+        fig.text(0.5, 0.5, "no COMPLETE trials yet", ha="center", va="center")
+        return fig
+    axes = fig.subplots(nrows, cols, squeeze=False, sharex=True, sharey=True).ravel()
+    for ax in axes[n:]:
+        ax.remove()
+    for i, (ax, t) in enumerate(zip(axes[:n], best, strict=True)):
+        steps, values = reported_curve(t)
+        if values:
+            ax.plot(steps, values, color="C0", lw=1.4, marker="." if len(values) < 12 else None)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
+            ax.text(0.5, 0.5, "nothing reported", ha="center", va="center", fontsize=8,
+                    transform=ax.transAxes)
+        ax.set_title(f"Best-{i + 1} ({metric.fmt(t.value)})", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if i % cols == 0:
+            ax.set_ylabel(f"reported {metric.name}", fontsize=8)
+        if i >= n - cols:
+            ax.set_xlabel("step", fontsize=8)
+            ax.xaxis.set_tick_params(labelbottom=True)
+    fig.suptitle(title or f"Best-{n}: the values each trial reported per step "
+                 f"(ranked by {metric.name}, {metric.order})", fontsize=11, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     return fig
 
@@ -260,23 +304,32 @@ def _pad_axis(
         setter(lo - 0.04 * (hi - lo), hi + 0.04 * (hi - lo))
 
 
-def curve_figure(trial: FrozenTrial) -> Figure:
+def curve_figure(trial: FrozenTrial, metric: Metric = BOOK, kind: str = "accuracy") -> Figure:
     """One trial's learning curve (the artifact uploaded per top trial; no rank in it, since
-    the rank changes as the study grows)."""
+    the rank changes as the study grows); ``kind="reported"``: the values it reported."""
     fig = _figure(4.5, 3.2)
     ax = fig.add_subplot()
-    for key, style, name in zip(CURVE_ATTRS, ("-", "--"), ("validation", "training"),
-                                strict=True):
-        curve = trial.user_attrs.get(key)
-        if curve:
-            ax.plot(curve_x(trial, curve), curve, style, label=name)
+    if kind == "reported":
+        steps, values = reported_curve(trial)
+        if values:
+            ax.plot(steps, values, "-", label=f"reported {metric.name}")
+    else:
+        for key, style, name in zip(CURVE_ATTRS, ("-", "--"), ("validation", "training"),
+                                    strict=True):
+            curve = trial.user_attrs.get(key)
+            if curve:
+                ax.plot(curve_x(trial, curve), curve, style, label=name)
     params = ", ".join(f"{label(k)} {v:.3g}" if finite(v) else f"{label(k)} {v}"
                        for k, v in trial.params.items())
-    ax.set_title(f"trial {trial.number}: val acc {trial.value:.2f}\n{params}",
+    ax.set_title(f"trial {trial.number}: {metric.label} {metric.fmt(trial.value)}\n{params}",
                  fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy")
+    if kind == "reported":
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric.name)
+    else:
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize=8, loc="lower right")

@@ -248,27 +248,52 @@ def stale_note(record: Mapping[str, Any], what: str, again: str,
             f"{finished_now}: run `{again}` again to include the new trials")
 
 
+def record_metric(record: Mapping[str, Any]) -> Metric:
+    """The metric a stored ``hpo confirm`` / ``hpo test`` result is in: a user's objective's
+    (its ``metric`` and ``direction`` keys), else the book's validation accuracy."""
+    if "metric" not in record:
+        return BOOK
+    return Metric(str(record["metric"]), str(record.get("direction") or DEFAULT_DIRECTION))
+
+
 def format_confirm(record: Mapping[str, Any], finished_now: int | None = None) -> str:
-    """The ``hpo confirm`` result: each configuration's mean over fresh seeds, best first, with
-    when it was made; marked STALE when the study holds more finished trials now."""
-    lines = [f"Confirmed ({made_at(record)}) over {record['n_seeds']} fresh seeds each (mean ± "
-             f"standard error; noise floor: one configuration's val acc moves by "
-             f"±{record['noise_floor_std']:.3f} (std) across seeds on {record['n_val']} "
-             f"validation images):"]
+    """The ``hpo confirm`` result: each configuration's mean over fresh seeds, best first (in
+    the study's direction), with when it was made; marked STALE when the study holds more
+    finished trials now. A user's objective's is named by its metric."""
+    m = record_metric(record)
+    if m.book:
+        lines = [f"Confirmed ({made_at(record)}) over {record['n_seeds']} fresh seeds each "
+                 f"(mean ± standard error; noise floor: one configuration's val acc moves by "
+                 f"±{record['noise_floor_std']:.3f} (std) across seeds on {record['n_val']} "
+                 f"validation images):"]
+    else:
+        lines = [f"Confirmed ({made_at(record)}) over {record['n_seeds']} fresh seeds each "
+                 f"(mean ± standard error, {m.order}; noise floor: one configuration's "
+                 f"{m.name} moves by ±{record['noise_floor_std']:.4g} (std) across seeds):"]
     stale = stale_note(record, "this confirmation", "hpo confirm", finished_now)
     if stale:
         lines.insert(0, stale)
     for i, r in enumerate(record["rows"], 1):
-        lines.append(f"Confirmed-{i}(val acc:{r['mean']:.3f} ± {r['sem']:.3f}) | "
-                     f"{fmt_params(r['params'])} | search val acc:{r['search_val_acc']:.2f}  "
-                     f"[trial {r['trial']}]")
+        if m.book:
+            lines.append(f"Confirmed-{i}(val acc:{r['mean']:.3f} ± {r['sem']:.3f}) | "
+                         f"{fmt_params(r['params'])} | search val acc:"
+                         f"{r['search_val_acc']:.2f}  [trial {r['trial']}]")
+        else:
+            lines.append(f"Confirmed-{i}({m.label}:{m.fmt(r['mean'])} ± {r['sem']:.2g}) | "
+                         f"{fmt_params(r['params'])} | search {m.label}:"
+                         f"{m.fmt(r['search_value'])}  [trial {r['trial']}]")
     return "\n".join(lines)
 
 
 def format_test(record: Mapping[str, Any], finished_now: int | None = None) -> str:
     """The ``hpo test`` result in one line (two when it is STALE)."""
-    line = (f"Test (once, {made_at(record)}): trial {record['trial']} test acc "
-            f"{record['test_acc']:.4f} on {record['n_test']} images")
+    m = record_metric(record)
+    if m.book:
+        line = (f"Test (once, {made_at(record)}): trial {record['trial']} test acc "
+                f"{record['test_acc']:.4f} on {record['n_test']} images")
+    else:
+        line = (f"Test (once, {made_at(record)}): trial {record['trial']} test {m.label} "
+                f"{m.fmt(record['test_value'])} (search {m.label} {m.fmt(record['value'])})")
     stale = stale_note(record, "this test result", "hpo test --force", finished_now)
     return f"{stale}\n{line}" if stale else line
 

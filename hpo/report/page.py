@@ -24,10 +24,12 @@ from hpo.report.listing import (
     fmt_params,
     made_at,
     n_finished,
+    record_metric,
     small_gap,
     small_gap_rows,
     stale_note,
 )
+from hpo.report.metric import BOOK, Metric
 
 # plotly (~0.5 s) is imported where it is used, as in hpo.report.plots: the page's module loads
 # before hpo report has checked its flags and opened the study.
@@ -153,28 +155,45 @@ def summary_tables(s: Summary, shown: int = 5) -> str:
                      else f"<p>{e(s.no_gap_text())}</p>")
     now = n_finished(s.counts)
     if s.confirm:
-        parts.append("<h3>Confirmation (fresh seeds)</h3>")
-        stale = stale_note(s.confirm, "this confirmation", "hpo confirm", now)
-        parts.append(f"<p>Made {e(made_at(s.confirm))}; {s.confirm['n_seeds']} fresh "
-                     f"seeds each; noise floor ±{s.confirm['noise_floor_std']:.3f} (std) "
-                     f"on {s.confirm['n_val']} validation images."
-                     + (f' <b class="stale">{html_text(stale)}</b>' if stale else "") + "</p>")
-        parts.append("<table><thead><tr><th></th><th>mean val acc</th><th>± s.e.</th>"
-                     "<th>params</th><th>search val acc</th><th>trial</th></tr></thead>"
-                     "<tbody>" + "".join(
-                         f"<tr><td>Confirmed-{i}</td><td>{r['mean']:.3f}</td>"
-                         f"<td>{r['sem']:.3f}</td><td>{e(fmt_params(r['params']))}</td>"
-                         f"<td>{r['search_val_acc']:.2f}</td><td>{r['trial']}</td></tr>"
-                         for i, r in enumerate(s.confirm["rows"], 1))
-                     + "</tbody></table>")
+        parts += confirm_html(s.confirm, now)
     if s.test:
         stale = stale_note(s.test, "this test result", "hpo test --force", now)
-        parts.append("<h3>Test split (read once)</h3>")
-        parts.append(f"<p>Trial {s.test['trial']}: test accuracy "
-                     f"<b>{s.test['test_acc']:.4f}</b> on {s.test['n_test']} images, "
-                     f"made {e(made_at(s.test))}."
+        m = record_metric(s.test)
+        parts.append("<h3>Test split (read once)</h3>" if m.book else
+                     "<h3>Test (measured once)</h3>")
+        result = (f"test accuracy <b>{s.test['test_acc']:.4f}</b> on {s.test['n_test']} "
+                  "images" if m.book else
+                  f"test {e(m.name)} <b>{e(m.fmt(s.test['test_value']))}</b> (search "
+                  f"{e(m.name)} {e(m.fmt(s.test['value']))})")
+        parts.append(f"<p>Trial {s.test['trial']}: {result}, made {e(made_at(s.test))}."
                      + (f' <b class="stale">{html_text(stale)}</b>' if stale else "") + "</p>")
     return "\n".join(parts)
+
+def confirm_html(record: dict, now: int) -> list[str]:
+    """The confirmation's heading, note and table (in its metric: the book's val acc or a
+    user's objective's)."""
+    e = html.escape
+    m = record_metric(record)
+    stale = stale_note(record, "this confirmation", "hpo confirm", now)
+    where = (f" on {record['n_val']} validation images" if m.book else f", {m.order}")
+    floor = f"{record['noise_floor_std']:.3f}" if m.book else f"{record['noise_floor_std']:.4g}"
+    name = "val acc" if m.book else m.name
+    body = []
+    for i, r in enumerate(record["rows"], 1):
+        mean = f"{r['mean']:.3f}" if m.book else m.fmt(r["mean"])
+        sem = f"{r['sem']:.3f}" if m.book else f"{r['sem']:.2g}"
+        search = (f"{r['search_val_acc']:.2f}" if m.book else m.fmt(r["search_value"]))
+        body.append(f"<tr><td>Confirmed-{i}</td><td>{e(mean)}</td><td>{e(sem)}</td>"
+                    f"<td>{e(fmt_params(r['params']))}</td><td>{e(search)}</td>"
+                    f"<td>{r['trial']}</td></tr>")
+    return ["<h3>Confirmation (fresh seeds)</h3>",
+            f"<p>Made {e(made_at(record))}; {record['n_seeds']} fresh seeds each; noise floor "
+            f"±{floor} (std){e(where)}."
+            + (f' <b class="stale">{html_text(stale)}</b>' if stale else "") + "</p>",
+            f"<table><thead><tr><th></th><th>mean {e(name)}</th><th>± s.e.</th>"
+            f"<th>params</th><th>search {e(name)}</th><th>trial</th></tr></thead>"
+            "<tbody>" + "".join(body) + "</tbody></table>"]
+
 
 def header(s: Summary) -> str:
     """``Summary.header`` for a page (no Markdown marks)."""
@@ -232,3 +251,13 @@ SECTIONS = {
                "Each narrowing stage's ranges (rectangles) and its trials, in the stage's "
                "colour."),
 }
+
+
+def section(key: str, metric: Metric = BOOK, kind: str | None = "accuracy") -> tuple[str, str]:
+    """The heading and caption of figure ``key`` (:data:`SECTIONS`); the learning curves of a
+    user's objective (``kind="reported"``) are the values its trials reported."""
+    if key == "best_curves" and kind == "reported":
+        return ("Values reported by the best trials",
+                f"The top trials' {metric.name} as each reported it per step "
+                f"(trial.report), ranked by {metric.name} ({metric.order}).")
+    return SECTIONS[key]

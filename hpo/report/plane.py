@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial
 
 from hpo.db.keys import RANGES_ATTR, STAGE_ATTR
 from hpo.report.listing import BOOK_NAMES, ranked
-from hpo.report.metric import metric_of
+from hpo.report.metric import Metric, metric_of
 
 #: The plane of figures 2-4: the book's two hyperparameters.
 PLANE = ("lr", "weight_decay")
@@ -150,3 +150,22 @@ def curve_x(trial: FrozenTrial, curve: list) -> list[int]:
     if epochs and len(epochs) == len(curve):
         return list(epochs)
     return list(range(1, len(curve) + 1))
+
+
+def reported_curve(trial: FrozenTrial) -> tuple[list[int], list[float]]:
+    """The values a user's function reported (``trial.report(value, step)``: the trial's
+    intermediate values), by step, finite ones only."""
+    steps = sorted(k for k, v in trial.intermediate_values.items() if finite(v))
+    return steps, [float(trial.intermediate_values[k]) for k in steps]
+
+
+def curve_kind(trials: Sequence[FrozenTrial], metric: Metric) -> str | None:
+    """Which learning curves a study has: ``"accuracy"`` (the book's validation and training
+    accuracy per epoch: every book study, and a user's objective that recorded
+    :data:`CURVE_ATTRS`), ``"reported"`` (a user's objective whose trials reported values,
+    :func:`reported_curve`), or None (none to draw)."""
+    if metric.book or any(t.user_attrs.get(k) for t in trials for k in CURVE_ATTRS):
+        return "accuracy"
+    if any(t.intermediate_values for t in trials):
+        return "reported"
+    return None

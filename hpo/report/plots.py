@@ -20,16 +20,18 @@ from optuna.trial import FrozenTrial
 from hpo.catalog import DEFAULT_DIRECTION
 from hpo.report.figures import GRID_COLUMNS
 from hpo.report.listing import ranked
-from hpo.report.metric import metric_of
+from hpo.report.metric import BOOK, Metric, metric_of
 from hpo.report.plane import (
     CURVE_ATTRS,
     PLANE,
+    curve_kind,
     curve_x,
     interpolate,
     is_log,
     label,
     numeric_plane,
     plane_points,
+    reported_curve,
     stages,
     xy,
 )
@@ -60,12 +62,15 @@ def report_figures(trials: Sequence[FrozenTrial], spec: dict[str, Any], top: int
                    card: bool = False) -> dict[str, go.Figure]:
     """The report's figures by key (``best_curves``, and with a numeric lr x weight-decay
     plane ``acc_vs_params``, ``contour`` and, for a narrowing study, ``stages``). The learning
-    curves are the book's: a user's objective gets them only when its trials recorded them."""
+    curves (:func:`hpo.report.plane.curve_kind`): the book's accuracy per epoch, or the values
+    a user's function reported per step; none when its trials reported nothing."""
     metric = metric_of(spec)
     figs = {}
-    if metric.book or any(t.user_attrs.get(k) for t in trials for k in CURVE_ATTRS):
+    kind = curve_kind(trials, metric)
+    if kind is not None:
         figs["best_curves"] = best_curves_plotly(trials, top, card=card,
-                                                 direction=metric.direction)
+                                                 direction=metric.direction, metric=metric,
+                                                 kind=kind)
     if numeric_plane(spec):
         figs["acc_vs_params"] = acc_vs_params_plotly(trials, spec, card=card)
         figs["contour"] = contour_plotly(trials, spec, card=card)
@@ -103,8 +108,10 @@ def _colour_values(spec: dict[str, Any], name: str, values: np.ndarray) -> tuple
 
 
 def best_curves_plotly(trials: Sequence[FrozenTrial], top: int = 20,
-                       card: bool = False, direction: Any = DEFAULT_DIRECTION) -> go.Figure:
-    """Plotly version of :func:`best_curves_figure`."""
+                       card: bool = False, direction: Any = DEFAULT_DIRECTION,
+                       metric: Metric = BOOK, kind: str = "accuracy") -> go.Figure:
+    """Plotly version of :func:`best_curves_figure` (``kind="reported"``: the values a user's
+    function reported per step)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -115,13 +122,22 @@ def best_curves_plotly(trials: Sequence[FrozenTrial], top: int = 20,
                                  "template": _TEMPLATE})
     nrows = math.ceil(n / GRID_COLUMNS)
     fig = make_subplots(rows=nrows, cols=GRID_COLUMNS, shared_xaxes=True, shared_yaxes=True,
-                        subplot_titles=[f"Best-{i + 1} ({t.value:.2f})"
+                        subplot_titles=[f"Best-{i + 1} ({metric.fmt(t.value)})"
                                         for i, t in enumerate(best)],
                         vertical_spacing=(min(0.5 / nrows, 0.12) if card
                                           else min(0.3 / nrows, 0.08)),
                         horizontal_spacing=0.02)
     for i, t in enumerate(best):
         r, c = i // GRID_COLUMNS + 1, i % GRID_COLUMNS + 1
+        if kind == "reported":
+            steps, values = reported_curve(t)
+            fig.add_trace(go.Scatter(
+                x=steps, y=values, mode="lines+markers" if len(values) < 12 else "lines",
+                name=f"reported {metric.name}", showlegend=False,
+                line={"color": "#1f77b4"}, marker={"size": 4},
+                hovertemplate=f"Best-{i + 1}, trial {t.number}<br>{metric.name} "
+                              "%{y:.4g} at step %{x}<extra></extra>"), row=r, col=c)
+            continue
         for key, dash, name, colour in zip(CURVE_ATTRS, ("solid", "dash"),
                                            ("validation", "training"), ("#1f77b4", "#ff7f0e"),
                                            strict=True):
@@ -131,10 +147,16 @@ def best_curves_plotly(trials: Sequence[FrozenTrial], top: int = 20,
                 legendgroup=name, showlegend=i == 0, line={"dash": dash, "color": colour},
                 hovertemplate=f"Best-{i + 1}, trial {t.number}<br>{name} "
                               "%{y:.3f} at epoch %{x}<extra></extra>"), row=r, col=c)
-    fig.update_yaxes(range=[0, 1])
-    title = f"Best-{n}: validation (solid) and training (dashed) accuracy per epoch"
+    if kind == "reported":
+        title = (f"Best-{n}: the {metric.name} each trial reported per step (ranked "
+                 f"{metric.order})")
+    else:
+        fig.update_yaxes(range=[0, 1])
+        title = f"Best-{n}: validation (solid) and training (dashed) accuracy per epoch"
     if card:
-        fig.update_yaxes(tickvals=[0, 0.5, 1], tickfont_size=9)
+        if kind != "reported":
+            fig.update_yaxes(tickvals=[0, 0.5, 1])
+        fig.update_yaxes(tickfont_size=9)
         fig.update_xaxes(tickfont_size=9, nticks=3)
         _card_layout(fig, title, {"l": 30, "r": 8, "t": 72, "b": 24}, showlegend=False)
         fig.update_annotations(font_size=10)
