@@ -248,9 +248,7 @@ def test_a_named_test_function_measures_each_cell_once(tmp_path):
     """`[objective] test`: each cell's chosen trial goes through the test function once, and
     the table's last column holds its values (a spec without one: '-', above)."""
     spec = write(tmp_path, MINIMIZE.format(test='test = "fns.py:bowl_test"'), "bowl.toml")
-    if not evaluates_test(load_spec(str(spec))):
-        pytest.skip("hpo.report.evaluate cannot run a user objective's test function yet "
-                    "(evaluate_on_test without code_dirs)")
+    assert evaluates_test(load_spec(str(spec)))
     url = f"sqlite:///{tmp_path / 't.db'}"
     r = hpo("compare", str(spec), "--storage", url, "--samplers", "random,tpe",
             "--n-trials", "6", "--seeds", "1", "--target", "0.5", "--out",
