@@ -17,6 +17,7 @@ Fairness rules:
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,31 @@ from hpo.report.evaluate import CONFIRM_ATTR, choose_trial, confirm, evaluate_on
 from hpo.report.listing import TEST_ATTR
 
 NARROWING_DEFAULTS = {"stage_trials": 100, "keep_top": 10}
+
+log = logging.getLogger("hpo.compare")
+
+
+def evaluates_test(spec) -> bool:
+    """Does a cell of ``spec`` get a test-split evaluation? The book's MLP always; a user's
+    objective only when its ``[objective]`` names a ``test`` function."""
+    return spec.objective is None or bool(spec.objective.test)
+
+
+def confirms(spec) -> bool:
+    """Does ``--confirm`` apply to a cell of ``spec``? For now the book's MLP only (its
+    retraining with fresh seeds is :func:`hpo.report.evaluate.confirm`'s)."""
+    return spec.objective is None
+
+
+def _test_cell(study: optuna.Study, spec) -> None:
+    """The cell's chosen trial measured once on the test split (a user's objective: its
+    ``[objective] test`` function, loaded from the spec's folder)."""
+    trial = choose_trial(study)
+    if spec.objective is None:
+        evaluate_on_test(study, trial)
+    else:
+        base = spec.objective.base
+        evaluate_on_test(study, trial, code_dirs=[base] if base else None)
 
 
 def study_name(spec_name: str, sampler: str, seed: int) -> str:
@@ -101,8 +127,10 @@ def summarize_study(study: optuna.Study, sampler: str, seed: int) -> StudyRun:
     elapsed = list(np.maximum.accumulate(elapsed)) if elapsed else []
     test = study.user_attrs.get(TEST_ATTR)
     confirmed = study.user_attrs.get(CONFIRM_ATTR)
+    # the book's record holds test_acc; a user objective's its metric's test_value
+    tested = None if test is None else test.get("test_acc", test.get("test_value"))
     return StudyRun(sampler, seed, study.study_name, curve, [float(x) for x in elapsed],
-                    test_acc=None if test is None else float(test["test_acc"]),
+                    test_acc=None if tested is None else float(tested),
                     chosen_trial=None if test is None else int(test["trial"]),
                     confirmed_val=None if confirmed is None
                     else float(confirmed["rows"][0]["mean"]))
@@ -125,6 +153,10 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
         data = getattr(make_objective(arms[0].spec), "data", None)
     print(f"hpo compare: {len(arms)} arms x {seeds} seeds, studies in {mask_url(url)}",
           file=sys.stderr)
+    if confirm_top and not all(confirms(a.spec) for a in arms):
+        log.warning("hpo compare: --confirm %d skipped: it retrains the book's MLP, and an arm "
+                    "runs a spec's own [objective]", confirm_top)
+        confirm_top = 0
     grid = Grid(title or arms[0].spec.name, arms, seeds, n_trials, target,
                 confirmed=confirm_top > 0, workers=workers)
     total = len(arms) * seeds * n_trials
@@ -163,8 +195,9 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
             bar.update(finished_before, None)
             if confirm_top and CONFIRM_ATTR not in study.user_attrs:
                 confirm(study, top=confirm_top, seeds=confirm_seeds)
-            if evaluate_test and TEST_ATTR not in study.user_attrs:
-                evaluate_on_test(study, choose_trial(study))
+            spec = by_label[s].spec
+            if evaluate_test and evaluates_test(spec) and TEST_ATTR not in study.user_attrs:
+                _test_cell(study, spec)
             grid.runs.setdefault(s, []).append(summarize_study(
                 optuna.load_study(study_name=study.study_name, storage=oc.storage_of(study)), s, k))
     finally:

@@ -184,7 +184,7 @@ def table(grid: Grid) -> str:
             + [f"trials to {grid.target:.2f}", f"seconds to {grid.target:.2f}", "reached",
                "mean rank", f"U-test p vs {reference(grid)}"]
             + (["chosen: confirmed val acc"] if grid.confirmed else [])
-            + ["test acc of chosen"])
+            + [f"test {'acc' if grid.m.book else grid.m.name} of chosen"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in grid.labels:
         runs = grid.runs[s]
@@ -357,8 +357,9 @@ def write_outputs(grid: Grid, out: str, command: str, notes: tuple = ()) -> dict
         + ("Chosen: each study's top trials retrained with fresh seeds (`hpo confirm`), the "
            "winner by mean validation accuracy. " if grid.confirmed else
            "Chosen: each study's best trial. ")
-        + "Test acc: the chosen trial retrained with its own seed and evaluated once on the "
-        "test split.",
+        + ("Test acc: the chosen trial retrained with its own seed and evaluated once on the "
+           "test split." if grid.m.book else f"Test {grid.m.name}: the chosen trial's params "
+           "through the spec's `[objective] test` function once (- when it names none)."),
         "",
         table(grid), "",
         *[f"**Note:** {n}\n" for n in notes],
