@@ -155,7 +155,7 @@ def test_minimize_summary_names_the_metric_and_curves_never_increase(minimized):
             values = [t.value for t in study.trials if t.state.name == "COMPLETE"]
             assert curve[-1] == pytest.approx(min(values))
             assert min(values) >= 0.1  # the bowl's floor: a minimum, not a maximum
-            # no test function named: the test split is not touched; --confirm is the book's
+            # no test function named: the test split is not touched; bowl takes no seed
             assert r["test_acc"] is None and r["confirmed_val"] is None
             assert "hpo:test" not in study.user_attrs and "hpo:confirm" not in study.user_attrs
     md = (out / "summary.md").read_text()
@@ -265,3 +265,32 @@ def test_a_named_test_function_measures_each_cell_once(tmp_path):
         assert summary["runs"][s][0]["test_acc"] == pytest.approx(expected)
         shown = table_column(r.stdout, "test loss of chosen")[s]
         assert float(shown.split()[0]) == pytest.approx(expected, abs=5e-4)
+
+
+SEEDED = '''
+
+def seeded(trial, config, seed):
+    """The bowl with a little seed noise: a function that takes `seed` can be confirmed."""
+    import random
+
+    x = trial.suggest_float("x", -3.0, 3.0)
+    return (x - config["cx"]) ** 2 + 0.1 + random.Random(seed).random() * 1e-3
+'''
+
+
+def test_confirm_reruns_a_user_objective_that_takes_a_seed(tmp_path):
+    spec = write(tmp_path, MINIMIZE.format(test="").replace("fns.py:bowl", "fns.py:seeded"),
+                 "seeded.toml")
+    (tmp_path / "fns.py").write_text(FUNCTIONS + SEEDED)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    r = hpo("compare", str(spec), "--storage", url, "--samplers", "random", "--n-trials", "6",
+            "--seeds", "1", "--target", "1.5", "--confirm", "2", "--confirm-seeds", "2",
+            "--no-test", "--out", str(tmp_path / "out"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "skipped" not in r.stderr, r.stderr
+    study = optuna.load_study(study_name=study_name("bowl", "random", 0), storage=url)
+    record = study.user_attrs["hpo:confirm"]
+    means = [row["mean"] for row in record["rows"]]
+    assert len(means) == 2 and means == sorted(means)  # the lowest mean first: minimize
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["runs"]["random"][0]["confirmed_val"] == pytest.approx(means[0])

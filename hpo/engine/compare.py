@@ -49,9 +49,12 @@ def evaluates_test(spec) -> bool:
 
 
 def confirms(spec) -> bool:
-    """Does ``--confirm`` apply to a cell of ``spec``? For now the book's MLP only (its
-    retraining with fresh seeds is :func:`hpo.report.evaluate.confirm`'s)."""
-    return spec.objective is None
+    """Does ``--confirm`` apply to a cell of ``spec``? The book's MLP (retrained with fresh
+    seeds), and a user's objective whose function takes ``seed`` (re-run with fresh ones:
+    :func:`hpo.report.evaluate.confirm`)."""
+    if spec.objective is None:
+        return True
+    return "seed" in getattr(make_objective(spec), "takes", frozenset())
 
 
 def _test_cell(study: optuna.Study, spec) -> None:
@@ -154,8 +157,8 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
     print(f"hpo compare: {len(arms)} arms x {seeds} seeds, studies in {mask_url(url)}",
           file=sys.stderr)
     if confirm_top and not all(confirms(a.spec) for a in arms):
-        log.warning("hpo compare: --confirm %d skipped: it retrains the book's MLP, and an arm "
-                    "runs a spec's own [objective]", confirm_top)
+        log.warning("hpo compare: --confirm %d skipped: an arm's own [objective] function takes "
+                    "no `seed`, and a confirmation needs fresh seeds", confirm_top)
         confirm_top = 0
     grid = Grid(title or arms[0].spec.name, arms, seeds, n_trials, target,
                 confirmed=confirm_top > 0, workers=workers)
@@ -193,9 +196,11 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
                     raise RuntimeError(f"a worker of {study.study_name} failed")
             finished_before = base + min(count(study)[0], n_trials)
             bar.update(finished_before, None)
-            if confirm_top and CONFIRM_ATTR not in study.user_attrs:
-                confirm(study, top=confirm_top, seeds=confirm_seeds)
             spec = by_label[s].spec
+            if confirm_top and CONFIRM_ATTR not in study.user_attrs:
+                base = spec.objective.base if spec.objective else None
+                confirm(study, top=confirm_top, seeds=confirm_seeds,
+                        code_dirs=[base] if base else None)
             if evaluate_test and evaluates_test(spec) and TEST_ATTR not in study.user_attrs:
                 _test_cell(study, spec)
             grid.runs.setdefault(s, []).append(summarize_study(
