@@ -135,6 +135,7 @@ def test_resume_and_best_json(tiny_spec, sqlite_url):
     assert r.returncode == 0 and "tiny" in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_a_resumed_study_draws_new_points_and_stays_reproducible(tiny_spec, tmp_path, sampler):
     """A random stream restarted from the spec's seed would redraw a resumed study's first

@@ -213,6 +213,7 @@ def test_sigterm_during_a_two_worker_compare_exits_143_with_nothing_running(tmp_
     assert not (tmp_path / "out").exists()  # interrupted: no summary written
 
 
+@pytest.mark.slow
 def test_own_storage_under_out_and_resume_only_when_asked(tmp_path, tiny_spec):
     """Without --storage the studies go to <out>/compare.db, never ./hpo.db or $HPO_STORAGE;
     a second run refuses to continue them without --resume (exit 2, nothing written) and

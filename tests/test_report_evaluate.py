@@ -111,6 +111,7 @@ def test_test_uses_the_confirmed_winner(tiny_spec, sqlite_url):
     assert "at 5 finished trials" in r.stdout and "STALE" not in r.stdout
 
 
+@pytest.mark.slow
 def test_results_made_before_new_trials_are_marked_stale(tiny_spec, sqlite_url):
     """Confirm and test results are stored with the number of finished trials they were made at;
     once the study holds more, every listing marks them STALE (text and JSON), and `hpo test`

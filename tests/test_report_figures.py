@@ -230,6 +230,7 @@ def test_stages_tolerate_missing_narrowing_attrs():
 # --- the command on real studies --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_on_a_random_study(tiny_spec, sqlite_url, tmp_path, capsys):
     r = hpo("run", str(tiny_spec(name="rnd", n_trials=25)), "--storage", sqlite_url, "--quiet")
     assert r.returncode == 0, r.stderr

@@ -200,6 +200,7 @@ class _Hog:
         self.conns = []
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_too_many_clients_at_start_up_is_waited_for_then_a_runtime_failure(small_cluster,
                                                                            tiny_spec, tmp_path):
