@@ -13,7 +13,7 @@ Design decisions:
   only the epochs at which the pruner can act are reported
   (:func:`hpo.samplers.pruners.report_steps`:
   none without a pruner); the rest of the curve is reported when the trial ends. hpo's storage
-  writes intermediate values behind (:class:`hpo.db.optuna_private.WriteBehindRDBStorage`): 50 of
+  writes intermediate values behind (:class:`hpo.db.writebehind.WriteBehindRDBStorage`): 50 of
   them cost one multi-row insert in the transaction that finishes the trial, not 50 round trips
   (through ``hpo proxy`` each is still its own call). A longer curve is thinned to
   :data:`CURVE_POINTS` epochs. A pruned trial keeps what it reported.
