@@ -214,6 +214,12 @@ class Spec:
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a TOML spec file (UTF-8, a byte-order mark allowed, at most 1 MB)."""
     p = Path(path)
+    return from_dict(read_table(p), str(p), p.stem, base=str(p.resolve().parent))
+
+
+def read_table(path: str | Path) -> dict[str, Any]:
+    """A spec file's TOML table, read and parsed but not validated (one-line errors)."""
+    p = Path(path)
     try:
         if p.is_dir():
             raise SpecError(f"{p}: is a directory, not a spec file (TOML)")
@@ -239,7 +245,7 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError(f"{p}: not valid TOML: {str(e).splitlines()[0]}") from None
     except (RecursionError, ValueError) as e:  # pathological nesting, huge numbers
         raise SpecError(f"{p}: not valid TOML: {type(e).__name__}") from None
-    return from_dict(raw, source=str(p), default_name=p.stem, base=str(p.resolve().parent))
+    return raw
 
 
 def from_json(text: str, source: str = "stored spec") -> Spec:

@@ -70,3 +70,15 @@ def test_a_bad_spec_is_one_line_naming_the_key(tmp_path):
         hpo.run({**SPEC, "objective": {"direction": "up"}}, objective=bowl,
                 storage=f"sqlite:///{db}")
     assert not db.exists()
+
+
+def test_a_toml_path_takes_the_function_given_here(tmp_path):
+    spec = tmp_path / "bowl.toml"
+    spec.write_text('name = "bowl"\n[budget]\nn_trials = 5\n'
+                    '[objective]\ndirection = "minimize"\n[sampler]\nname = "random"\n')
+    study = hpo.run(spec, objective=bowl, storage=f"sqlite:///{tmp_path / 'api.db'}")
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 5
+    with pytest.raises(BadInput, match="spec file not found"):
+        hpo.run(tmp_path / "missing.toml", objective=bowl,
+                storage=f"sqlite:///{tmp_path / 'other.db'}")
+    assert not (tmp_path / "other.db").exists()

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import tomllib
 
 from hpo.db import optuna_private as oc
 from hpo.db.storage import resolve_url
 from hpo.engine.study import RunRequest, run_study
 from hpo.errors import RuntimeFailure, UsageError
-from hpo.spec import Spec, from_dict, load_spec
+from hpo.spec import Spec, from_dict, load_spec, read_table
 
 
 def run(spec: str | os.PathLike | Mapping[str, Any] | Spec,
@@ -82,12 +81,8 @@ def _spec(spec: Any, objective: Callable[..., float] | None) -> Spec:
     if isinstance(spec, (str, os.PathLike)):
         if objective is None:
             return load_spec(spec)
-        try:  # the file's table; the function given here joins it
-            raw = tomllib.loads(Path(spec).read_text())
-        except (OSError, tomllib.TOMLDecodeError):
-            return load_spec(spec)  # its one-line error
-        return _from_table(raw, objective, str(spec), Path(spec).stem,
-                           str(Path(spec).resolve().parent))
+        p = Path(spec)  # the file's table; the function given here joins it
+        return _from_table(read_table(p), objective, str(p), p.stem, str(p.resolve().parent))
     if isinstance(spec, Mapping):
         return _from_table(dict(spec), objective, "spec", "study", os.getcwd())
     raise UsageError(f"spec must be a TOML file's path, a dict or a Spec, got "
