@@ -1,5 +1,5 @@
 """What several commands share: opening the storage and an hpo study, a spec with the
-command's flags applied, heartbeat settings, output folders. Light to import (what each function
+command's flags applied, output folders. Light to import (what each function
 needs is imported when it runs, as in every command module)."""
 
 from __future__ import annotations
@@ -37,19 +37,6 @@ def open_study(args: argparse.Namespace) -> optuna.Study:
     storage = open_storage(args)
     load_study_spec(storage, args.study)
     return optuna.load_study(study_name=args.study, storage=storage)
-
-
-def heartbeat_settings(args: argparse.Namespace) -> tuple[int, int]:
-    """(interval, grace period) in seconds from ``--heartbeat-interval`` / ``--grace-period``,
-    else hpo's defaults; the grace period must be longer than the interval."""
-    from hpo.db.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
-
-    interval = getattr(args, "heartbeat_interval", None) or HEARTBEAT_INTERVAL
-    grace = getattr(args, "grace_period", None) or max(GRACE_PERIOD, 2 * interval)
-    if grace <= interval:
-        raise UsageError(f"--grace-period ({grace}) must be longer than --heartbeat-interval "
-                         f"({interval})")
-    return interval, grace
 
 
 def output_dir(flag: str, path: str | os.PathLike) -> Path:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from hpo import catalog
 from hpo.commands import flags
-from hpo.commands.common import heartbeat_settings, output_dir
+from hpo.commands.common import output_dir
 from hpo.errors import UsageError
 
 if TYPE_CHECKING:
@@ -160,6 +160,7 @@ def compare(args: argparse.Namespace) -> int:
     """``hpo compare SPEC...``: one study per (arm, seed) on the same split, a table and plots."""
     from hpo.db.storage import mask_url
     from hpo.engine.compare import cell_names, make_arms, run_grid
+    from hpo.engine.study import heartbeat_pair
     from hpo.objectives import make_objective
     from hpo.report.compare import table, write_outputs
     from hpo.samplers import available_samplers
@@ -182,7 +183,8 @@ def compare(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     output_dir("--out", args.out)
-    interval, grace = heartbeat_settings(args)
+    interval, grace = heartbeat_pair(getattr(args, "heartbeat_interval", None),
+                                     getattr(args, "grace_period", None))
     url = storage_url(args)
     check_resume(args, url, cell_names(arms, args.seeds))
     # the data: bad input before any write

@@ -104,13 +104,19 @@ class RunRequest:
     worker_job: Callable[[], WorkerJob] | None = field(default=None, repr=False)
 
     def heartbeats(self) -> tuple[int, int]:
-        """(interval, grace period) in seconds; the grace period is longer than the interval."""
-        interval = self.heartbeat_interval or HEARTBEAT_INTERVAL
-        grace = self.grace_period or max(GRACE_PERIOD, 2 * interval)
-        if grace <= interval:
-            raise UsageError(f"--grace-period ({grace}) must be longer than "
-                             f"--heartbeat-interval ({interval})")
-        return interval, grace
+        """(interval, grace period) in seconds: :func:`heartbeat_pair`."""
+        return heartbeat_pair(self.heartbeat_interval, self.grace_period)
+
+
+def heartbeat_pair(interval: int | None, grace: int | None) -> tuple[int, int]:
+    """(interval, grace period) in seconds from ``--heartbeat-interval`` / ``--grace-period``,
+    else hpo's defaults; the grace period must be longer than the interval (bad input)."""
+    interval = interval or HEARTBEAT_INTERVAL
+    grace = grace or max(GRACE_PERIOD, 2 * interval)
+    if grace <= interval:
+        raise UsageError(f"--grace-period ({grace}) must be longer than "
+                         f"--heartbeat-interval ({interval})")
+    return interval, grace
 
 
 @dataclass
