@@ -167,7 +167,7 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
     cells = [(a.label, k) for k in range(seeds) for a in arms]  # seed-major: early partial views
     names = dict(zip(cells, cell_names(arms, seeds), strict=True))
     runs: dict[tuple[str, int], RunRequest] = {}
-    studies: dict[tuple[str, int], optuna.Study] = {}
+    opened: dict[tuple[str, int], tuple] = {}  # open_study's (study, objective, ...)
     for s, k in cells:  # every cell's study first: the progress bar knows what is done
         v = by_label[s].spec.replace(seed=k, n_trials=n_trials)  # seed k: the network seeds
         runs[s, k] = RunRequest(names[s, k], url, v, workers=workers, data=data, progress=False,
@@ -175,13 +175,13 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
                               grace_period=grace_period, who="hpo compare")
         if worker_job is not None:
             runs[s, k].worker_job = lambda name=names[s, k]: worker_job(name, n_trials)
-        studies[s, k] = open_study(runs[s, k])[0]
-    done0 = sum(min(count(st)[0], n_trials) for st in studies.values())
+        opened[s, k] = open_study(runs[s, k])
+    done0 = sum(min(count(st)[0], n_trials) for st, *_ in opened.values())
     bar = Progress(total, done0, enabled=progress)
     finished_before = done0
     try:
         for s, k in cells:
-            study = studies[s, k]
+            study = opened[s, k][0]
             base = finished_before - min(count(study)[0], n_trials)
 
             def on_trial(st, t, base=base):
@@ -191,7 +191,7 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
                 bar.bar.set_description_str(study.study_name, refresh=False)
             if count(study)[0] < n_trials:
                 runs[s, k].on_trial = on_trial if progress else None  # a count is a read
-                outcome = run_study(runs[s, k])
+                outcome = run_study(runs[s, k], opened[s, k])
                 if outcome.failed_workers:
                     raise RuntimeError(f"a worker of {study.study_name} failed")
             finished_before = base + min(count(study)[0], n_trials)

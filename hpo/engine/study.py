@@ -183,15 +183,16 @@ def warm_configs(req: RunRequest) -> list:
     return configs
 
 
-def run_study(req: RunRequest) -> Outcome:
+def run_study(req: RunRequest, opened: tuple | None = None) -> Outcome:
     """Run ``req``: create or join its study and run trials until the study holds its budget of
-    finished trials (or a cap or the timeout stops this process)."""
+    finished trials (or a cap or the timeout stops this process). ``opened``: what
+    :func:`open_study` returned for ``req`` already (``hpo compare`` opens every cell first)."""
     if req.join:
         return _join(req)
     spec = req.spec
     assert spec is not None
     interval, grace = req.heartbeats()
-    study, objective, tracking, configs = open_study(req)
+    study, objective, tracking, configs = opened or open_study(req)
     # a resumed or joined study: new points, not the first ones again (before the warm start)
     retry = _retrying(req)
     retry(lambda: continue_sampling(study, spec))
