@@ -72,17 +72,10 @@ def best_curves_figure(
     ``metric``, y scaled to the values."""
     if kind == "reported":
         return _reported_curves_figure(trials, top, title, direction, metric)
-    best = ranked(list(trials), direction)[:top]
-    n = len(best)
-    cols = GRID_COLUMNS
-    nrows = max(1, math.ceil(n / cols))
-    fig = _figure(2.6 * cols, 1.9 * nrows + 1.0)
-    if n == 0:
-        fig.text(0.5, 0.5, "no COMPLETE trials yet", ha="center", va="center")
+    fig, best, axes = _best_grid(trials, top, direction)
+    if not best:
         return fig
-    axes = fig.subplots(nrows, cols, squeeze=False, sharex=True, sharey=True).ravel()
-    for ax in axes[n:]:
-        ax.remove()
+    n = len(best)
     for i, (ax, t) in enumerate(zip(axes[:n], best, strict=True)):
         val, train = (t.user_attrs.get(k) for k in CURVE_ATTRS)
         if val:
@@ -96,13 +89,7 @@ def best_curves_figure(
         ax.set_title(f"Best-{i + 1} ({metric.fmt(t.value)})" + (" diverged" if diverged else ""),
                      fontsize=9, color="C3" if diverged else "black")
         ax.set_ylim(0.0, 1.0)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-        if i % cols == 0:
-            ax.set_ylabel("accuracy", fontsize=8)
-        if i >= n - cols:
-            ax.set_xlabel("epoch", fontsize=8)
-            ax.xaxis.set_tick_params(labelbottom=True)
+        _label_cell(ax, i, n, "accuracy", "epoch")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=2, frameon=False)
@@ -112,22 +99,43 @@ def best_curves_figure(
     return fig
 
 
+def _best_grid(trials: Sequence[FrozenTrial], top: int, direction: Any) -> tuple:
+    """(figure, the ``top`` best trials, one subplot each in rows of :data:`GRID_COLUMNS`);
+    with no COMPLETE trial the figure says so and there are no subplots."""
+    best = ranked(list(trials), direction)[:top]
+    cols = GRID_COLUMNS
+    nrows = max(1, math.ceil(len(best) / cols))
+    fig = _figure(2.6 * cols, 1.9 * nrows + 1.0)
+    if not best:
+        fig.text(0.5, 0.5, "no COMPLETE trials yet", ha="center", va="center")
+        return fig, best, None
+    axes = fig.subplots(nrows, cols, squeeze=False, sharex=True, sharey=True).ravel()
+    for ax in axes[len(best):]:
+        ax.remove()
+    return fig, best, axes
+
+
+def _label_cell(ax: Any, i: int, n: int, ylabel: str, xlabel: str) -> None:
+    """Subplot ``i`` of ``n`` in the grid: small ticks, a grid, the y label on the first column,
+    the x label (and tick labels) on the last row."""
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if i % GRID_COLUMNS == 0:
+        ax.set_ylabel(ylabel, fontsize=8)
+    if i >= n - GRID_COLUMNS:
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.xaxis.set_tick_params(labelbottom=True)
+
+
 def _reported_curves_figure(trials: Sequence[FrozenTrial], top: int, title: str | None,
                             direction: Any, metric: Metric) -> Figure:
     """The Best-N grid of a user's objective: each trial's reported values per step."""
     from matplotlib.ticker import MaxNLocator
 
-    best = ranked(list(trials), direction)[:top]
-    n = len(best)
-    cols = GRID_COLUMNS
-    nrows = max(1, math.ceil(n / cols))
-    fig = _figure(2.6 * cols, 1.9 * nrows + 1.0)
-    if n == 0:
-        fig.text(0.5, 0.5, "no COMPLETE trials yet", ha="center", va="center")
+    fig, best, axes = _best_grid(trials, top, direction)
+    if not best:
         return fig
-    axes = fig.subplots(nrows, cols, squeeze=False, sharex=True, sharey=True).ravel()
-    for ax in axes[n:]:
-        ax.remove()
+    n = len(best)
     for i, (ax, t) in enumerate(zip(axes[:n], best, strict=True)):
         steps, values = reported_curve(t)
         if values:
@@ -137,13 +145,7 @@ def _reported_curves_figure(trials: Sequence[FrozenTrial], top: int, title: str 
             ax.text(0.5, 0.5, "nothing reported", ha="center", va="center", fontsize=8,
                     transform=ax.transAxes)
         ax.set_title(f"Best-{i + 1} ({metric.fmt(t.value)})", fontsize=9)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-        if i % cols == 0:
-            ax.set_ylabel(f"reported {metric.name}", fontsize=8)
-        if i >= n - cols:
-            ax.set_xlabel("step", fontsize=8)
-            ax.xaxis.set_tick_params(labelbottom=True)
+        _label_cell(ax, i, n, f"reported {metric.name}", "step")
     fig.suptitle(title or f"Best-{n}: the values each trial reported per step "
                  f"(ranked by {metric.name}, {metric.order})", fontsize=11, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
