@@ -106,15 +106,21 @@ class RDBHooks(RDBStorage):
     hooks with public names, so that :class:`hpo.db.writebehind.WriteBehindRDBStorage` holds
     no private Optuna name. Each hook does nothing here.
 
-    * ``_create_new_trial`` -> :meth:`trial_created` (the frozen trial as created);
+    * ``_create_new_trial`` -> :meth:`create_trial` (a new trial made here, else ``None``:
+      Optuna's creation), then :meth:`trial_created` (the frozen trial as created);
     * ``_get_prepared_new_trial`` (inside the creating transaction, the study row locked) ->
       :meth:`before_creation` (may raise: nothing is created), :meth:`creation_failed`,
       :meth:`after_creation` (the new trial's id and number known);
     * ``_set_trial_param`` -> :meth:`hold_param` (True: kept, not written now), then
       :meth:`param_set`;
     * ``_get_trials`` (the cache's incremental read) -> :meth:`answer_read` (a list: answered
-      without the database), else the read and :meth:`trials_read`.
+      without the database), else :meth:`read_new_trials` (a list) or Optuna's read, then
+      :meth:`trials_read`.
     """
+
+    def create_trial(self, study_id: int) -> FrozenTrial | None:
+        """A new RUNNING trial (no template) created and committed here, else ``None``."""
+        return None
 
     def trial_created(self, frozen: FrozenTrial, template: FrozenTrial | None) -> None:
         """A trial was created (committed)."""
@@ -141,13 +147,20 @@ class RDBHooks(RDBStorage):
         """The cache's incremental read answered here (a list of trials), else ``None``."""
         return None
 
+    def read_new_trials(self, study_id: int, included: set[int], greater: int) -> Any:
+        """The cache's incremental read, made here (a list of trials), else ``None``:
+        Optuna's."""
+        return None
+
     def trials_read(self, study_id: int, included: set[int], greater: int,
                     trials: list[FrozenTrial]) -> None:
         """The cache's incremental read went to the database and returned ``trials``."""
 
     def _create_new_trial(self, study_id: int,
                           template_trial: FrozenTrial | None = None) -> FrozenTrial:
-        frozen = super()._create_new_trial(study_id, template_trial)
+        frozen = self.create_trial(study_id) if template_trial is None else None
+        if frozen is None:
+            frozen = super()._create_new_trial(study_id, template_trial)
         self.trial_created(frozen, template_trial)
         return frozen
 
@@ -180,11 +193,14 @@ class RDBHooks(RDBStorage):
             answer = self.answer_read(study_id, set(included_trial_ids), trial_id_greater_than)
             if answer is not None:
                 return answer
-        trials = super()._get_trials(study_id, states, included_trial_ids,
-                                     trial_id_greater_than)
-        if states is None:
+            trials = self.read_new_trials(study_id, set(included_trial_ids),
+                                          trial_id_greater_than)
+            if trials is None:
+                trials = super()._get_trials(study_id, states, included_trial_ids,
+                                             trial_id_greater_than)
             self.trials_read(study_id, set(included_trial_ids), trial_id_greater_than, trials)
-        return trials
+            return trials
+        return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
 
 
 def rdb_models() -> Any:

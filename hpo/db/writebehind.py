@@ -1,20 +1,16 @@
-"""hpo's RDB storage: a trial costs few transactions (issue 26). :class:`WriteBehindRDBStorage`
-holds back the writes nobody else reads while a trial runs and commits them with its end; its
-parameters are written together in one transaction; the reads of its sampler are answered from
-the transaction that created it; and the trial loop's budget is checked in that transaction.
-Optuna's private names are reached through :mod:`hpo.db.optuna_private` (``RDBHooks`` and
-small functions)."""
+"""hpo's RDB storage: a trial costs three transactions (issue 26), see
+:class:`WriteBehindRDBStorage`. Optuna's private names are reached through
+:mod:`hpo.db.optuna_private` (``RDBHooks`` and small functions)."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import json
-import sqlite3
+import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from typing import Any
 
 import optuna
@@ -22,11 +18,11 @@ import sqlalchemy
 import sqlalchemy.exc
 from optuna.distributions import check_distribution_compatibility
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from hpo.db import optuna_private as oc
+from hpo.db import statements as st
 from hpo.db.held_writes import HeldWrites
+from hpo.db.known import KnownTrials
 
 #: How many of the cache's reads one creation's snapshot answers (TPE makes two as a trial
 #: starts: its search space and its constant liar's trials); a sampler polling for news
@@ -41,49 +37,33 @@ class BudgetFull(Exception):
     """The study holds its budget (finished + in-flight trials): no trial was created."""
 
 
-class WriteBehindRDBStorage(oc.RDBHooks):
+class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
     """``RDBStorage`` that holds back the writes nobody else reads while a trial runs, and
-    commits them with the trial's end (hpo's storage class: :mod:`hpo.db.heartbeats`).
+    commits them with the trial's end (hpo's storage class: :mod:`hpo.db.heartbeats`). For the
+    trials this process runs (created here RUNNING, or a WAITING trial it started):
 
-    Each ``RDBStorage`` call is its own transaction: a pooled connection checked out, the trial
-    row read, the write, a commit; 3-15 ms on PostgreSQL on a busy machine. For the trials this
-    process runs (created here RUNNING, or a WAITING trial it started):
+    * **written behind**: user attributes, intermediate values and the system attributes a
+      caller marks so (:meth:`set_trial_system_attr_behind`) are kept here and written with the
+      trial's end (or a heartbeat once the trial has run for an interval). Nobody else reads
+      them while it runs (the median/percentile pruners read finished trials; successive
+      halving reads system attributes, written through); ``get_trial`` overlays them here. A
+      worker that dies loses them with its trial, which a sweeper fails.
+    * **parameters together**: once a trial of the study has finished here, the next one's
+      parameters (and its sampler's system attributes: TPE's constant liar) are held until it
+      has drawn every parameter the last one drew, then written in one transaction before
+      ``suggest`` returns (fewer drawn: with the next flush or the end).
+    * **not read back**: ``get_trial`` answers from the trial as created plus this process's
+      writes, and a trial finished here from what was written (:mod:`hpo.db.known`); the
+      finishing write refuses a trial a sweeper failed meanwhile (UpdateFinishedTrialError).
+    * **reads as a trial starts answered from its creation**: the creating transaction also
+      reads what Optuna's cache asks next, and its next :data:`SNAPSHOT_READS` reads before the
+      first parameter are answered from that.
+    * **the first heartbeat with the creation**, and **the loop's budget** (:func:`budget`): on
+      PostgreSQL the creating transaction, holding the study row's lock, counts the trials by
+      state; a full study gets no trial (:class:`BudgetFull`, nothing written).
 
-    * **user attributes and intermediate values are written behind**, and the system
-      attributes a caller marks so (:meth:`set_trial_system_attr_behind`): kept here, and
-      written in the transaction that finishes the trial (``set_trial_state_values``), as one
-      multi-row upsert per table. No other process reads them while the trial runs (Optuna's
-      median/percentile pruners read COMPLETE trials only; successive halving reads system
-      attributes, written through), and this process sees its own: ``get_trial`` overlays
-      them. With heartbeats on, each beat once the trial has run for an interval also writes
-      what is pending. A worker that dies loses what was pending with the trial, which a
-      sweeper then fails.
-    * **its parameters are written together**: once this process has finished a trial of the
-      study, the next trial's parameters (and the system attributes its sampler writes before
-      them: TPE's constant-liar parameters) are held until it has drawn every parameter the
-      previous one drew, then written in one transaction, before ``suggest`` returns. So
-      other workers' samplers see them, and a stale trial's retry copies them, as soon as
-      the trial has drawn its point, as before; a trial that draws fewer (a conditional space)
-      writes them with its next heartbeat flush or its end. The first trial of a process writes
-      each as Optuna does (and is how the set is learnt).
-    * **its trial is not read back**: ``get_trial`` answers from the trial as created (or as
-      read once, for a WAITING trial) plus this process's writes. Nobody else writes to a
-      RUNNING trial but a sweeper failing it, and that is seen where it always mattered: the
-      finishing transaction locks the trial row and refuses a finished trial
-      (UpdateFinishedTrialError, nothing written).
-    * **the sampler's reads as a trial starts are answered from its creation**: once the
-      study's trials have been read here, the transaction that creates a trial also reads what
-      Optuna's cache would ask next (the trials new or unfinished since), and the cache's next
-      :data:`SNAPSHOT_READS` reads before the trial's first parameter are answered from it (the
-      database as of a few milliseconds earlier, in the same order).
-    * **the first heartbeat is written with the creation** (heartbeats on): the database's
-      clock, what ``record_heartbeat`` writes; the heartbeat thread's immediate beat is skipped.
-    * **the trial loop's budget** (:func:`budget`): on PostgreSQL the creating transaction, which
-      holds the study row's lock, counts the study's trials by state; a study that holds its
-      budget gets no new trial (:class:`BudgetFull`, nothing written), and the counts tell the
-      loop what it would have counted next (:func:`counts_after_trial`).
-
-    Never nest :func:`hpo.db.optuna_private.rdb_session`: it is one thread-local session.
+    On PostgreSQL and SQLite the three transactions are a few Core statements each
+    (:mod:`hpo.db.statements`). Never nest :func:`hpo.db.optuna_private.rdb_session`.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -91,6 +71,7 @@ class WriteBehindRDBStorage(oc.RDBHooks):
         super().__init__(*args, **kwargs)
 
     def _wb_init(self) -> None:
+        self._known_init()
         self._wb_lock = threading.RLock()
         self._wb_running: dict[int, HeldWrites] = {}
         self._wb_study_of: dict[int, int] = {}  # trial id -> study id (trials created here)
@@ -134,11 +115,17 @@ class WriteBehindRDBStorage(oc.RDBHooks):
                        new_id: int, number: int) -> None:
         if template is not None:
             return
-        models = oc.rdb_models()
         if self.heartbeat_interval is not None:
             # the trial's first heartbeat, in the transaction that creates it (the row Optuna's
             # ``record_heartbeat`` would insert a moment later, with the database's clock)
-            session.add(models.TrialHeartbeatModel(trial_id=new_id))
+            session.add(oc.rdb_models().TrialHeartbeatModel(trial_id=new_id))
+        session.flush()  # the trial's number and heartbeat, seen by the start's read
+        self._registered(study_id, new_id, session.connection())
+
+    def _registered(self, study_id: int, new_id: int, conn: sqlalchemy.Connection,
+                    created: FrozenTrial | None = None) -> None:
+        """A trial created here (``created``, when known) in ``conn``'s transaction, not yet
+        committed: its study and counts kept, and where wanted the start's read made."""
         with self._wb_lock:
             self._wb_study_of[new_id] = study_id
             counting, self._wb_counting = self._wb_counting, None
@@ -152,8 +139,57 @@ class WriteBehindRDBStorage(oc.RDBHooks):
             self._wb_snap.pop(study_id, None)
         if mirror is not None and wanted:
             greater, included = mirror
-            trials = oc.read_trials_in(self, session, study_id, set(included), greater)
+            trials = self.read_known(
+                conn, study_id, set(included), greater, self._wb_lock,
+                lambda tid: copy.deepcopy(created) if created and tid == new_id else None)
             self._wb_snap[study_id] = [greater, included, trials, 0]
+
+    def create_trial(self, study_id: int) -> FrozenTrial | None:
+        """A new RUNNING trial in one transaction of a few Core statements
+        (:mod:`hpo.db.statements`) on PostgreSQL, with what :meth:`before_creation` and
+        :meth:`after_creation` do in Optuna's; ``None`` elsewhere (Optuna's creation, hooked).
+        Retried as Optuna retries a creation: five attempts, up to 2 s apart."""
+        if self.engine.name != "postgresql":
+            return None
+        for attempt in range(1, 6):
+            try:
+                with st.transaction(self.engine) as conn:
+                    return self._create_in(conn, study_id)
+            except optuna.exceptions.StorageInternalError as e:
+                self.creation_failed(e)
+                if attempt == 5:
+                    raise
+            time.sleep(random.random() * 2.0)
+        raise AssertionError("not reached")
+
+    def _create_in(self, conn: sqlalchemy.Connection, study_id: int) -> FrozenTrial:
+        self._wb_counting = None
+        counts = st.lock_and_count(conn, study_id)
+        n = self._wb_budget.get(study_id)
+        if n is not None:
+            if sum(counts.get(s, 0) for s in _FINISHED + _IN_FLIGHT) >= n:
+                raise BudgetFull(f"the study holds its budget of {n} trials")
+            self._wb_counting = (study_id, counts)
+        number = sum(counts.values())
+        new_id, start = st.insert_trial(conn, study_id, number, self.heartbeat_interval is not None)
+        created = FrozenTrial(number=number, state=TrialState.RUNNING, value=None, values=None,
+                              datetime_start=start, datetime_complete=None, params={},
+                              distributions={}, user_attrs={}, system_attrs={},
+                              intermediate_values={}, trial_id=new_id)
+        self._registered(study_id, new_id, conn, created)
+        return created
+
+    def read_new_trials(self, study_id: int, included: set[int], greater: int) -> Any:
+        if self.engine.name not in st.UPSERT_DIALECTS:
+            return None
+        with st.transaction(self.engine) as conn:
+            return self.read_known(conn, study_id, included, greater, self._wb_lock)
+
+    def running_copy(self, trial_id: int) -> FrozenTrial | None:
+        running = self._wb_running.get(trial_id)
+        if running is None or running.trial is None or running.params:
+            return None  # unknown, or parameters held: not as the database holds it
+        return copy.deepcopy(running.trial)
 
     def trial_created(self, frozen: FrozenTrial, template: FrozenTrial | None) -> None:
         if frozen.state != TrialState.RUNNING or template is not None:
@@ -197,6 +233,9 @@ class WriteBehindRDBStorage(oc.RDBHooks):
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._wb_lock:
+            done = self.finished_copy(trial_id)
+            if done is not None:
+                return done
             running = self._wb_running.get(trial_id)
             known = running is not None and running.trial is not None
             if known:
@@ -332,21 +371,18 @@ class WriteBehindRDBStorage(oc.RDBHooks):
         raises UpdateFinishedTrialError and nothing is written)."""
 
 
-        if running is None or not running.pending():
+        if running is None:
             return super().set_trial_state_values(trial_id, state, values)
         try:
-            with oc.rdb_session(self) as session:
-                trial = oc.rdb_models().TrialModel.find_or_raise_by_id(trial_id, session,
-                                                                       for_update=True)
-                if trial.state.is_finished():
-                    raise optuna.exceptions.UpdateFinishedTrialError(
-                        f"Trial#{trial.number} has already finished and can not be updated.")
-                self._wb_write(session, trial, running)
-                oc.write_without_commit(self, session, trial, values=list(values or ()))
-                trial.state = state
-                trial.datetime_complete = datetime.now()
+            if self.engine.name not in st.UPSERT_DIALECTS:  # Optuna's writers (MySQL)
+                st.orm_finish(self, trial_id, state, values, running)
+                return True
+            with st.transaction(self.engine) as conn:
+                completed = st.finish_trial(conn, trial_id, state, values,
+                                            running if running.pending() else None)
         except sqlalchemy.exc.IntegrityError:
             return False
+        self.remember_finished(running, state, values, completed)
         return True
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -384,12 +420,13 @@ class WriteBehindRDBStorage(oc.RDBHooks):
             running = self._wb_running.get(trial_id)
             if running is None or not running.pending():
                 return
-            with oc.rdb_session(self) as session:
-                row = oc.rdb_models().TrialModel.find_or_raise_by_id(trial_id, session,
-                                                                     for_update=True)
-                still_running = row.state == TrialState.RUNNING
-                if still_running:
-                    self._wb_write(session, row, running)
+            if self.engine.name not in st.UPSERT_DIALECTS:  # Optuna's writers (MySQL)
+                still_running = st.orm_flush(self, trial_id, running)
+            else:
+                with st.transaction(self.engine) as conn:
+                    still_running = st.lock_running(conn, trial_id)
+                    if still_running:
+                        st.flush_held(conn, trial_id, running)
             if not still_running:
                 self._wb_running.pop(trial_id, None)
                 return
@@ -400,46 +437,6 @@ class WriteBehindRDBStorage(oc.RDBHooks):
             running.system.clear()
             running.steps.clear()
             running.params.clear()
-
-    def _wb_write(self, session: Any, row: Any, running: HeldWrites) -> None:
-        """Write the pending writes of a trial (its locked row ``row``) in ``session`` (not
-        committed): its parameters with Optuna's writer, then one upsert per table on
-        PostgreSQL and SQLite, Optuna's per-row writes elsewhere."""
-
-        models = oc.rdb_models()
-        trial_id = row.trial_id
-        if running.params:
-            oc.write_without_commit(self, session, row, params=running.params)
-        user, system = models.TrialUserAttributeModel, models.TrialSystemAttributeModel
-        inter = models.TrialIntermediateValueModel
-        dialect = self.engine.name
-        if dialect == "postgresql":
-            insert = postgresql_insert
-        elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
-            insert = sqlite_insert
-        else:
-            attrs = [(model, k, json.loads(text)) for model, held in
-                     ((user, running.user), (system, running.system)) for k, text in held.items()]
-            oc.write_without_commit(self, session, row, attrs=attrs, steps=dict(running.steps))
-            return
-        for model, attrs in ((user, running.user), (system, running.system)):
-            if attrs:
-                stmt = insert(model).values([{"trial_id": trial_id, "key": k, "value_json": v}
-                                             for k, v in attrs.items()])
-                session.execute(stmt.on_conflict_do_update(
-                    index_elements=[model.trial_id, model.key],
-                    set_={"value_json": stmt.excluded.value_json}))
-        if running.steps:
-            rows = []
-            for step, value in running.steps.items():
-                stored, kind = inter.intermediate_value_to_stored_repr(value)
-                rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
-                             "intermediate_value_type": kind})
-            stmt = insert(inter).values(rows)
-            session.execute(stmt.on_conflict_do_update(
-                index_elements=[inter.trial_id, inter.step],
-                set_={"intermediate_value": stmt.excluded.intermediate_value,
-                      "intermediate_value_type": stmt.excluded.intermediate_value_type}))
 
 
 def _backend(study: optuna.Study) -> WriteBehindRDBStorage | None:
