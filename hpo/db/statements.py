@@ -169,7 +169,7 @@ def finish_trial(conn: sqlalchemy.Connection, trial_id: int, state: TrialState,
 @functools.cache
 def _upsert(dialect: str, table_name: str) -> Any:
     """The upsert of one held row of ``table_name`` (built once; executed with a list of
-    rows: one round trip, the compiled statement cached)."""
+    rows, the compiled statement cached)."""
     models = oc.rdb_models()
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     if table_name == "trial_intermediate_values":
@@ -186,30 +186,59 @@ def _upsert(dialect: str, table_name: str) -> Any:
                                       set_={"value_json": stmt.excluded.value_json})
 
 
+@functools.cache
+def _pg_unnest(table_name: str) -> Any:
+    """PostgreSQL: the upsert of all held rows of ``table_name`` as one statement over arrays
+    (``unnest``): one execution on the server, where a batch of single-row inserts is one per
+    row (a trial's 50 reports)."""
+    models = oc.rdb_models()
+    if table_name == "trial_intermediate_values":
+        table = models.TrialIntermediateValueModel.__table__
+        kind = table.c.intermediate_value_type.type.name
+        return sqlalchemy.text(
+            f"INSERT INTO {table.name} (trial_id, step, intermediate_value, "
+            f"intermediate_value_type) SELECT :trial_id, u.s, u.v, CAST(u.k AS {kind}) "
+            "FROM unnest(CAST(:steps AS integer[]), CAST(:vals AS double precision[]), "
+            "CAST(:kinds AS text[])) AS u(s, v, k) ON CONFLICT (trial_id, step) DO UPDATE "
+            "SET intermediate_value = excluded.intermediate_value, "
+            "intermediate_value_type = excluded.intermediate_value_type")
+    return sqlalchemy.text(
+        f"INSERT INTO {table_name} (trial_id, key, value_json) SELECT :trial_id, u.k, u.v "
+        "FROM unnest(CAST(:keys AS text[]), CAST(:vals AS text[])) AS u(k, v) "
+        "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json")
+
+
 def flush_held(conn: sqlalchemy.Connection, trial_id: int, held: HeldWrites) -> None:
     """Write what ``held`` keeps for the trial (not committed): its parameters (new rows:
     checked against the study's earlier ones as they were held), then one upsert per table of
-    user attributes, system attributes and intermediate values."""
+    user attributes, system attributes and intermediate values (PostgreSQL: one statement
+    each; SQLite: a batch, in process)."""
     models = oc.rdb_models()
     if held.params:
         conn.execute(sqlalchemy.insert(models.TrialParamModel.__table__), [
             {"trial_id": trial_id, "param_name": name, "param_value": internal,
              "distribution_json": distribution_to_json(distribution)}
             for name, (internal, distribution) in held.params.items()])
-    dialect = conn.dialect.name
+    pg = conn.dialect.name == "postgresql"
     for table, attrs in (("trial_user_attributes", held.user),
                          ("trial_system_attributes", held.system)):
-        if attrs:
-            conn.execute(_upsert(dialect, table), [
+        if attrs and pg:
+            conn.execute(_pg_unnest(table), {"trial_id": trial_id, "keys": list(attrs),
+                                             "vals": list(attrs.values())})
+        elif attrs:
+            conn.execute(_upsert("sqlite", table), [
                 {"trial_id": trial_id, "key": k, "value_json": v} for k, v in attrs.items()])
     if held.steps:
         stored = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr
-        rows = []
-        for step, value in held.steps.items():
-            v, kind = stored(value)
-            rows.append({"trial_id": trial_id, "step": step, "intermediate_value": v,
-                         "intermediate_value_type": kind})
-        conn.execute(_upsert(dialect, "trial_intermediate_values"), rows)
+        rows = [(step, *stored(value)) for step, value in held.steps.items()]
+        if pg:
+            conn.execute(_pg_unnest("trial_intermediate_values"), {
+                "trial_id": trial_id, "steps": [r[0] for r in rows],
+                "vals": [r[1] for r in rows], "kinds": [r[2].name for r in rows]})
+        else:
+            conn.execute(_upsert("sqlite", "trial_intermediate_values"), [
+                {"trial_id": trial_id, "step": step, "intermediate_value": v,
+                 "intermediate_value_type": kind} for step, v, kind in rows])
 
 
 # -- elsewhere (MySQL: no upserts here): Optuna's own per-row writers ------------------------
