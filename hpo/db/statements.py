@@ -39,6 +39,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from hpo.db import optuna_private as oc
+from hpo.db import statements_pg as pg
 from hpo.db.held_writes import HeldWrites
 
 #: Dialects whose upserts (``INSERT ... ON CONFLICT``) these statements use.
@@ -72,17 +73,46 @@ def utc_now() -> tuple[dt.datetime, dt.datetime]:
     return local, local.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
 
+@functools.cache
+def _stmt(name: str) -> Any:
+    """The hot statements, built once with bind parameters (their compiled forms are then
+    cached by SQLAlchemy; building a statement costs more Python than running it)."""
+    studies, trials, beats = _tables()
+    b = sqlalchemy.bindparam
+    return {
+        "lock_study": sqlalchemy.select(studies.c.study_id)
+        .where(studies.c.study_id == b("sid")).with_for_update(),
+        "study": sqlalchemy.select(studies.c.study_id).where(studies.c.study_id == b("sid")),
+        "counts": sqlalchemy.select(trials.c.state, sqlalchemy.func.count())
+        .where(trials.c.study_id == b("sid")).group_by(trials.c.state),
+        "insert": sqlalchemy.insert(trials).values(
+            number=b("number"), study_id=b("sid"), state=TrialState.RUNNING,
+            datetime_start=b("start"), datetime_complete=None).returning(trials.c.trial_id),
+        "beat": sqlalchemy.insert(beats).values(trial_id=b("tid")),
+        "lock_trial": sqlalchemy.select(trials.c.state)
+        .where(trials.c.trial_id == b("tid")).with_for_update(),
+        "number": sqlalchemy.select(trials.c.number).where(trials.c.trial_id == b("tid")),
+        "finish": sqlalchemy.update(trials)
+        .where(trials.c.trial_id == b("tid"), trials.c.state == TrialState.RUNNING)
+        .values(state=b("state"), datetime_complete=b("end")),
+        "states": sqlalchemy.select(trials.c.trial_id, trials.c.state)
+        .where(trials.c.study_id == b("sid"), trials.c.trial_id > b("greater"))
+        .order_by(trials.c.trial_id),
+        "states_in": sqlalchemy.select(trials.c.trial_id, trials.c.state)
+        .where(trials.c.study_id == b("sid"),
+               sqlalchemy.or_(trials.c.trial_id.in_(b("ids", expanding=True)),
+                              trials.c.trial_id > b("greater")))
+        .order_by(trials.c.trial_id),
+    }[name]
+
+
 def lock_and_count(conn: sqlalchemy.Connection, study_id: int) -> dict[TrialState, int]:
     """Lock the study row (PostgreSQL; as Optuna's trial creation locks it: nobody else
     creates a trial in it until this transaction ends) and count its trials by state (a
     missing study: ``KeyError``)."""
-    studies, trials, _ = _tables()
-    found = conn.execute(sqlalchemy.select(studies.c.study_id)
-                         .where(studies.c.study_id == study_id).with_for_update()).first()
-    if found is None:
+    if conn.execute(_stmt("lock_study"), {"sid": study_id}).first() is None:
         raise KeyError(f"No study with study_id {study_id} exists.")
-    rows = conn.execute(sqlalchemy.select(trials.c.state, sqlalchemy.func.count())
-                        .where(trials.c.study_id == study_id).group_by(trials.c.state))
+    rows = conn.execute(_stmt("counts"), {"sid": study_id})
     return {_state(s): int(k) for s, k in rows}
 
 
@@ -91,21 +121,19 @@ def insert_trial(conn: sqlalchemy.Connection, study_id: int, number: int, heartb
     """A RUNNING trial numbered ``number`` (the study's count of trials, made under
     :func:`lock_and_count`'s lock), with ``heartbeat`` its first heartbeat (the database's
     clock). Returns (its id, its start as a ``FrozenTrial`` shows it)."""
-    _, trials, beats = _tables()
     local, utc = utc_now()
-    trial_id = conn.execute(sqlalchemy.insert(trials).values(
-        number=number, study_id=study_id, state=TrialState.RUNNING, datetime_start=utc,
-        datetime_complete=None).returning(trials.c.trial_id)).scalar_one()
+    if conn.dialect.name == "postgresql":
+        return pg.insert_trial(conn, study_id, number, utc, heartbeat), local
+    trial_id = conn.execute(_stmt("insert"), {"number": number, "sid": study_id,
+                                              "start": utc}).scalar_one()
     if heartbeat:
-        conn.execute(sqlalchemy.insert(beats).values(trial_id=trial_id))
+        conn.execute(_stmt("beat"), {"tid": trial_id})
     return trial_id, local
 
 
 def lock_running(conn: sqlalchemy.Connection, trial_id: int) -> bool:
     """Lock the trial row; whether the trial is RUNNING (a missing trial: ``KeyError``)."""
-    trials = _tables()[1]
-    state = conn.execute(sqlalchemy.select(trials.c.state)
-                         .where(trials.c.trial_id == trial_id).with_for_update()).scalar()
+    state = conn.execute(_stmt("lock_trial"), {"tid": trial_id}).scalar()
     if state is None:
         raise KeyError(f"No trial with trial_id {trial_id} exists.")
     return _state(state) == TrialState.RUNNING
@@ -120,16 +148,13 @@ def trial_states(conn: sqlalchemy.Connection, study_id: int, included: set[int],
     """(id, state) of the study's trials that ``RDBStorage._get_trials(study_id, None,
     included, greater)`` would return (an id in ``included`` up to ``greater``, or above
     ``greater``), in id order; a missing study: ``KeyError``."""
-    studies, trials, _ = _tables()
-    where = trials.c.trial_id > greater
-    wanted = [i for i in included if i <= greater]
+    wanted = sorted(i for i in included if i <= greater)
+    params = {"sid": study_id, "greater": greater}
     if wanted:
-        where = sqlalchemy.or_(trials.c.trial_id.in_(wanted), where)
-    rows = conn.execute(sqlalchemy.select(trials.c.trial_id, trials.c.state)
-                        .where(trials.c.study_id == study_id, where)
-                        .order_by(trials.c.trial_id)).all()
-    if not rows and conn.execute(sqlalchemy.select(studies.c.study_id)
-                                 .where(studies.c.study_id == study_id)).first() is None:
+        rows = conn.execute(_stmt("states_in"), {**params, "ids": wanted}).all()
+    else:
+        rows = conn.execute(_stmt("states"), params).all()
+    if not rows and conn.execute(_stmt("study"), {"sid": study_id}).first() is None:
         raise KeyError(f"No study with study_id {study_id} exists.")
     return [(int(tid), _state(s)) for tid, s in rows]
 
@@ -140,19 +165,20 @@ def finish_trial(conn: sqlalchemy.Connection, trial_id: int, state: TrialState,
     finished meanwhile, by a sweeper, raises Optuna's ``UpdateFinishedTrialError`` and nothing
     is written), then what ``held`` keeps and the objective values. Returns its end time as a
     ``FrozenTrial`` shows it."""
-    trials = _tables()[1]
     local, utc = utc_now()
-    done = conn.execute(sqlalchemy.update(trials)
-                        .where(trials.c.trial_id == trial_id,
-                               trials.c.state == TrialState.RUNNING)
-                        .values(state=state, datetime_complete=utc))
-    if done.rowcount != 1:
-        row = conn.execute(sqlalchemy.select(trials.c.number)
-                           .where(trials.c.trial_id == trial_id)).first()
+    if conn.dialect.name == "postgresql":
+        done = pg.finish(conn, trial_id, state, utc, held, values)
+    else:
+        done = conn.execute(_stmt("finish"), {"tid": trial_id, "state": state,
+                                              "end": utc}).rowcount
+    if done != 1:
+        row = conn.execute(_stmt("number"), {"tid": trial_id}).first()
         if row is None:
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
         raise optuna.exceptions.UpdateFinishedTrialError(
             f"Trial#{row[0]} has already finished and can not be updated.")
+    if conn.dialect.name == "postgresql":
+        return local
     if held is not None:
         flush_held(conn, trial_id, held)
     if values:
@@ -186,59 +212,45 @@ def _upsert(dialect: str, table_name: str) -> Any:
                                       set_={"value_json": stmt.excluded.value_json})
 
 
-@functools.cache
-def _pg_unnest(table_name: str) -> Any:
-    """PostgreSQL: the upsert of all held rows of ``table_name`` as one statement over arrays
-    (``unnest``): one execution on the server, where a batch of single-row inserts is one per
-    row (a trial's 50 reports)."""
-    models = oc.rdb_models()
-    if table_name == "trial_intermediate_values":
-        table = models.TrialIntermediateValueModel.__table__
-        kind = table.c.intermediate_value_type.type.name
-        return sqlalchemy.text(
-            f"INSERT INTO {table.name} (trial_id, step, intermediate_value, "
-            f"intermediate_value_type) SELECT :trial_id, u.s, u.v, CAST(u.k AS {kind}) "
-            "FROM unnest(CAST(:steps AS integer[]), CAST(:vals AS double precision[]), "
-            "CAST(:kinds AS text[])) AS u(s, v, k) ON CONFLICT (trial_id, step) DO UPDATE "
-            "SET intermediate_value = excluded.intermediate_value, "
-            "intermediate_value_type = excluded.intermediate_value_type")
-    return sqlalchemy.text(
-        f"INSERT INTO {table_name} (trial_id, key, value_json) SELECT :trial_id, u.k, u.v "
-        "FROM unnest(CAST(:keys AS text[]), CAST(:vals AS text[])) AS u(k, v) "
-        "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json")
-
-
 def flush_held(conn: sqlalchemy.Connection, trial_id: int, held: HeldWrites) -> None:
     """Write what ``held`` keeps for the trial (not committed): its parameters (new rows:
-    checked against the study's earlier ones as they were held), then one upsert per table of
-    user attributes, system attributes and intermediate values (PostgreSQL: one statement
-    each; SQLite: a batch, in process)."""
+    checked against the study's earlier ones as they were held), then one batch of upserts per
+    table of user attributes, system attributes and intermediate values."""
     models = oc.rdb_models()
     if held.params:
         conn.execute(sqlalchemy.insert(models.TrialParamModel.__table__), [
             {"trial_id": trial_id, "param_name": name, "param_value": internal,
              "distribution_json": distribution_to_json(distribution)}
             for name, (internal, distribution) in held.params.items()])
-    pg = conn.dialect.name == "postgresql"
+    dialect = conn.dialect.name
     for table, attrs in (("trial_user_attributes", held.user),
                          ("trial_system_attributes", held.system)):
-        if attrs and pg:
-            conn.execute(_pg_unnest(table), {"trial_id": trial_id, "keys": list(attrs),
-                                             "vals": list(attrs.values())})
-        elif attrs:
-            conn.execute(_upsert("sqlite", table), [
+        if attrs:
+            conn.execute(_upsert(dialect, table), [
                 {"trial_id": trial_id, "key": k, "value_json": v} for k, v in attrs.items()])
     if held.steps:
         stored = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr
-        rows = [(step, *stored(value)) for step, value in held.steps.items()]
-        if pg:
-            conn.execute(_pg_unnest("trial_intermediate_values"), {
-                "trial_id": trial_id, "steps": [r[0] for r in rows],
-                "vals": [r[1] for r in rows], "kinds": [r[2].name for r in rows]})
-        else:
-            conn.execute(_upsert("sqlite", "trial_intermediate_values"), [
-                {"trial_id": trial_id, "step": step, "intermediate_value": v,
-                 "intermediate_value_type": kind} for step, v, kind in rows])
+        rows = []
+        for step, value in held.steps.items():
+            v, kind = stored(value)
+            rows.append({"trial_id": trial_id, "step": step, "intermediate_value": v,
+                         "intermediate_value_type": kind})
+        conn.execute(_upsert(dialect, "trial_intermediate_values"), rows)
+
+
+def flush_running(conn: sqlalchemy.Connection, trial_id: int, held: HeldWrites) -> bool:
+    """Lock the trial row and, if it is RUNNING, write what ``held`` keeps (PostgreSQL: one
+    statement, :mod:`hpo.db.statements_pg`); whether it was (a missing trial: ``KeyError``)."""
+    if conn.dialect.name != "postgresql":
+        running = lock_running(conn, trial_id)
+        if running:
+            flush_held(conn, trial_id, held)
+        return running
+    if pg.flush(conn, trial_id, held):
+        return True
+    if conn.execute(_stmt("number"), {"tid": trial_id}).first() is None:
+        raise KeyError(f"No trial with trial_id {trial_id} exists.")
+    return False
 
 
 # -- elsewhere (MySQL: no upserts here): Optuna's own per-row writers ------------------------

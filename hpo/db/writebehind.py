@@ -424,9 +424,7 @@ class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
                 still_running = st.orm_flush(self, trial_id, running)
             else:
                 with st.transaction(self.engine) as conn:
-                    still_running = st.lock_running(conn, trial_id)
-                    if still_running:
-                        st.flush_held(conn, trial_id, running)
+                    still_running = st.flush_running(conn, trial_id, running)
             if not still_running:
                 self._wb_running.pop(trial_id, None)
                 return
