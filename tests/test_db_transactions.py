@@ -57,6 +57,17 @@ def _xacts(url: str) -> int:
     raise AssertionError(f"pg_stat_database of {name} never settled")
 
 
+def _no_autovacuum(url: str) -> None:
+    """Autovacuum off for the database's tables: an autoanalyze (after 50 changed rows of a
+    table, whenever the launcher visits) is a transaction of the database too, and would be
+    counted as the worker's."""
+    with psycopg.connect(_dsn(url), autocommit=True) as con:
+        tables = [r[0] for r in con.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()]
+        for table in tables:
+            con.execute(f'ALTER TABLE "{table}" SET (autovacuum_enabled = false)')
+
+
 def _count_run(spec, n: int) -> tuple[int, int]:
     """(transactions, finished trials) of ``hpo run SPEC --n-trials n --workers 1``."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
@@ -64,6 +75,7 @@ def _count_run(spec, n: int) -> tuple[int, int]:
         hpo = [sys.executable, "-m", "hpo"]
         subprocess.run([*hpo, "init", str(spec), "--storage", url, "--n-trials", str(n)],
                        check=True, env=env, capture_output=True, timeout=120)
+        _no_autovacuum(url)
         before = _xacts(url)
         subprocess.run([*hpo, "run", str(spec), "--storage", url, "--n-trials", str(n),
                         "--workers", "1", "--quiet"], check=True, env=env, capture_output=True,
@@ -91,7 +103,10 @@ def test_transactions_per_finished_trial(tiny_spec, kind):
     assert (done_small, done_large) == (n, 2 * n)
     per_trial = (large - small) / n
     print(f"transactions: {small} for {n} trials, {large} for {2 * n}: {per_trial} per trial")
-    assert per_trial <= BOUND, (small, large)
+    # + 1: psycopg prepares a statement on its 6th run, and the first ROLLBACK after that (a
+    # read's connection returned to the pool, at the run's end) makes it send DEALLOCATE ALL
+    # on that connection's next use: one transaction per run at most, in the larger run only
+    assert large - small <= BOUND * n + 1, (small, large)
 
 
 def test_worker_survives_its_connections_killed_between_trials(pg_url, capsys):

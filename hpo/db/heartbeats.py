@@ -37,7 +37,8 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.db import optuna_private as oc
-from hpo.db.keys import BEAT_ATTR
+from hpo.db.held_proxy import HeldThroughProxy, write_held
+from hpo.db.keys import BEAT_ATTR, HELD_ATTR
 from hpo.db.retry import OUTAGE, db_wait, finished_elsewhere, is_transient, reason, refused
 from hpo.db.writebehind import WriteBehindRDBStorage
 from hpo.errors import RuntimeFailure, StorageError, UsageError
@@ -157,6 +158,8 @@ def relay_storage_class() -> type:
         def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
             if key == BEAT_ATTR:
                 self.record_heartbeat(trial_id)
+            elif key == HELD_ATTR:  # a proxied worker's held writes: rows, one transaction
+                write_held(self, trial_id, value)
             else:
                 super().set_trial_system_attr(trial_id, key, value)
 
@@ -177,7 +180,7 @@ def grpc_client(url: str, interval: int | None, who: str) -> optuna.storages.Bas
     except ValueError:
         raise UsageError(f"$HPO_GRPC_WAIT must be a number of seconds, got {raw!r}") from None
     client = oc.heartbeat_grpc_client(m.group(1), int(m.group(2)), interval, BEAT_ATTR,
-                                      on_beat_error=beat_failed)
+                                      on_beat_error=beat_failed, mixins=(HeldThroughProxy,))
     deadline = time.monotonic() + wait
     announced = False
     while True:

@@ -27,6 +27,9 @@ CLOSED_ATTR = "hpo:closed"
 HANDED_BACK_ATTR = "hpo:handed_back"
 #: A worker behind ``hpo proxy`` writes it as its heartbeat.
 BEAT_ATTR = "hpo:beat"
+#: A worker behind ``hpo proxy`` sends its running trial's held user attributes and reports
+#: in it; the proxy writes them as rows, never as this attribute (hpo/db/held_proxy.py).
+HELD_ATTR = "hpo:held"
 #: A trial enqueued from an earlier study's configuration (``hpo run --warm-start``).
 WARM_ATTR = "hpo:warm_start"
 

@@ -310,7 +310,8 @@ def skip_first_stale_check(study: optuna.Study, skip: bool = True) -> Iterator[N
 
 
 def heartbeat_grpc_client(host: str, port: int, interval: int | None, beat_attr: str,
-                          on_beat_error: Any = None) -> BaseStorage:
+                          on_beat_error: Any = None, mixins: tuple[type, ...] = ()
+                          ) -> BaseStorage:
     """A gRPC storage proxy client (``GrpcStorageProxy``) that Optuna treats as a heartbeat
     storage when ``interval`` is given: ``Study.optimize`` then runs its heartbeat thread around
     the objective, as it does for an RDBStorage, and each beat writes the trial system attribute
@@ -324,10 +325,13 @@ def heartbeat_grpc_client(host: str, port: int, interval: int | None, beat_attr:
     ``is_heartbeat_enabled`` checks) and on ``HeartbeatThread`` beating at once, then every
     interval."""
 
-    class HeartbeatGrpcStorageProxy(GrpcStorageProxy, BaseHeartbeat):
+    class HeartbeatGrpcStorageProxy(*mixins, GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc]
         def record_heartbeat(self, trial_id: int) -> None:
             try:
                 self.set_trial_system_attr(trial_id, beat_attr, True)
+                after = getattr(self, "after_beat", None)
+                if after is not None:
+                    after(trial_id, interval)
             except Exception as e:  # noqa: BLE001 - handed to on_beat_error
                 if on_beat_error is None:
                     raise
