@@ -1,7 +1,7 @@
 """How far one database goes: trials per second and database CPU per trial with 1..32 concurrent
 clients, for SQLite, PostgreSQL direct, and PostgreSQL through hpo's gRPC proxy.
 
-The objective is trivial, so the storage is all there is. Two kinds of client processes:
+The objective is trivial, so the storage is all there is. Three kinds of client processes:
 
 * ``hpo``: the real ``hpo worker --study`` (the worker loop, its budget checked as a trial is
   created, heartbeats every 10 s, the stale-trial checks, hpo's storage settings: a pool of 2,
@@ -9,6 +9,10 @@ The objective is trivial, so the storage is all there is. Two kinds of client pr
   benchmarks/specs/storage-trivial.toml: the book's search space, random sampler and recorded
   attributes (50-point accuracy curves) with a network so small that training takes ~1 ms.
   Through the proxy: ``--storage grpc://...``. This is what deployed workers do to the database.
+* ``hpo-fn``: the real ``hpo worker --study`` on benchmarks/specs/storage-fn.toml, whose
+  objective is a user's own function (storage_fn.py) doing exactly what the ``optuna``
+  clients' objective does: the same two parameters, the same four user attributes, a constant.
+  Against ``optuna``, the storage and the worker loop are all that differ.
 * ``optuna``: Optuna's public API alone, ``study.optimize(objective, n_trials=1)`` in a loop on
   ``hpo.db.storage.get_storage(url, heartbeat=True)``, the objective suggesting ``lr`` and
   ``weight_decay`` and writing the same four user attributes, then returning a constant. Unlike
@@ -38,7 +42,7 @@ Needs root (the private cluster runs as the ``postgres`` user through runuser) a
 server binaries. Run:
 
     .venv/bin/python benchmarks/bench_storage.py [--clients 1,2,4,8,16,32] [--seconds 6]
-        [--storages sqlite,postgres,proxy] [--kinds hpo,optuna] [--calibrate]
+        [--storages sqlite,postgres,proxy] [--kinds hpo,hpo-fn,optuna] [--calibrate]
         [--plot benchmarks/storage.png] [--json cells.json]
 """
 
@@ -68,6 +72,8 @@ from _common import HPO, PYTHON, ROOT, STUDIES, header, loadavg  # noqa: E402
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STUDY = "bench-storage"
 TRIVIAL_SPEC = ROOT / "benchmarks" / "specs" / "storage-trivial.toml"
+FN_SPEC = ROOT / "benchmarks" / "specs" / "storage-fn.toml"  # the "hpo-fn" kind
+SPECS = {"hpo": TRIVIAL_SPEC, "hpo-fn": FN_SPEC}
 READY_TIMEOUT = 180.0
 ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -201,8 +207,8 @@ def database(admin: str, name: str) -> Iterator[str]:
 def create_study(kind: str, url: str, workdir: Path) -> None:
     """The study, once, before any client: ``hpo init`` (records the spec that ``hpo worker``
     reads) or Optuna's ``create_study``."""
-    if kind == "hpo":
-        subprocess.run([HPO, "init", str(TRIVIAL_SPEC), "--storage", url, "--study", STUDY],
+    if kind in SPECS:
+        subprocess.run([HPO, "init", str(SPECS[kind]), "--storage", url, "--study", STUDY],
                        check=True, capture_output=True, cwd=workdir, timeout=300,
                        env={**os.environ, **ONE_THREAD})
         return
@@ -283,7 +289,8 @@ def run_hpo_cell(url: str, db_url: str, n_clients: int, seconds: float, postmast
                  proxy_pid: int | None, log: Path, stat: tuple[str, str] | None = None) -> dict:
     """``n_clients`` real ``hpo worker`` processes; the window opens once each has printed its
     first finished trial; trials are counted in the database."""
-    env = {**os.environ, **ONE_THREAD}
+    # the "hpo-fn" kind's function is trusted from its folder (hpo worker --code-dir)
+    env = {**os.environ, **ONE_THREAD, "HPO_CODE_DIR": str(FN_SPEC.parent)}
     # a finished trial is logged on stderr ("trial 3 COMPLETE ..."): read there, kept in ``log``
     procs = [subprocess.Popen([HPO, "worker", "--study", STUDY, "--storage", url], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -432,7 +439,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6))
-    for kind, line in (("hpo", "-"), ("optuna", ":")):
+    for kind, line in (("hpo", "-"), ("hpo-fn", "--"), ("optuna", ":")):
         for storage in ("sqlite", "postgres", "proxy"):
             rs = [r for r in rows if r["storage"] == storage and r["kind"] == kind]
             if not rs:
@@ -522,7 +529,7 @@ def main() -> None:
                 url = f"sqlite:///{work / name}.db"
                 create_study(kind, url, work)
                 r = (run_hpo_cell(url, url, n, args.seconds, None, None, log)
-                     if kind == "hpo" else
+                     if kind in SPECS else
                      run_optuna_cell(url, n, args.seconds, None, None))
             else:
                 with database(admin, name) as url:
@@ -530,13 +537,13 @@ def main() -> None:
                     stat = (admin, name)
                     if storage == "postgres":
                         r = (run_hpo_cell(url, url, n, args.seconds, postmaster, None, log, stat)
-                             if kind == "hpo" else
+                             if kind in SPECS else
                              run_optuna_cell(url, n, args.seconds, postmaster, None, stat))
                     else:
                         with proxy(url, work / f"{name}-proxy.log") as (grpc, px):
                             r = (run_hpo_cell(grpc, url, n, args.seconds, postmaster,
                                               px.pid, log, stat)
-                                 if kind == "hpo" else
+                                 if kind in SPECS else
                                  run_optuna_cell(grpc, n, args.seconds, postmaster,
                                                  px.pid, stat))
             r.update(storage=storage, kind=kind)
@@ -567,13 +574,15 @@ def main() -> None:
                 print(f"| {kind} | {storage} | {r['clients']} | {r['tps']:.1f} | "
                       f"{r['tps'] / one:.2f}x | {db} | {cores} | {xa} | {px} | "
                       f"{r['client_ms']:.1f} |")
-    if {"hpo", "optuna"} <= set(kinds):
-        print("\n| storage | processes | hpo trials/s | Optuna trials/s | hpo / Optuna |")
+    for mine in [k for k in kinds if k in SPECS]:
+        if "optuna" not in kinds:
+            break
+        print(f"\n| storage | processes | {mine} trials/s | Optuna trials/s | {mine} / Optuna |")
         print("|---|---|---|---|---|")
         for storage in storages:
             for n in counts:
                 h, o = ([r["tps"] for r in rows if r["storage"] == storage and r["kind"] == k
-                         and r["clients"] == n][0] for k in ("hpo", "optuna"))
+                         and r["clients"] == n][0] for k in (mine, "optuna"))
                 print(f"| {storage} | {n} | {h:.1f} | {o:.1f} | {h / o:.2f}x |")
     for i, cal in enumerate(cals):
         print(f"\ncalibration {i}: 2 `hpo worker` on book-random, {cal['trials']} trials in "

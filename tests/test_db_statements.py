@@ -175,3 +175,25 @@ def test_a_trial_costs_a_bounded_number_of_statements(tiny_spec, kind: str) -> N
         large = _run_statements(spec, url, 2 * n)
     print(f"statements: {small} for {n} trials, {large} for {2 * n}: {(large - small) / n}")
     assert (large - small) / n <= 7, (small, large)
+
+
+def test_copy_trial_is_a_deep_copy(db: str) -> None:
+    """``copy_trial`` (what the worker hands out instead of ``copy.deepcopy``) equals a deep
+    copy field by field, and a change to the copy's attributes, curve or reports leaves the
+    trial it came from as it was."""
+    import copy
+
+    from hpo.db.held_writes import copy_trial
+
+    storage = WriteBehindRDBStorage(db)
+    study = optuna.create_study(storage=storage)
+    study.optimize(_rich, n_trials=1)
+    trial = storage.get_trial(oc.trial_id(study.trials[0]))
+    twin = copy_trial(trial)
+    assert _same(twin, copy.deepcopy(trial)) and twin is not trial
+    twin.user_attrs["curve"].append(9.0)
+    twin.system_attrs["mine"]["k"].append(3)
+    twin.intermediate_values[0] = -1.0
+    twin.params["x"] = -1.0
+    assert trial.user_attrs["curve"][-1] != 9.0 and trial.system_attrs["mine"] == {"k": [1, 2]}
+    assert trial.intermediate_values[0] != -1.0 and trial.params["x"] != -1.0

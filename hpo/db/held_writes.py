@@ -5,10 +5,35 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial
+
+from hpo.db import optuna_private as oc
+
+
+def _json_copy(value: Any) -> Any:
+    """A copy of a JSON value (dicts and lists copied, the rest immutable)."""
+    if isinstance(value, dict):
+        return {k: _json_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(v) for v in value]
+    return value
+
+
+def copy_trial(trial: FrozenTrial) -> FrozenTrial:
+    """A copy of a trial that shares nothing a caller may change with it (its dicts, lists and
+    attribute values copied; parameter values, distributions and dates are not changed in
+    place by anyone): what ``copy.deepcopy`` gives, at a fraction of its cost for a trial
+    that carries its curves."""
+    values = trial.values
+    return FrozenTrial(
+        number=trial.number, state=trial.state, value=None,
+        values=list(values) if values is not None else None,
+        datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
+        params=dict(trial.params), distributions=dict(trial.distributions),
+        user_attrs=_json_copy(trial.user_attrs), system_attrs=_json_copy(trial.system_attrs),
+        intermediate_values=dict(trial.intermediate_values), trial_id=oc.trial_id(trial))
 
 
 class HeldWrites:

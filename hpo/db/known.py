@@ -17,7 +17,6 @@ wrote, or a sweeper changed, has another state or an id not known here, and is r
 from __future__ import annotations
 
 import collections
-import copy
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -28,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.db import optuna_private as oc
 from hpo.db import statements as st
-from hpo.db.held_writes import HeldWrites
+from hpo.db.held_writes import HeldWrites, copy_trial
 
 #: How many trials finished here are kept (a worker reads back its last one or two).
 KEEP = 64
@@ -46,7 +45,7 @@ class KnownTrials:
         """The trial ``running`` as its end (committed) stored it."""
         if running.trial is None:
             return
-        final = copy.deepcopy(running.trial)
+        final = copy_trial(running.trial)
         running.overlay(final)
         for name, (internal, distribution) in running.params.items():
             final.params[name] = distribution.to_external_repr(internal)
@@ -61,7 +60,7 @@ class KnownTrials:
     def finished_copy(self, trial_id: int) -> FrozenTrial | None:
         """A copy of a trial finished here, else ``None``."""
         known = self._known.get(trial_id)
-        return None if known is None else copy.deepcopy(known)
+        return None if known is None else copy_trial(known)
 
     def running_copy(self, trial_id: int) -> FrozenTrial | None:
         """A copy of a trial running here as the database holds it, else ``None``

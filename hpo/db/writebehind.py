@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import random
 import threading
@@ -21,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.db import optuna_private as oc
 from hpo.db import statements as st
-from hpo.db.held_writes import HeldWrites
+from hpo.db.held_writes import HeldWrites, copy_trial
 from hpo.db.known import KnownTrials
 
 #: How many of the cache's reads one creation's snapshot answers (TPE makes two as a trial
@@ -141,7 +140,7 @@ class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
             greater, included = mirror
             trials = self.read_known(
                 conn, study_id, set(included), greater, self._wb_lock,
-                lambda tid: copy.deepcopy(created) if created and tid == new_id else None)
+                lambda tid: copy_trial(created) if created and tid == new_id else None)
             self._wb_snap[study_id] = [greater, included, trials, 0]
 
     def create_trial(self, study_id: int) -> FrozenTrial | None:
@@ -189,14 +188,14 @@ class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
         running = self._wb_running.get(trial_id)
         if running is None or running.trial is None or running.params:
             return None  # unknown, or parameters held: not as the database holds it
-        return copy.deepcopy(running.trial)
+        return copy_trial(running.trial)
 
     def trial_created(self, frozen: FrozenTrial, template: FrozenTrial | None) -> None:
         if frozen.state != TrialState.RUNNING or template is not None:
             return
         tid = oc.trial_id(frozen)
         with self._wb_lock:
-            running = HeldWrites(copy.deepcopy(frozen), beaten=self.heartbeat_interval is not None)
+            running = HeldWrites(copy_trial(frozen), beaten=self.heartbeat_interval is not None)
             running.sampling = bool(self._wb_space.get(self._wb_study_of.get(tid, -1)))
             self._wb_running[tid] = running
 
@@ -212,7 +211,7 @@ class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
             if not all(i in inc0 or i > g0 for i in wanted):
                 return None
             snap[3] += 1
-            answer = [copy.deepcopy(t) for t in trials
+            answer = [copy_trial(t) for t in trials
                       if oc.trial_id(t) in wanted or oc.trial_id(t) > greater]
         self.trials_read(study_id, included, greater, answer)
         return answer
@@ -239,7 +238,7 @@ class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
             running = self._wb_running.get(trial_id)
             known = running is not None and running.trial is not None
             if known:
-                trial = copy.deepcopy(running.trial)
+                trial = copy_trial(running.trial)
         if not known:
             trial = super().get_trial(trial_id)
             with self._wb_lock:
@@ -248,7 +247,7 @@ class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
                 running = self._wb_running.get(trial_id)
                 if running is None:
                     return trial
-                running.trial = copy.deepcopy(trial)
+                running.trial = copy_trial(trial)
         with self._wb_lock:
             running.overlay(trial)
         return trial
