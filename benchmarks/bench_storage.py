@@ -437,8 +437,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 6))
     for kind, line in (("hpo", "-"), ("hpo-fn", "--"), ("optuna", ":")):
         for storage in ("sqlite", "postgres", "proxy"):
             rs = [r for r in rows if r["storage"] == storage and r["kind"] == kind]
@@ -460,12 +461,17 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xticks([1, 2, 4, 8, 16, 32], ["1", "2", "4", "8", "16", "32"])
         ax.set_xlabel("concurrent client processes")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     a.set_ylabel("trials per second (trivial objective)")
     a.set_title("throughput of one database (shared 2-core machine)")
     b.set_ylabel("CPU ms per trial")
     b.set_yscale("log")
-    b.set_yticks([5, 10, 20, 40, 60], ["5", "10", "20", "40", "60"])
+    ticks = [1, 2, 3, 5, 10, 20, 40, 60, 100, 200]
+    top = max([r["db_ms"] for r in rows if r["storage"] != "sqlite"]
+              + [r["proxy_ms"] for r in rows if r["storage"] == "proxy"] + [10])
+    ticks = [t for t in ticks if t <= 2 * top]
+    b.set_yticks(ticks, [str(t) for t in ticks])
+    b.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     b.set_title("PostgreSQL server (and proxy) CPU per trial")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
