@@ -4,8 +4,8 @@ Two fits, each checked against one cell it was not fitted on (``--hold-out``, de
 clients):
 
 1. **Cost per transaction.** The PostgreSQL server's CPU per trial is (transactions per trial)
-   x (CPU per transaction): ``db_ms = x * c``, over the PostgreSQL-direct cells of both client
-   kinds apart from the held-out ones: ``c_quiet`` (least squares through the origin, cells of at
+   x (CPU per transaction): ``db_ms = x * c``, over the PostgreSQL-direct cells of every client
+   kind apart from the held-out ones: ``c_quiet`` (least squares through the origin, cells of at
    most ``--quiet`` clients: the server not time-sliced with its clients), ``c_busy`` (all), and
    ``c(n) = c1 + c2 log2 n`` (a transaction costs more as more clients share the cores).
    Checked: ``x * c(n)`` of the held-out hpo cell against its measured database CPU.
@@ -56,7 +56,7 @@ def fit(cells: list[dict], hold_out: int, quiet: int, cores: int) -> dict:
     q = [c for c in train if c["clients"] <= quiet]
     c_quiet = _lsq_origin([c["xacts"] for c in q], [c["db_ms"] for c in q])
     # the cost of a transaction grows as the server is time-sliced with more clients:
-    # c(n) = c1 + c2 * log2(n), fitted on the per-cell db_ms / xacts of both kinds
+    # c(n) = c1 + c2 * log2(n), fitted on the per-cell db_ms / xacts of every client kind
     c1, c2 = _lsq([math.log2(c["clients"]) for c in train],
                   [c["db_ms"] / c["xacts"] for c in train])
     hpo = sorted((c for c in pg if c["kind"] == "hpo"), key=lambda c: c["clients"])
