@@ -161,6 +161,14 @@ def test_workers_killed_behind_the_proxy_and_beside_it_have_their_trials_rerun(
             v.wait(timeout=10)
         assert all(storage.get_trial(t).state == TrialState.RUNNING for t in dead), \
             "a trial finished before the kill: make it longer"
+        # the gate: the proxy's sweep has failed both and queued their retries. (A worker that
+        # counts between a stale trial's FAIL and its retry's enqueue, two transactions of
+        # Optuna's fail_stale_trials, sees room and starts a fresh trial; the retry is then
+        # closed at the full budget: exact, but not this test's re-run.)
+        deadline = time.monotonic() + 60
+        while sum(t.state == TrialState.WAITING for t in storage.get_all_trials(study_id)) < 2:
+            assert time.monotonic() < deadline, (tmp_path / "proxy.log").read_text()
+            time.sleep(0.2)
         survivor = _worker(grpc, "sweep", tmp_path / "survivor.log", *hb)
         assert survivor.wait(timeout=180) == 0, (tmp_path / "survivor.log").read_text()
         assert proxy.poll() is None, (tmp_path / "proxy.log").read_text()
