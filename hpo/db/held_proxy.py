@@ -119,11 +119,6 @@ def write_held(storage: Any, trial_id: int, payload: Any) -> None:
     if not all(isinstance(v, str) for v in held.user.values()):
         raise ValueError(f"{HELD_ATTR} user attributes must be JSON texts")
     held.steps = {int(s): float(v) for s, v in payload.get("steps") or []}
-    if storage.engine.name not in st.UPSERT_DIALECTS:  # Optuna's writers (MySQL)
-        running = st.orm_flush(storage, trial_id, held)
-    else:
-        with st.transaction(storage.engine) as conn:
-            running = st.flush_running(conn, trial_id, held)
-    if not running:
+    if not st.flush_trial(storage, trial_id, held):
         raise optuna.exceptions.UpdateFinishedTrialError(
             f"Trial {trial_id} has already finished and can not be updated.")

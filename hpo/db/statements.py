@@ -39,7 +39,6 @@ import sqlalchemy
 import sqlalchemy.exc
 from optuna.distributions import distribution_to_json
 from optuna.trial import TrialState
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from hpo.db import optuna_private as oc
@@ -197,11 +196,11 @@ def finish_trial(conn: sqlalchemy.Connection, trial_id: int, state: TrialState,
 
 
 @functools.cache
-def _upsert(dialect: str, table_name: str) -> Any:
-    """The upsert of one held row of ``table_name`` (built once; executed with a list of
-    rows, the compiled statement cached)."""
+def _upsert(table_name: str) -> Any:
+    """SQLite: the upsert of one held row of ``table_name`` (built once; executed with a list
+    of rows, the compiled statement cached). PostgreSQL has :mod:`hpo.db.statements_pg`."""
     models = oc.rdb_models()
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    insert = sqlite_insert
     if table_name == "trial_intermediate_values":
         table = models.TrialIntermediateValueModel.__table__
         stmt = insert(table)
@@ -226,11 +225,10 @@ def flush_held(conn: sqlalchemy.Connection, trial_id: int, held: HeldWrites) -> 
             {"trial_id": trial_id, "param_name": name, "param_value": internal,
              "distribution_json": distribution_to_json(distribution)}
             for name, (internal, distribution) in held.params.items()])
-    dialect = conn.dialect.name
     for table, attrs in (("trial_user_attributes", held.user),
                          ("trial_system_attributes", held.system)):
         if attrs:
-            conn.execute(_upsert(dialect, table), [
+            conn.execute(_upsert(table), [
                 {"trial_id": trial_id, "key": k, "value_json": v} for k, v in attrs.items()])
     if held.steps:
         stored = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr
@@ -239,7 +237,7 @@ def flush_held(conn: sqlalchemy.Connection, trial_id: int, held: HeldWrites) -> 
             v, kind = stored(value)
             rows.append({"trial_id": trial_id, "step": step, "intermediate_value": v,
                          "intermediate_value_type": kind})
-        conn.execute(_upsert(dialect, "trial_intermediate_values"), rows)
+        conn.execute(_upsert("trial_intermediate_values"), rows)
 
 
 def flush_running(conn: sqlalchemy.Connection, trial_id: int, held: HeldWrites) -> bool:
@@ -281,6 +279,15 @@ def orm_finish(storage: Any, trial_id: int, state: TrialState,
         oc.write_without_commit(storage, session, row, values=list(values or ()))
         row.state = state
         row.datetime_complete = dt.datetime.now()
+
+
+def flush_trial(storage: Any, trial_id: int, held: HeldWrites) -> bool:
+    """:func:`flush_running` in a transaction of ``storage`` (an RDBStorage), or Optuna's
+    writers where there are no upserts here: whether the trial was RUNNING."""
+    if storage.engine.name not in UPSERT_DIALECTS:
+        return orm_flush(storage, trial_id, held)
+    with transaction(storage.engine) as conn:
+        return flush_running(conn, trial_id, held)
 
 
 def orm_flush(storage: Any, trial_id: int, held: HeldWrites) -> bool:

@@ -419,11 +419,7 @@ class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
             running = self._wb_running.get(trial_id)
             if running is None or not running.pending():
                 return
-            if self.engine.name not in st.UPSERT_DIALECTS:  # Optuna's writers (MySQL)
-                still_running = st.orm_flush(self, trial_id, running)
-            else:
-                with st.transaction(self.engine) as conn:
-                    still_running = st.flush_running(conn, trial_id, running)
+            still_running = st.flush_trial(self, trial_id, running)
             if not still_running:
                 self._wb_running.pop(trial_id, None)
                 return
