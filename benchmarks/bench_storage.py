@@ -88,15 +88,9 @@ def client(url: str) -> None:
     from hpo.db.storage import get_storage
 
     storage = get_storage(url, heartbeat=True)
-    curve = [round(0.1 + 0.8 * i / 49, 6) for i in range(50)]
-
-    def objective(trial: optuna.Trial) -> float:
-        trial.suggest_float("lr", 1e-6, 1e-2, log=True)
-        trial.suggest_float("weight_decay", 1e-8, 1e-4, log=True)
-        for key, value in (("train_acc", 0.9), ("train_acc_curve", curve),
-                           ("val_acc_curve", curve), ("model_seed", trial.number)):
-            trial.set_user_attr(key, value)
-        return 0.5
+    # the very function the "hpo-fn" workers run (benchmarks/specs/storage_fn.py)
+    sys.path.insert(0, str(FN_SPEC.parent))
+    from storage_fn import objective
 
     study = optuna.load_study(study_name=STUDY, storage=storage,
                               sampler=optuna.samplers.RandomSampler())
