@@ -102,6 +102,9 @@ def rdb_storage_class() -> type:
             return _final_write(lambda: super(HpoRDBStorage, self).set_trial_state_values(
                 trial_id, state, values), self, trial_id, state)
 
+        def final_write(self, write: Any, trial_id: int, state: TrialState) -> bool:
+            return _final_write(write, self, trial_id, state)  # an end the writer commits
+
     def _refused(storage: Any, trial_id: int, state: TrialState, why: str) -> None:
         """The final write was refused: the trial is failed without its held writes (they may
         be what was refused), one attempt, so that nothing is left RUNNING; then exit 1."""
@@ -124,7 +127,9 @@ def rdb_storage_class() -> type:
             try:
                 done = write()
             except optuna.exceptions.UpdateFinishedTrialError:
-                if attempts > 1 and storage.get_trial(trial_id).state == state:
+                # (the database's word: a queued end is known here as ended already)
+                if attempts > 1 and optuna.storages.RDBStorage.get_trial(
+                        storage, trial_id).state == state:
                     return True  # the last attempt committed; only its answer was lost
                 raise
             except Exception as e:  # noqa: BLE001 - sorted just below

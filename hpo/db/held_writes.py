@@ -57,6 +57,22 @@ class HeldWrites:
     def pending(self) -> bool:
         return bool(self.user or self.system or self.steps or self.params)
 
+    def take(self) -> HeldWrites:
+        """What is held, moved into a new ``HeldWrites`` (this one then holds nothing)."""
+        taken = HeldWrites(None)
+        taken.user, self.user = self.user, {}
+        taken.system, self.system = self.system, {}
+        taken.steps, self.steps = self.steps, {}
+        taken.params, self.params = self.params, {}
+        return taken
+
+    def give_back(self, taken: HeldWrites) -> None:
+        """Hold again what :meth:`take` took and was not written (newer writes win)."""
+        for mine, theirs in ((self.user, taken.user), (self.system, taken.system),
+                             (self.steps, taken.steps), (self.params, taken.params)):
+            for k, v in theirs.items():
+                mine.setdefault(k, v)
+
     def overlay(self, trial: FrozenTrial) -> None:
         """Apply the held-back writes to ``trial`` (a copy this process hands out or keeps)."""
         trial.user_attrs.update({k: json.loads(v) for k, v in self.user.items()})

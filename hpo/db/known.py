@@ -57,6 +57,14 @@ class KnownTrials:
         while len(self._known) > KEEP:
             self._known.popitem(last=False)
 
+    def forget_finished(self, trial_id: int) -> None:
+        """No longer answer ``trial_id`` from memory (its end was not written as known)."""
+        self._known.pop(trial_id, None)
+
+    def queued_end(self, trial_id: int) -> bool:
+        """Whether the trial's end is known here but not yet committed (subclass)."""
+        return False
+
     def finished_copy(self, trial_id: int) -> FrozenTrial | None:
         """A copy of a trial finished here, else ``None``."""
         known = self._known.get(trial_id)
@@ -82,7 +90,9 @@ class KnownTrials:
                 known = self.finished_copy(tid)
                 if known is None and state == TrialState.RUNNING:
                     known = self.running_copy(tid) or (extra(tid) if extra else None)
-                if known is not None and known.state == state:
+                # a trial whose end is queued here is RUNNING in the database until it commits
+                if known is not None and (known.state == state or (
+                        state == TrialState.RUNNING and self.queued_end(tid))):
                     out[tid] = known
                 else:
                     unknown.append(tid)

@@ -163,12 +163,13 @@ def trial_states(conn: sqlalchemy.Connection, study_id: int, included: set[int],
 
 
 def finish_trial(conn: sqlalchemy.Connection, trial_id: int, state: TrialState,
-                 values: Sequence[float] | None, held: HeldWrites | None) -> dt.datetime:
+                 values: Sequence[float] | None, held: HeldWrites | None,
+                 at: tuple[dt.datetime, dt.datetime] | None = None) -> dt.datetime:
     """Finish a RUNNING trial: its state and end time (one update, only while RUNNING: a trial
     finished meanwhile, by a sweeper, raises Optuna's ``UpdateFinishedTrialError`` and nothing
     is written), then what ``held`` keeps and the objective values. Returns its end time as a
-    ``FrozenTrial`` shows it."""
-    local, utc = utc_now()
+    ``FrozenTrial`` shows it (``at``: that end time, (local, UTC), instead of now)."""
+    local, utc = at or utc_now()
     if conn.dialect.name == "postgresql":
         done = pg.finish(conn, trial_id, state, utc, held, values)
     else:

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.db import optuna_private as oc
 from hpo.db import statements as st
+from hpo.db.behind import Behind, BehindWrites
 from hpo.db.held_writes import HeldWrites, copy_trial
 from hpo.db.known import KnownTrials
 
@@ -36,7 +37,7 @@ class BudgetFull(Exception):
     """The study holds its budget (finished + in-flight trials): no trial was created."""
 
 
-class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
+class WriteBehindRDBStorage(BehindWrites, KnownTrials, oc.RDBHooks):
     """``RDBStorage`` that holds back the writes nobody else reads while a trial runs, and
     commits them with the trial's end (hpo's storage class: :mod:`hpo.db.heartbeats`). For the
     trials this process runs (created here RUNNING, or a WAITING trial it started):
@@ -83,6 +84,8 @@ class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
         self._wb_snap: dict[int, list[Any]] = {}  # study -> [greater, included, trials, uses]
         self._wb_starting: dict[int, int] = {}  # study -> its trial created here, no param yet
         self._wb_start_reads: set[int] = set()  # studies whose last trial read as it started
+        self._wb_behind: Behind | None = None  # the trial loop's writer (:func:`overlapped`)
+        self._wb_queued: set[int] = set()  # trials whose end is queued there, not committed
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
@@ -147,7 +150,10 @@ class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
         """A new RUNNING trial in one transaction of a few Core statements
         (:mod:`hpo.db.statements`) on PostgreSQL, with what :meth:`before_creation` and
         :meth:`after_creation` do in Optuna's; ``None`` elsewhere (Optuna's creation, hooked).
-        Retried as Optuna retries a creation: five attempts, up to 2 s apart."""
+        Retried as Optuna retries a creation: five attempts, up to 2 s apart. First, what the
+        writer of :func:`overlapped` failed to write is raised here."""
+        if self._wb_behind is not None:
+            self._wb_behind.check()
         if self.engine.name != "postgresql":
             return None
         for attempt in range(1, 6):
@@ -277,7 +283,10 @@ class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
             due = running.sampling and space <= running.trial.params.keys()
             if due:  # every parameter expected is drawn: written now, in one transaction
                 running.sampling = False
-                self.flush_trial(trial_id)
+                if self._behind_for(running):
+                    self._flush_behind(trial_id, running)
+                else:
+                    self.flush_trial(trial_id)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         # while a trial draws its parameters, the system attributes its sampler writes (TPE's
@@ -335,6 +344,8 @@ class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
         # that failed (a lost connection) keeps them for the caller's retry of this call.
         with self._wb_lock:
             running = self._wb_running.get(trial_id)
+            if self._behind_for(running):
+                return self._end_behind(trial_id, state, values, running)
             try:
                 ok = self._finish(trial_id, state, values, running)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -364,12 +375,11 @@ class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
             self._wb_running.pop(trial_id, None)
 
     def _finish(self, trial_id: int, state: TrialState, values: Sequence[float] | None,
-                running: HeldWrites | None) -> bool:
+                running: HeldWrites | None, at: tuple[Any, Any] | None = None) -> bool:
         """``RDBStorage.set_trial_state_values`` for a finished state, with the pending writes
         in the same transaction: all committed, or none (a trial a sweeper failed meanwhile
-        raises UpdateFinishedTrialError and nothing is written)."""
-
-
+        raises UpdateFinishedTrialError and nothing is written). ``at``: the end time (local,
+        UTC) of a trial already known here as ended (:meth:`_end_behind`)."""
         if running is None:
             return super().set_trial_state_values(trial_id, state, values)
         try:
@@ -378,10 +388,11 @@ class WriteBehindRDBStorage(KnownTrials, oc.RDBHooks):
                 return True
             with st.transaction(self.engine) as conn:
                 completed = st.finish_trial(conn, trial_id, state, values,
-                                            running if running.pending() else None)
+                                            running if running.pending() else None, at)
         except sqlalchemy.exc.IntegrityError:
             return False
-        self.remember_finished(running, state, values, completed)
+        if at is None:
+            self.remember_finished(running, state, values, completed)
         return True
 
     def record_heartbeat(self, trial_id: int) -> None:

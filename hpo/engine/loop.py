@@ -58,6 +58,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from hpo.db import behind
 from hpo.db import optuna_private as oc
 from hpo.db import writebehind as wb
 from hpo.db.keys import CLOSED_ATTR, HANDED_BACK_ATTR, SURPLUS_ATTR
@@ -297,70 +298,77 @@ def work(
     # an interval later while the budget has room; the sweep at a full budget is unchanged)
     interval = oc.heartbeat_interval(oc.storage_of(study)) or 0.0
     looked = float("-inf")
-    while True:
-        check_stop()
-        OUTAGE.check()
-        try:
-            stopping = ((timeout is not None and time.monotonic() - start >= timeout)
-                        or (max_runs is not None and runs >= max_runs))
-            done, in_flight, waiting = (est if est is not None and not stopping
-                                        else count_states(study))
-            est = None
-            if OUTAGE.since is None:  # a write went through since the last failure
-                delay = 0.5
-            if done >= n_trials:
-                if waiting:  # a retry nobody needs any more: close it, leave nothing WAITING
-                    close_waiting(study)
-                return WorkerResult(runs, done, "budget")
-            if timeout is not None and time.monotonic() - start >= timeout:
-                return WorkerResult(runs, done, "timeout")
-            if max_runs is not None and runs >= max_runs:
-                return WorkerResult(runs, done, "n_trials")
-            # a WAITING trial (the retry of a dead worker's trial) fills no slot until a worker
-            # runs it: optimize() pops it first and its claim decides whether it still fits
-            if done + in_flight >= n_trials and not waiting:
-                # Only now do stale trials matter: a dead worker's trial holds a slot until it is
-                # failed (its retry then comes back WAITING). optimize() fails stale trials
-                # itself before every trial, so the loop does not when it is about to run one.
-                if heartbeat:
-                    sweep_stale_trials(study)
-                time.sleep(poll)
-                continue
-            # no RUNNING trial a moment ago: none can be stale, optimize() need not look
-            no_look = in_flight == waiting or time.monotonic() - looked < interval
-            if not no_look:
-                looked = time.monotonic()
-            with (oc.skip_waiting_lookup(study, skip=not waiting),
-                  oc.skip_first_stale_check(study, skip=no_look),
-                  wb.budget(study, n_trials)):
-                study.optimize(claimed, n_trials=1, catch=(Surplus, TrialFailed),
-                               callbacks=callbacks,
-                               gc_after_trial=False)
-            OUTAGE.ok()  # the trial was told: a write went through, whatever the storage
-            delay = 0.5  # the next outage (a pooled connection killed meanwhile) starts over
-            est = wb.counts_after_trial(study)
-            if est is not None and (est[0] + est[1] >= n_trials or est[2]):
-                est = None  # no room, or a retry WAITING: count
-        except wb.BudgetFull:
-            continue  # another worker filled the last slot since: count again
-        except Exception as e:  # noqa: BLE001 - filtered just below
-            if finished_elsewhere(e):
-                # a sweeper failed this trial while it ran: its retry runs elsewhere
-                print("hpo worker: a trial of this worker was failed by another process (its "
-                      "heartbeat looked stale) and will be re-run; its result here is dropped; "
-                      "carrying on", file=sys.stderr, flush=True)
-                continue
-            failure = next((x for x in chain(e) if isinstance(x, RuntimeFailure)), None)
-            if failure is not None:  # said by the final write (Optuna may mask it)
-                raise failure from None
-            if (why := refused(e)) is not None:
-                raise RuntimeFailure(f"the database refused a write ({why})") from None
-            if not is_transient(e):
-                raise
-            OUTAGE.failed("hpo worker", e, f"retrying for up to {max_outage:g} s "
-                          "($HPO_DB_WAIT)")
-            if OUTAGE.elapsed() > max_outage:
-                raise RuntimeFailure(f"storage unavailable for {OUTAGE.elapsed():.0f} s "
-                                     f"({reason(e)})") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
+    # a trial's parameters and end are committed while the next one runs (PostgreSQL);
+    # what is queued is written on every way out
+    with behind.overlapped(study, wait=max_outage + 30.0):
+        while True:
+            check_stop()
+            OUTAGE.check()
+            try:
+                stopping = ((timeout is not None and time.monotonic() - start >= timeout)
+                            or (max_runs is not None and runs >= max_runs))
+                if est is None or stopping:
+                    behind.settle(study)  # a count decided on sees every end this worker has told
+                    done, in_flight, waiting = count_states(study)
+                else:
+                    done, in_flight, waiting = est
+                est = None
+                if OUTAGE.since is None:  # a write went through since the last failure
+                    delay = 0.5
+                if done >= n_trials:
+                    if waiting:  # a retry nobody needs any more: close it, leave nothing WAITING
+                        close_waiting(study)
+                    return WorkerResult(runs, done, "budget")
+                if timeout is not None and time.monotonic() - start >= timeout:
+                    return WorkerResult(runs, done, "timeout")
+                if max_runs is not None and runs >= max_runs:
+                    return WorkerResult(runs, done, "n_trials")
+                # a WAITING trial (the retry of a dead worker's trial) fills no slot until a worker
+                # runs it: optimize() pops it first and its claim decides whether it still fits
+                if done + in_flight >= n_trials and not waiting:
+                    # Only now do stale trials matter: a dead worker's trial holds a slot until
+                    # it is failed (its retry then comes back WAITING). optimize() fails stale
+                    # trials itself before every trial, so the loop does not when it is about to
+                    # run one.
+                    if heartbeat:
+                        sweep_stale_trials(study)
+                    time.sleep(poll)
+                    continue
+                # no RUNNING trial a moment ago: none can be stale, optimize() need not look
+                no_look = in_flight == waiting or time.monotonic() - looked < interval
+                if not no_look:
+                    looked = time.monotonic()
+                with (oc.skip_waiting_lookup(study, skip=not waiting),
+                      oc.skip_first_stale_check(study, skip=no_look),
+                      wb.budget(study, n_trials)):
+                    study.optimize(claimed, n_trials=1, catch=(Surplus, TrialFailed),
+                                   callbacks=callbacks,
+                                   gc_after_trial=False)
+                OUTAGE.ok()  # the trial was told: a write went through, whatever the storage
+                delay = 0.5  # the next outage (a pooled connection killed meanwhile) starts over
+                est = wb.counts_after_trial(study)
+                if est is not None and (est[0] + est[1] >= n_trials or est[2]):
+                    est = None  # no room, or a retry WAITING: count
+            except wb.BudgetFull:
+                continue  # another worker filled the last slot since: count again
+            except Exception as e:  # noqa: BLE001 - filtered just below
+                if finished_elsewhere(e):
+                    # a sweeper failed this trial while it ran: its retry runs elsewhere
+                    print("hpo worker: a trial of this worker was failed by another process (its "
+                          "heartbeat looked stale) and will be re-run; its result here is dropped; "
+                          "carrying on", file=sys.stderr, flush=True)
+                    continue
+                failure = next((x for x in chain(e) if isinstance(x, RuntimeFailure)), None)
+                if failure is not None:  # said by the final write (Optuna may mask it)
+                    raise failure from None
+                if (why := refused(e)) is not None:
+                    raise RuntimeFailure(f"the database refused a write ({why})") from None
+                if not is_transient(e):
+                    raise
+                OUTAGE.failed("hpo worker", e, f"retrying for up to {max_outage:g} s "
+                              "($HPO_DB_WAIT)")
+                if OUTAGE.elapsed() > max_outage:
+                    raise RuntimeFailure(f"storage unavailable for {OUTAGE.elapsed():.0f} s "
+                                         f"({reason(e)})") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 15.0)
