@@ -39,6 +39,9 @@ class KnownTrials:
 
     def _known_init(self) -> None:
         self._known: collections.OrderedDict[int, FrozenTrial] = collections.OrderedDict()
+        # trials answered here as finished whose end was then not written: the next read
+        # returns them as the database holds them, so that the caller's cache corrects itself
+        self._reread: set[int] = set()
 
     def remember_finished(self, running: HeldWrites, state: TrialState,
                           values: Sequence[float] | None, completed: datetime) -> None:
@@ -58,8 +61,10 @@ class KnownTrials:
             self._known.popitem(last=False)
 
     def forget_finished(self, trial_id: int) -> None:
-        """No longer answer ``trial_id`` from memory (its end was not written as known)."""
+        """No longer answer ``trial_id`` from memory (its end was not written as known), and
+        return it with the next read."""
         self._known.pop(trial_id, None)
+        self._reread.add(trial_id)
 
     def queued_end(self, trial_id: int) -> bool:
         """Whether the trial's end is known here but not yet committed (subclass)."""
@@ -82,10 +87,13 @@ class KnownTrials:
         """What ``RDBStorage._get_trials(study_id, None, included, greater)`` returns, in
         ``conn``'s transaction: the ids and states read, known trials from memory (``extra``:
         one more source, e.g. the trial being created), the rest read in full."""
-        rows = st.trial_states(conn, study_id, included, greater)
+        with lock:
+            again = set(self._reread)
+        rows = st.trial_states(conn, study_id, included | again, greater)
         out: dict[int, FrozenTrial] = {}
         unknown = []
         with lock:
+            self._reread -= {tid for tid, _ in rows}
             for tid, state in rows:
                 known = self.finished_copy(tid)
                 if known is None and state == TrialState.RUNNING:

@@ -27,7 +27,9 @@ PostgreSQL the count is folded into the trial's creation (:func:`hpo.db.writebeh
 creating transaction counts the study's trials with the study row locked and refuses a trial
 beyond the budget, nothing created): after a trial, the counts its creation saw plus its own end
 stand in for the next count while they leave room, so per trial the loop adds no transaction of
-its own; it counts before it stops, waits or pops a WAITING trial.
+its own; it counts before it stops, waits or pops a WAITING trial. A trial's parameters and end
+are committed there by a writer thread while the next trial runs (:mod:`hpo.db.behind`): the
+loop settles it before each count and on every way out.
 
 SIGTERM and Ctrl-C (:mod:`hpo.signals`): the running trial is marked FAIL by Optuna (its loop
 catches KeyboardInterrupt), nothing is left RUNNING, and the process exits 143 / 130 with one
