@@ -53,6 +53,7 @@ class Behind:
 
     def __init__(self, name: str = "hpo-writer") -> None:
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._held: list[Callable[[], None]] = []  # deferred jobs, queued by :meth:`release`
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -73,8 +74,24 @@ class Behind:
                 self._jobs.task_done()
 
     def submit(self, job: Callable[[], None]) -> None:
-        """Queue ``job`` behind every job submitted before it."""
+        """Queue ``job`` behind every job submitted or deferred before it."""
+        self.release()
         self._jobs.put(job)
+
+    def defer(self, job: Callable[[], None]) -> None:
+        """Hold ``job`` until :meth:`release` (or the next :meth:`submit` or :meth:`wait`):
+        a trial's end waits until the next trial's creation has committed, so that the two do
+        not compete for the server and the interpreter (a creation is waited for; the end is
+        not)."""
+        with self._lock:
+            self._held.append(job)
+
+    def release(self) -> None:
+        """Queue the deferred jobs, in order."""
+        with self._lock:
+            held, self._held = self._held, []
+        for job in held:
+            self._jobs.put(job)
 
     def check(self) -> None:
         """Raise (once) the first exception a job raised since the last check."""
@@ -91,7 +108,7 @@ class Behind:
         def mark() -> None:
             done.set()
 
-        self._jobs.put(mark)
+        self.submit(mark)
         return done.wait(timeout)
 
     def settle(self) -> None:
@@ -140,9 +157,9 @@ class BehindWrites:
         self.remember_finished(running, state, values, at[0])
         self._wb_queued.add(trial_id)
         self._ended(trial_id, running, state)
-        self._wb_behind.submit(functools.partial(self._write_end, trial_id, state,
-                                                 None if values is None else list(values),
-                                                 running, at))
+        self._wb_behind.defer(functools.partial(self._write_end, trial_id, state,
+                                                None if values is None else list(values),
+                                                running, at))
         return True
 
     def _write_end(self, trial_id: int, state: TrialState, values: list[float] | None,

@@ -152,20 +152,25 @@ class WriteBehindRDBStorage(BehindWrites, KnownTrials, oc.RDBHooks):
         :meth:`after_creation` do in Optuna's; ``None`` elsewhere (Optuna's creation, hooked).
         Retried as Optuna retries a creation: five attempts, up to 2 s apart. First, what the
         writer of :func:`overlapped` failed to write is raised here."""
-        if self._wb_behind is not None:
-            self._wb_behind.check()
+        writer = self._wb_behind
+        if writer is not None:
+            writer.check()
         if self.engine.name != "postgresql":
             return None
-        for attempt in range(1, 6):
-            try:
-                with st.transaction(self.engine) as conn:
-                    return self._create_in(conn, study_id)
-            except optuna.exceptions.StorageInternalError as e:
-                self.creation_failed(e)
-                if attempt == 5:
-                    raise
-            time.sleep(random.random() * 2.0)
-        raise AssertionError("not reached")
+        try:
+            for attempt in range(1, 6):
+                try:
+                    with st.transaction(self.engine) as conn:
+                        return self._create_in(conn, study_id)
+                except optuna.exceptions.StorageInternalError as e:
+                    self.creation_failed(e)
+                    if attempt == 5:
+                        raise
+                time.sleep(random.random() * 2.0)
+            raise AssertionError("not reached")
+        finally:
+            if writer is not None:
+                writer.release()  # the last trial's end, held until this creation is done
 
     def _create_in(self, conn: sqlalchemy.Connection, study_id: int) -> FrozenTrial:
         self._wb_counting = None
