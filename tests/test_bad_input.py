@@ -210,6 +210,7 @@ def flag_sets(draw) -> list[str]:
 
 @SETTINGS
 @given(flag_sets())
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_mutated_flags_run_or_are_refused_in_one_line(tmp_path_factory, argv: list[str]) -> None:
     folder = tmp_path_factory.mktemp("flags")
     (folder / "s.toml").write_text(to_toml(BASE))

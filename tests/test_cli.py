@@ -120,6 +120,7 @@ def test_optuna_cli_reads_what_hpo_wrote(tiny_spec, sqlite_url):
     assert len(rows) == 3 and {"lr", "weight_decay"} <= set(rows[0]["params"])
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_resume_and_best_json(tiny_spec, sqlite_url):
     spec = tiny_spec(n_trials=3)
     assert hpo("run", str(spec), "--storage", sqlite_url, "--quiet").returncode == 0
@@ -168,6 +169,7 @@ def _budget(url: str, study: str) -> int:
     return study_spec(optuna.load_study(study_name=study, storage=url))["budget"]["n_trials"]
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_worker_joins_with_stored_spec(tiny_spec, sqlite_url):
     """The budget is the study's: `hpo run` / `hpo init` record it; a worker's --n-trials caps
     that worker only and never raises (or lowers) the study's budget."""
@@ -192,6 +194,7 @@ def test_worker_joins_with_stored_spec(tiny_spec, sqlite_url):
     assert _budget(sqlite_url, "tiny") == 4
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_a_worker_prints_no_line_for_a_surplus_claim(tiny_spec, sqlite_url):
     """A surplus claim (two workers took the last slot at once) ran nothing and counts nowhere:
     `hpo worker` logs one line per trial it ran and none for it (docs/compose.md, `logs -f
@@ -228,6 +231,7 @@ def test_a_worker_prints_no_line_for_a_surplus_claim(tiny_spec, sqlite_url):
     assert "ran 0 trial(s); study holds 2 finished of its budget 2 (budget)" in err, err
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_run_on_a_study_that_holds_its_budget_says_nothing_to_run(tiny_spec, sqlite_url):
     spec = tiny_spec(n_trials=4)
     _run(spec, sqlite_url)
@@ -316,6 +320,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, tiny_spec, args, me
     assert _nothing_written(tmp_path, db)
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_unknown_study_lists_what_exists(tiny_spec, sqlite_url):
     _run(tiny_spec(n_trials=1), sqlite_url)
     for args in (["best", "ghost"], ["worker", "--study", "ghost"]):
@@ -323,6 +328,7 @@ def test_unknown_study_lists_what_exists(tiny_spec, sqlite_url):
         assert r.returncode == 2 and "no study named 'ghost'; studies here: tiny" in r.stderr
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_unreachable_storage(tmp_path, tiny_spec):
     spec = tiny_spec()
     # unreachable is a runtime failure, not bad input: retried for $HPO_DB_WAIT seconds with one

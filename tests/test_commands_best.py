@@ -56,6 +56,7 @@ def many(tmp_path_factory):
     return url, tmp, r.stdout
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_run_best_and_report_list_the_same_best_20(many):
     url, tmp, printed = many
     from_run = _best_lines(printed)
@@ -92,6 +93,7 @@ def test_json_carries_no_float_noise(many):
     assert studies.returncode == 0 and not NOISY.search(studies.stdout)
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_best_without_name_needs_one_study(tiny_spec, sqlite_url, tmp_path):
     empty = hpo("best", "--storage", f"sqlite:///{tmp_path / 'none.db'}")
     assert empty.returncode == 2 and len(empty.stderr.strip().splitlines()) == 1
@@ -138,6 +140,7 @@ def _add(study, number_value_train, lr):
             user_attrs={"train_acc": train}))
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_warnings_on_stderr_one_naming_for_small_gaps_and_worker_lines(tiny_spec, sqlite_url):
     """`hpo best` prints its edge warning on stderr (as `hpo report` does), the `--max-gap`
     section names each trial by its overall rank (Best-2, never Gap-best-1) and leaves out the
@@ -174,6 +177,7 @@ def test_warnings_on_stderr_one_naming_for_small_gaps_and_worker_lines(tiny_spec
             assert float(v) == float(f"{float(v):.4g}") and len(v) <= 9, line
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_spec_is_a_system_attr_so_optuna_studies_stays_readable(tiny_spec, sqlite_url):
     """The spec's JSON lives in a system attribute; `optuna studies` shows a 12-digit key in its
     user_attrs column instead of kB of JSON. A study made before (the spec in a user attribute)

@@ -105,6 +105,7 @@ def test_table_cells_recomputed_from_storage(grid):
         assert rows[s][-1] == _fmt_q(tests)
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_rerun_resumes_without_new_trials(grid, tmp_path):
     url, out, first = grid
     spec = out.parent / "cmp.toml"
@@ -155,6 +156,7 @@ def test_specs_on_different_splits_are_refused(tmp_path, tiny_spec):
     assert r.returncode == 2 and "needs the same split" in r.stderr
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_two_forked_workers_per_cell_keep_the_exact_budget(tmp_path, tiny_spec):
     url = f"sqlite:///{tmp_path / 'w.db'}"
     r = hpo("compare", str(tiny_spec(name="w")), "--storage", url, "--samplers", "random,tpe",
@@ -176,6 +178,7 @@ def test_two_forked_workers_per_cell_keep_the_exact_budget(tmp_path, tiny_spec):
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["notes"] == [note]
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_sigterm_during_a_two_worker_compare_exits_143_with_nothing_running(tmp_path, tiny_spec):
     """`hpo compare --workers 2` supervises its forked workers as `hpo run` does: a SIGTERM
     reaches them, each fails its running trial, and the command exits 143."""

@@ -186,6 +186,7 @@ def test_minimize_table_ranks_ascending(minimized):
     assert r.stderr.count("--confirm 2 skipped") == 1
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_minimize_resume_continues_every_cell(minimized, tmp_path):
     url, out, first, args = minimized
     more = [a if a != "12" else "15" for a in args]
@@ -212,6 +213,7 @@ def test_a_target_outside_0_1_is_refused_for_the_book_only(tmp_path, tiny_spec):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_define_by_run_maximize_across_samplers(tmp_path):
     """No [search] at all: every parameter is asked for by the function, behind a categorical
     branch; four samplers, maximized, the higher final best ranks first."""

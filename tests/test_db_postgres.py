@@ -292,6 +292,7 @@ def test_workers_survive_a_postgres_restart(tiny_spec, pg_cluster, tmp_path):
 
 
 @pytest.mark.postgres
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_sigterm_fails_the_running_trial(tiny_spec, pg_url, tmp_path):
     spec = tiny_spec(name="term", n_trials=3, epochs=4000)
     init(spec, pg_url)
@@ -315,6 +316,7 @@ def test_sigterm_fails_the_running_trial(tiny_spec, pg_url, tmp_path):
 
 
 @pytest.mark.postgres
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_a_role_that_may_not_write_values_is_exit_1_after_one_attempt(tiny_spec, pg_url,
                                                                      tmp_path):
     """A worker whose role may not INSERT or UPDATE ``trial_values``: its first trial's final
@@ -386,6 +388,7 @@ def test_sessions_cut_by_the_server_mid_run_are_retried(tiny_spec, pg_url, tmp_p
 # --- SQLite: hpo init, local workers, the dashboard (no PostgreSQL needed) ----------------------
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_init_creates_the_study_once_and_checks_its_input(tiny_spec, sqlite_url, tmp_path):
     spec = tiny_spec(name="made", n_trials=5)
     r = hpo("init", str(spec), "--storage", sqlite_url, "--study", "made-here", "--n-trials", "7")
@@ -475,6 +478,7 @@ def _dashboard(url: str, log: Path, *extra: str) -> tuple[subprocess.Popen, str]
     return proc, base
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_dashboard_is_read_only_unless_told(tiny_spec, sqlite_url, tmp_path):
     r = hpo("run", str(tiny_spec(name="dash", n_trials=2)), "--storage", sqlite_url, "--quiet")
     assert r.returncode == 0, r.stderr

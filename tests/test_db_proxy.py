@@ -275,6 +275,7 @@ def _xacts(url: str) -> int:
 
 
 @pytest.mark.postgres
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_a_proxied_worker_sends_its_trials_attributes_and_reports_in_one_write(
         pg_url, tiny_spec, tmp_path):
     """Behind ``hpo proxy``, a worker holds its running trial's user attributes and reports

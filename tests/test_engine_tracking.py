@@ -76,6 +76,7 @@ def test_spec_file_store_and_flag_sqlite_store(tmp_path, tiny_spec, sqlite_url):
     assert len(_runs(f"file:{tmp_path / 'mlruns'}", "tiny")) == first
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_an_unusable_uri_is_bad_input_before_anything_is_written(tmp_path, tiny_spec):
     db = tmp_path / "hpo.db"
     r = hpo("run", str(tiny_spec(n_trials=1)), "--storage", f"sqlite:///{db}",

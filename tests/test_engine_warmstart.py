@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from hpo.report.listing import fmt_params, ranked
 from tests.conftest import hpo
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_a_new_study_runs_the_earlier_studys_best_first(tiny_spec, sqlite_url):
     r = hpo("run", str(tiny_spec("first", n_trials=6)), "--storage", sqlite_url, "--quiet")
     assert r.returncode == 0, r.stderr
@@ -38,6 +40,7 @@ def test_a_new_study_runs_the_earlier_studys_best_first(tiny_spec, sqlite_url):
     assert sum("hpo:warm_start" in t.user_attrs for t in second.trials) == 3
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_only_values_the_new_space_can_take_are_carried(tiny_spec, sqlite_url):
     r = hpo("run", str(tiny_spec("wide", n_trials=4)), "--storage", sqlite_url, "--quiet")
     assert r.returncode == 0, r.stderr
@@ -95,6 +98,7 @@ def test_a_configuration_with_nothing_that_fits_is_skipped(tiny_spec):
                                       "searched by the new spec)")
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_a_bad_source_is_refused_before_anything_is_written(tiny_spec, sqlite_url, tmp_path):
     spec = tiny_spec("x", n_trials=2)
     r = hpo("run", str(spec), "--storage", sqlite_url, "--warm-start", "ghost")

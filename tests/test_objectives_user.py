@@ -218,6 +218,7 @@ def test_an_absolute_path_outside_the_folder_is_refused(tmp_path):
         make_objective(spec, code_dirs=[str(tmp_path / "code")])
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_worker_from_the_database_needs_a_code_dir(tmp_path):
     spec = write_spec(tmp_path / "code", n_trials=3)
     url = f"sqlite:///{tmp_path / 'w.db'}"

@@ -47,6 +47,7 @@ def test_evaluate_reproduces_the_trial_and_reads_test_once(tiny_spec, sqlite_url
     assert len(calls) == 1  # the refusal did not read the test split
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_cli_test_once_then_refuse_then_force(tiny_spec, sqlite_url):
     r = hpo("run", str(tiny_spec(n_trials=3)), "--storage", sqlite_url, "--quiet")
     assert r.returncode == 0, r.stderr
@@ -98,6 +99,7 @@ def test_confirm_ranks_by_mean_over_fresh_seeds(tiny_spec, sqlite_url, monkeypat
         assert row["sem"] == pytest.approx(np.std(accs, ddof=1) / np.sqrt(3))
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_test_uses_the_confirmed_winner(tiny_spec, sqlite_url):
     assert hpo("run", str(tiny_spec(n_trials=5)), "--storage", sqlite_url,
                "--quiet").returncode == 0

@@ -340,6 +340,7 @@ def test_report_on_a_random_study(tiny_spec, sqlite_url, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_report_on_a_narrowing_study(tiny_spec, sqlite_url, tmp_path):
     spec = tiny_spec(name="nar", sampler="narrowing", n_trials=24)
     text = spec.read_text().replace('name = "narrowing"\n',

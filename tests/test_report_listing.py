@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import optuna
+import pytest
 
 from hpo.db.storage import study_spec
 from hpo.report.listing import edge_warnings, search_limits
 from tests.conftest import hpo
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_best_and_report_give_the_same_edge_warnings_on_a_shift_study(tiny_spec, sqlite_url,
                                                                        tmp_path):
     # Digits learn faster with a larger lr: the search starts in [1e-4, 1e-2], moves up and

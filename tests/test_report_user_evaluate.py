@@ -81,6 +81,7 @@ def noisy(x: float, y: float, kind: str, seed: int) -> float:
             + random.Random(seed).gauss(0.0, 0.01))
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_confirm_reruns_the_best_with_fresh_seeds_in_the_studys_direction(tmp_path):
     url, study = run(tmp_path)
     code = str(tmp_path / "code")
@@ -120,6 +121,7 @@ def test_confirm_of_a_function_without_seed_is_refused_and_writes_nothing(tmp_pa
     assert CONFIRM_ATTR not in optuna.load_study(study_name="u", storage=url).user_attrs
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_confirm_and_test_load_code_only_from_an_allowed_folder(tmp_path, monkeypatch):
     url, _ = run(tmp_path)
     env = {"HPO_CODE_DIR": ""}

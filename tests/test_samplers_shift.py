@@ -367,6 +367,7 @@ def test_shipped_shift_and_wide_specs() -> None:
 # ------------------------------------------------------------------------------ end to end
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_hpo_run_moves_lrs_range_up_across_stages(tiny_spec, sqlite_url: str) -> None:
     # Digits, 50 epochs: validation accuracy climbs with lr up to ~0.1-0.5, so a search started
     # in [1e-4, 1e-2] finds its best at the upper edge and must move up.

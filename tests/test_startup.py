@@ -167,6 +167,7 @@ def test_crowds_started_at_once_on_fresh_postgres_databases(tiny_spec, tmp_path)
             assert_exact_budget(url, "crowd", BUDGET)
 
 
+@pytest.mark.slow  # about 7-22 s on a 2-core machine: CI's slow step
 def test_crowds_started_at_once_on_fresh_sqlite_files(tiny_spec, tmp_path):
     """The same on SQLite files that do not exist yet: eight `hpo run`, then every kind."""
     spec = tiny_spec(name="crowd", n_trials=BUDGET, epochs=1)
