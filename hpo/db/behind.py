@@ -7,7 +7,9 @@ a worker used to wait for all three: for a pruned TPE trial of 70 ms that alone 
 the creation has to be waited for (it answers with the trial's id and number, and refuses a
 trial beyond the budget). The parameters and the end are handed to a :class:`Behind` writer:
 one thread, one queue, first in first out, so that a trial's parameters are committed before
-its end, and its end before anything this worker writes later.
+its end, and its end before anything this worker writes later. A trial's end is queued once
+the next trial's creation has committed (:meth:`Behind.defer`): the two would otherwise
+compete for the server and the interpreter, and only the creation is waited for.
 
 What it keeps:
 
@@ -24,10 +26,10 @@ What it keeps:
   and whatever that raises is kept and raised in the worker's thread at its next creation or
   :meth:`Behind.settle`, where the trial loop handles it as it handled a failed ``tell``: one
   line per outage, a trial a sweeper failed meanwhile said in one line, a refusal exit 1.
-* **Nothing left RUNNING.** The trial loop settles what is queued on every way out (a signal
-  included), within ``$HPO_DB_WAIT``. A worker killed outright loses its queued end with its
-  trial: the trial is RUNNING, its heartbeat stops, a sweeper fails it and its retry re-runs
-  it, as for a worker killed while training.
+* **Nothing left RUNNING.** The trial loop writes what is queued on every way out (a signal
+  included), within ``$HPO_DB_WAIT`` and 30 s more. A worker killed outright loses its queued
+  end with its trial: the trial is RUNNING, its heartbeat stops, a sweeper fails it and its
+  retry re-runs it, as for a worker killed while training.
 """
 
 from __future__ import annotations
