@@ -219,3 +219,59 @@ def test_a_flush_that_fails_gives_its_writes_back() -> None:
     running.steps[1] = 0.2  # reported again meanwhile
     running.give_back(taken)
     assert running.params == {"x": (0.5, None)} and running.steps == {1: 0.2}
+
+
+def _stale(url: str, study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial with parameters whose heartbeat is an hour old (its worker died)."""
+    import sqlalchemy
+
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.suggest_int("n", 1, 4)
+    oc.record_heartbeat(study, trial)
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE trial_heartbeats SET heartbeat = heartbeat - "
+                             "interval '1 hour'")
+    engine.dispose()
+    return study._storage.get_trial(trial._trial_id)
+
+
+def test_a_stale_trial_is_failed_and_requeued_in_one_transaction(pg_url: str) -> None:
+    """The sweep fails a dead worker's trial in the transaction that queues its retry (the
+    same transaction id on both rows): no moment in which the study holds a free slot that a
+    fresh trial could take from the retry. The retry is Optuna's: same parameters, WAITING,
+    ``failed_trial`` and ``retry_history``."""
+    import sqlalchemy
+
+    from hpo.db.storage import sweep_stale_trials
+
+    study = optuna.create_study(storage=_storage(pg_url),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    dead = _stale(pg_url, study)
+    sweep_stale_trials(study)
+    other = RDBStorage(pg_url)
+    failed, retry = other.get_all_trials(study._study_id)
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert retry.params == dead.params
+    assert retry.system_attrs["failed_trial"] == dead.number
+    assert retry.system_attrs["retry_history"] == [dead.number]
+    engine = sqlalchemy.create_engine(pg_url)
+    with engine.connect() as conn:
+        xmins = {row[0] for row in conn.exec_driver_sql(
+            "SELECT xmin::text FROM trials ORDER BY trial_id")}
+    engine.dispose()
+    assert len(xmins) == 1, xmins
+    sweep_stale_trials(study)  # nothing stale any more: nothing more queued
+    assert len(other.get_all_trials(study._study_id)) == 2
+
+
+def test_a_trial_past_its_retries_is_only_failed(pg_url: str) -> None:
+    storage = get_storage(pg_url, heartbeat=True, create_schema=True, max_retry=0)
+    study = optuna.create_study(storage=storage)
+    _stale(pg_url, study)
+    from hpo.db.storage import sweep_stale_trials
+
+    sweep_stale_trials(study)
+    states = [t.state for t in RDBStorage(pg_url).get_all_trials(study._study_id)]
+    assert states == [TrialState.FAIL]

@@ -115,7 +115,8 @@ class RDBHooks(RDBStorage):
       :meth:`param_set`;
     * ``_get_trials`` (the cache's incremental read) -> :meth:`answer_read` (a list: answered
       without the database), else :meth:`read_new_trials` (a list) or Optuna's read, then
-      :meth:`trials_read`.
+      :meth:`trials_read`;
+    * ``_get_stale_trial_ids`` (``fail_stale_trials``) -> :meth:`stale_found`.
     """
 
     def create_trial(self, study_id: int) -> FrozenTrial | None:
@@ -155,6 +156,14 @@ class RDBHooks(RDBStorage):
     def trials_read(self, study_id: int, included: set[int], greater: int,
                     trials: list[FrozenTrial]) -> None:
         """The cache's incremental read went to the database and returned ``trials``."""
+
+    def stale_found(self, study_id: int, trial_ids: list[int]) -> list[int]:
+        """The stale trials Optuna's ``fail_stale_trials`` found; returns those it should
+        still fail itself (and hand to the stale-trial callback)."""
+        return trial_ids
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self.stale_found(study_id, super()._get_stale_trial_ids(study_id))
 
     def _create_new_trial(self, study_id: int,
                           template_trial: FrozenTrial | None = None) -> FrozenTrial:
@@ -307,6 +316,16 @@ def skip_first_stale_check(study: optuna.Study, skip: bool = True) -> Iterator[N
         yield
     finally:
         storage.__dict__.pop("_get_stale_trial_ids", None)
+
+
+def retry_limit(callback: Any) -> tuple[bool, int | None]:
+    """Whether ``callback`` is Optuna's retry of a failed or stale trial that does not carry
+    its intermediate values over, and its ``max_retry`` (``None``: unlimited)."""
+    kinds = (optuna.storages.RetryFailedTrialCallback,
+             optuna.storages.RetryHeartbeatStaleTrialCallback)
+    if not isinstance(callback, kinds) or callback._inherit_intermediate_values:
+        return False, None
+    return True, callback._max_retry
 
 
 def heartbeat_grpc_client(host: str, port: int, interval: int | None, beat_attr: str,

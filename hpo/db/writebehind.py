@@ -23,6 +23,7 @@ from hpo.db import statements as st
 from hpo.db.behind import Behind, BehindWrites
 from hpo.db.held_writes import HeldWrites, copy_trial
 from hpo.db.known import KnownTrials
+from hpo.db.requeue import Requeue
 
 #: How many of the cache's reads one creation's snapshot answers (TPE makes two as a trial
 #: starts: its search space and its constant liar's trials); a sampler polling for news
@@ -37,7 +38,7 @@ class BudgetFull(Exception):
     """The study holds its budget (finished + in-flight trials): no trial was created."""
 
 
-class WriteBehindRDBStorage(BehindWrites, KnownTrials, oc.RDBHooks):
+class WriteBehindRDBStorage(Requeue, BehindWrites, KnownTrials, oc.RDBHooks):
     """``RDBStorage`` that holds back the writes nobody else reads while a trial runs, and
     commits them with the trial's end (hpo's storage class: :mod:`hpo.db.heartbeats`). For the
     trials this process runs (created here RUNNING, or a WAITING trial it started):
@@ -100,6 +101,7 @@ class WriteBehindRDBStorage(BehindWrites, KnownTrials, oc.RDBHooks):
     # -- creation ----------------------------------------------------------------------------
 
     def before_creation(self, study_id: int, template: FrozenTrial | None, session: Any) -> None:
+        super().before_creation(study_id, template, session)  # a retry's stale trial failed
         self._wb_counting = None
         n = self._wb_budget.get(study_id)
         if template is not None or n is None:
