@@ -167,16 +167,20 @@ class BehindWrites:
     def _write_end(self, trial_id: int, state: TrialState, values: list[float] | None,
                    running: HeldWrites, at: tuple[Any, Any]) -> None:
         """(The writer's thread.) Commit a queued end; on any failure the trial is no longer
-        known here as ended (it is read from the database) and the error is the writer's."""
+        known here as ended (it is read from the database) and the error is the writer's,
+        but for a FAIL refused because the trial is failed already: nothing of it is lost,
+        and the worker has said so if it was a sweeper (its objective's write was refused)."""
         try:
             if not self.final_write(lambda: self._finish(trial_id, state, values, running, at),
                                     trial_id, state):
                 raise optuna.exceptions.StorageInternalError(
                     f"the end of trial {trial_id} was not written")
-        except BaseException:
+        except BaseException as e:
             with self._wb_lock:
                 self.forget_finished(trial_id)
-            raise
+            if not (state == TrialState.FAIL
+                    and isinstance(e, optuna.exceptions.UpdateFinishedTrialError)):
+                raise
         finally:
             with self._wb_lock:
                 self._wb_queued.discard(trial_id)

@@ -76,12 +76,13 @@ def rdb_storage_class() -> type:
 
     class HpoRDBStorage(WriteBehindRDBStorage):
         def record_heartbeat(self, trial_id: int) -> None:
+            started = time.monotonic()
             try:
                 super().record_heartbeat(trial_id)
             except Exception as e:  # noqa: BLE001 - sorted by beat_failed
                 beat_failed(e)
             else:
-                OUTAGE.ok()  # a write went through: the outage's clock restarts
+                OUTAGE.ok(started)  # a write went through: the outage's clock restarts
 
         def flush_failed(self, trial_id: int, e: BaseException) -> None:
             beat_failed(e)  # the beat itself was recorded; the held writes wait
@@ -91,8 +92,9 @@ def rdb_storage_class() -> type:
                 raise RuntimeFailure(f"the database refused a write ({reason(e)})") from e
 
         def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
+            started = time.monotonic()
             frozen = super()._create_new_trial(study_id, template_trial)
-            OUTAGE.ok()
+            OUTAGE.ok(started)
             return frozen
 
         def set_trial_state_values(self, trial_id: int, state: TrialState,
@@ -124,6 +126,7 @@ def rdb_storage_class() -> type:
         attempts = 0
         while True:
             attempts += 1
+            started = time.monotonic()
             try:
                 done = write()
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -147,7 +150,7 @@ def rdb_storage_class() -> type:
             else:
                 if not done:  # Optuna's answer to an IntegrityError: nothing was written
                     _refused(storage, trial_id, state, "a constraint of the trial's rows")
-                OUTAGE.ok()
+                OUTAGE.ok(started)
                 return done
 
     return HpoRDBStorage

@@ -276,13 +276,17 @@ class Outage:
         print(f"{who}: storage unavailable ({reason(e)}); {what}", file=sys.stderr, flush=True)
         return True
 
-    def ok(self) -> None:
+    def ok(self, started: float | None = None) -> None:
         """A write succeeded: the outage, if any, is over and its clock restarts. Only a
         write says so: a database that answers reads but refuses or drops writes is still
-        out (the bound of ``$HPO_DB_WAIT`` is reached), so callers call this after a write."""
+        out (the bound of ``$HPO_DB_WAIT`` is reached), so callers call this after a write.
+        ``started``: when the write began (``time.monotonic()``); a write that began before
+        the outage was noticed (another thread's, committed just before the server went
+        away) does not end it."""
         if self.since is not None:
             with self._lock:
-                self.since = None
+                if self.since is not None and (started is None or started >= self.since):
+                    self.since = None
 
     def reset(self) -> None:
         """Forget any outage and refusal (a new trial loop)."""

@@ -340,13 +340,16 @@ def work(
                 no_look = in_flight == waiting or time.monotonic() - looked < interval
                 if not no_look:
                     looked = time.monotonic()
+                began = time.monotonic()
                 with (oc.skip_waiting_lookup(study, skip=not waiting),
                       oc.skip_first_stale_check(study, skip=no_look),
                       wb.budget(study, n_trials)):
                     study.optimize(claimed, n_trials=1, catch=(Surplus, TrialFailed),
                                    callbacks=callbacks,
                                    gc_after_trial=False)
-                OUTAGE.ok()  # the trial was told: a write went through, whatever the storage
+                # the trial was created and told: a write went through (one that began before
+                # an outage the heartbeat or the writer thread met meanwhile does not end it)
+                OUTAGE.ok(began)
                 delay = 0.5  # the next outage (a pooled connection killed meanwhile) starts over
                 est = wb.counts_after_trial(study)
                 if est is not None and (est[0] + est[1] >= n_trials or est[2]):
