@@ -56,6 +56,7 @@ class Behind:
     def __init__(self, name: str = "hpo-writer") -> None:
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._held: list[Callable[[], None]] = []  # deferred jobs, queued by :meth:`release`
+        self._barrier: threading.Event | None = None  # set once the last trial's end has run
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -94,6 +95,21 @@ class Behind:
             held, self._held = self._held, []
         for job in held:
             self._jobs.put(job)
+
+    def creating(self) -> None:
+        """A trial is about to be created: the end of the trial before last (queued at the
+        last creation) has been written first, and what it raised is raised here. So a write
+        refused is known before a second trial starts after it; the wait is for a write made
+        while a whole trial ran, over by now but on a stalled server."""
+        if self._barrier is not None:
+            self._barrier.wait()
+        self.check()
+
+    def created(self) -> None:
+        """A trial's creation is over (committed or not): the last trial's end is queued."""
+        self.release()
+        self._barrier = threading.Event()
+        self._jobs.put(self._barrier.set)
 
     def check(self) -> None:
         """Raise (once) the first exception a job raised since the last check."""

@@ -156,7 +156,7 @@ class WriteBehindRDBStorage(Requeue, BehindWrites, KnownTrials, oc.RDBHooks):
         writer of :func:`overlapped` failed to write is raised here."""
         writer = self._wb_behind
         if writer is not None:
-            writer.check()
+            writer.creating()
         if self.engine.name != "postgresql":
             return None
         try:
@@ -172,7 +172,7 @@ class WriteBehindRDBStorage(Requeue, BehindWrites, KnownTrials, oc.RDBHooks):
             raise AssertionError("not reached")
         finally:
             if writer is not None:
-                writer.release()  # the last trial's end, held until this creation is done
+                writer.created()  # the last trial's end, held until this creation is done
 
     def _create_in(self, conn: sqlalchemy.Connection, study_id: int) -> FrozenTrial:
         self._wb_counting = None
