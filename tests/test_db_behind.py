@@ -12,7 +12,9 @@ import threading
 from pathlib import Path
 
 import optuna
+import psycopg
 import pytest
+import sqlalchemy.exc
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
@@ -177,6 +179,59 @@ def test_the_loop_carries_on_when_a_queued_end_is_refused(pg_url: str, capsys) -
     assert TrialState.RUNNING not in states
     err = capsys.readouterr().err
     assert err.count("was failed by another process") == 1, err
+
+
+def _loop_with_trial_0_failed_elsewhere(pg_url: str, capsys, then) -> str:
+    """Run the loop (budget 3) where a sweeper fails trial 0 while it runs, and ``then(trial)``
+    is the rest of trial 0's objective; the worker's stderr."""
+    storage = _storage(pg_url)
+    study = optuna.create_study(storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    other = RDBStorage(pg_url)
+
+    def objective(trial: optuna.Trial) -> float:
+        if trial.number == 0:
+            other.set_trial_state_values(oc.trial_id(trial), TrialState.FAIL)  # a sweeper
+            then(trial)
+        return trial.suggest_float("x", 0, 1)
+
+    result = work(study, objective, n_trials=3)
+    assert (result.finished, result.stopped_by) == (3, "budget")
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states[0] == TrialState.FAIL and states.count(TrialState.COMPLETE) == 3, states
+    assert TrialState.RUNNING not in states
+    return capsys.readouterr().err
+
+
+def test_a_trial_lost_to_an_outage_and_failed_elsewhere_is_said_once(pg_url: str,
+                                                                      capsys) -> None:
+    """Trial 0's objective meets a lost connection (a transient error: the loop says
+    "storage unavailable" and goes on) while a sweeper fails the trial: its FAIL end, queued,
+    is refused, and the loop says once that the trial was failed by another process (the
+    worker cut off by the network, tests/test_faults.py)."""
+
+    def lost(trial: optuna.Trial) -> None:
+        raise sqlalchemy.exc.OperationalError(  # as SQLAlchemy wraps psycopg's own
+            "SELECT 1", {}, psycopg.OperationalError("consuming input failed: server closed "
+                                                     "the connection unexpectedly"))
+
+    err = _loop_with_trial_0_failed_elsewhere(pg_url, capsys, lost)
+    assert err.count("storage unavailable") == 1, err
+    assert err.count("was failed by another process") == 1, err
+
+
+def test_a_refusal_met_by_the_objective_and_by_the_queued_end_is_said_once(pg_url: str,
+                                                                            capsys) -> None:
+    """Trial 0's own parameter write is refused (the study's first parameter is written at
+    once; the trial was failed elsewhere): the loop says so; the FAIL end queued after it is
+    refused too (:class:`hpo.db.behind.EndRefused`, naming the trial) and is not said again."""
+
+    def draw(trial: optuna.Trial) -> None:
+        trial.suggest_float("x", 0, 1)
+
+    err = _loop_with_trial_0_failed_elsewhere(pg_url, capsys, draw)
+    assert err.count("was failed by another process") == 1, err
+    assert "storage unavailable" not in err, err
 
 
 def test_a_worker_stopped_with_writes_queued_leaves_them_written(pg_url: str,

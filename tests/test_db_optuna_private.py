@@ -276,6 +276,29 @@ def test_write_behind_beats_first_with_the_trial_creation(wb_db: str) -> None:
     study.tell(trial, 1.0)
 
 
+def test_a_skipped_first_beat_does_not_end_an_outage(wb_db: str) -> None:
+    """hpo's storage ends an outage (:data:`hpo.db.retry.OUTAGE`, one line per outage) only
+    with a write that went through: the first beat, skipped (written with the creation), is
+    none; the next beat, written, is."""
+    from hpo.db.heartbeats import rdb_storage_class
+    from hpo.db.retry import OUTAGE
+
+    storage = rdb_storage_class()(wb_db, heartbeat_interval=7, grace_period=20)
+    study = optuna.create_study(storage=storage)
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        trial = study.ask()
+    OUTAGE.reset()
+    try:
+        OUTAGE.failed("test", ConnectionError("lost"), "noticed by another thread")
+        oc.record_heartbeat(study, trial)  # skipped: nothing was written
+        assert OUTAGE.since is not None
+        oc.record_heartbeat(study, trial)  # written
+        assert OUTAGE.since is None
+    finally:
+        OUTAGE.reset()
+    study.tell(trial, 1.0)
+
+
 def test_write_behind_a_heartbeat_writes_what_is_pending(wb_db: str) -> None:
     storage = WriteBehindRDBStorage(wb_db, heartbeat_interval=1)
     study = optuna.create_study(storage=storage)

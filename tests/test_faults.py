@@ -268,15 +268,44 @@ class PrivatePg:
 
     def kill9(self) -> None:
         """SIGKILL the server and all its processes at once (a crash of the database host's
-        PostgreSQL), and wait until they are gone."""
+        PostgreSQL), and wait until they are gone. Killed one by one, a backend still alive
+        could commit a client's write after that client's other connection had seen the crash,
+        which no real crash does; so the backends are stopped first (SIGSTOP: their clients
+        see nothing yet), then the postmaster is killed, then the backends. (The postmaster is
+        never stopped: ``runuser`` would stop itself with it and never reap it.)"""
         pids = self.pids()
         assert pids, "the server is not running"
-        for pid in pids:
+        main = pids[0]
+        stopped: set[int] = set()
+        for _ in range(20):  # the backends now, and any forked while they were being stopped
+            new = self.processes() - stopped - {main}
+            if not new:
+                break
+            for pid in new:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped |= new
+        assert stopped, "none of the server's processes found"  # it has background workers
+        os.kill(main, signal.SIGKILL)
+        stopped |= self.processes() - {main}  # one forked as the postmaster died
+        for pid in stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.server.wait(timeout=60)  # the postmaster's parent (runuser) ends with it
-        wait_until(lambda: not any(_alive(p) for p in pids[1:]), 60,
+        wait_until(lambda: not any(_alive(p) for p in stopped), 60,
                    "the killed server's backends to be gone")
+
+    def processes(self) -> set[int]:
+        """Every live process of this server, the postmaster's and its backends' (their
+        working directory is the data directory)."""
+        data = os.path.realpath(self.data)
+        found: set[int] = set()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/cwd") == data:
+                        found.add(int(entry))
+        return found
 
     def close(self) -> None:
         if getattr(self, "server", None) is not None and self.server.poll() is None:

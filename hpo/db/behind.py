@@ -49,6 +49,15 @@ from hpo.db import statements as st
 from hpo.db.held_writes import HeldWrites
 
 
+class EndRefused(optuna.exceptions.UpdateFinishedTrialError):
+    """A queued end the database refused because the trial was finished elsewhere (a sweeper
+    failed it as stale while this worker ran it or while its end was queued)."""
+
+    def __init__(self, trial_id: int, message: str) -> None:
+        super().__init__(message)
+        self.trial_id = trial_id
+
+
 class Behind:
     """A daemon thread running the jobs given to :meth:`submit` one by one, in order. A job
     that raises keeps its exception (the first one) for :meth:`check` to raise."""
@@ -183,20 +192,23 @@ class BehindWrites:
     def _write_end(self, trial_id: int, state: TrialState, values: list[float] | None,
                    running: HeldWrites, at: tuple[Any, Any]) -> None:
         """(The writer's thread.) Commit a queued end; on any failure the trial is no longer
-        known here as ended (it is read from the database) and the error is the writer's,
-        but for a FAIL refused because the trial is failed already: nothing of it is lost,
-        and the worker has said so if it was a sweeper (its objective's write was refused)."""
+        known here as ended (it is read from the database) and the error is the writer's. An
+        end refused because the trial was finished elsewhere (a sweeper failed it) is raised
+        as :class:`EndRefused`, which names the trial: the trial loop says it once per trial,
+        even when the trial's own objective met the refusal first."""
         try:
             if not self.final_write(lambda: self._finish(trial_id, state, values, running, at),
                                     trial_id, state):
                 raise optuna.exceptions.StorageInternalError(
                     f"the end of trial {trial_id} was not written")
-        except BaseException as e:
+        except optuna.exceptions.UpdateFinishedTrialError as e:
             with self._wb_lock:
                 self.forget_finished(trial_id)
-            if not (state == TrialState.FAIL
-                    and isinstance(e, optuna.exceptions.UpdateFinishedTrialError)):
-                raise
+            raise EndRefused(trial_id, str(e)) from e
+        except BaseException:
+            with self._wb_lock:
+                self.forget_finished(trial_id)
+            raise
         finally:
             with self._wb_lock:
                 self._wb_queued.discard(trial_id)

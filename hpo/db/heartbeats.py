@@ -78,11 +78,12 @@ def rdb_storage_class() -> type:
         def record_heartbeat(self, trial_id: int) -> None:
             started = time.monotonic()
             try:
-                super().record_heartbeat(trial_id)
+                wrote = super().record_heartbeat(trial_id)
             except Exception as e:  # noqa: BLE001 - sorted by beat_failed
                 beat_failed(e)
             else:
-                OUTAGE.ok(started)  # a write went through: the outage's clock restarts
+                if wrote:  # a write went through: the outage's clock restarts
+                    OUTAGE.ok(started)
 
         def flush_failed(self, trial_id: int, e: BaseException) -> None:
             beat_failed(e)  # the beat itself was recorded; the held writes wait

@@ -1,6 +1,5 @@
-"""hpo's RDB storage: a trial costs three transactions (issue 26), see
-:class:`WriteBehindRDBStorage`. Optuna's private names are reached through
-:mod:`hpo.db.optuna_private` (``RDBHooks`` and small functions)."""
+"""hpo's RDB storage, :class:`WriteBehindRDBStorage`: a trial costs three transactions (issue
+26). Optuna's private names are reached through :mod:`hpo.db.optuna_private` (``RDBHooks``)."""
 
 from __future__ import annotations
 
@@ -402,15 +401,15 @@ class WriteBehindRDBStorage(Requeue, BehindWrites, KnownTrials, oc.RDBHooks):
             self.remember_finished(running, state, values, completed)
         return True
 
-    def record_heartbeat(self, trial_id: int) -> None:
-        # the beat a trial starts with (Optuna's heartbeat thread beats at once, right after
-        # ``ask``) was written with the trial's creation: skipped, once, within an interval
+    def record_heartbeat(self, trial_id: int) -> bool:  # type: ignore[override]
+        """Whether a beat was written: the beat a trial starts with (Optuna's heartbeat thread
+        beats at once, after ``ask``) was written with its creation; skipped, once."""
         with self._wb_lock:
             running = self._wb_running.get(trial_id)
             if running is not None and running.beaten:
                 running.beaten = False
                 if time.monotonic() - running.since < (self.heartbeat_interval or 0):
-                    return
+                    return False
         # the beat first, and whatever happens to the held writes: a flush that fails (they
         # stay held for the next beat or the trial's end) never costs the trial its heartbeat
         super().record_heartbeat(trial_id)
@@ -424,6 +423,7 @@ class WriteBehindRDBStorage(Requeue, BehindWrites, KnownTrials, oc.RDBHooks):
                 self.flush_trial(trial_id)
             except Exception as e:  # noqa: BLE001 - the beat is recorded; the writes wait
                 self.flush_failed(trial_id, e)
+        return True
 
     def flush_failed(self, trial_id: int, e: BaseException) -> None:
         """A heartbeat's flush of held writes failed; they stay held. Subclasses report it."""

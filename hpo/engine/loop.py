@@ -274,8 +274,15 @@ def work(
     start = time.monotonic()
     runs = 0
 
+    # the trial each optimize() call ran (None until it is created), and the trials this
+    # worker has said were failed elsewhere: one line per trial, whichever write met it first
+    # (the objective's own, or its end queued behind, hpo.db.behind.EndRefused)
+    current: int | None = None
+    dropped: set[int] = set()
+
     def claimed(trial: optuna.Trial) -> float:
-        nonlocal runs
+        nonlocal runs, current
+        current = oc.trial_id(trial)
         OUTAGE.check()  # a write the heartbeat thread saw refused
         _claim(study, trial, n_trials)
         runs += 1  # a surplus claim ran nothing: only trials that fit count toward max_runs
@@ -341,6 +348,7 @@ def work(
                 if not no_look:
                     looked = time.monotonic()
                 began = time.monotonic()
+                current = None
                 with (oc.skip_waiting_lookup(study, skip=not waiting),
                       oc.skip_first_stale_check(study, skip=no_look),
                       wb.budget(study, n_trials)):
@@ -359,6 +367,12 @@ def work(
             except Exception as e:  # noqa: BLE001 - filtered just below
                 if finished_elsewhere(e):
                     # a sweeper failed this trial while it ran: its retry runs elsewhere
+                    which = next((x.trial_id for x in chain(e)
+                                  if isinstance(x, behind.EndRefused)), current)
+                    if which in dropped:
+                        continue  # said when the trial's objective met it
+                    if which is not None:
+                        dropped.add(which)
                     print("hpo worker: a trial of this worker was failed by another process (its "
                           "heartbeat looked stale) and will be re-run; its result here is dropped; "
                           "carrying on", file=sys.stderr, flush=True)
