@@ -251,6 +251,52 @@ def test_killed_worker_trial_is_failed_and_retried(tiny_spec, pg_url, tmp_path):
 
 @pytest.mark.postgres
 @pytest.mark.slow
+def test_a_paused_worker_drops_its_stale_result_once_and_carries_on(tiny_spec, pg_url,
+                                                                     tmp_path):
+    """A worker is paused (SIGSTOP) mid-trial, past the grace period: a second worker fails the
+    trial as stale and runs its retry. Resumed (SIGCONT), the paused worker finishes the trial,
+    its end is refused, it says so in one line (its result dropped) and goes on; both exit 0
+    and the study ends with exactly its budget. The paused trial is held after drawing its
+    params (``HOLD``) until the test lets it go, whatever the machine's speed."""
+    n_trials, grace = 4, 3
+    spec = tiny_spec(name="paused", n_trials=n_trials)
+    init(spec, pg_url)
+    probe = Probe(pg_url, "paused")
+    hb = ["--heartbeat-interval", "1", "--grace-period", str(grace)]
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    logs = [tmp_path / "paused.log", tmp_path / "other.log"]
+    procs = [spawn(logs[0], str(gate), "0", *worker_args(pg_url, "paused", *hb),
+                   prelude=["-c", HOLD])]
+    try:
+        wait_for(lambda: held(gate) or procs[0].poll() is not None, 60,
+                 "the first trial to draw its params")
+        (paused,) = wait_for(probe.running, 10, "the paused worker's trial, RUNNING")
+        wait_for(lambda: has_heartbeat(probe, paused._trial_id), 30, "its first heartbeat")
+        procs[0].send_signal(signal.SIGSTOP)
+        (gate / "go").touch()  # once resumed, the trial goes on
+        procs.append(spawn(logs[1], *worker_args(pg_url, "paused", *hb)))
+        wait_for(lambda: probe.storage.get_trial(paused._trial_id).state == TrialState.FAIL,
+                 120, "the other worker to fail the paused trial as stale")
+        procs[0].send_signal(signal.SIGCONT)
+        outputs = finish(procs, logs, timeout=180)
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        trials = assert_exact(probe, n_trials)
+        assert outputs[0].count("its result here is dropped") == 1, outputs[0]
+        assert "Traceback" not in outputs[0] + outputs[1], outputs
+        retries = [t for t in trials if t.system_attrs.get("failed_trial") == paused.number]
+        assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, retries
+        assert retries[0].params == paused.params  # the same point, run again
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+        probe.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_workers_survive_a_postgres_restart(tiny_spec, pg_cluster, tmp_path):
     """Two workers on a private server (initdb: restarting it touches no other test's server)
     that restarts while both hold a trial in flight: exactly the budget, nothing RUNNING or
