@@ -201,13 +201,11 @@ class BehindWrites:
                                     trial_id, state):
                 raise optuna.exceptions.StorageInternalError(
                     f"the end of trial {trial_id} was not written")
-        except optuna.exceptions.UpdateFinishedTrialError as e:
+        except BaseException as e:
             with self._wb_lock:
                 self.forget_finished(trial_id)
-            raise EndRefused(trial_id, str(e)) from e
-        except BaseException:
-            with self._wb_lock:
-                self.forget_finished(trial_id)
+            if isinstance(e, optuna.exceptions.UpdateFinishedTrialError):
+                raise EndRefused(trial_id, str(e)) from e
             raise
         finally:
             with self._wb_lock:
