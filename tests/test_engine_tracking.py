@@ -87,3 +87,43 @@ def test_an_unusable_uri_is_bad_input_before_anything_is_written(tmp_path, tiny_
     bad = tiny_spec(n_trials=1, extra='[tracking]\nmlflow = ""')
     r = hpo("run", str(bad), "--storage", f"sqlite:///{db}")
     assert r.returncode == 2 and "tracking.mlflow: must be an MLflow tracking URI" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["file", "sqlite"])
+def test_two_workers_making_the_experiment_together_make_one(tmp_path, kind):
+    # CI caught two workers starting together on a file store (which has no unique names)
+    # each making an experiment "tiny", their runs split between them. Here both look the
+    # experiment up before either makes it: the test holds each, after its lookup, until the
+    # other has looked too (or 3 s have passed, which a serialized maker always needs).
+    import threading
+
+    from hpo.engine.tracking import MlflowCallback
+
+    uri = f"file:{tmp_path / 'mlruns'}" if kind == "file" else f"sqlite:///{tmp_path / 'ml.db'}"
+    makers = [MlflowCallback(uri, "tiny", who=f"w{i}") for i in range(2)]
+    both_looked = threading.Barrier(2, timeout=3)
+    for m in makers:
+        lookup = m.client.get_experiment_by_name
+
+        def held(name: str, lookup=lookup):
+            found = lookup(name)
+            if found is None:
+                try:
+                    both_looked.wait()
+                except threading.BrokenBarrierError:
+                    pass  # the other is waiting for this one's lock: it looks after
+            return found
+
+        m.client.get_experiment_by_name = held
+    ids: list[str] = []
+    threads = [threading.Thread(target=lambda m=m: ids.append(m.experiment_id())) for m in makers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(ids) == 2 and ids[0] == ids[1], ids
+    from mlflow.tracking import MlflowClient
+
+    named = [e for e in MlflowClient(tracking_uri=uri).search_experiments()
+             if e.name == "tiny"]
+    assert [e.experiment_id for e in named] == ids[:1]

@@ -10,15 +10,19 @@ PRUNED: KILLED, FAIL: FAILED) and the tags ``optuna.study``, ``optuna.trial``,
 The Optuna storage stays the record of the study: an MLflow store that fails while the study
 runs is one warning per failure, and the trials go on. A file store (``file:`` URI or a plain
 folder) is what MLflow 3 keeps "in maintenance mode" and refuses unless
-``MLFLOW_ALLOW_FILE_STORE=true``: hpo sets that for a file store it was asked to use.
+``MLFLOW_ALLOW_FILE_STORE=true``: hpo sets that for a file store it was asked to use. A file
+store has no unique names: two workers starting together would each make an experiment named
+after the study, so hpo makes it under a lock file in the store's folder (``.hpo.lock``).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+import fcntl
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from hpo.errors import UsageError, one_line
 from hpo.logs import worker_id
@@ -63,18 +67,37 @@ class MlflowCallback:
     def experiment_id(self) -> str:
         """The experiment named after the study, made by the first worker that needs it."""
         if self._experiment is None:
-            found = self.client.get_experiment_by_name(self.study_name)
-            if found is None:
-                try:
-                    self._experiment = self.client.create_experiment(self.study_name)
-                except Exception:  # noqa: BLE001 - another worker made it first: use that one
-                    found = self.client.get_experiment_by_name(self.study_name)
-                    if found is None:
-                        raise
+            with self._one_maker():
+                found = self.client.get_experiment_by_name(self.study_name)
+                if found is None:
+                    try:
+                        self._experiment = self.client.create_experiment(self.study_name)
+                    except Exception:  # noqa: BLE001 - another worker made it first: use it
+                        found = self.client.get_experiment_by_name(self.study_name)
+                        if found is None:
+                            raise
+                        self._experiment = found.experiment_id
+                else:
                     self._experiment = found.experiment_id
-            else:
-                self._experiment = found.experiment_id
         return self._experiment
+
+    @contextmanager
+    def _one_maker(self) -> Iterator[None]:
+        """For a file store, one process at a time looks for the experiment and makes it (its
+        names are not unique; a database or a server's names are, and need no lock)."""
+        if not _is_file_store(self.uri):
+            yield
+            return
+        from mlflow.utils.file_utils import local_file_uri_to_path
+
+        root = local_file_uri_to_path(self.uri)
+        os.makedirs(root, exist_ok=True)
+        fd = os.open(os.path.join(root, ".hpo.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held for a few file reads and one mkdir
+            yield
+        finally:
+            os.close(fd)  # closing the file releases the lock
 
     def __call__(self, study: Any, trial: Any) -> None:
         try:
@@ -86,7 +109,6 @@ class MlflowCallback:
     def log(self, trial: Any) -> str:
         """Log one finished trial as an MLflow run; its run id."""
         from mlflow.entities import Metric, Param, RunTag
-
 
         state = trial.state.name
         tags = {"optuna.study": self.study_name, "optuna.trial": str(trial.number),
