@@ -500,7 +500,8 @@ def main() -> None:
     ap.add_argument("--kinds", default="hpo,optuna")
     ap.add_argument("--repeats", type=int, default=1, help="cells repeated, medians reported")
     ap.add_argument("--calibrate", action="store_true")
-    ap.add_argument("--plot", default=str(ROOT / "benchmarks" / "storage.png"))
+    ap.add_argument("--plot", metavar="PNG", help="also draw the cells here (the committed "
+                    "figure, benchmarks/storage.png, is the full 1-32 client run's)")
     ap.add_argument("--json", help="also write the cells (medians) and calibrations here, for "
                     "benchmarks/storage_model.py")
     args = ap.parse_args()
