@@ -18,9 +18,8 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from hpo.db import behind
+from hpo.db import behind, budget
 from hpo.db import optuna_private as oc
-from hpo.db import writebehind as wb
 from hpo.db.held_writes import HeldWrites
 from hpo.db.retry import finished_elsewhere
 from hpo.db.storage import get_storage
@@ -121,7 +120,7 @@ def test_a_queued_end_is_known_here_and_holds_its_slot_in_the_database(pg_url: s
         assert _same(storage.get_trial(tid), mine[1])
 
         peer = optuna.load_study(study_name="s", storage=_storage(pg_url))
-        with wb.budget(peer, 2), pytest.raises(wb.BudgetFull):
+        with budget.budget(peer, 2), pytest.raises(budget.BudgetFull):
             peer.ask()
         gate.open()
         behind.settle(study)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
-import sqlalchemy
 from sqlalchemy import event
 
 from hpo.db import optuna_private as oc

@@ -8,8 +8,8 @@ import importlib.util
 import os
 
 import optuna
-from optuna.trial import TrialState
 import pytest
+from optuna.trial import TrialState
 
 from tests.conftest import hpo
 

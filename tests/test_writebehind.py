@@ -11,8 +11,8 @@ import pytest
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from hpo.db import budget as wb
 from hpo.db import optuna_private as oc
-from hpo.db import writebehind as wb
 from hpo.db.writebehind import BudgetFull, WriteBehindRDBStorage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,14 +1,14 @@
 """hpo's RDB storage, :class:`WriteBehindRDBStorage`: a trial costs three transactions (issue
-26). Optuna's private names are reached through :mod:`hpo.db.optuna_private` (``RDBHooks``)."""
+26). Optuna's private names are reached through :mod:`hpo.db.optuna_private` (``RDBHooks``);
+the trial loop sets and reads the budget it checks through :mod:`hpo.db.budget`."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -29,8 +29,8 @@ from hpo.db.requeue import Requeue
 #: (a narrowing stage wait) gets the database from the third on.
 SNAPSHOT_READS = 2
 
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-_IN_FLIGHT = (TrialState.RUNNING, TrialState.WAITING)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+IN_FLIGHT = (TrialState.RUNNING, TrialState.WAITING)
 
 
 class BudgetFull(Exception):
@@ -110,7 +110,7 @@ class WriteBehindRDBStorage(Requeue, BehindWrites, KnownTrials, oc.RDBHooks):
         rows = (session.query(model.state, sqlalchemy.func.count(model.trial_id))
                 .filter(model.study_id == study_id).group_by(model.state).all())
         counts = {TrialState(state): int(k) for state, k in rows}
-        if sum(counts.get(s, 0) for s in _FINISHED + _IN_FLIGHT) >= n:
+        if sum(counts.get(s, 0) for s in FINISHED + IN_FLIGHT) >= n:
             raise BudgetFull(f"the study holds its budget of {n} trials")
         self._wb_counting = (study_id, counts)
 
@@ -178,7 +178,7 @@ class WriteBehindRDBStorage(Requeue, BehindWrites, KnownTrials, oc.RDBHooks):
         counts = st.lock_and_count(conn, study_id)
         n = self._wb_budget.get(study_id)
         if n is not None:
-            if sum(counts.get(s, 0) for s in _FINISHED + _IN_FLIGHT) >= n:
+            if sum(counts.get(s, 0) for s in FINISHED + IN_FLIGHT) >= n:
                 raise BudgetFull(f"the study holds its budget of {n} trials")
             self._wb_counting = (study_id, counts)
         number = sum(counts.values())
@@ -449,52 +449,3 @@ class WriteBehindRDBStorage(Requeue, BehindWrites, KnownTrials, oc.RDBHooks):
             running.steps.clear()
             running.params.clear()
 
-
-def _backend(study: optuna.Study) -> WriteBehindRDBStorage | None:
-    backend = oc.rdb_of(study)
-    return backend if isinstance(backend, WriteBehindRDBStorage) else None
-
-
-@contextlib.contextmanager
-def budget(study: optuna.Study, n_trials: int) -> Iterator[None]:
-    """Within the block, on PostgreSQL, a trial is created only while the study holds fewer
-    than ``n_trials`` finished or in-flight trials (the count made in the creating transaction,
-    the study row locked): else :class:`BudgetFull` and nothing is created. Elsewhere (SQLite,
-    whose transactions do not lock a row; the proxy) nothing changes."""
-    backend = _backend(study)
-    if backend is None or backend.engine.name == "sqlite":
-        yield
-        return
-    sid = oc.study_id(study)
-    backend._wb_budget[sid] = n_trials
-    try:
-        yield
-    finally:
-        backend._wb_budget.pop(sid, None)
-
-
-def created_within_budget(study: optuna.Study, trial: Any) -> bool:
-    """Whether this process created ``trial`` inside :func:`budget` (it fits the budget)."""
-    backend = _backend(study)
-    if backend is None:
-        return False
-    with backend._wb_lock:
-        counts = backend._wb_counts.get(oc.study_id(study))
-        return counts is not None and counts[0] == oc.trial_id(trial)
-
-
-def counts_after_trial(study: optuna.Study) -> tuple[int, int, int] | None:
-    """(finished, in flight, of which WAITING) as the last trial created here inside
-    :func:`budget` saw the others at its creation, plus its own end written here; ``None`` when
-    unknown (no such trial, or not finished here). Taken once."""
-    backend = _backend(study)
-    if backend is None:
-        return None
-    with backend._wb_lock:
-        counts = backend._wb_counts.pop(oc.study_id(study), None)
-    if counts is None or counts[2] is None:
-        return None
-    others, state = counts[1], counts[2]
-    done = sum(others.get(s, 0) for s in _FINISHED) + (state in _FINISHED)
-    in_flight = sum(others.get(s, 0) for s in _IN_FLIGHT)
-    return done, in_flight, others.get(TrialState.WAITING, 0)

@@ -23,7 +23,7 @@ when the count saw no WAITING trial, ``ask()`` does not read the trials to look 
 (:func:`hpo.db.optuna_private.skip_waiting_lookup`), and when it saw no RUNNING trial,
 ``optimize`` does not query for stale ones (:func:`hpo.db.optuna_private.skip_first_stale_check`).
 Other storages (in-memory, the gRPC proxy client) count with ``study.get_trials``. On
-PostgreSQL the count is folded into the trial's creation (:func:`hpo.db.writebehind.budget`: the
+PostgreSQL the count is folded into the trial's creation (:func:`hpo.db.budget.budget`: the
 creating transaction counts the study's trials with the study row locked and refuses a trial
 beyond the budget, nothing created): after a trial, the counts its creation saw plus its own end
 stand in for the next count while they leave room, so per trial the loop adds no transaction of
@@ -61,8 +61,8 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.db import behind
+from hpo.db import budget as wb
 from hpo.db import optuna_private as oc
-from hpo.db import writebehind as wb
 from hpo.db.keys import CLOSED_ATTR, HANDED_BACK_ATTR, SURPLUS_ATTR
 from hpo.db.retry import OUTAGE, chain, db_wait, finished_elsewhere, is_transient, reason, refused
 from hpo.db.storage import MAX_RETRY, state_counts, sweep_stale_trials
@@ -298,7 +298,7 @@ def work(
     OUTAGE.reset()  # a new loop: no outage, no refusal (tests run several in one process)
     delay = 0.5
     # (finished, in flight, WAITING) as this worker's last trial found the others at its
-    # creation (on PostgreSQL: hpo.db.writebehind.budget), plus its own end: used instead of a
+    # creation (on PostgreSQL: hpo.db.budget.budget), plus its own end: used instead of a
     # count when it leaves room for a trial (a stale figure only means the next creation is
     # refused, BudgetFull, and the loop counts); the decision to stop is always a count
     est: tuple[int, int, int] | None = None

@@ -17,12 +17,13 @@ after the study, so hpo makes it under a lock file in the store's folder (``.hpo
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 import fcntl
 import logging
 import os
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from hpo.errors import UsageError, one_line
 from hpo.logs import worker_id
