@@ -127,6 +127,33 @@ def test_a_queued_end_is_known_here_and_holds_its_slot_in_the_database(pg_url: s
     assert _same(other.get_trial(tid), mine[1])
 
 
+def test_an_end_held_for_a_failing_creation_is_written_while_it_is_retried(pg_url: str) -> None:
+    """A trial's end is held until the next trial's creation is done; a creation that fails
+    is retried (five attempts, up to 2 s apart), and the end is queued at its first failure,
+    not once it has given up: here the server refuses a creation, as a restarting server does
+    (SQLSTATE 57P03), while the study has a RUNNING trial, so only that end lets it through."""
+    storage = _storage(pg_url)
+    study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=3))
+    with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"),
+                         autocommit=True) as con:
+        con.execute("""
+            CREATE FUNCTION refuse_while_running() RETURNS trigger AS $$
+            BEGIN
+              IF EXISTS (SELECT 1 FROM trials WHERE study_id = NEW.study_id
+                         AND state = 'RUNNING') THEN
+                RAISE EXCEPTION 'a trial of this study is still running'
+                  USING ERRCODE = '57P03';
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql""")
+        con.execute("CREATE TRIGGER refuse BEFORE INSERT ON trials FOR EACH ROW "
+                    "EXECUTE FUNCTION refuse_while_running()")
+    with behind.overlapped(study, wait=30):
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        behind.settle(study)
+    stored = RDBStorage(pg_url).get_all_trials(oc.study_id(study))
+    assert [t.state for t in stored] == [TrialState.COMPLETE] * 2
+
 def test_a_sweepers_fail_is_found_by_the_queued_end_and_raised_at_the_next_creation(
         pg_url: str) -> None:
     """A sweeper fails the trial while its end is queued: the end writes nothing, the worker

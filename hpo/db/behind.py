@@ -9,7 +9,8 @@ trial beyond the budget). The parameters and the end are handed to a :class:`Beh
 one thread, one queue, first in first out, so that a trial's parameters are committed before
 its end, and its end before anything this worker writes later. A trial's end is queued once
 the next trial's creation has committed (:meth:`Behind.defer`): the two would otherwise
-compete for the server and the interpreter, and only the creation is waited for.
+compete for the server and the interpreter, and only the creation is waited for. A creation
+that fails queues it at its first failed attempt, so that an outage retries both at once.
 
 What it keeps:
 

@@ -151,8 +151,9 @@ class WriteBehindRDBStorage(Requeue, BehindWrites, KnownTrials, oc.RDBHooks):
         """A new RUNNING trial in one transaction of a few Core statements
         (:mod:`hpo.db.statements`) on PostgreSQL, with what :meth:`before_creation` and
         :meth:`after_creation` do in Optuna's; ``None`` elsewhere (Optuna's creation, hooked).
-        Retried as Optuna retries a creation: five attempts, up to 2 s apart. First, what the
-        writer of :func:`overlapped` failed to write is raised here."""
+        Retried as Optuna retries a creation: five attempts, up to 2 s apart; the last trial's
+        end, held until this creation is done, is queued at its first failed attempt. First,
+        what the writer of :func:`overlapped` failed to write is raised here."""
         writer = self._wb_behind
         if writer is not None:
             writer.creating()
@@ -165,6 +166,8 @@ class WriteBehindRDBStorage(Requeue, BehindWrites, KnownTrials, oc.RDBHooks):
                         return self._create_in(conn, study_id)
                 except optuna.exceptions.StorageInternalError as e:
                     self.creation_failed(e)
+                    if writer is not None:  # the last trial's end waits no more: the writer
+                        writer.release()    # retries it while this creation is retried
                     if attempt == 5:
                         raise
                 time.sleep(random.random() * 2.0)
