@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import re
 import sys
 import time
@@ -39,9 +38,18 @@ from optuna.trial import TrialState
 from hpo.db import optuna_private as oc
 from hpo.db.held_proxy import HeldThroughProxy, write_held
 from hpo.db.keys import BEAT_ATTR, HELD_ATTR
-from hpo.db.retry import OUTAGE, db_wait, finished_elsewhere, is_transient, reason, refused
+from hpo.db.retry import (
+    OUTAGE,
+    db_wait,
+    env_seconds,
+    finished_elsewhere,
+    is_transient,
+    reason,
+    refused,
+    sqlstate,
+)
 from hpo.db.writebehind import WriteBehindRDBStorage
-from hpo.errors import RuntimeFailure, StorageError, UsageError
+from hpo.errors import RuntimeFailure, StorageError
 from hpo.signals import check_stop
 
 if TYPE_CHECKING:
@@ -91,6 +99,14 @@ def rdb_storage_class() -> type:
         def creation_failed(self, e: BaseException) -> None:
             if refused(e) is not None:  # not Optuna's five attempts: one
                 raise RuntimeFailure(f"the database refused a write ({reason(e)})") from e
+            # a lost server is one line per outage; SQLite's busy file and a deadlock or
+            # serialization failure (SQLSTATE class 40) are contention, retried in silence
+            if (self.engine.name != "sqlite" and is_transient(e)
+                    and not (sqlstate(e) or "").startswith("40")):
+                OUTAGE.failed("hpo worker", e, "retrying")
+
+        def creation_done(self, started: float) -> None:
+            OUTAGE.ok(started)  # an attempt begun after the outage was noticed ends it
 
         def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
             started = time.monotonic()
@@ -181,13 +197,10 @@ def grpc_client(url: str, interval: int | None, who: str) -> optuna.storages.Bas
     by ``$HPO_GRPC_WAIT`` (60 s), saying so in one line; then exit 1."""
 
     m = re.fullmatch(r"grpc://([^:/]+):(\d+)/?", url)
-    if not m:
-        raise StorageError(f"bad gRPC storage URL {url!r}: use grpc://HOST:PORT")
-    raw = os.environ.get("HPO_GRPC_WAIT", "").strip()
-    try:
-        wait = float(raw) if raw else GRPC_WAIT
-    except ValueError:
-        raise UsageError(f"$HPO_GRPC_WAIT must be a number of seconds, got {raw!r}") from None
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        raise StorageError(f"bad gRPC storage URL {url!r}: use grpc://HOST:PORT "
+                           "(PORT in 1..65535)")
+    wait = env_seconds("HPO_GRPC_WAIT", GRPC_WAIT)
     client = oc.heartbeat_grpc_client(m.group(1), int(m.group(2)), interval, BEAT_ATTR,
                                       on_beat_error=beat_failed, mixins=(HeldThroughProxy,))
     deadline = time.monotonic() + wait

@@ -136,6 +136,9 @@ class RDBHooks(RDBStorage):
     def creation_failed(self, e: BaseException) -> None:
         """A trial could not be created; subclasses may raise what to end with instead."""
 
+    def creation_done(self, started: float) -> None:
+        """A trial's creation committed; ``started``: when its attempt began (monotonic)."""
+
     def hold_param(self, trial_id: int, name: str, internal: float, distribution: Any,
                    previous: Any) -> bool:
         """True when the parameter is kept to be written later (:func:`write_params`)."""

@@ -66,15 +66,21 @@ _RACE = ("already exists", "duplicate key value", "unique constraint failed",
 
 def db_wait() -> float:
     """Seconds to keep retrying an unreachable database at start-up: ``$HPO_DB_WAIT`` or 30."""
-    raw = os.environ.get(DB_WAIT_ENV, "").strip()
+    return env_seconds(DB_WAIT_ENV, DB_WAIT)
+
+
+def env_seconds(name: str, default: float, high: float = 86400) -> float:
+    """A wait in seconds from ``$name`` (``default`` when unset or blank): a finite number in
+    0..``high``, else bad input naming the variable."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DB_WAIT
+        return default
     try:
         value = float(raw)
     except ValueError:
-        raise UsageError(f"${DB_WAIT_ENV} must be a number of seconds, got {raw!r}") from None
-    if not 0 <= value <= 86400:
-        raise UsageError(f"${DB_WAIT_ENV} must be in 0..86400 seconds, got {raw}")
+        raise UsageError(f"${name} must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value <= high:  # NaN and inf fail too
+        raise UsageError(f"${name} must be in 0..{high:g} seconds, got {raw}")
     return value
 
 

@@ -161,9 +161,12 @@ class WriteBehindRDBStorage(Requeue, BehindWrites, KnownTrials, oc.RDBHooks):
             return None
         try:
             for attempt in range(1, 6):
+                begun = time.monotonic()
                 try:
                     with st.transaction(self.engine) as conn:
-                        return self._create_in(conn, study_id)
+                        frozen = self._create_in(conn, study_id)
+                    self.creation_done(begun)
+                    return frozen
                 except optuna.exceptions.StorageInternalError as e:
                     self.creation_failed(e)
                     if writer is not None:  # the last trial's end waits no more: the writer
