@@ -35,7 +35,7 @@ from typing import Any
 from hpo import catalog
 from hpo.catalog import shown
 from hpo.errors import SpecError
-from hpo.spec_checks import MAX_CHOICES, ObjectiveSpec, Validator, objective_table
+from hpo.spec_checks import MAX_CHOICES, ObjectiveSpec, Validator, long_integer, objective_table
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,6 +123,7 @@ class Spec:
     description: str = ""
     mlflow: str | None = None  # [tracking] mlflow: an MLflow tracking URI (hpo.tracking)
     objective: ObjectiveSpec | None = None  # [objective]: a user's function; None: the book's MLP
+    source: str = field(default="spec", compare=False)  # the file (or study) it was read from
 
     @property
     def direction(self) -> str:  # "maximize" (the book's val acc), or the objective's
@@ -191,7 +192,9 @@ class Spec:
                 "warning: --data-dir %s is not used: dataset %r ships with hpo (only 'mnist' "
                 "reads files)", data_dir, self.data.dataset)
             return self
-        return self.replace(data=replace_data(self.data, data_dir=data_dir))
+        from hpo.nn.data import DataDir  # an error about the folder names the flag
+
+        return self.replace(data=replace_data(self.data, data_dir=DataDir(data_dir, "--data-dir")))
 
     def sampler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the sampler's class (without ``seed``): hpo's defaults, then
@@ -244,19 +247,22 @@ def read_table(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{p}: not valid TOML: {str(e).splitlines()[0]}") from None
     except (RecursionError, ValueError) as e:  # pathological nesting, huge numbers
-        raise SpecError(f"{p}: not valid TOML: {type(e).__name__}") from None
+        what = long_integer(text, tomllib.loads) if isinstance(e, ValueError) else None
+        raise SpecError(f"{p}: {what or f'not valid TOML: {type(e).__name__}'}") from None
     return raw
 
 
 def from_json(text: str, source: str = "stored spec") -> Spec:
-    return from_dict(json.loads(text), source=source)
+    return from_dict(json.loads(text), source=source, stored=True)
 
 
 def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "study",
-              base: str | None = None) -> Spec:
+              base: str | None = None, stored: bool = False) -> Spec:
     """Validate plain data (parsed TOML or stored JSON) into a :class:`Spec`. ``base``: the
-    folder of the spec file (a user objective's file is relative to it)."""
+    folder of the spec file (a user objective's file is relative to it). ``stored``: a study's
+    own spec, read as earlier versions wrote it (checks added since are not applied)."""
     v = _Validator(source)
+    v.stored = stored
     v.keys("", raw, {"name", "description", "seed", "data", "model", "search", "sampler",
                      "pruner", "budget", "tracking", "objective"})
     objective = objective_table(v, raw["objective"], base) if "objective" in raw else None
@@ -284,7 +290,7 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
                                  d.get("validation_rate", data_defaults.validation_rate),
                                  low=0.0, high=1.0, open_=True),
         seed=v.integer("data.seed", d.get("seed", 0), minimum=0, maximum=catalog.MAX_SEED),
-        data_dir=v.string("data.data_dir", d["data_dir"]) if "data_dir" in d else None,
+        data_dir=v.folder("data.data_dir", d["data_dir"]) if "data_dir" in d else None,
     )
 
     m = v.table("model", raw.get("model", {}))
@@ -352,7 +358,7 @@ def from_dict(raw: dict[str, Any], source: str = "spec", default_name: str = "st
                 sampler_options=sm, pruner=pruner, pruner_options=pr, n_trials=n_trials,
                 timeout=timeout or None, seed=seed,
                 description=v.text("description", raw.get("description", "")), mlflow=mlflow,
-                objective=objective)
+                objective=objective, source=source)
 
 
 def _check_split(source: str, data: DataSpec) -> None:
@@ -489,12 +495,5 @@ class _Validator(Validator):
         if log and low <= 0:
             raise self.fail(f"{key}.low", f"a log range needs low > 0, got {low}")
         if step is not None:
-            step = conv(f"{key}.step", step)
-            if step <= 0:
-                raise self.fail(f"{key}.step", f"must be > 0, got {step}")
-            if step > high - low:
-                raise self.fail(f"{key}.step", f"must be <= high - low ({high - low:g}), "
-                                               f"got {step}")
-            if log:
-                raise self.fail(f"{key}.step", "cannot be combined with log = true")
+            step = self.step(f"{key}.step", step, low, high, log, integer=ptype == "int")
         return Param(name, ptype, low=low, high=high, log=log, step=step)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation, getcontext
 from typing import Any
 
 from hpo import catalog
@@ -30,6 +33,7 @@ class Validator:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.stored = False  # a study's stored spec: no check added since it was written
 
     def fail(self, key: str, msg: str) -> SpecError:
         return SpecError(f"{self.source}: {key}: {msg}")
@@ -91,6 +95,40 @@ class Validator:
                                  f"got {value}")
         return float(value)
 
+    def step(self, key: str, value: Any, low: float, high: float, log: bool,
+             integer: bool) -> float:
+        """A numeric range's ``step``: > 0, at most high - low, not with log, and dividing
+        high - low (else Optuna moves ``high`` down to the grid, warning on every trial)."""
+        step = self.integer(key, value) if integer else self.number(key, value)
+        if step <= 0:
+            raise self.fail(key, f"must be > 0, got {step}")
+        if step > high - low:
+            raise self.fail(key, f"must be <= high - low ({high - low:g}), got {step}")
+        if log:
+            raise self.fail(key, "cannot be combined with log = true")
+        # Optuna's own test (optuna.distributions._adjust_int_uniform_high and, for floats,
+        # _adjust_discrete_uniform_high: decimal arithmetic on the numbers as written, so
+        # 0.1 - 0.01 is 0.09, a multiple of 0.03)
+        d_low, d_high, d_step = ((low, high, step) if integer else
+                                 (Decimal(str(x)) for x in (low, high, step)))
+        try:
+            rest = (d_high - d_low) % d_step
+        except InvalidOperation:  # Optuna's test fails the same way, on every trial
+            raise self.fail(key, f"is too small for the range: (high - low) / step must be "
+                                 f"below 1e{getcontext().prec}, got {step}") from None
+        if rest and not self.stored:  # a study stored before this check ran as Optuna ran it
+            shown_ = (lambda d: str(d)) if integer else (lambda d: repr(float(d)))
+            raise self.fail(key, f"must divide high - low ({shown_(d_high - d_low)}) evenly, "
+                                 f"got {step} (e.g. high = {shown_(d_high - rest)})")
+        return step
+
+    def folder(self, key: str, value: Any) -> str:
+        """A data folder's path, which remembers this file and key: an error about the
+        folder when the data is read names them (:class:`hpo.nn.data.DataDir`)."""
+        from hpo.nn.data import DataDir
+
+        return DataDir(self.string(key, value), f"{self.source}: {key}")
+
     def options(self, table: str, component: catalog.Component, options: dict[str, Any],
                 context: dict[str, Any]) -> dict[str, Any]:
         """The options of a sampler or pruner, checked against its catalog declaration."""
@@ -99,6 +137,46 @@ class Validator:
         except catalog.OptionError as e:
             raise self.fail(f"{table}.{e.key}", e.reason) from None
 
+
+_DIGITS = re.compile(r"[0-9](?:_?[0-9])*")
+
+
+def long_integer(text: str, parse: Callable[[str], Any]) -> str | None:
+    """What is wrong, with the key when found and the line, when TOML ``text`` holds an integer
+    with more digits than Python reads (``sys.get_int_max_str_digits()``); None when none.
+    ``parse`` (tomllib.loads) reads the text again with each such number replaced by a
+    marker, to find the key that holds it."""
+    limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+    runs = [m for m in _DIGITS.finditer(text) if limit and
+            len(m.group().replace("_", "")) > limit]
+    if not runs:
+        return None
+    marks = {str(9 * 10**17 + i): m for i, m in enumerate(runs)}
+    marked, end = [], 0
+    for mark, m in marks.items():
+        marked += [text[end:m.start()], mark]
+        end = m.end()
+    found: list[tuple[str, re.Match]] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{path}.{k}" if path else k)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{path}[{i}]")
+        elif type(value) is int and str(abs(value)) in marks:
+            found.append((path, marks[str(abs(value))]))
+
+    try:
+        walk(parse("".join(marked) + text[end:]), "")
+    except Exception:  # noqa: BLE001 - another fault of the text: the line is all we say
+        pass
+    key, m = min(found, key=lambda f: f[1].start()) if found else ("", runs[0])
+    line = text.count("\n", 0, m.start()) + 1
+    digits = len(m.group().replace("_", ""))
+    return (f"{key + ': ' if key else ''}an integer of {digits} digits on line {line} is too "
+            f"long to read (at most {limit} digits)")
 
 
 # --- [objective]: a user's own objective function (run by hpo.objectives.user) ---------------

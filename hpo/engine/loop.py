@@ -134,11 +134,11 @@ def build_sampler_and_pruner(spec: Spec) -> tuple[optuna.samplers.BaseSampler,
     try:
         sampler = make_sampler(spec.sampler, seed=spec.seed, options=spec.sampler_kwargs())
     except ValueError as e:
-        raise SpecError(f"spec {spec.name!r}: sampler.name: {e}") from None
+        raise SpecError(f"{spec.source}: sampler.name: {e}") from None
     try:
         pruner = make_pruner(spec.pruner, spec.pruner_options, spec.model.epochs)
     except ValueError as e:
-        raise SpecError(f"spec {spec.name!r}: pruner: {e}") from None
+        raise SpecError(f"{spec.source}: pruner: {e}") from None
     return sampler, pruner
 
 

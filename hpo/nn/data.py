@@ -43,8 +43,8 @@ import numpy as np
 from hpo import catalog
 from hpo.errors import DataError, RuntimeFailure
 
-__all__ = ["DATASETS", "DataError", "SearchData", "TestData", "load_search", "load_test",
-           "load_training", "validate_split"]
+__all__ = ["DATASETS", "DataDir", "DataError", "SearchData", "TestData", "load_search",
+           "load_test", "load_training", "validate_split"]
 
 DATASETS = tuple(catalog.DATASETS)
 MNIST5K_TEST = 1000
@@ -96,6 +96,18 @@ class TestData:
     __test__ = False  # not a pytest class
 
 
+class DataDir(str):
+    """A data folder's path that remembers where it was given (``s.toml: data.data_dir``,
+    ``--data-dir``): an error about the folder names that. Equal to the plain path."""
+
+    where = ""
+
+    def __new__(cls, path: str, where: str = "") -> DataDir:
+        self = super().__new__(cls, path)
+        self.where = where
+        return self
+
+
 def check_available(name: str) -> None:
     """Raise DataError unless dataset ``name`` exists and its optional package is installed."""
     if name not in DATASETS:
@@ -134,7 +146,7 @@ def load_search(
     """Shuffle the dataset's training pool with ``seed``, take ``train_size`` samples and hold
     ``validation_rate`` of them out as validation data (the book: 500 samples, 20%)."""
     validate_split(name, train_size, validation_rate)
-    x, t = _search_pool(name, seed, None if data_dir is None else str(data_dir))
+    x, t = _search_pool(name, seed, _folder(name, data_dir))
     n_val = _n_validation(train_size, validation_rate)
     x, t = x[:train_size], t[:train_size]
     return SearchData(
@@ -153,7 +165,7 @@ def load_training(
     """The first ``n`` samples of the shuffled training pool, with no validation hold-out
     (section 6.4's overfitting experiments train on 300 samples and plot test accuracy)."""
     validate_split(name, max(n, 2), 0.5)
-    x, t = _search_pool(name, seed, None if data_dir is None else str(data_dir))
+    x, t = _search_pool(name, seed, _folder(name, data_dir))
     return np.ascontiguousarray(x[:n]), np.ascontiguousarray(t[:n])
 
 
@@ -163,7 +175,7 @@ def load_test(
     """The test split of ``name`` (disjoint from every search split of the same seed)."""
     check_available(name)
     if name == "mnist":
-        _, _, x, t = _mnist(_mnist_dir(None if data_dir is None else str(data_dir)))
+        _, _, x, t = _mnist(_mnist_dir(_folder(name, data_dir)))
         return TestData(x, t)
     x, t = _load_small(name)
     n_test = MNIST5K_TEST if name == "mnist5k" else DIGITS_TEST
@@ -225,16 +237,28 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hpo"
 
 
-def _mnist_dir(data_dir: str | None) -> Path:
+def _folder(name: str, data_dir: str | os.PathLike | None) -> str | None:
+    """``data_dir`` as a plain path (a cache key), checked first when it is a mnist folder
+    given as a :class:`DataDir`, so that the error names where it was given."""
+    if data_dir is None:
+        return None
+    where = getattr(data_dir, "where", "")
+    if name == "mnist" and where:
+        _mnist_dir(str(data_dir), where)
+    return str(data_dir)
+
+
+def _mnist_dir(data_dir: str | None, where: str = "") -> Path:
     """A directory holding the four verified IDX files: ``data_dir`` as given, else the cache
-    (downloading into it once)."""
+    (downloading into it once). ``where``: the spec key or flag that gave ``data_dir``."""
     if data_dir is not None:
-        d = Path(data_dir)
+        d, where = Path(data_dir), f"{where}: " if where else ""
         if not d.is_dir():
-            raise DataError(f"MNIST data dir {d} does not exist")
+            problem = "is not a folder" if d.exists() else "does not exist"
+            raise DataError(f"{where}MNIST data dir {d} {problem}")
         missing = [f for f in MNIST_FILES if not (d / f).exists()]
         if missing:
-            raise DataError(f"MNIST data dir {d} lacks {', '.join(missing)}")
+            raise DataError(f"{where}MNIST data dir {d} lacks {', '.join(missing)}")
         return d
     d = _cache_dir() / "mnist"
     for fname, (size, sha) in MNIST_FILES.items():

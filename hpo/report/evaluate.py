@@ -48,7 +48,8 @@ class AlreadyTested(RuntimeError):
 def study_spec(study: optuna.Study, data_dir: str | None = None) -> Spec:
     """The spec an hpo study was made with (reading the dataset's files from ``data_dir`` when
     given: a path on this machine, see :func:`hpo.spec.Spec.with_data_dir`)."""
-    spec = from_dict(stored_study_spec(study) or {}, source=f"study {study.study_name!r}")
+    spec = from_dict(stored_study_spec(study) or {}, source=f"study {study.study_name!r}",
+                     stored=True)
     return spec.with_data_dir(data_dir)
 
 

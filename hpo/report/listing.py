@@ -191,7 +191,7 @@ def search_limits(spec: Mapping[str, Any]) -> dict[str, BaseDistribution]:
     *these* says the search was too narrow. Empty for a spec this hpo cannot read."""
     space_keys = {k: spec[k] for k in ("search", "sampler", "objective") if k in spec}
     try:
-        space = from_dict(space_keys, source="the study's spec").suggest_space()
+        space = from_dict(space_keys, source="the study's spec", stored=True).suggest_space()
     except SpecError:
         return {}
     limits: dict[str, BaseDistribution] = {}
