@@ -12,9 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
-from hpo import logs
+from hpo import logs, signals
 from hpo.commands.flags import Parser, one_study
-from hpo.errors import EXIT_USAGE, BadInput, run_command
+from hpo.errors import EXIT_INT, EXIT_TERM, EXIT_USAGE, BadInput, Terminated, run_command
 
 #: command -> (its module, the action there). Each module also holds ``add_arguments(parser)``,
 #: the command's flags, description and epilog, and ``HELP``, its line in ``hpo --help``.
@@ -58,6 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM exits 143 and Ctrl-C 130, with their one line, from the start: commands that run
+    # trials replace this with stops at safe points (hpo.signals.install_signal_handlers)
+    signals.raise_at_once()
+    try:
+        return _main(argv)
+    except Terminated:  # before the command's own handling began (parsing its flags)
+        print("hpo: terminated", file=sys.stderr)
+        return EXIT_TERM
+    except KeyboardInterrupt:
+        print("hpo: interrupted", file=sys.stderr)
+        return EXIT_INT
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     commands: dict[str, argparse.ArgumentParser] = _subparsers(parser)
@@ -65,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         parser.print_help()
+        print(f"hpo: error: a command is required, one of: {', '.join(COMMANDS)}",
+              file=sys.stderr)
         return EXIT_USAGE
     here = commands[args.command]
     if extra:  # the command's usage, not the top-level one (`hpo best --stuff`)

@@ -186,6 +186,10 @@ def compare(args: argparse.Namespace) -> int:
     interval, grace = heartbeat_pair(getattr(args, "heartbeat_interval", None),
                                      getattr(args, "grace_period", None))
     url = storage_url(args)
+    if args.storage is not None and url.startswith("sqlite:///"):  # --out's is made below
+        folder = os.path.dirname(os.path.abspath(url.split("sqlite:///", 1)[1].split("?")[0]))
+        if not os.path.isdir(folder):
+            raise UsageError(f"--storage {url}: the folder {folder} does not exist")
     check_resume(args, url, cell_names(arms, args.seeds))
     # the data: bad input before any write
     data = getattr(make_objective(arms[0].spec), "data", None)

@@ -24,7 +24,8 @@ def add_arguments(p: flags.Parser) -> None:
     p.add_argument("--seeds", type=flags.count(1000, low=2), default=5, metavar="S",
                    help="fresh initialisation seeds per configuration")
     flags.data_dir(p)
-    flags.folders(p.add_argument("--code-dir", metavar="DIR", action="append",
+    flags.folders(p.add_argument("--code-dir", type=flags.filled("a folder"), metavar="DIR",
+                                 action="append",
                                  help="a study's own objective: a folder its code may be "
                                       "loaded from (repeatable; default $HPO_CODE_DIR; "
                                       "docs/objectives.md)"))

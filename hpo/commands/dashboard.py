@@ -27,7 +27,7 @@ def add_arguments(p: flags.Parser) -> None:
                    help="default 8080; 0 picks a free port")
     p.add_argument("--allow-writes", action="store_true",
                    help="let the dashboard create, rename, delete studies and write notes")
-    flags.folders(p.add_argument("--artifact-dir", metavar="DIR",
+    flags.folders(p.add_argument("--artifact-dir", type=flags.existing_folder, metavar="DIR",
                                  help="serve trial artifacts from DIR"))
     p.add_argument("--no-auth", action="store_true",
                    help="listen beyond loopback without credentials (anyone who can reach it "

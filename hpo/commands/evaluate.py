@@ -25,7 +25,8 @@ def add_arguments(p: flags.Parser) -> None:
                    help="trial number (default: the best)")
     p.add_argument("--force", action="store_true", help="evaluate again although done before")
     flags.data_dir(p)
-    flags.folders(p.add_argument("--code-dir", metavar="DIR", action="append",
+    flags.folders(p.add_argument("--code-dir", type=flags.filled("a folder"), metavar="DIR",
+                                 action="append",
                                  help="a study's own objective: a folder its code may be "
                                       "loaded from (repeatable; default $HPO_CODE_DIR; "
                                       "docs/objectives.md)"))

@@ -34,12 +34,24 @@ def add_arguments(p: flags.Parser) -> None:
 def experiment(args: argparse.Namespace) -> int:
     """``hpo experiment NAME``: one of section 6.4's experiments, printed and plotted."""
     from hpo.engine.procs import pin_blas_threads
-    from hpo.nn.experiment import plot, run_experiment
+    from hpo.engine.progress import Progress
+    from hpo.nn.data import DataDir
+    from hpo.nn.experiment import EXPERIMENTS, plot, run_experiment
 
     output_dir("--out", args.out)
     pin_blas_threads()
-    outcome = run_experiment(args.name, dataset=args.dataset, epochs=args.epochs, seed=args.seed,
-                             data_dir=args.data_dir)
+    epochs = args.epochs or EXPERIMENTS[args.name][2]
+    progress = Progress(epochs, 0, enabled=not args.quiet, unit="epoch")
+
+    def each_epoch(epoch: int, train_acc: float, test_acc: float) -> None:
+        progress.update(epoch, None, text=f"train acc {train_acc:.3f}, test acc {test_acc:.3f}")
+
+    try:
+        outcome = run_experiment(args.name, dataset=args.dataset, epochs=epochs, seed=args.seed,
+                                 data_dir=args.data_dir and DataDir(args.data_dir, "--data-dir"),
+                                 callback=each_epoch)
+    finally:
+        progress.close()
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:

@@ -3,13 +3,15 @@ runs, and the parser that turns a refused value into one line on stderr (exit 2)
 
 A refused value is reported as ``hpo run: error: --timeout must be a finite number > 0, got
 'nan'``: the flag, what is allowed, what was given. argparse's own errors (a missing argument, an
-unknown command or flag) keep their usage line above the error line.
+unknown command or flag) end their one line with the command's usage: ``hpo best: error:
+unrecognized arguments: --bogus (usage: hpo best [-h] ...)``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from collections.abc import Callable
 
@@ -33,8 +35,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with a refused flag value on one line, and its own errors' usage on one;
-    ``--help`` shows the defaults (:class:`HelpFormatter`)."""
+    """argparse, with a refused flag value on one line, and its own errors on one line that
+    ends with the usage; ``--help`` shows the defaults (:class:`HelpFormatter`)."""
 
     #: a command's study given as NAME or ``--study NAME`` (:func:`study_arg`); True: required
     study_required: bool | None = None
@@ -49,8 +51,8 @@ class Parser(argparse.ArgumentParser):
             names = m["flag"].split("/")  # "-q/--quiet", "--study/--study-name": the first long
             flag = next((n for n in names if n.startswith("--")), names[-1])
             self.exit(2, f"{self.prog}: error: {flag} {m['what']}\n")
-        usage = " ".join(self.format_usage().split())
-        self.exit(2, f"{usage}\n{self.prog}: error: {message}\n")
+        usage = " ".join(self.format_usage().split())  # what is allowed, on the same line
+        self.exit(2, f"{self.prog}: error: {message} ({usage})\n")
 
 
 def count(high: int, low: int = 1, span: bool = False) -> Callable[[str], int]:
@@ -157,8 +159,37 @@ def folders(action: argparse.Action) -> argparse.Action:
     return action
 
 
+def filled(allowed: str) -> Callable[[str], str]:
+    """A value that is not blank (a blank path or URL is a mistake: "" would mean the current
+    folder, or nothing at all), stated as ``allowed`` when refused."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
+        return text
+
+    parse.__name__ = allowed
+    return parse
+
+
+def existing_folder(text: str) -> str:
+    """A folder that exists."""
+    if not text.strip() or not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"must be an existing folder, got {text!r}")
+    return text
+
+
+def storage_url(text: str) -> str:
+    """A database URL: not blank (a blank ``--storage`` is a mistake, not the default)."""
+    if not text.strip() or text != text.strip():
+        raise argparse.ArgumentTypeError(
+            "must be a database URL (sqlite:///FILE, postgresql://USER@HOST/DB, "
+            f"grpc://HOST:PORT), got {text!r}")
+    return text
+
+
 def storage(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", metavar="URL",
+    p.add_argument("--storage", type=storage_url, metavar="URL",
                    help="SQLAlchemy URL (default: $HPO_STORAGE, else $OPTUNA_STORAGE, else "
                         "sqlite:///hpo.db)")
 
@@ -189,7 +220,8 @@ def one_study(p: Parser, args: argparse.Namespace) -> None:
 
 
 def mlflow(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mlflow-uri", metavar="URI",
+    p.add_argument("--mlflow-uri", type=filled("an MLflow tracking URI, e.g. file:./mlruns"),
+                   metavar="URI",
                    help="log each finished trial as an MLflow run there, e.g. file:./mlruns "
                         "(default: the spec's [tracking] mlflow; needs the extra [mlflow])")
 

@@ -25,7 +25,9 @@ def studies(args: argparse.Namespace) -> int:
     rows = []
     for s in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
         trials = storage.get_all_trials(oc.study_id(s), deepcopy=False)
-        best_row = rows_from_trials(trials)[:1]
+        # the best in the study's own direction; none for a multi-objective study (no one best)
+        best_row = rows_from_trials(trials, s.directions[0])[:1] if len(s.directions) == 1 \
+            else []
         spec = stored_spec(s.system_attrs, s.user_attrs) or {}
         rows.append({
             "study": s.study_name,

@@ -23,7 +23,8 @@ def add_arguments(p: flags.Parser) -> None:
     flags.mlflow(p)
     flags.heartbeat(p)
     flags.max_failures(p)
-    flags.folders(p.add_argument("--code-dir", metavar="DIR", action="append",
+    flags.folders(p.add_argument("--code-dir", type=flags.filled("a folder"), metavar="DIR",
+                                 action="append",
                                  help="a folder this worker may run a study's own objective "
                                       "from (repeatable; default $HPO_CODE_DIR; "
                                       "docs/objectives.md)"))

@@ -87,6 +87,14 @@ def _sqlite_path(url: str) -> str:
     return "" if path == ":memory:" or "?" in path else path
 
 
+def _in_memory(url: str) -> bool:
+    """``sqlite://``, ``sqlite:///:memory:`` and SQLite URI memory databases."""
+    if not url.startswith("sqlite:"):
+        return False
+    rest = url.split("://", 1)[-1].split("?", 1)
+    return rest[0] in ("", "/", "/:memory:") or (len(rest) > 1 and "mode=memory" in rest[1])
+
+
 def _prepare_sqlite(url: str) -> None:
     """Put a SQLite file in WAL mode (persistent in the file): readers stop blocking the writer."""
     path = _sqlite_path(url)
@@ -172,6 +180,9 @@ def get_storage(
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # hpo prints its own progress
     url = resolve_url(url)
+    if _in_memory(url):
+        raise StorageError(f"{url} is an in-memory SQLite database, gone when the command ends "
+                           "and unseen by any other worker: use a file, sqlite:///FILE")
     if url.startswith("grpc://"):
         return grpc_client(url, heartbeat_interval if heartbeat else None, who)
     kwargs: dict[str, Any] = {}
@@ -382,7 +393,7 @@ def load_study_spec(storage: optuna.storages.BaseStorage, study_name: str,
 
     stored = with_retries(attempt, who="hpo", what=f"the study {study_name!r}",
                           still_missing=lambda e: isinstance(e, _NotYet), missing_wait=wait)
-    return from_dict(stored, source=f"study {study_name!r}")
+    return from_dict(stored, source=f"study {study_name!r}", stored=True)
 
 
 # --- counting and liveness ---------------------------------------------------------------------

@@ -67,10 +67,11 @@ def stage_of(done: int, total: int, stage_trials: int) -> tuple[int, int]:
 class Progress:
     """Progress over the study's finished trials with the best value so far (stderr); with a
     pruner it counts the pruned trials, with the narrowing sampler it names the stage. A tqdm
-    bar on a terminal (``bar``), else plain lines (``lines``); nothing when not ``enabled``."""
+    bar on a terminal (``bar``), else plain lines (``lines``); nothing when not ``enabled``.
+    Another ``unit`` counts other work (``hpo experiment``'s epochs)."""
 
     def __init__(self, total: int, initial: int, enabled: bool, *,
-                 terminal: bool | None = None) -> None:
+                 terminal: bool | None = None, unit: str = "trial") -> None:
         self.bar = None
         self.enabled = enabled
         if terminal is None:
@@ -79,12 +80,13 @@ class Progress:
         self._redirect: contextlib.ExitStack | None = None
         if enabled and terminal:
 
-            self.bar = tqdm(total=total, initial=initial, unit="trial", file=sys.stderr,
+            self.bar = tqdm(total=total, initial=initial, unit=unit, file=sys.stderr,
                             dynamic_ncols=True, leave=True)
             # log lines (-v's trial lines, warnings) printed above the bar, not through it
             self._redirect = contextlib.ExitStack()
             self._redirect.enter_context(logging_redirect_tqdm([logging.getLogger()]))
         self.total = total
+        self.unit = unit
         self.n = initial
         self._last = 0.0
         #: (pruned?, stage_trials, the metric), read once from the study's spec
@@ -94,10 +96,14 @@ class Progress:
         self._text = ""
 
     def update(self, done: int, best: float | None, pruned: int | None = None,
-               stage: tuple[int, int] | None = None, metric: Metric = BOOK) -> None:
+               stage: tuple[int, int] | None = None, metric: Metric = BOOK, *,
+               text: str | None = None) -> None:
+        """``done`` of the total; the text after the counts is ``text`` when given, else made
+        from the best value, the pruned count and the stage (:func:`postfix`)."""
         if not self.enabled:
             return
-        text = postfix(best, pruned, stage, metric)
+        if text is None:
+            text = postfix(best, pruned, stage, metric)
         if self.bar is None:
             self.n = max(self.n, min(done, self.total))
             self._text = text or self._text
@@ -118,7 +124,7 @@ class Progress:
     def _line(self, now: float) -> None:
         pct = 100 * self.n // max(1, self.total)
         tail = f", {self._text}" if self._text else ""
-        log.info("progress: %d/%d trials (%d%%) in %.0f s%s", self.n, self.total, pct,
+        log.info("progress: %d/%d %ss (%d%%) in %.0f s%s", self.n, self.total, self.unit, pct,
                  now - self._start, tail)
         self._line_at = (self.n, now)
 
@@ -166,7 +172,7 @@ def _what_to_show(study: optuna.Study) -> tuple[bool, int | None, Metric]:
     study's metric."""
     stored = study_spec(study)
     try:
-        spec = from_dict(stored or {}, source=f"study {study.study_name!r}")
+        spec = from_dict(stored or {}, source=f"study {study.study_name!r}", stored=True)
     except Exception:  # noqa: BLE001 - not an hpo study: show only the counts
         return False, None, BOOK
     stage_trials = None

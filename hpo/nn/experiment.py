@@ -8,6 +8,7 @@ section of the book is about the train-test gap, so it reads the test split (the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +41,9 @@ class Outcome:
 
 def run_experiment(name: str, *, dataset: str = catalog.DEFAULT_DATASET,
                    epochs: int | None = None, seed: int = 0,
-                   data_dir: str | None = None) -> Outcome:
+                   data_dir: str | None = None,
+                   callback: Callable[[int, float, float], None] | None = None) -> Outcome:
+    """Run experiment ``name``; ``callback(epoch, train_acc, test_acc)`` after each epoch."""
 
     weight_decay, dropout, book_epochs = EXPERIMENTS[name]
     x, t = load_training(dataset, n=TRAIN_SIZE, seed=seed, data_dir=data_dir)
@@ -48,7 +51,7 @@ def run_experiment(name: str, *, dataset: str = catalog.DEFAULT_DATASET,
     rng = np.random.default_rng(seed)
     net = MLP([x.shape[1], *[100] * 6, 10], weight_decay=weight_decay, dropout=dropout, rng=rng)
     result = train(net, make_optimizer("sgd", 0.01), x, t, test.x_test, test.t_test,
-                   epochs=epochs or book_epochs, batch_size=100, rng=rng)
+                   epochs=epochs or book_epochs, batch_size=100, rng=rng, callback=callback)
     return Outcome(name, float(result.train_acc), float(result.val_acc),
                    list(result.train_acc_curve), list(result.val_acc_curve))
 
