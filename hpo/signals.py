@@ -23,6 +23,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 
 from hpo.errors import Terminated
@@ -76,6 +77,23 @@ def raise_at_once() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+
+@contextlib.contextmanager
+def kept() -> Iterator[None]:
+    """The process's SIGTERM and SIGINT handlers as they were before the block, and no signal
+    left pending after it (``hpo.run`` from a script or a notebook: the trial loop installs its
+    own). Elsewhere than the main thread, where no handler can be set, nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        _STOP.signum, _STOP.in_objective = None, False
 
 
 def reset() -> None:

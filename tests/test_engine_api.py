@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+
 import optuna
 import pytest
 
 import hpo
-from hpo.errors import BadInput
+from hpo.errors import BadInput, RuntimeFailure
 
 SPEC = {"name": "bowl", "seed": 0, "budget": {"n_trials": 12},
         "objective": {"direction": "minimize", "metric": "loss"},
@@ -56,7 +58,13 @@ def test_more_workers_need_an_importable_function_and_nothing_is_written(tmp_pat
 
 @pytest.mark.parametrize("kwargs, flag", [({"workers": 0}, "workers"),
                                           ({"n_trials": 0}, "n_trials"),
-                                          ({"seed": -1}, "seed")])
+                                          ({"seed": -1}, "seed"),
+                                          ({"timeout": "5"}, "timeout"),
+                                          ({"timeout": -1}, "timeout"),
+                                          ({"timeout": float("inf")}, "timeout"),
+                                          ({"study_name": "has space"}, "study_name"),
+                                          ({"study_name": ""}, "study_name"),
+                                          ({"study_name": 5}, "study_name")])
 def test_bad_arguments_are_bad_input(tmp_path, kwargs, flag):
     db = tmp_path / "api.db"
     with pytest.raises(BadInput, match=flag):
@@ -82,3 +90,57 @@ def test_a_toml_path_takes_the_function_given_here(tmp_path):
         hpo.run(tmp_path / "missing.toml", objective=bowl,
                 storage=f"sqlite:///{tmp_path / 'other.db'}")
     assert not (tmp_path / "other.db").exists()
+
+
+def test_a_bad_storage_argument_is_bad_input(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for storage in (123, "  "):
+        with pytest.raises(BadInput, match="storage must be a database URL"):
+            hpo.run(SPEC, objective=bowl, storage=storage)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_function_runs_as_a_specs_objective_does(tmp_path):
+    """The spec's [search] bounds win, ``seed`` and ``config`` are passed, a trial that
+    raises is FAIL with its reason and the worker goes on (it used to end hpo.run at once,
+    with the function's own bounds and no seed or config)."""
+    seen = []
+
+    def fn(trial, seed, config):
+        x = trial.suggest_float("x", -5.0, 5.0)
+        seen.append((seed, config["scale"]))
+        if trial.number == 1:
+            raise ValueError("one bad trial")
+        return config["scale"] * x
+
+    spec = {**SPEC, "budget": {"n_trials": 4}, "search": {"x": {"low": 0.0, "high": 0.001}},
+            "objective": {**SPEC["objective"], "config": {"scale": 2.0}}}
+    study = hpo.run(spec, objective=fn, storage=f"sqlite:///{tmp_path / 'api.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 4 and all(0.0 <= t.params["x"] <= 0.001 for t in study.trials)
+    assert all(t.value == pytest.approx(2.0 * t.params["x"]) for t in done)
+    (failed,) = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed.number == 1 and failed.user_attrs["fail_reason"].startswith("ValueError")
+    assert all(scale == 2.0 for _, scale in seen) and len({seed for seed, _ in seen}) == 5
+
+
+def test_a_function_that_always_fails_stops_after_max_failures(tmp_path):
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    with pytest.raises(RuntimeFailure, match="failed 3 trials in a row"):
+        hpo.run(SPEC, objective=lambda trial: float("nan"), storage=url)
+    states = [t.state for t in optuna.load_study(study_name="bowl", storage=url).trials]
+    assert states == [optuna.trial.TrialState.FAIL] * 3
+
+
+def test_the_callers_signal_handlers_are_back_after_a_run(tmp_path):
+    def mine(signum, frame):  # noqa: ARG001
+        pass
+
+    old = {s: signal.signal(s, mine) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        hpo.run({**SPEC, "budget": {"n_trials": 2}}, objective=bowl,
+                storage=f"sqlite:///{tmp_path / 'api.db'}")
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is mine
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

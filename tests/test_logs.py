@@ -106,12 +106,35 @@ def test_worker_json_lines(tiny_spec, sqlite_url):
     assert len({d["worker"] for d in docs}) == 1
 
 
+HELD = '''
+import os, time
+
+def objective(trial):
+    lr = trial.suggest_float("lr", 0.001, 0.5, log=True)
+    gate = os.environ["HOLD_GATE"]
+    open(os.path.join(gate, f"held-{os.getpid()}"), "w").close()
+    deadline = time.monotonic() + 120  # a bound, not a pace: the assertion says what is wrong
+    while len(os.listdir(gate)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return lr
+'''
+
+
 @pytest.mark.slow
-def test_run_json_lines_from_forked_workers(tiny_spec, sqlite_url):
+def test_run_json_lines_from_forked_workers(tmp_path, sqlite_url):
     """`hpo run --workers 2 --log-format json`: each worker's finished trials, one JSON object
-    per line, with the worker that ran it; progress and the study line are JSON too."""
-    r = hpo("run", str(tiny_spec(n_trials=8)), "--storage", sqlite_url, "--workers", "2",
-            "--log-format", "json")
+    per line, with the worker that ran it; progress and the study line are JSON too. Each
+    worker's first trial is held until both workers hold one (a gate of files), so that both
+    run trials however busy the machine is (one worker ran all 8 on a loaded CI machine)."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (tmp_path / "held.py").write_text(HELD)
+    spec = tmp_path / "tiny.toml"
+    spec.write_text('name = "tiny"\nseed = 1\n[objective]\nfunction = "held.py:objective"\n'
+                    '[search.lr]\nlow = 0.001\nhigh = 0.5\nlog = true\n'
+                    '[budget]\nn_trials = 8\n')
+    r = hpo("run", str(spec), "--storage", sqlite_url, "--workers", "2",
+            "--log-format", "json", env={"HOLD_GATE": str(gate)})
     assert r.returncode == 0, r.stderr
     docs = _trial_docs(r.stderr)
     study = optuna.load_study(study_name="tiny", storage=sqlite_url)

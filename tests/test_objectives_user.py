@@ -376,6 +376,40 @@ def test_run_with_failures_ends_with_exactly_its_budget(tmp_path):
         assert f"warning: trial {t.number} failed: ValueError: boom" in r.stderr
 
 
+EXITS = '''
+import decimal, sys
+
+def objective(trial):
+    trial.suggest_float("x", -2.0, 2.0)
+    k = trial.number % 4
+    if k == 1:
+        sys.exit(0)
+    if k == 2:
+        raise GeneratorExit("odd")
+    if k == 3:
+        return 10 ** 400
+    return decimal.Decimal("0.5")
+'''
+
+
+def test_exits_and_odd_values_of_the_function_fail_only_their_trial(tmp_path):
+    """sys.exit() and other BaseExceptions in the user's function left the trial RUNNING and
+    ended the worker (exit 0 with nothing said, or a traceback); an int too large for a float
+    ended it with a traceback. Each now fails its trial with its reason, and the worker goes
+    on to exactly the budget; a Decimal is a value, as Optuna takes it."""
+    spec = write_spec(tmp_path, n_trials=3, code=EXITS)
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    r = hpo("run", str(spec), "--storage", url, "--max-failures", "5")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    study = optuna.load_study(study_name="user", storage=url)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 3 and TrialState.RUNNING not in states
+    reasons = [t.user_attrs.get(FAIL_REASON_ATTR) for t in study.trials[:4]]
+    assert reasons[0] is None and study.trials[0].value == 0.5
+    assert reasons[1].startswith("called sys.exit(0)")
+    assert reasons[2] == "GeneratorExit: odd"
+    assert reasons[3] == "returned a number too large for a float (int)"
+
 @pytest.mark.parametrize("flags, k", [((), 3), (("--max-failures", "2"), 2)])
 def test_k_consecutive_failures_stop_the_worker(tmp_path, flags, k):
     spec = write_spec(tmp_path, mode="raise")

@@ -105,6 +105,16 @@ def rdb_storage_class() -> type:
                     and not (sqlstate(e) or "").startswith("40")):
                 OUTAGE.failed("hpo worker", e, "retrying")
 
+        def stale_found(self, study_id: int, trial_ids: list[int]) -> list[int]:
+            grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+            for trial_id in trial_ids:  # a dead peer's trial, retried: said in one line
+                with contextlib.suppress(Exception):
+                    number = self.get_trial(trial_id).number
+                    print(f"hpo worker: trial {number} lost its worker (no heartbeat for "
+                          f"{grace} s): failed, and re-run with the same params while its "
+                          "retries last", file=sys.stderr, flush=True)
+            return super().stale_found(study_id, trial_ids)
+
         def creation_done(self, started: float) -> None:
             OUTAGE.ok(started)  # an attempt begun after the outage was noticed ends it
 

@@ -6,7 +6,7 @@
         x = trial.suggest_float("x", -5, 5)
         return (x - 1) ** 2
 
-    study = hpo.run({"name": "quadratic", "n_trials": 40,
+    study = hpo.run({"name": "quadratic", "budget": {"n_trials": 40},
                      "objective": {"direction": "minimize", "metric": "loss"}},
                     objective=objective, storage="sqlite:///hpo.db")
     print(study.best_params)
@@ -27,6 +27,7 @@ from typing import Any
 
 import optuna
 
+from hpo import catalog, signals
 from hpo.db import optuna_private as oc
 from hpo.db.storage import resolve_url
 from hpo.engine.study import RunRequest, run_study
@@ -50,10 +51,25 @@ def run(spec: str | os.PathLike | Mapping[str, Any] | Spec,
     forked worker processes; they need ``objective`` importable (defined at the top level of a
     module), so that any worker, here or elsewhere, can run it.
 
+    The function runs as a spec's ``[objective] function`` does: a trial whose function
+    raises (``sys.exit`` included) or returns no finite number is FAIL with its reason, and
+    ``max_failures`` in a row (the spec's, else 3) raise :class:`hpo.errors.RuntimeFailure`.
+    Ctrl-C and SIGTERM stop it with no trial left RUNNING (``KeyboardInterrupt``); the
+    process's signal handlers are as they were once it returns.
+
     Bad input raises :class:`hpo.errors.BadInput` (nothing written); a failure at run time
     :class:`hpo.errors.RuntimeFailure`."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UsageError(f"workers must be an integer >= 1, got {workers!r}")
+    if timeout is not None and (isinstance(timeout, bool)
+                                or not isinstance(timeout, (int, float))
+                                or not 0 < timeout < float("inf")):
+        raise UsageError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    if storage is not None and (not isinstance(storage, str) or not storage.strip()):
+        raise UsageError(f"storage must be a database URL (sqlite:///FILE, "
+                         f"postgresql://USER@HOST/DB), got {storage!r}")
+    if study_name is not None and (problem := catalog.name_problem(study_name, segments=True)):
+        raise UsageError(f"study_name {problem}")
     s = _spec(spec, objective)
     if n_trials is not None:
         if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
@@ -68,7 +84,8 @@ def run(spec: str | os.PathLike | Mapping[str, Any] | Spec,
     req = RunRequest(study_name or s.name, resolve_url(storage), s, workers=workers,
                      timeout=timeout, objective=objective, progress=progress,
                      who="hpo.run")
-    outcome = run_study(req)
+    with signals.kept():  # the caller's handlers back once the study is over
+        outcome = run_study(req)
     if outcome.short:
         raise _failure(f"hpo.run: {outcome.failed_workers} worker(s) failed and the study "
                        f"holds {outcome.finished} of its {s.n_trials} trials")
@@ -77,7 +94,12 @@ def run(spec: str | os.PathLike | Mapping[str, Any] | Spec,
 
 def _spec(spec: Any, objective: Callable[..., float] | None) -> Spec:
     if isinstance(spec, Spec):
-        return spec
+        if objective is None:
+            return spec
+        raw = spec.to_dict()  # the function joins it as its [objective]; the book's net's
+        for table in ("data", "model"):  # data and model are not the function's
+            raw.pop(table, None)
+        return _from_table(raw, objective, spec.source, spec.name, os.getcwd())
     if isinstance(spec, (str, os.PathLike)):
         if objective is None:
             return load_spec(spec)

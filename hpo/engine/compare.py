@@ -18,6 +18,7 @@ Fairness rules:
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -153,7 +154,9 @@ def run_grid(arms: list[Arm], seeds: int, n_trials: int, *, url: str, workers: i
     loaded it already (else loaded here)."""
     if data is None:  # one data load for the whole grid: the split is shared
         data = getattr(make_objective(arms[0].spec), "data", None)
-    log.info("hpo compare: %d arms x %d seeds, studies in %s", len(arms), seeds, mask_url(url))
+    if logging.getLogger("hpo").isEnabledFor(logging.WARNING):  # -q shows it, -qq does not
+        print(f"hpo compare: {len(arms)} arms x {seeds} seeds, studies in {mask_url(url)}",
+              file=sys.stderr)
     if confirm_top and not all(confirms(a.spec) for a in arms):
         log.warning("hpo compare: --confirm %d skipped: an arm's own [objective] function takes "
                     "no `seed`, and a confirmation needs fresh seeds", confirm_top)

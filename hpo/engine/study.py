@@ -53,6 +53,7 @@ from hpo.engine.tracking import mlflow_callback
 from hpo.engine.warmstart import WARM_TOP, best_configs, describe, warm_start
 from hpo.errors import UsageError
 from hpo.objectives import make_objective
+from hpo.objectives.user import UserObjective
 from hpo.signals import install_signal_handlers, watch_parent
 from hpo.spec import Spec
 
@@ -143,9 +144,15 @@ def prepare(req: RunRequest, tracking: bool = True) -> tuple:
     pruner, the objective (its data is loaded now) and the MLflow callback (or None)."""
     assert req.spec is not None
     sampler, pruner = build_sampler_and_pruner(req.spec)
-    objective = req.objective or make_objective(
-        req.spec, data=req.data, data_dir=req.data_dir, code_dirs=req.code_dirs,
-        max_failures=req.max_failures, debug=req.debug)
+    if req.objective is not None and req.spec.objective is not None:
+        # hpo.run's function, run as a spec's [objective] function is: the spec's [search]
+        # params first, seed and config, a failed trial FAIL, max failures
+        objective: Callable[..., float] = UserObjective(
+            req.spec, req.objective, max_failures=req.max_failures, debug=req.debug)
+    else:
+        objective = req.objective or make_objective(
+            req.spec, data=req.data, data_dir=req.data_dir, code_dirs=req.code_dirs,
+            max_failures=req.max_failures, debug=req.debug)
     callback = None
     if tracking:
         callback = mlflow_callback(req.mlflow_uri, req.spec.mlflow, req.study_name)

@@ -33,6 +33,7 @@ the function and the exception. With ``debug`` each failure's traceback goes to 
 from __future__ import annotations
 
 import copy
+import decimal
 import importlib
 import importlib.machinery
 import importlib.util
@@ -226,13 +227,25 @@ def _keywords(fn: Callable[..., Any]) -> frozenset[str]:
 
 
 def bad_value(value: Any) -> str | None:
-    """Why ``value`` is not a trial's result (None when it is a finite number)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """Why ``value`` is not a trial's result (None when it is a finite number: a real number
+    or a ``Decimal``, as Optuna takes them)."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal)):
         hint = " (a tensor? return loss.item())" if hasattr(value, "item") else ""
         return f"returned {type(value).__name__}, not a number{hint}"
-    if not math.isfinite(float(value)):
-        return f"returned {float(value)}"
+    try:
+        as_float = float(value)
+    except OverflowError:
+        return f"returned a number too large for a float ({type(value).__name__})"
+    if not math.isfinite(as_float):
+        return f"returned {as_float}"
     return None
+
+
+def _exit_reason(e: BaseException) -> str:
+    """A trial's failure reason for a ``BaseException`` from the user's code."""
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r}), which ends a trial here, not the worker"
+    return f"{type(e).__name__}: {one_line(e)}"
 
 
 _GUARDED = ("suggest_float", "suggest_int", "suggest_categorical", "suggest_uniform",
@@ -329,6 +342,10 @@ class UserObjective:
             if guarded.storage_error is not None and guarded.storage_error in chain(e):
                 raise  # the storage failed, not the user's code: the trial loop handles it
             self._failed(trial, attrs, f"{type(e).__name__}: {one_line(e)}", e)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM (hpo.signals): the worker stops
+            raise
+        except BaseException as e:  # sys.exit(), GeneratorExit...: the user's code, one trial
+            self._failed(trial, attrs, _exit_reason(e), e)
         problem = bad_value(value)
         if problem is not None:
             self._failed(trial, attrs, problem, None)
@@ -372,6 +389,10 @@ class UserObjective:
             value = fn(optuna.trial.FixedTrial(dict(params)), **self.kwargs(seed, fn))
         except Exception as e:  # noqa: BLE001 - the user's code: one line
             raise TrialFailed(f"{type(e).__name__}: {one_line(e)}") from e
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # sys.exit() in the user's code fails this run, not hpo
+            raise TrialFailed(_exit_reason(e)) from e
         if (problem := bad_value(value)) is not None:
             raise TrialFailed(problem)
         return float(value)
