@@ -68,7 +68,7 @@ MAX_SPEC_BYTES = 1_000_000
 #: A study name: letters, digits and ``-_.``, at most 64 characters, not starting with ``-``
 #: or ``.``. Names hpo derives (``--seed``/``--data-seed``, ``hpo compare``) join such
 #: segments with ``/``; names become file and folder names (``hpo report``), so nothing else.
-NAME_CHARS = "letters, digits, '-', '_' and '.'"
+NAME_CHARS = "ASCII letters, digits, '-', '_' and '.'"
 MAX_NAME = 64
 
 

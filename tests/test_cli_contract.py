@@ -41,6 +41,9 @@ def _files(folder: Path) -> set[str]:
     (["run", "SPEC", "--mlflow-uri", ""], "--mlflow-uri"),
     (["dashboard", "--artifact-dir", "no-such-folder"], "--artifact-dir"),
     (["dashboard", "--artifact-dir", "SPEC"], "--artifact-dir"),
+    (["report", "tiny", "--out", ""], "--out"),
+    (["compare", "SPEC", "--out", " "], "--out"),
+    (["experiment", "overfit", "--out", ""], "--out"),
 ])
 def test_a_blank_or_missing_path_is_refused_naming_its_flag(tmp_path, tiny_spec, args, flag):
     # a blank --storage used to mean the default ./hpo.db, a blank --code-dir the current
@@ -116,10 +119,30 @@ def test_studies_lists_a_minimize_and_a_multi_objective_study(tmp_path):
     r = hpo("studies", "--storage", url, "--json", cwd=tmp_path, timeout=60)
     assert r.returncode == 0, r.stderr
     rows = {row["study"]: row for row in json.loads(r.stdout)}
-    assert rows["low"]["best_val_acc"] == 1.0 and rows["low"]["trials"] == {"COMPLETE": 3}
-    assert rows["multi"]["best_val_acc"] is None and rows["multi"]["trials"] == {"COMPLETE": 2}
+    assert rows["low"]["best_value"] == 1.0 and rows["low"]["trials"] == {"COMPLETE": 3}
+    assert rows["low"]["metric"] == "value" and rows["low"]["best_val_acc"] is None
+    assert rows["multi"]["best_value"] is None and rows["multi"]["trials"] == {"COMPLETE": 2}
     r = hpo("studies", "--storage", url, cwd=tmp_path, timeout=60)
-    assert r.returncode == 0 and "multi" in r.stdout and "1.000" in r.stdout, r.stderr
+    assert r.returncode == 0 and "multi" in r.stdout, r.stderr
+    head, low, _ = r.stdout.splitlines()
+    assert head.endswith("  best") and low.endswith("  1 value"), r.stdout
+
+
+def test_studies_names_a_user_objectives_metric(tmp_path):
+    (tmp_path / "f.py").write_text("def objective(trial):\n"
+                                   "    return trial.suggest_float('x', 0.25, 0.5)\n")
+    spec = tmp_path / "loss.toml"
+    spec.write_text('name = "loss"\n[objective]\nfunction = "f.py:objective"\n'
+                    'direction = "minimize"\nmetric = "loss"\n[budget]\nn_trials = 2\n')
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    assert hpo("run", str(spec), "--storage", url, "-q", cwd=tmp_path).returncode == 0
+    best = optuna.load_study(study_name="loss", storage=url).best_value
+    r = hpo("studies", "--storage", url, "--json", cwd=tmp_path, timeout=60)
+    (row,) = json.loads(r.stdout)
+    assert (row["metric"], row["best_val_acc"]) == ("loss", None)
+    assert row["best_value"] == pytest.approx(best, rel=1e-9)
+    r = hpo("studies", "--storage", url, cwd=tmp_path, timeout=60)
+    assert r.stdout.splitlines()[1].endswith(f"  {best:.4g} loss"), r.stdout
 
 
 def test_sigterm_during_an_experiment_exits_143_in_one_line(tmp_path):
@@ -140,3 +163,13 @@ def test_sigterm_during_an_experiment_exits_143_in_one_line(tmp_path):
         proc.wait()
     assert rest.strip().splitlines()[-1:] == ["hpo: terminated"], rest
     assert not (tmp_path / "out" / "overfit.png").exists()
+
+
+def test_a_changed_spec_on_an_existing_study_names_the_key_that_differs(tmp_path, tiny_spec):
+    spec = tiny_spec(n_trials=1, epochs=1)
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    assert hpo("run", str(spec), "--storage", url, "-q", cwd=tmp_path).returncode == 0
+    spec.write_text(spec.read_text().replace("high = 0.5", "high = 0.4"))
+    r = hpo("run", str(spec), "--storage", url, cwd=tmp_path, timeout=120)
+    _one_line_refusal(r, f"{spec}: search.lr.high is 0.4, the study's is 0.5",
+                      "hpo worker --study tiny")

@@ -78,7 +78,8 @@ def add_arguments(p: flags.Parser) -> None:
                    help="value to reach (at or above it when the study maximizes, at or below "
                         "when it minimizes; the book's validation accuracy: in [0, 1]; "
                         "default 0.80)")
-    flags.folders(p.add_argument("--out", default="out/compare", metavar="DIR",
+    flags.folders(p.add_argument("--out", type=flags.filled("a folder"), default="out/compare",
+                                 metavar="DIR",
                                  help="table, plot and the comparison's own storage "
                                       "(DIR/compare.db unless --storage) go here"))
     p.add_argument("--resume", action="store_true",

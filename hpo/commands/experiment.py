@@ -21,7 +21,8 @@ def add_arguments(p: flags.Parser) -> None:
                      "accuracy per epoch.")
     p.add_argument("name", choices=["overfit", "weight-decay", "dropout"],
                    help="which experiment: overfit, weight-decay or dropout")
-    flags.folders(p.add_argument("--out", default="out", metavar="DIR",
+    flags.folders(p.add_argument("--out", type=flags.filled("a folder"), default="out",
+                                 metavar="DIR",
                                  help="where the PNG goes"))
     p.add_argument("--epochs", type=flags.count(catalog.MAX_EPOCHS), metavar="N",
                    help="override the book's epoch count")

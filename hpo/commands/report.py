@@ -29,7 +29,7 @@ def add_arguments(p: flags.Parser) -> None:
                      "optuna-dashboard.")
     flags.study_arg(p, help="the study", required=True)
     flags.storage(p)
-    flags.folders(p.add_argument("--out", metavar="DIR",
+    flags.folders(p.add_argument("--out", type=flags.filled("a folder"), metavar="DIR",
                                  help="where the files go (default: out/report/<NAME>)"))
     p.add_argument("--top", type=flags.TOP, metavar="K", help=flags.TOP_HELP)
     p.add_argument("--max-gap", type=flags.FRACTION, metavar="G",

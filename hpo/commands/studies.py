@@ -20,6 +20,7 @@ def studies(args: argparse.Namespace) -> int:
     from hpo.db import optuna_private as oc
     from hpo.db.storage import stored_spec
     from hpo.report.listing import dumps, rows_from_trials, state_names
+    from hpo.report.metric import METRIC_NAME, metric_of
 
     storage = open_storage(args)
     rows = []
@@ -29,12 +30,16 @@ def studies(args: argparse.Namespace) -> int:
         best_row = rows_from_trials(trials, s.directions[0])[:1] if len(s.directions) == 1 \
             else []
         spec = stored_spec(s.system_attrs, s.user_attrs) or {}
+        metric = metric_of(spec).name if spec else "value"  # a study hpo did not make: value
+        best = best_row[0].val_acc if best_row else None
         rows.append({
             "study": s.study_name,
             "sampler": spec.get("sampler", {}).get("name", "?"),
             "budget": spec.get("budget", {}).get("n_trials"),
             "trials": state_names(trials),
-            "best_val_acc": best_row[0].val_acc if best_row else None,
+            "metric": metric,
+            "best_value": best,
+            "best_val_acc": best if metric == METRIC_NAME else None,
         })
     if args.json:
         print(dumps(rows, indent=2))
@@ -43,11 +48,16 @@ def studies(args: argparse.Namespace) -> int:
         print("no studies")
         return 0
     width = max(len(r["study"]) for r in rows)
+    book = all(r["metric"] == METRIC_NAME for r in rows)  # else each value names its metric
     print(f"{'study':<{width}}  {'sampler':<9} {'complete':>8} {'pruned':>6} {'fail':>4} "
-          f"{'running':>7} {'budget':>6}  best val acc")
+          f"{'running':>7} {'budget':>6}  {'best val acc' if book else 'best'}")
     for r in rows:
         c = r["trials"]
-        best_acc = "-" if r["best_val_acc"] is None else f"{r['best_val_acc']:.3f}"
+        best_acc = "-" if r["best_value"] is None else f"{r['best_value']:.4g}"
+        if book and r["best_value"] is not None:
+            best_acc = f"{r['best_value']:.3f}"
+        elif r["best_value"] is not None:
+            best_acc += f" {r['metric']}"
         print(f"{r['study']:<{width}}  {r['sampler']:<9} {c.get('COMPLETE', 0):>8} "
               f"{c.get('PRUNED', 0):>6} {c.get('FAIL', 0):>4} {c.get('RUNNING', 0):>7} "
               f"{r['budget'] or '-':>6}  {best_acc}")

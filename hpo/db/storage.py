@@ -247,6 +247,20 @@ def _storage_error(url: str, path: str, e: BaseException) -> StorageError:
     return StorageError(f"cannot use storage {mask_url(url)}: {mask_url(bad or reason(e))}")
 
 
+def _first_difference(a: Any, b: Any, key: str = "") -> tuple[str, Any, Any]:
+    """The first dotted key where two specs (plain data) differ, and its two values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+    return key or "(the spec)", a, b
+
+
+def _short(value: Any) -> str:
+    text = "not set" if value is None else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _sqlite_synchronous_normal(engine: Any) -> None:
     """``PRAGMA synchronous=NORMAL`` on every connection to a WAL-mode SQLite file.
 
@@ -321,9 +335,11 @@ def create_or_load_study(
         if stored is None:
             raise _NotYet(f"study {name!r} exists but was not made by hpo (no spec recorded)")
         if _without_budget(stored) != _without_budget(wanted):
+            key, theirs, ours = _first_difference(_without_budget(stored), _without_budget(wanted))
             raise StorageError(
-                f"study {name!r} exists with a different spec: pick another --study name, or "
-                f"resume it with `hpo worker --study {name}`"
+                f"study {name!r} exists with a different spec ({spec.source}: {key} is "
+                f"{_short(ours)}, the study's is {_short(theirs)}): pick another --study name, "
+                f"or resume it with `hpo worker --study {name}`"
             )
         if any(stored.get(k) != wanted.get(k) for k in _NOT_THE_SEARCH):
             store_spec(storage, sid, wanted)
