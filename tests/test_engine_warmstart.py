@@ -120,3 +120,24 @@ def test_warm_start_top_alone_is_refused(tiny_spec, sqlite_url, tmp_path):
     assert r.stderr.strip().splitlines() == [
         "hpo run: error: --warm-start-top needs --warm-start STUDY (the study to start from)"]
     assert not (tmp_path / "hpo.db").exists()
+
+
+def test_params_a_users_spec_does_not_declare_are_carried_with_a_note():
+    """Unit: into a user's function (define-by-run) a param the new spec does not declare is
+    carried, and its line says it is used only if the function asks for it by that name (a
+    book study's lr into a function that asks for x was said to run "as it was")."""
+    from optuna.distributions import FloatDistribution
+
+    from hpo.engine.warmstart import plan
+    from hpo.spec import from_dict
+
+    spec = from_dict({"name": "u", "objective": {"function": "f.py:objective"},
+                      "search": {"x": {"low": 0.0, "high": 1.0}}}, source="u.toml")
+    d = {"lr": FloatDistribution(1e-6, 1.0, log=True), "x": FloatDistribution(0.0, 1.0)}
+    t = optuna.trial.create_trial(params={"lr": 0.01, "x": 0.5}, distributions=d, value=0.5)
+    t.number = 3
+    (c,) = plan(spec, [t])
+    assert c.params == {"lr": 0.01, "x": 0.5} and c.undeclared == ("lr",)
+    assert c.line().startswith("trial 3 as it was: ")
+    assert c.line().endswith("(lr not declared by the new spec: used only if its function "
+                             "asks for them)")

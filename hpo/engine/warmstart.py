@@ -66,6 +66,9 @@ class Carry:
     value: float
     params: dict[str, Any]  # carried as they were
     redrawn: dict[str, str] = field(default_factory=dict)  # param -> why it is drawn anew
+    #: carried params the new spec does not declare (a user's function, define-by-run): fixed
+    #: only if the new function asks for them by that name
+    undeclared: tuple[str, ...] = ()
 
     @property
     def skipped(self) -> bool:
@@ -78,11 +81,16 @@ class Carry:
         why = "; ".join(f"{BOOK_NAMES.get(k, k)} {r}" for k, r in self.redrawn.items())
         if self.skipped:
             return f"trial {self.number} skipped: none of its params fits ({why})"
+        note = ""
+        if self.undeclared:
+            names = ", ".join(BOOK_NAMES.get(k, k) for k in self.undeclared)
+            note = (f" ({names} not declared by the new spec: used only if its function asks "
+                    "for them)")
         if not self.redrawn:
-            return f"trial {self.number} as it was: {fmt_params(self.params)}"
+            return f"trial {self.number} as it was: {fmt_params(self.params)}{note}"
         names = ", ".join(BOOK_NAMES.get(k, k) for k in self.redrawn)
         return (f"trial {self.number} with {names} re-drawn by the sampler ({why}); kept "
-                f"{fmt_params(self.params)}")
+                f"{fmt_params(self.params)}{note}")
 
 
 def plan(spec: Spec, configs: Sequence[FrozenTrial]) -> list[Carry]:
@@ -96,7 +104,8 @@ def plan(spec: Spec, configs: Sequence[FrozenTrial]) -> list[Carry]:
         keep = {k: v for k, v in t.params.items()
                 if (fits(space[k], v) if k in space else define_by_run)}
         why = {k: why_not(space.get(k), v) for k, v in t.params.items() if k not in keep}
-        out.append(Carry(t.number, float(t.value), keep, why))
+        out.append(Carry(t.number, float(t.value), keep, why,
+                         tuple(k for k in keep if k not in space)))
     return out
 
 
