@@ -95,13 +95,12 @@ def storage_url(args: argparse.Namespace) -> str:
 def studies_in(url: str) -> list[str]:
     """The names of the studies already in ``url``, read without creating anything (an absent
     SQLite file or a database without Optuna's schema holds none)."""
-    from hpo.db.storage import get_storage
+    from hpo.db.storage import get_storage, sqlite_path
     from hpo.errors import StorageError
 
-    if url.startswith("sqlite:///"):
-        path = url.split("sqlite:///", 1)[1]
-        if "?" not in path and path != ":memory:" and not os.path.exists(path):
-            return []
+    path = sqlite_path(url)
+    if path and not os.path.exists(path):
+        return []
     try:
         storage = get_storage(url)
     except StorageError as e:
@@ -159,7 +158,7 @@ def startup_notes(grid: Grid) -> list[str]:
 
 def compare(args: argparse.Namespace) -> int:
     """``hpo compare SPEC...``: one study per (arm, seed) on the same split, a table and plots."""
-    from hpo.db.storage import mask_url
+    from hpo.db.storage import mask_url, sqlite_path
     from hpo.engine.compare import cell_names, make_arms, run_grid
     from hpo.engine.study import heartbeat_pair
     from hpo.objectives import make_objective
@@ -187,10 +186,9 @@ def compare(args: argparse.Namespace) -> int:
     interval, grace = heartbeat_pair(getattr(args, "heartbeat_interval", None),
                                      getattr(args, "grace_period", None))
     url = storage_url(args)
-    if args.storage is not None and url.startswith("sqlite:///"):  # --out's is made below
-        folder = os.path.dirname(os.path.abspath(url.split("sqlite:///", 1)[1].split("?")[0]))
-        if not os.path.isdir(folder):
-            raise UsageError(f"--storage {url}: the folder {folder} does not exist")
+    path = sqlite_path(url) if args.storage is not None else ""  # --out's is made below
+    if path and not os.path.isdir(folder := os.path.dirname(os.path.abspath(path))):
+        raise UsageError(f"--storage {url}: the folder {folder} does not exist")
     check_resume(args, url, cell_names(arms, args.seeds))
     # the data: bad input before any write
     data = getattr(make_objective(arms[0].spec), "data", None)

@@ -53,11 +53,9 @@ def studies(args: argparse.Namespace) -> int:
           f"{'running':>7} {'budget':>6}  {'best val acc' if book else 'best'}")
     for r in rows:
         c = r["trials"]
-        best_acc = "-" if r["best_value"] is None else f"{r['best_value']:.4g}"
-        if book and r["best_value"] is not None:
-            best_acc = f"{r['best_value']:.3f}"
-        elif r["best_value"] is not None:
-            best_acc += f" {r['metric']}"
+        value = r["best_value"]
+        best_acc = ("-" if value is None else f"{value:.3f}" if book
+                    else f"{value:.4g} {r['metric']}")
         print(f"{r['study']:<{width}}  {r['sampler']:<9} {c.get('COMPLETE', 0):>8} "
               f"{c.get('PRUNED', 0):>6} {c.get('FAIL', 0):>4} {c.get('RUNNING', 0):>7} "
               f"{r['budget'] or '-':>6}  {best_acc}")

@@ -118,12 +118,6 @@ def rdb_storage_class() -> type:
         def creation_done(self, started: float) -> None:
             OUTAGE.ok(started)  # an attempt begun after the outage was noticed ends it
 
-        def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
-            started = time.monotonic()
-            frozen = super()._create_new_trial(study_id, template_trial)
-            OUTAGE.ok(started)
-            return frozen
-
         def set_trial_state_values(self, trial_id: int, state: TrialState,
                                    values: Any = None) -> bool:
             if not state.is_finished():

@@ -11,6 +11,7 @@ moves a name fails those tests, not a user's study.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -172,7 +173,9 @@ class RDBHooks(RDBStorage):
                           template_trial: FrozenTrial | None = None) -> FrozenTrial:
         frozen = self.create_trial(study_id) if template_trial is None else None
         if frozen is None:
+            started = time.monotonic()
             frozen = super()._create_new_trial(study_id, template_trial)
+            self.creation_done(started)
         self.trial_created(frozen, template_trial)
         return frozen
 

@@ -81,7 +81,7 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^/:@]+:)[^/@]*@", r"\1***@", url)
 
 
-def _sqlite_path(url: str) -> str:
+def sqlite_path(url: str) -> str:
     """The file of a ``sqlite:///PATH`` URL ("" for in-memory and URLs with options)."""
     path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
     return "" if path == ":memory:" or "?" in path else path
@@ -97,7 +97,7 @@ def _in_memory(url: str) -> bool:
 
 def _prepare_sqlite(url: str) -> None:
     """Put a SQLite file in WAL mode (persistent in the file): readers stop blocking the writer."""
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if not path:
         return
     directory = os.path.dirname(os.path.abspath(path))
@@ -194,7 +194,7 @@ def get_storage(
                 max_retry=max_retry
             ),
         )
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     cls = storage_class or rdb_storage_class()
     options = engine or engine_kwargs(url, grace_period)
 

@@ -241,8 +241,8 @@ def bad_value(value: Any) -> str | None:
     return None
 
 
-def _exit_reason(e: BaseException) -> str:
-    """A trial's failure reason for a ``BaseException`` from the user's code."""
+def _failure_reason(e: BaseException) -> str:
+    """A trial's failure reason for what the user's code raised."""
     if isinstance(e, SystemExit):
         return f"called sys.exit({e.code!r}), which ends a trial here, not the worker"
     return f"{type(e).__name__}: {one_line(e)}"
@@ -338,14 +338,12 @@ class UserObjective:
             self.failures = 0
             self._record(trial, attrs)
             raise
-        except Exception as e:
-            if guarded.storage_error is not None and guarded.storage_error in chain(e):
-                raise  # the storage failed, not the user's code: the trial loop handles it
-            self._failed(trial, attrs, f"{type(e).__name__}: {one_line(e)}", e)
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM (hpo.signals): the worker stops
             raise
-        except BaseException as e:  # sys.exit(), GeneratorExit...: the user's code, one trial
-            self._failed(trial, attrs, _exit_reason(e), e)
+        except BaseException as e:  # sys.exit() included: the user's code fails one trial
+            if guarded.storage_error is not None and guarded.storage_error in chain(e):
+                raise  # the storage failed, not the user's code: the trial loop handles it
+            self._failed(trial, attrs, _failure_reason(e), e)
         problem = bad_value(value)
         if problem is not None:
             self._failed(trial, attrs, problem, None)
@@ -387,12 +385,10 @@ class UserObjective:
                             "not set; name a test function, e.g. test = 'objective.py:test'")
         try:
             value = fn(optuna.trial.FixedTrial(dict(params)), **self.kwargs(seed, fn))
-        except Exception as e:  # noqa: BLE001 - the user's code: one line
-            raise TrialFailed(f"{type(e).__name__}: {one_line(e)}") from e
         except KeyboardInterrupt:
             raise
-        except BaseException as e:  # sys.exit() in the user's code fails this run, not hpo
-            raise TrialFailed(_exit_reason(e)) from e
+        except BaseException as e:  # the user's code (sys.exit() included): one line
+            raise TrialFailed(_failure_reason(e)) from e
         if (problem := bad_value(value)) is not None:
             raise TrialFailed(problem)
         return float(value)
